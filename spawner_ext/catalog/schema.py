@@ -1,0 +1,393 @@
+"""The typed schema of the admin catalog YAML: GPU types, teams, quotas and profiles.
+
+One definition validates the file, freezes it for the rest of the code, exports a JSON Schema for
+editors and generates docs/reference/catalog.md. It does no I/O. Checks that span sections (a
+profile naming an unknown GPU type, duplicate slugs) live in `references.py`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictBool,
+    StrictInt,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from slugify import slugify
+
+from .durations import DURATION_PATTERN, format_duration, parse_duration
+from .frozen import freeze, thaw
+
+# --- value types -------------------------------------------------------------------------------
+
+
+def _money(value: object) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError(f"expected a price such as 2.50, got {value!r}")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError(f"expected a price such as 2.50, got {value!r}") from None
+    if not amount.is_finite():
+        raise ValueError(f"a price must be a finite number, got {value!r}")
+    if amount < 0:
+        raise ValueError(f"a price cannot be negative, got {value!r}")
+    return amount
+
+
+def _hours(value: object) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number of GPU-hours such as 500, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"expected a finite number of GPU-hours, got {value!r}")
+    if value < 0:
+        raise ValueError(f"GPU-hours cannot be negative, got {value!r}")
+    return Decimal(str(value))
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    return value
+
+
+def _decimal_json(value: Decimal) -> float | int:
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_money),
+    PlainSerializer(_decimal_json),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}]}),
+]
+GPUHours = Annotated[
+    Decimal,
+    BeforeValidator(_hours),
+    PlainSerializer(_decimal_json),
+    WithJsonSchema({"type": "number", "minimum": 0}),
+]
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": DURATION_PATTERN, "examples": ["30m", "12h"]},
+                {"type": "integer", "exclusiveMinimum": 0, "description": "seconds"},
+            ]
+        }
+    ),
+]
+Count = Annotated[StrictInt, Field(ge=0)]
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+Name = Annotated[
+    str,
+    Field(
+        pattern=NAME_PATTERN,
+        description="lower-case letters, digits and '-' (a Kubernetes label value)",
+    ),
+]
+Regex = Annotated[str, AfterValidator(_regex)]
+Override = Annotated[
+    Mapping[str, Any],
+    AfterValidator(freeze),
+    PlainSerializer(thaw),
+    WithJsonSchema({"type": "object"}),
+]
+
+
+def _frozen_map(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return freeze(value)  # type: ignore[no-any-return]
+
+
+class Model(BaseModel):
+    """Base of every catalog section: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+# --- GPU types ---------------------------------------------------------------------------------
+
+
+class Toleration(Model):
+    """A Kubernetes toleration, spelled as in a pod spec."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: StrictInt | None = Field(None, alias="tolerationSeconds")
+
+
+class GPUType(Model):
+    """A kind of GPU (or MIG slice) that profiles can request."""
+
+    display_name: str = Field(description="Name shown to users, e.g. 'NVIDIA H100 80GB'.")
+    resource: str = Field(
+        "nvidia.com/gpu",
+        pattern=r"^[a-z0-9.-]+/[A-Za-z0-9._-]+$",
+        description="Kubernetes extended resource requested per GPU: `nvidia.com/gpu`, or a MIG "
+        "resource such as `nvidia.com/mig-1g.10gb`.",
+    )
+    price_per_hour: Money = Field(description="Price of one GPU of this type for one hour.")
+    node_selector: Annotated[Mapping[str, str], AfterValidator(_frozen_map)] = Field(
+        default_factory=dict, description="Node labels that place pods on nodes of this type."
+    )
+    tolerations: tuple[Toleration, ...] = Field(
+        (), description="Tolerations for the taints of this type's node pool."
+    )
+    gpus_per_node: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        None, description="GPUs (or MIG slices) of this type on one node; caps `gpu.count`."
+    )
+    device_names: tuple[str, ...] = Field(
+        (),
+        description="Local mode: NVML device names (e.g. 'NVIDIA H100 80GB HBM3') that are this "
+        "type. MIG types match MIG device profile names such as '1g.10gb'.",
+    )
+
+    @property
+    def is_mig(self) -> bool:
+        """True for a MIG slice resource (`nvidia.com/mig-<profile>`)."""
+        return self.resource.startswith("nvidia.com/mig-")
+
+
+# --- teams -------------------------------------------------------------------------------------
+
+
+class Leads(Model):
+    """Who leads a team (sees its usage page)."""
+
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
+class Quota(Model):
+    """Limits of one team. An absent limit is no limit, except `gpus`: a GPU type that is not
+    listed there cannot be used by the team at all."""
+
+    gpus: Annotated[Mapping[str, Count], AfterValidator(_frozen_map)] = Field(
+        default_factory=dict,
+        description="Concurrent GPUs per GPU type that the team's running servers may hold.",
+    )
+    gpus_per_user: Count | None = Field(
+        None, description="Concurrent GPUs one user of the team may hold, over all GPU types."
+    )
+    monthly_gpu_hours: GPUHours | None = Field(
+        None, description="GPU-hours the team may use per calendar month (UTC)."
+    )
+    budget_warning_percent: Annotated[StrictInt, Field(ge=1, le=100)] = Field(
+        80, description="Warn users when this percentage of the monthly budget is used."
+    )
+    stop_running_over_budget_after: Duration | None = Field(
+        None,
+        description="When the budget is used up, stop running GPU servers after this grace "
+        "period. Absent: running servers are left alone and only new GPU servers are refused.",
+    )
+
+
+class Team(Model):
+    """A group of users that shares quotas and a budget."""
+
+    display_name: str | None = None
+    groups: tuple[str, ...] = Field(
+        (), description="Identity-provider groups (JupyterHub groups) whose members are the team."
+    )
+    users: tuple[str, ...] = Field((), description="Users in the team besides its groups.")
+    leads: Leads = Field(default_factory=Leads)
+    quota: Quota = Field(default_factory=Quota)
+    profiles: tuple[str, ...] | None = Field(
+        None,
+        description="Slugs of the profiles the team may use. Absent: every profile whose "
+        "`allowed_teams` lets it.",
+    )
+    namespace: Name | None = Field(
+        None, description="Kubernetes namespace of the team's pods (overrides the template)."
+    )
+
+
+# --- profiles (a superset of z2jh's singleuser.profileList) -----------------------------------
+
+
+class GPURequest(Model):
+    """The GPUs a profile's server holds."""
+
+    type: str = Field(description="A key of `gpu_types`.")
+    count: StrictInt = Field(1, description="GPUs of that type; at least 1.")
+
+    @field_validator("count")
+    @classmethod
+    def _positive(cls, count: int) -> int:
+        if count < 1:
+            raise ValueError(
+                f"gpu.count must be at least 1 (got {count}); for a CPU-only profile remove `gpu`"
+            )
+        return count
+
+
+class Choice(Model):
+    """One predefined choice of a profile option."""
+
+    display_name: str
+    description: str | None = None
+    default: StrictBool = False
+    kubespawner_override: Override = Field(default_factory=dict)
+
+
+class UnlistedChoice(Model):
+    """A free-form value a user may type instead of a predefined choice."""
+
+    enabled: StrictBool = False
+    display_name: str | None = None
+    display_name_in_choices: str | None = None
+    validation_regex: Regex | None = None
+    validation_message: str | None = None
+    kubespawner_override: Override = Field(
+        default_factory=dict, description="`{value}` in any string is replaced by the user's text."
+    )
+
+
+class ProfileOption(Model):
+    """A choice within a profile, e.g. the image."""
+
+    display_name: str
+    choices: Annotated[Mapping[str, Choice], AfterValidator(_frozen_map)] = Field(
+        default_factory=dict
+    )
+    unlisted_choice: UnlistedChoice = Field(default_factory=UnlistedChoice)
+
+    @model_validator(mode="after")
+    def _has_a_choice(self) -> ProfileOption:
+        if not self.choices and not self.unlisted_choice.enabled:
+            raise ValueError("an option needs `choices` or an enabled `unlisted_choice`")
+        return self
+
+
+def _slug_is_optional(schema: dict[str, Any]) -> None:
+    schema["required"] = [name for name in schema.get("required", []) if name != "slug"]
+
+
+class Profile(Model):
+    """A server profile. Every key of a z2jh `singleuser.profileList` entry is accepted as is;
+    `gpu`, `allowed_teams` and the timeouts are this platform's additions."""
+
+    model_config = ConfigDict(json_schema_extra=_slug_is_optional)
+
+    display_name: str
+    slug: Name = Field(description="Defaults to a slug of `display_name`, as KubeSpawner does.")
+    description: str = ""
+    default: StrictBool = False
+    kubespawner_override: Override = Field(default_factory=dict)
+    profile_options: Annotated[Mapping[str, ProfileOption], AfterValidator(_frozen_map)] = Field(
+        default_factory=dict
+    )
+    allowed_groups: tuple[str, ...] | None = Field(
+        None, description="Only members of these JupyterHub groups see the profile (as 2i2c's)."
+    )
+    gpu: GPURequest | None = Field(None, description="Absent: a CPU-only profile.")
+    allowed_teams: tuple[str, ...] | None = Field(
+        None, description="Teams that may use the profile. Absent: every team."
+    )
+    idle_timeout: Duration | None = Field(None, description="Overrides `culling.idle_timeout`.")
+    gpu_idle_timeout: Duration | None = Field(
+        None, description="Overrides `culling.gpu_idle_timeout`."
+    )
+    max_age: Duration | None = Field(None, description="Overrides `culling.max_age`.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_slug(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "slug" not in data:
+            name = data.get("display_name")
+            if isinstance(name, str):
+                return {**data, "slug": slugify(name)}
+        return data
+
+
+# --- defaults ----------------------------------------------------------------------------------
+
+
+class Culling(Model):
+    """Defaults for idle culling; profiles may override the timeouts."""
+
+    idle_timeout: Duration | None = Field(
+        "1h",
+        validate_default=True,
+        description="Stop a server with no kernel or terminal activity.",
+    )
+    gpu_idle_timeout: Duration | None = Field(
+        "30m",
+        validate_default=True,
+        description="Stop a GPU server whose GPUs stay below the utilisation threshold.",
+    )
+    gpu_utilization_percent: Annotated[StrictInt, Field(ge=0, le=100)] = Field(
+        5, description="At or below this GPU utilisation a GPU counts as idle."
+    )
+    max_age: Duration | None = Field(None, description="Stop any server older than this.")
+    interval: Duration = Field(
+        "1m", validate_default=True, description="How often the culler looks."
+    )
+
+
+class Metering(Model):
+    """Billing and reconciliation settings."""
+
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of all prices.")
+    reconcile_interval: Duration = Field(
+        "30s", validate_default=True, description="How often billing is reconciled with what runs."
+    )
+
+
+class Kubernetes(Model):
+    """Kubernetes placement."""
+
+    namespace_template: str | None = Field(
+        None,
+        description="Namespace of a team's pods, with `{team}` replaced by the team's key, e.g. "
+        "`gpuhub-{team}`. Absent: the hub's namespace for everyone.",
+    )
+
+    @field_validator("namespace_template")
+    @classmethod
+    def _has_team(cls, template: str | None) -> str | None:
+        if template is not None and "{team}" not in template:
+            raise ValueError("the template must contain {team}, e.g. gpuhub-{team}")
+        return template
+
+
+class Catalog(Model):
+    """The whole admin catalog: one YAML file."""
+
+    gpu_types: Annotated[Mapping[Name, GPUType], AfterValidator(_frozen_map)] = Field(
+        default_factory=dict, description="GPU types by key; profiles and quotas name the keys."
+    )
+    teams: Annotated[Mapping[Name, Team], AfterValidator(_frozen_map)] = Field(
+        default_factory=dict, description="Teams by key."
+    )
+    profiles: tuple[Profile, ...] = Field(
+        description="Server profiles: a z2jh `singleuser.profileList`, plus this platform's keys."
+    )
+    culling: Culling = Field(default_factory=Culling)
+    metering: Metering = Field(default_factory=Metering)
+    kubernetes: Kubernetes = Field(default_factory=Kubernetes)
+
+    def profile(self, slug: str) -> Profile | None:
+        """The profile with this slug, or None."""
+        return next((p for p in self.profiles if p.slug == slug), None)

@@ -1,0 +1,70 @@
+"""The `gpuhub` command: validate catalogs, print the catalog schema (and more, per subcommand)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from .catalog import CatalogError, load_catalog
+from .catalog.reference import json_schema, markdown
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    code: int = args.run(args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpuhub", description="A multi-tenant GPU notebook platform built on JupyterHub."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    validate = sub.add_parser(
+        "validate",
+        help="check catalog files; print FILE:LINE:COL: path: problem for every problem",
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE", help="catalog YAML files")
+    validate.set_defaults(run=_validate)
+
+    schema = sub.add_parser("schema", help="print the catalog's JSON Schema (for editors)")
+    schema.add_argument(
+        "--markdown", action="store_true", help="print the reference page instead (docs/)"
+    )
+    schema.set_defaults(run=_schema)
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> int:
+    failed = 0
+    for file in args.files:
+        try:
+            catalog = load_catalog(file)
+        except CatalogError as exc:
+            failed += 1
+            print(exc, file=sys.stderr)
+            continue
+        print(
+            f"{file}: ok ({len(catalog.gpu_types)} GPU types, {len(catalog.teams)} teams, "
+            f"{len(catalog.profiles)} profiles)"
+        )
+    return 1 if failed else 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    if args.markdown:
+        sys.stdout.write(markdown())
+    else:
+        print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -21,9 +21,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
     StrictBool,
     StrictInt,
     WithJsonSchema,
+    WrapSerializer,
     field_validator,
     model_validator,
 )
@@ -118,6 +120,16 @@ def _frozen_map(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return freeze(value)  # type: ignore[no-any-return]
 
 
+def _as_dict(value: Mapping[str, Any], handler: SerializerFunctionWrapHandler) -> Any:
+    return handler(dict(value))
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+FrozenMap = Annotated[Mapping[K, V], AfterValidator(_frozen_map), WrapSerializer(_as_dict)]
+"""A read-only mapping in the frozen catalog, a plain mapping in YAML and JSON."""
+
+
 class Model(BaseModel):
     """Base of every catalog section: frozen, and unknown keys are errors."""
 
@@ -148,7 +160,7 @@ class GPUType(Model):
         "resource such as `nvidia.com/mig-1g.10gb`.",
     )
     price_per_hour: Money = Field(description="Price of one GPU of this type for one hour.")
-    node_selector: Annotated[Mapping[str, str], AfterValidator(_frozen_map)] = Field(
+    node_selector: FrozenMap[str, str] = Field(
         default_factory=dict, description="Node labels that place pods on nodes of this type."
     )
     tolerations: tuple[Toleration, ...] = Field(
@@ -183,7 +195,7 @@ class Quota(Model):
     """Limits of one team. An absent limit is no limit, except `gpus`: a GPU type that is not
     listed there cannot be used by the team at all."""
 
-    gpus: Annotated[Mapping[str, Count], AfterValidator(_frozen_map)] = Field(
+    gpus: FrozenMap[str, Count] = Field(
         default_factory=dict,
         description="Concurrent GPUs per GPU type that the team's running servers may hold.",
     )
@@ -268,9 +280,7 @@ class ProfileOption(Model):
     """A choice within a profile, e.g. the image."""
 
     display_name: str
-    choices: Annotated[Mapping[str, Choice], AfterValidator(_frozen_map)] = Field(
-        default_factory=dict
-    )
+    choices: FrozenMap[str, Choice] = Field(default_factory=dict)
     unlisted_choice: UnlistedChoice = Field(default_factory=UnlistedChoice)
 
     @model_validator(mode="after")
@@ -295,9 +305,7 @@ class Profile(Model):
     description: str = ""
     default: StrictBool = False
     kubespawner_override: Override = Field(default_factory=dict)
-    profile_options: Annotated[Mapping[str, ProfileOption], AfterValidator(_frozen_map)] = Field(
-        default_factory=dict
-    )
+    profile_options: FrozenMap[str, ProfileOption] = Field(default_factory=dict)
     allowed_groups: tuple[str, ...] | None = Field(
         None, description="Only members of these JupyterHub groups see the profile (as 2i2c's)."
     )
@@ -375,12 +383,10 @@ class Kubernetes(Model):
 class Catalog(Model):
     """The whole admin catalog: one YAML file."""
 
-    gpu_types: Annotated[Mapping[Name, GPUType], AfterValidator(_frozen_map)] = Field(
+    gpu_types: FrozenMap[Name, GPUType] = Field(
         default_factory=dict, description="GPU types by key; profiles and quotas name the keys."
     )
-    teams: Annotated[Mapping[Name, Team], AfterValidator(_frozen_map)] = Field(
-        default_factory=dict, description="Teams by key."
-    )
+    teams: FrozenMap[Name, Team] = Field(default_factory=dict, description="Teams by key.")
     profiles: tuple[Profile, ...] = Field(
         description="Server profiles: a z2jh `singleuser.profileList`, plus this platform's keys."
     )

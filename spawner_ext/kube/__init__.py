@@ -1,0 +1,1 @@
+"""Kubernetes side: pure pod placement builders and the GPUKubeSpawner."""

@@ -1,0 +1,92 @@
+"""What a SpawnPlan adds to a notebook pod: GPU limits, placement, identifying labels and
+annotations, and the environment. Pure functions over plain manifest dicts; no API calls.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..catalog.frozen import thaw
+from ..policy.request import SpawnPlan
+
+GPU_RESOURCE_PREFIX = "nvidia.com/"
+ANNOTATION_PREFIX = "gpuhub.io/"
+
+
+@dataclass(frozen=True)
+class PodPlacement:
+    """The parts of a pod manifest that come from the plan, not from KubeSpawner settings."""
+
+    limits: Mapping[str, str]
+    node_selector: Mapping[str, str]
+    tolerations: tuple[Mapping[str, Any], ...]
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    env: Mapping[str, str]
+
+
+def placement(plan: SpawnPlan) -> PodPlacement:
+    """The GPU placement of a plan. A CPU-only plan hides the node's GPUs from the container."""
+    gpu_type = plan.gpu_type
+    if gpu_type is None:
+        limits: dict[str, str] = {}
+        selector: dict[str, str] = {}
+        tolerations: tuple[Mapping[str, Any], ...] = ()
+        env = {"NVIDIA_VISIBLE_DEVICES": "void"}
+    else:
+        limits = {gpu_type.resource: str(plan.gpu_count)}
+        selector = dict(gpu_type.node_selector)
+        tolerations = tuple(
+            t.model_dump(by_alias=True, exclude_none=True) for t in gpu_type.tolerations
+        )
+        env = {}
+    annotations = {
+        "gpuhub.io/user": plan.user,
+        "gpuhub.io/price-per-hour": str(plan.price_per_hour),
+        "gpuhub.io/currency": plan.currency,
+        "gpuhub.io/catalog-version": plan.catalog_version,
+    }
+    return PodPlacement(
+        limits=limits,
+        node_selector=selector,
+        tolerations=tolerations,
+        labels=dict(plan.labels),
+        annotations=annotations,
+        env=env,
+    )
+
+
+def apply_placement(pod: Mapping[str, Any], where: PodPlacement) -> dict[str, Any]:
+    """A copy of a pod manifest (plain dict, camelCase as the API serves it) with the placement
+    applied to its first container (the notebook). GPU resources the plan does not ask for are
+    removed, so no override can slip GPUs past quotas."""
+    out: dict[str, Any] = copy.deepcopy(thaw(pod))
+    meta = out.setdefault("metadata", {})
+    meta["labels"] = {**(meta.get("labels") or {}), **where.labels}
+    meta["annotations"] = {**(meta.get("annotations") or {}), **where.annotations}
+    spec = out.setdefault("spec", {})
+    if where.node_selector:
+        spec["nodeSelector"] = {**(spec.get("nodeSelector") or {}), **where.node_selector}
+    tolerations = list(spec.get("tolerations") or [])
+    tolerations += [dict(t) for t in where.tolerations if dict(t) not in tolerations]
+    if tolerations:
+        spec["tolerations"] = tolerations
+    container = spec["containers"][0]
+    resources = container.setdefault("resources", {})
+    for kind in ("limits", "requests"):
+        current = {
+            k: v
+            for k, v in (resources.get(kind) or {}).items()
+            if not k.startswith(GPU_RESOURCE_PREFIX)
+        }
+        resources[kind] = {**current, **where.limits} if kind == "limits" else current
+        if not resources[kind]:
+            del resources[kind]
+    env = [e for e in container.get("env") or [] if e.get("name") not in where.env]
+    env += [{"name": k, "value": v} for k, v in where.env.items()]
+    if env:
+        container["env"] = env
+    return out

@@ -24,3 +24,30 @@ def to_manifest(obj: Any) -> Any:
         for attr in types
         if (value := getattr(obj, attr)) is not None
     }
+
+
+_PRIMITIVES = {"str", "int", "float", "bool", "object", "date", "datetime"}
+
+
+def from_manifest(data: Any, kind: str) -> Any:
+    """Build kubernetes_asyncio model objects of `kind` (e.g. "V1Pod") from a plain manifest,
+    the inverse of to_manifest. Unknown keys are dropped, as the API server would reject them."""
+    from kubernetes_asyncio.client import models
+
+    if data is None:
+        return None
+    if kind.startswith("list["):
+        return [from_manifest(item, kind[5:-1]) for item in data]
+    if kind.startswith("dict("):
+        inner = kind[5:-1].split(", ", 1)[1]
+        return {key: from_manifest(value, inner) for key, value in data.items()}
+    if kind in _PRIMITIVES:
+        return data
+    cls = getattr(models, kind)
+    attributes = {json_name: attr for attr, json_name in cls.attribute_map.items()}
+    kwargs = {
+        attributes[key]: from_manifest(value, cls.openapi_types[attributes[key]])
+        for key, value in data.items()
+        if key in attributes
+    }
+    return cls(**kwargs)

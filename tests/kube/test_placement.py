@@ -19,7 +19,7 @@ from spawner_ext.policy.request import resolve_spawn
 GOLDEN = Path(__file__).parent / "golden"
 CATALOG = load_catalog(Path(__file__).parents[2] / "hub_config" / "catalog.yaml")
 ADA = Identity("ada", frozenset({"vision"}))
-LIN = Identity("lin", frozenset({"nlp"}))
+LIN = Identity("nora", frozenset({"nlp"}))
 SAM = Identity("sam", frozenset({"students"}))
 
 

@@ -1,0 +1,1 @@
+"""Hub-side services shared by the spawners: the catalog in force and live usage."""

@@ -1,0 +1,71 @@
+"""GPUKubeSpawner: KubeSpawner with the catalog's profiles, team quotas and GPU placement.
+
+Profiles are not applied by setting attributes one by one on the long-lived spawner and leaving
+them (KubeSpawner #546, #691; JupyterHub #3592). Every spawn starts from the configured settings:
+settings a previous spawn overrode are restored first, then this spawn's frozen plan is applied.
+GPU limits, placement, labels and annotations never go through spawner attributes at all: they are
+added to the pod manifest from the plan by pure functions (placement.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+from kubernetes_asyncio.client.rest import ApiException
+from kubespawner import KubeSpawner
+from kubespawner.objects import make_namespace
+
+from ..catalog.frozen import thaw
+from ..spawners.mixin import GPUSpawnerMixin
+from .placement import apply_placement, placement
+from .serialize import from_manifest, to_manifest
+
+
+class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
+    """Spawns notebook pods holding exactly the GPUs of the chosen catalog profile."""
+
+    _configured: dict[str, Any] | None = None
+
+    async def load_user_options(self) -> None:
+        """Called by KubeSpawner first thing in start(): validate, then apply the plan."""
+        plan = await self.plan_spawn()
+        overrides = dict(thaw(plan.overrides))
+        if plan.namespace:
+            overrides["namespace"] = plan.namespace
+        self._start_from_configured(overrides)
+        self._apply_overrides(overrides)
+        if plan.namespace and not self.enable_user_namespaces:
+            await self._ensure_team_namespace(plan.team or "")
+
+    def _start_from_configured(self, overrides: dict[str, Any]) -> None:
+        """Put back every setting an earlier spawn overrode, and give the settings this spawn
+        overrides private copies (KubeSpawner merges dict overrides into the value in place,
+        which would otherwise change the configured value itself)."""
+        configured = self._configured = self._configured or {}
+        for name in overrides:
+            if name not in configured and self.has_trait(name):
+                configured[name] = copy.deepcopy(getattr(self, name))
+        for name, value in configured.items():
+            setattr(self, name, copy.deepcopy(value))
+
+    async def _ensure_team_namespace(self, team: str) -> None:
+        namespace = make_namespace(
+            self.namespace,
+            labels={"gpuhub.io/team": team, "app.kubernetes.io/managed-by": "gpuhub"},
+        )
+        try:
+            await asyncio.wait_for(
+                self.api.create_namespace(namespace), self.k8s_api_request_timeout
+            )
+        except ApiException as exc:
+            if exc.status != 409:  # 409: it exists already
+                raise
+
+    async def get_pod_manifest(self) -> Any:
+        pod = await super().get_pod_manifest()
+        if self.plan is None:
+            return pod
+        manifest = apply_placement(to_manifest(pod), placement(self.plan))
+        return from_manifest(manifest, "V1Pod")

@@ -1,0 +1,1 @@
+"""JupyterHub spawners: GPUKubeSpawner (Kubernetes) and GPULocalSpawner (one machine)."""

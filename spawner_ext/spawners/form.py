@@ -1,0 +1,144 @@
+"""The spawn page's options form: built from the catalog in force and rendered with Jinja2
+(autoescaped), and its submitted data turned into KubeSpawner-shaped user_options. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+import jinja2
+
+from ..catalog import Catalog, Profile
+from ..policy.identity import Identity, teams_of
+from ..policy.preview import (
+    BudgetPreview,
+    ProfilePreview,
+    TeamUsage,
+    budget_preview,
+    profile_preview,
+)
+from ..policy.profiles import default_profile, visible_profiles
+from ..policy.request import UNLISTED
+
+OTHER = "--unlisted-choice"
+"""The select value that means 'use the text field instead'."""
+
+
+@dataclass(frozen=True)
+class TeamView:
+    key: str
+    display_name: str
+    budget: BudgetPreview
+
+
+@dataclass(frozen=True)
+class ProfileView:
+    profile: Profile
+    previews: tuple[ProfilePreview, ...]
+    """One per team of the user that may use the profile (one with team None for no team)."""
+    checked: bool
+
+
+@dataclass(frozen=True)
+class FormView:
+    teams: tuple[TeamView, ...]
+    selected_team: str | None
+    profiles: tuple[ProfileView, ...]
+    selected_options: Mapping[str, str]
+    simulated_gpus: str | None
+    catalog_version: str
+
+
+def form_view(
+    catalog: Catalog,
+    who: Identity,
+    usage: Mapping[str | None, TeamUsage],
+    now: datetime,
+    *,
+    previous: Mapping[str, Any] | None = None,
+    simulated_gpus: str | None = None,
+    catalog_version: str = "",
+) -> FormView:
+    """Everything the form shows for `who`. `usage` maps each of their teams (or None) to what the
+    team holds; `previous` are the user_options of their last spawn, preselected."""
+    previous = previous or {}
+    team_keys: Sequence[str | None] = teams_of(catalog, who) or (None,)
+    teams = tuple(
+        TeamView(
+            key,
+            catalog.teams[key].display_name or key,
+            budget_preview(catalog, key, usage.get(key, TeamUsage()), now),
+        )
+        for key in team_keys
+        if key is not None
+    )
+    asked_team = previous.get("team")
+    selected_team = asked_team if asked_team in team_keys else team_keys[0]
+    by_slug: dict[str, list[ProfilePreview]] = {}
+    for key in team_keys:
+        for profile in visible_profiles(catalog, who, key):
+            preview = profile_preview(catalog, profile, key, usage.get(key, TeamUsage()))
+            by_slug.setdefault(profile.slug, []).append(preview)
+    shown = tuple(p for p in catalog.profiles if p.slug in by_slug)
+    chosen = previous.get("profile") if previous.get("profile") in by_slug else None
+    fallback = default_profile(shown)
+    chosen = chosen or (fallback.slug if fallback else None)
+    return FormView(
+        teams=teams,
+        selected_team=selected_team,
+        profiles=tuple(ProfileView(p, tuple(by_slug[p.slug]), p.slug == chosen) for p in shown),
+        selected_options={k: v for k, v in previous.items() if isinstance(v, str)},
+        simulated_gpus=simulated_gpus,
+        catalog_version=catalog_version,
+    )
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("spawner_ext", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render_form(view: FormView) -> str:
+    """The form's HTML, to sit inside JupyterHub's spawn page (Bootstrap 5)."""
+    return _environment().get_template("options_form.html").render(view=view, OTHER=OTHER)
+
+
+def user_options_from_form(formdata: Mapping[str, Sequence[Any]]) -> dict[str, str]:
+    """Form fields -> user_options, the shape the REST API takes:
+    `{"profile": SLUG, "team": TEAM, OPTION: CHOICE, "OPTION--unlisted-choice": TEXT}`.
+    Validation happens later, on the user_options, for form and API alike."""
+
+    def first(name: str) -> str | None:
+        values = formdata.get(name) or []
+        value = values[0] if values else None
+        return value if isinstance(value, str) else None
+
+    options: dict[str, str] = {}
+    profile = first("profile")
+    team = first("team")
+    if profile:
+        options["profile"] = profile
+    if team:
+        options["team"] = team
+    if not profile:
+        return options
+    prefix = f"profile-option-{profile}--"
+    for name in formdata:
+        if not name.startswith(prefix) or name.endswith(UNLISTED):
+            continue
+        option = name[len(prefix) :]
+        choice = first(name)
+        if choice == OTHER:
+            options[option + UNLISTED] = (first(name + UNLISTED) or "").strip()
+        elif choice:
+            options[option] = choice
+    return options

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jupyterhub.spawner import Spawner
 from tornado import web
 from traitlets import Any as AnyTrait
 from traitlets import Unicode, default
+from traitlets.config import LoggingConfigurable
 
 from ..catalog.store import CatalogVersion
 from ..clock import utcnow
@@ -38,8 +38,15 @@ def refusal(exc: SpawnRefused) -> web.HTTPError:
     return web.HTTPError(400, exc.message.replace("%", "%%"))
 
 
-class GPUSpawnerMixin(Spawner):  # type: ignore[misc]
-    """Base of the gpuhub spawners. List it before the concrete spawner class."""
+if TYPE_CHECKING:  # the mixin is always combined with a Spawner; type it as one
+    from jupyterhub.spawner import Spawner as _SpawnerBase
+else:
+    _SpawnerBase = LoggingConfigurable
+
+
+class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
+    """Base of the gpuhub spawners. List it before the concrete spawner class, which supplies
+    JupyterHub's Spawner API (`user`, `db`, `user_options`, start/stop/poll)."""
 
     catalog_path = Unicode(
         "",
@@ -138,8 +145,9 @@ class GPUSpawnerMixin(Spawner):  # type: ignore[misc]
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()
-        if self.plan is not None:
-            state[STATE_KEY] = plan_state(self.plan)
+        summary = plan_state(self.plan) if self.plan is not None else self.restored_plan
+        if summary:
+            state[STATE_KEY] = summary
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:

@@ -1,0 +1,75 @@
+"""Engines for the ledger database: SQLite (default) and PostgreSQL, with the locking that makes
+admission atomic, and the schema check that refuses to run on an old schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+DEFAULT_URL = "sqlite:///gpuhub-ledger.sqlite"
+"""A file beside JupyterHub's own jupyterhub.sqlite (both relative to the hub's directory)."""
+
+
+class SchemaError(RuntimeError):
+    """The ledger database is missing its schema or has an older one."""
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for `url`. On SQLite every transaction takes the write lock at BEGIN
+    (BEGIN IMMEDIATE), so admissions are serialised across threads and processes."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _no_pysqlite_transactions(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the ledger schema at `url` up to `revision` (creating it in an empty database)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def check_schema(engine: Engine, url_for_message: str) -> None:
+    """Raise SchemaError unless the schema is the one this version of gpuhub needs."""
+    current, head = current_revision(engine), head_revision()
+    if current == head:
+        return
+    what = "has no ledger schema" if current is None else f"has ledger schema {current}"
+    raise SchemaError(
+        f"the billing database {url_for_message} {what}; this gpuhub needs {head}. "
+        f"Run: gpuhub db upgrade --db-url {url_for_message}"
+    )

@@ -1,0 +1,105 @@
+"""SQLAlchemy 2 models of the ledger. Times are stored as UTC and always come back aware."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import DateTime, Index, Integer, MetaData, Numeric, String, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite keeps no zone; PostgreSQL timestamptz)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the ledger stores aware UTC times only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class EndReason(enum.StrEnum):
+    """Why a usage session ended."""
+
+    STOPPED = "stopped"  # by the user or an admin
+    CULLED_IDLE = "culled-idle"
+    CULLED_GPU_IDLE = "culled-gpu-idle"
+    MAX_AGE = "max-age"
+    BUDGET = "budget"
+    FAILED = "failed"  # never started
+    NODE_LOST = "node-lost"  # its pod vanished behind the hub's back
+    RECONCILED = "reconciled"  # found gone by reconciliation (e.g. after a hub crash)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class UsageSession(Base):
+    """One run of one server: admitted (`requested_at`), billed from `started_at` to `ended_at`."""
+
+    __tablename__ = "usage_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user: Mapped[str] = mapped_column(String(255))
+    team: Mapped[str | None] = mapped_column(String(63))
+    server_name: Mapped[str] = mapped_column(String(255), default="")
+    profile: Mapped[str] = mapped_column(String(63))
+    gpu_type: Mapped[str | None] = mapped_column(String(63))
+    gpu_count: Mapped[int] = mapped_column(Integer, default=0)
+    price_per_hour: Mapped[Decimal] = mapped_column(Numeric(14, 6))
+    """Price of the whole server (all its GPUs) per hour, as in force when it was admitted."""
+    currency: Mapped[str] = mapped_column(String(3))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """The last time the server was seen running (start, or a reconciliation tick)."""
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    end_reason: Mapped[str | None] = mapped_column(String(32))
+    gpu_seconds: Mapped[int | None] = mapped_column(Integer)
+    cost: Mapped[Decimal | None] = mapped_column(Numeric(18, 6))
+    runtime_ref: Mapped[str | None] = mapped_column(String(255))
+    """Where it runs: `namespace/pod` on Kubernetes, `local:<pid>` in local mode."""
+    catalog_version: Mapped[str] = mapped_column(String(12), default="")
+
+    __table_args__ = (
+        Index("ix_usage_sessions_open", "team", "ended_at"),
+        Index("ix_usage_sessions_user_server", "user", "server_name", "ended_at"),
+        Index("ix_usage_sessions_started", "team", "started_at"),
+    )
+
+    @property
+    def is_open(self) -> bool:
+        return self.ended_at is None
+
+
+class TeamLock(Base):
+    """One row per team, locked (SELECT ... FOR UPDATE) while admitting a spawn on PostgreSQL,
+    so concurrent admissions for one team run one after the other."""
+
+    __tablename__ = "team_locks"
+
+    team: Mapped[str] = mapped_column(String(63), primary_key=True)
+    over_budget_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """When the team was first seen over its monthly budget (cleared in a new month)."""

@@ -1,0 +1,162 @@
+"""Billing and admission rules: pure functions of (sessions, quotas, now).
+
+Billing: a session is billed from `started_at` (its server is running with its GPUs bound) to
+`ended_at` (its server is gone), in whole seconds. GPU-seconds = seconds x GPU count. Cost =
+seconds / 3600 x the server's price per hour in force when it was admitted. Budgets count
+GPU-hours per calendar month in UTC; a session spanning a month boundary counts in both months.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+
+from ..catalog import Quota
+from ..policy.preview import next_month_start
+
+CENT_MILLIONTHS = Decimal("0.000001")
+
+
+def month_start(now: datetime) -> datetime:
+    now = now.astimezone(UTC)
+    return datetime(now.year, now.month, 1, tzinfo=UTC)
+
+
+def billed_seconds(started: datetime | None, ended: datetime) -> int:
+    """Whole seconds from start to end; 0 for a session that never started."""
+    if started is None:
+        return 0
+    return max(int((ended - started).total_seconds()), 0)
+
+
+def session_cost(price_per_hour: Decimal, seconds: int) -> Decimal:
+    return (price_per_hour * seconds / 3600).quantize(CENT_MILLIONTHS, rounding=ROUND_HALF_UP)
+
+
+@dataclass(frozen=True)
+class Span:
+    """The billed part of a session: what budgets and reports sum."""
+
+    user: str
+    gpu_type: str | None
+    gpu_count: int
+    started: datetime | None
+    ended: datetime | None
+
+
+def gpu_seconds_between(spans: Iterable[Span], start: datetime, end: datetime) -> int:
+    """GPU-seconds of `spans` that fall within [start, end); open spans run until `end`."""
+    total = 0
+    for span in spans:
+        if span.started is None or span.gpu_count == 0:
+            continue
+        lo = max(span.started, start)
+        hi = min(span.ended or end, end)
+        if hi > lo:
+            total += int((hi - lo).total_seconds()) * span.gpu_count
+    return total
+
+
+def gpu_hours_this_month(spans: Iterable[Span], now: datetime) -> Decimal:
+    seconds = gpu_seconds_between(spans, month_start(now), now)
+    return (Decimal(seconds) / 3600).quantize(Decimal("0.001"))
+
+
+@dataclass(frozen=True)
+class Holding:
+    """GPUs held by one admitted, not yet ended session of a team."""
+
+    user: str
+    gpu_type: str | None
+    gpu_count: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    admitted: bool
+    reason: str | None
+    """Short label of a refusal: gpu-quota, user-cap, budget."""
+    message: str
+    warning: str | None = None
+
+
+def decide(
+    team: str,
+    quota: Quota,
+    *,
+    user: str,
+    gpu_type: str | None,
+    gpu_count: int,
+    gpu_type_name: str,
+    holdings: Sequence[Holding],
+    hours_used: Decimal,
+    now: datetime,
+) -> Decision:
+    """May `user` start a server with `gpu_count` GPUs of `gpu_type` charged to `team` now?"""
+    if gpu_count == 0 or gpu_type is None:
+        return Decision(True, None, "no GPUs requested")
+    resets = next_month_start(now)
+    budget = quota.monthly_gpu_hours
+    if budget is not None and hours_used >= budget:
+        return Decision(
+            False,
+            "budget",
+            f"team {team!r} has used its monthly budget ({hours_used} of {budget} GPU-hours); "
+            f"GPU servers can start again when it resets on {resets:%Y-%m-%d %H:%M} UTC, or ask "
+            "your team lead to raise the budget. CPU profiles still work.",
+        )
+    allowed = quota.gpus.get(gpu_type, 0)
+    of_type = [h for h in holdings if h.gpu_type == gpu_type]
+    held = sum(h.gpu_count for h in of_type)
+    if held + gpu_count > allowed:
+        holders = Counter[str]()
+        for h in of_type:
+            holders[h.user] += h.gpu_count
+        who = ", ".join(f"{u}: {n}" for u, n in sorted(holders.items())) or "nobody"
+        return Decision(
+            False,
+            "gpu-quota",
+            f"team {team!r} may hold {allowed} {gpu_type_name} at once and holds {held} "
+            f"({who}); {max(allowed - held, 0)} free, you asked for {gpu_count}. Try again when "
+            "a server stops, or pick a smaller profile.",
+        )
+    cap = quota.gpus_per_user
+    mine = sum(h.gpu_count for h in holdings if h.user == user)
+    if cap is not None and mine + gpu_count > cap:
+        return Decision(
+            False,
+            "user-cap",
+            f"you may hold {cap} GPUs at once in team {team!r} and hold {mine}; stop a server "
+            f"first (you asked for {gpu_count}).",
+        )
+    warning = None
+    if budget is not None and budget > 0:
+        percent = int(hours_used * 100 / budget)
+        if percent >= quota.budget_warning_percent:
+            warning = (
+                f"team {team!r} has used {percent}% of its {budget} GPU-hours this month "
+                f"(resets {resets:%Y-%m-%d})"
+            )
+    return Decision(True, None, "admitted", warning)
+
+
+def over_budget_grace_over(
+    quota: Quota, hours_used: Decimal, over_since: datetime | None, now: datetime
+) -> bool:
+    """True when running GPU servers of an over-budget team must be stopped now."""
+    grace = quota.stop_running_over_budget_after
+    budget = quota.monthly_gpu_hours
+    if grace is None or budget is None or hours_used < budget or over_since is None:
+        return False
+    return now - over_since >= grace
+
+
+def reconcile_end(last_seen: datetime | None, started: datetime | None, now: datetime) -> datetime:
+    """Best known end of a session whose server is found gone: when it was last seen running
+    (never later than now, never earlier than its start)."""
+    candidates = [t for t in (last_seen, started) if t is not None]
+    end = max(candidates) if candidates else now
+    return min(end, now)

@@ -1,0 +1,246 @@
+"""The ledger's I/O: admission in one locked transaction, session start/stop, usage for previews.
+
+Calls are short synchronous transactions, as JupyterHub's own database calls are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..catalog import Catalog
+from ..clock import Clock, utcnow
+from ..policy.preview import TeamUsage
+from .engine import check_schema, make_engine
+from .models import EndReason, TeamLock, UsageSession
+from .rules import (
+    Decision,
+    Holding,
+    Span,
+    billed_seconds,
+    decide,
+    gpu_hours_this_month,
+    month_start,
+    session_cost,
+)
+
+
+class AdmissionRefused(Exception):
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.message)
+        self.decision = decision
+
+
+@dataclass(frozen=True)
+class Admission:
+    session_id: int
+    warning: str | None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What admission needs to know about a spawn (a SpawnPlan has all of it)."""
+
+    user: str
+    server_name: str
+    team: str | None
+    profile: str
+    gpu_type: str | None
+    gpu_count: int
+    price_per_hour: Decimal
+    currency: str
+    catalog_version: str
+
+
+class Ledger:
+    """The billing ledger at one database URL."""
+
+    def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str, *, clock: Clock = utcnow) -> Ledger:
+        """Open the ledger at `url`; raises SchemaError if its schema is missing or old."""
+        engine = make_engine(url)
+        try:
+            check_schema(engine, url)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, clock=clock)
+
+    # --- admission -------------------------------------------------------------------------
+
+    def admit(self, catalog: Catalog, request: Request) -> Admission:
+        """Record a new session if the team's quotas and budget allow it, atomically: on SQLite
+        the transaction holds the database write lock, on PostgreSQL the team's lock row."""
+        now = self.clock()
+        with self._sessions.begin() as db:
+            self._close_stale(db, request.user, request.server_name, now)
+            warning = None
+            if request.team is not None and request.gpu_count > 0:
+                self._lock_team(db, request.team)
+                decision = self._decide(db, catalog, request, now)
+                if not decision.admitted:
+                    raise AdmissionRefused(decision)
+                warning = decision.warning
+            row = UsageSession(
+                user=request.user,
+                team=request.team,
+                server_name=request.server_name,
+                profile=request.profile,
+                gpu_type=request.gpu_type,
+                gpu_count=request.gpu_count,
+                price_per_hour=request.price_per_hour,
+                currency=request.currency,
+                requested_at=now,
+                catalog_version=request.catalog_version,
+            )
+            db.add(row)
+            db.flush()
+            return Admission(row.id, warning)
+
+    def _decide(self, db: Session, catalog: Catalog, request: Request, now: datetime) -> Decision:
+        assert request.team is not None
+        team = request.team
+        holdings = [
+            Holding(user, gpu_type, count)
+            for user, gpu_type, count in db.execute(
+                select(UsageSession.user, UsageSession.gpu_type, UsageSession.gpu_count).where(
+                    UsageSession.team == team,
+                    UsageSession.ended_at.is_(None),
+                    UsageSession.gpu_count > 0,
+                )
+            )
+        ]
+        gpu_type = catalog.gpu_types.get(request.gpu_type or "")
+        return decide(
+            team,
+            catalog.teams[team].quota,
+            user=request.user,
+            gpu_type=request.gpu_type,
+            gpu_count=request.gpu_count,
+            gpu_type_name=gpu_type.display_name if gpu_type else str(request.gpu_type),
+            holdings=holdings,
+            hours_used=self._hours_this_month(db, team, now),
+            now=now,
+        )
+
+    def _lock_team(self, db: Session, team: str) -> None:
+        if db.get_bind().dialect.name == "postgresql":
+            db.execute(pg_insert(TeamLock).values(team=team).on_conflict_do_nothing())
+            db.execute(select(TeamLock).where(TeamLock.team == team).with_for_update())
+        # SQLite: BEGIN IMMEDIATE already holds the database's write lock.
+
+    def _close_stale(self, db: Session, user: str, server_name: str, now: datetime) -> None:
+        """A server being started again cannot still be running: close its old session."""
+        stale = db.scalars(
+            select(UsageSession).where(
+                UsageSession.user == user,
+                UsageSession.server_name == server_name,
+                UsageSession.ended_at.is_(None),
+            )
+        ).all()
+        for row in stale:
+            _close(row, row.last_seen_at or row.started_at or now, EndReason.RECONCILED)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def mark_started(self, session_id: int, runtime_ref: str | None = None) -> None:
+        """Billing starts now: the server runs with its GPUs bound."""
+        now = self.clock()
+        with self._sessions.begin() as db:
+            db.execute(
+                update(UsageSession)
+                .where(UsageSession.id == session_id, UsageSession.ended_at.is_(None))
+                .values(started_at=now, last_seen_at=now, runtime_ref=runtime_ref)
+            )
+
+    def close(self, session_id: int, reason: EndReason, at: datetime | None = None) -> None:
+        """Billing ends at `at` (default now). Idempotent: a closed session stays as it was."""
+        with self._sessions.begin() as db:
+            row = db.get(UsageSession, session_id)
+            if row is not None and row.ended_at is None:
+                _close(row, at or self.clock(), reason)
+
+    def seen(self, session_ids: Sequence[int], at: datetime | None = None) -> None:
+        """Record that these sessions' servers were seen running at `at`."""
+        if not session_ids:
+            return
+        with self._sessions.begin() as db:
+            db.execute(
+                update(UsageSession)
+                .where(UsageSession.id.in_(session_ids), UsageSession.ended_at.is_(None))
+                .values(last_seen_at=at or self.clock())
+            )
+
+    def open_sessions(self) -> list[UsageSession]:
+        with self._sessions() as db:
+            return list(db.scalars(select(UsageSession).where(UsageSession.ended_at.is_(None))))
+
+    def session(self, session_id: int) -> UsageSession | None:
+        with self._sessions() as db:
+            return db.get(UsageSession, session_id)
+
+    # --- usage -------------------------------------------------------------------------------
+
+    async def team_usage(self, catalog: Catalog, team: str | None, user: str) -> TeamUsage:
+        """UsageSource for previews: GPUs held now and GPU-hours used this month."""
+        now = self.clock()
+        with self._sessions() as db:
+            held = db.execute(
+                select(UsageSession.gpu_type, func.sum(UsageSession.gpu_count))
+                .where(UsageSession.team == team, UsageSession.ended_at.is_(None))
+                .group_by(UsageSession.gpu_type)
+            ).all()
+            mine = db.scalar(
+                select(func.coalesce(func.sum(UsageSession.gpu_count), 0)).where(
+                    UsageSession.user == user,
+                    UsageSession.team == team,
+                    UsageSession.ended_at.is_(None),
+                )
+            )
+            hours = self._hours_this_month(db, team, now) if team else None
+        return TeamUsage(
+            gpus_in_use={t: int(n) for t, n in held if t is not None and n},
+            user_gpus_in_use=int(mine or 0),
+            gpu_hours_this_month=hours,
+        )
+
+    def _hours_this_month(self, db: Session, team: str, now: datetime) -> Decimal:
+        start = month_start(now)
+        rows = db.execute(
+            select(
+                UsageSession.user,
+                UsageSession.gpu_type,
+                UsageSession.gpu_count,
+                UsageSession.started_at,
+                UsageSession.ended_at,
+            ).where(
+                UsageSession.team == team,
+                UsageSession.gpu_count > 0,
+                UsageSession.started_at.is_not(None),
+                (UsageSession.ended_at.is_(None)) | (UsageSession.ended_at > start),
+            )
+        )
+        return gpu_hours_this_month((Span(*row) for row in rows), now)
+
+
+def _close(row: UsageSession, at: datetime, reason: EndReason) -> None:
+    end = max(at, row.started_at) if row.started_at else at
+    seconds = billed_seconds(row.started_at, end)
+    row.ended_at = end
+    row.end_reason = reason.value
+    row.gpu_seconds = seconds * row.gpu_count
+    row.cost = session_cost(row.price_per_hour, seconds)
+
+
+__all__ = ["Admission", "AdmissionRefused", "Ledger", "Request", "make_engine"]

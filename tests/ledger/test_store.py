@@ -1,0 +1,174 @@
+"""The ledger on a real database (SQLite, and PostgreSQL started by the test setup)."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+
+import pytest
+
+from spawner_ext.catalog import Catalog
+from spawner_ext.ledger.models import EndReason
+from spawner_ext.ledger.store import AdmissionRefused, Ledger, Request
+from tests.ledger.conftest import FakeClock
+
+
+def request(
+    user: str = "ada",
+    server: str = "",
+    profile: str = "h100-single",
+    count: int = 1,
+    team: str | None = "vision",
+    gpu_type: str | None = "h100-80gb",
+    price: str = "4.10",
+) -> Request:
+    return Request(user, server, team, profile, gpu_type, count, Decimal(price), "USD", "abc")
+
+
+def test_session_billing(ledger: Ledger, catalog: Catalog, clock: FakeClock) -> None:
+    admitted = ledger.admit(catalog, request(count=2, price="8.20"))
+    clock.advance(seconds=30)  # pod scheduling and image pull are not billed
+    ledger.mark_started(admitted.session_id, "gpuhub-vision/jupyter-ada")
+    clock.advance(hours=1, seconds=15)
+    ledger.close(admitted.session_id, EndReason.STOPPED)
+    ledger.close(admitted.session_id, EndReason.CULLED_IDLE)  # idempotent
+    row = ledger.session(admitted.session_id)
+    assert row is not None
+    assert row.gpu_seconds == 2 * 3615
+    assert row.cost == Decimal("8.234167")
+    assert row.end_reason == "stopped"
+    assert row.started_at is not None
+    assert row.started_at.tzinfo is not None
+    assert row.requested_at.utcoffset() is not None
+
+
+def test_failed_spawn_costs_nothing(ledger: Ledger, catalog: Catalog, clock: FakeClock) -> None:
+    admitted = ledger.admit(catalog, request())
+    clock.advance(minutes=5)
+    ledger.close(admitted.session_id, EndReason.FAILED)
+    row = ledger.session(admitted.session_id)
+    assert row is not None
+    assert (row.gpu_seconds, row.cost) == (0, Decimal(0))
+
+
+def test_quota_refusal_names_holders(ledger: Ledger, catalog: Catalog) -> None:
+    for user in ("ada", "bob", "cy", "dee"):
+        ledger.admit(catalog, request(user=user, count=2))
+    with pytest.raises(AdmissionRefused) as info:
+        ledger.admit(catalog, request(user="eve", count=1))
+    message = info.value.decision.message
+    assert "holds 8 (ada: 2, bob: 2, cy: 2, dee: 2); 0 free" in message
+
+
+async def test_usage_and_price_snapshot(ledger: Ledger, catalog: Catalog, clock: FakeClock) -> None:
+    first = ledger.admit(catalog, request(price="4.10"))
+    ledger.mark_started(first.session_id)
+    clock.advance(hours=1)
+    # The admin raises the price mid-session: the running session keeps its price.
+    second = ledger.admit(catalog, request(user="bob", price="5.00"))
+    ledger.mark_started(second.session_id)
+    clock.advance(hours=1)
+    usage = await ledger.team_usage(catalog, "vision", "ada")
+    assert usage.gpus_in_use == {"h100-80gb": 2}
+    assert usage.user_gpus_in_use == 1
+    assert usage.gpu_hours_this_month == Decimal("3.000")
+    ledger.close(first.session_id, EndReason.STOPPED)
+    row = ledger.session(first.session_id)
+    assert row is not None
+    assert row.cost == Decimal("8.200000")
+
+
+def test_budget_blocks_new_gpu_servers(ledger: Ledger, catalog: Catalog, clock: FakeClock) -> None:
+    # teaching: 300 GPU-hours a month, 14 MIG slices, 1 GPU per user.
+    sessions = []
+    for n in range(10):
+        s = ledger.admit(
+            catalog,
+            request(
+                user=f"s{n}",
+                team="teaching",
+                profile="mig-slice",
+                gpu_type="a100-1g10gb",
+                price="0.30",
+            ),
+        )
+        ledger.mark_started(s.session_id)
+        sessions.append(s.session_id)
+    clock.advance(hours=30)
+    for sid in sessions:
+        ledger.close(sid, EndReason.STOPPED)
+    with pytest.raises(AdmissionRefused) as info:
+        ledger.admit(
+            catalog,
+            request(
+                user="s1",
+                team="teaching",
+                profile="mig-slice",
+                gpu_type="a100-1g10gb",
+                price="0.30",
+            ),
+        )
+    assert info.value.decision.reason == "budget"
+    assert "2026-12-01" in info.value.decision.message
+    # A CPU server is still admitted, and in December the budget is fresh.
+    ledger.admit(
+        catalog,
+        request(user="s2", team="teaching", profile="cpu-small", gpu_type=None, count=0, price="0"),
+    )
+    clock.now = clock.now.replace(month=12, day=1, hour=0, minute=0)
+    ledger.admit(
+        catalog,
+        request(
+            user="s3", team="teaching", profile="mig-slice", gpu_type="a100-1g10gb", price="0.30"
+        ),
+    )
+
+
+def test_starting_a_server_again_closes_its_stale_session(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    old = ledger.admit(catalog, request())
+    ledger.mark_started(old.session_id)
+    clock.advance(minutes=10)
+    ledger.seen([old.session_id])
+    clock.advance(minutes=10)
+    ledger.admit(catalog, request())
+    row = ledger.session(old.session_id)
+    assert row is not None
+    assert row.end_reason == "reconciled"
+    assert row.gpu_seconds == 600
+
+
+@pytest.mark.parametrize("contenders", [12])
+def test_simultaneous_admissions_for_the_last_gpu_admit_exactly_one(
+    db_url: str, ledger: Ledger, catalog: Catalog, clock: FakeClock, contenders: int
+) -> None:
+    for user in ("a", "b", "c"):
+        ledger.admit(catalog, request(user=user, count=2, profile="h100-single"))
+    ledger.admit(catalog, request(user="d", count=1))  # 7 of 8 H100 held: one left
+    barrier = threading.Barrier(contenders)
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def contend(n: int) -> None:
+        own = Ledger.open(db_url, clock=clock)  # own engine and connections, like another hub
+        try:
+            barrier.wait()
+            try:
+                own.admit(catalog, request(user=f"u{n}"))
+                outcome = "admitted"
+            except AdmissionRefused as exc:
+                outcome = exc.decision.reason or "?"
+            with lock:
+                results.append(outcome)
+        finally:
+            own.engine.dispose()
+
+    threads = [threading.Thread(target=contend, args=(n,)) for n in range(contenders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == ["admitted"] + ["gpu-quota"] * (contenders - 1)
+    open_h100 = sum(s.gpu_count for s in ledger.open_sessions() if s.gpu_type == "h100-80gb")
+    assert open_h100 == 8

@@ -18,7 +18,7 @@ from spawner_ext.ledger.store import Ledger
 
 
 def test_from_empty(db_url: str) -> None:
-    with pytest.raises(SchemaError, match="has no ledger schema.*Run: gpuhub db upgrade --db-url"):
+    with pytest.raises(SchemaError, match=r"has no ledger schema.*Run: gpuhub db upgrade --db-url"):
         Ledger.open(db_url)
     upgrade(db_url)
     engine = make_engine(db_url)
@@ -39,7 +39,8 @@ def test_from_previous_schema_keeps_data(db_url: str) -> None:
             text(
                 'INSERT INTO usage_sessions ("user", team, server_name, profile, gpu_type, '
                 "gpu_count, price_per_hour, currency, requested_at, started_at, catalog_version) "
-                "VALUES ('ada', 'vision', '', 'h100-single', 'h100-80gb', 1, 4.1, 'USD', :t, :t, 'v')"
+                "VALUES ('ada', 'vision', '', 'h100-single', 'h100-80gb', 1, 4.1, 'USD', "
+                ":t, :t, 'v')"
             ),
             {"t": started.replace(tzinfo=None) if engine.dialect.name == "sqlite" else started},
         )

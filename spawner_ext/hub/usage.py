@@ -12,6 +12,9 @@ from ..catalog import Catalog
 from ..policy.preview import TeamUsage
 
 STATE_KEY = "gpuhub"
+"""Spawner-state key of the plan summary (team, profile, GPU type and count, price)."""
+STATE_SESSION = "gpuhub_session"
+"""Spawner-state key of the ledger session id."""
 
 
 class UsageSource(Protocol):

@@ -18,7 +18,10 @@ from kubespawner import KubeSpawner
 from kubespawner.objects import make_namespace
 
 from ..catalog.frozen import thaw
+from ..hub.metering import ensure_reconciler
+from ..ledger.models import EndReason
 from ..spawners.mixin import GPUSpawnerMixin
+from .observer import SESSION_LABEL, PodObserver
 from .placement import apply_placement, placement
 from .serialize import from_manifest, to_manifest
 
@@ -36,6 +39,7 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
             overrides["namespace"] = plan.namespace
         self._start_from_configured(overrides)
         self._apply_overrides(overrides)
+        self.dns_name = self.dns_name_template.format(namespace=self.namespace, name=self.pod_name)
         if plan.namespace and not self.enable_user_namespaces:
             await self._ensure_team_namespace(plan.team or "")
 
@@ -68,4 +72,43 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         if self.plan is None:
             return pod
         manifest = apply_placement(to_manifest(pod), placement(self.plan))
+        if self.usage_session_id is not None:
+            manifest["metadata"]["labels"][SESSION_LABEL] = str(self.usage_session_id)
         return from_manifest(manifest, "V1Pod")
+
+    # --- metering: billing runs from pod Running (start returns) until the pod is gone ------
+
+    def start(self) -> Any:
+        self._start_future = asyncio.ensure_future(self._metered_start())
+        return self._start_future
+
+    async def _metered_start(self) -> Any:
+        try:
+            result = await self._start()
+        except BaseException:
+            self.metering_ended(EndReason.FAILED)
+            raise
+        self.metering_started(f"{self.namespace}/{self.pod_name}")
+        self._start_reconciler()
+        return result
+
+    async def stop(self, now: bool = False) -> None:
+        try:
+            await super().stop(now=now)
+        finally:
+            self.metering_ended()
+
+    async def poll(self) -> int | None:
+        status: int | None = await super().poll()
+        if status is not None and self.usage_session_id is not None:
+            gone = f"{self.namespace}/{self.pod_name}" not in self.pod_reflector.pods
+            self.metering_ended(EndReason.NODE_LOST if gone else EndReason.STOPPED)
+        return status
+
+    def _start_reconciler(self) -> None:
+        ledger = self.ledger()
+        if ledger is not None:
+            interval = self.catalog_version().catalog.metering.reconcile_interval
+            ensure_reconciler(
+                self.ledger_url, ledger, PodObserver(self.api), interval.total_seconds()
+            )

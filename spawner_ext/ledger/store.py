@@ -19,6 +19,7 @@ from ..clock import Clock, utcnow
 from ..policy.preview import TeamUsage
 from .engine import check_schema, make_engine
 from .models import EndReason, TeamLock, UsageSession
+from .reconcile import RunningServer
 from .rules import (
     Decision,
     Holding,
@@ -181,6 +182,40 @@ class Ledger:
                 .where(UsageSession.id.in_(session_ids), UsageSession.ended_at.is_(None))
                 .values(last_seen_at=at or self.clock())
             )
+
+    def adopt(self, server: RunningServer, start: datetime) -> int:
+        """Open a started session for a running server the ledger has no open session for."""
+        with self._sessions.begin() as db:
+            row = UsageSession(
+                user=server.user,
+                team=server.team,
+                server_name=server.server_name,
+                profile=server.profile,
+                gpu_type=server.gpu_type,
+                gpu_count=server.gpu_count,
+                price_per_hour=server.price_per_hour,
+                currency=server.currency,
+                requested_at=start,
+                started_at=start,
+                last_seen_at=self.clock(),
+                runtime_ref=server.runtime_ref,
+                catalog_version="",
+            )
+            db.add(row)
+            db.flush()
+            return row.id
+
+    def closed(self, session_ids: Sequence[int]) -> dict[int, tuple[datetime, str]]:
+        """End time and reason of those of `session_ids` that are closed."""
+        if not session_ids:
+            return {}
+        with self._sessions() as db:
+            rows = db.execute(
+                select(UsageSession.id, UsageSession.ended_at, UsageSession.end_reason).where(
+                    UsageSession.id.in_(session_ids), UsageSession.ended_at.is_not(None)
+                )
+            )
+            return {sid: (ended, reason or "") for sid, ended, reason in rows if ended}
 
     def open_sessions(self) -> list[UsageSession]:
         with self._sessions() as db:

@@ -16,6 +16,8 @@ from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Unicode
 
 from ..catalog import Catalog
+from ..hub.metering import ensure_reconciler
+from ..ledger.models import EndReason
 from ..policy.request import SpawnRefused
 from ..spawners.mixin import GPUSpawnerMixin, refusal
 from .allocator import Allocator, NoFreeGPUs, RestoreError, to_state, visible_devices_env
@@ -28,6 +30,7 @@ from .inventory import (
     unmatched,
     unmatched_message,
 )
+from .observer import LocalObserver
 
 STATE_DEVICES = "gpuhub_devices"
 
@@ -112,26 +115,43 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
     # --- Spawner API ------------------------------------------------------------------------
 
     async def start(self) -> Any:
-        await self.plan_spawn()
         self._release()  # a previous run of this server that never reported its stop
-        self._claim()
+        await self.plan_spawn()
+        self._start_reconciler()
         try:
-            return await super().start()
+            self._claim()
+            url = await super().start()
         except BaseException:
             self._release()
+            self.metering_ended(EndReason.FAILED)
             raise
+        self.metering_started(f"local:{self.pid}")
+        return url
 
     async def stop(self, now: bool = False) -> None:
         try:
             await super().stop(now=now)
         finally:
             self._release()
+            self.metering_ended()
 
     async def poll(self) -> int | None:
         status: int | None = await super().poll()
         if status is not None:
             self._release()
+            self.metering_ended()  # the server exited by itself (e.g. File > Shut Down)
         return status
+
+    def _start_reconciler(self) -> None:
+        ledger = self.ledger()
+        if ledger is not None:
+            interval = self.catalog_version().catalog.metering.reconcile_interval
+            ensure_reconciler(
+                self.ledger_url,
+                ledger,
+                LocalObserver(self.db),
+                interval.total_seconds(),
+            )
 
     def get_env(self) -> dict[str, str]:
         env: dict[str, str] = super().get_env()

@@ -7,7 +7,7 @@ Subclasses call `await self.plan_spawn()` before creating anything and build fro
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from tornado import web
@@ -18,7 +18,11 @@ from traitlets.config import LoggingConfigurable
 from ..catalog.store import CatalogVersion
 from ..clock import utcnow
 from ..hub.catalogs import shared_store
-from ..hub.usage import STATE_KEY, RunningServersUsage, UsageSource
+from ..hub.metering import shared_ledger
+from ..hub.usage import STATE_KEY, STATE_SESSION, RunningServersUsage, UsageSource
+from ..ledger.engine import DEFAULT_URL
+from ..ledger.models import EndReason
+from ..ledger.store import AdmissionRefused, Ledger, Request
 from ..policy.identity import Identity, teams_of
 from ..policy.preview import TeamUsage
 from ..policy.request import SpawnPlan, SpawnRefused, resolve_spawn
@@ -61,6 +65,13 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         help="Object with `async team_usage(catalog, team, user) -> TeamUsage` for previews. "
         "Default: the GPUs held by running servers, read from JupyterHub's database.",
     )
+    ledger_url = Unicode(
+        DEFAULT_URL,
+        config=True,
+        help="SQLAlchemy URL of the billing database (quotas, budgets and metering). SQLite by "
+        "default, beside JupyterHub's database; PostgreSQL in production. Create or upgrade its "
+        "schema with `gpuhub db upgrade --db-url URL`. Empty: no quotas and no metering.",
+    )
     simulated_gpus = Unicode(
         "",
         config=True,
@@ -70,6 +81,11 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
 
     plan: SpawnPlan | None = None
     """The plan of the current (or last) spawn; None before the first one."""
+    usage_session_id: int | None = None
+    """The ledger session of the current server (billing), if metering is on."""
+    admission_warning: str | None = None
+    stop_reason: EndReason | None = None
+    """Why the next stop happens (set by the culler or budget enforcement); default: stopped."""
 
     @default("options_form")
     def _options_form_default(self) -> Any:
@@ -92,8 +108,11 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         groups = frozenset(group.name for group in getattr(self.user, "groups", []) or [])
         return Identity(self.user.name, groups, bool(getattr(self.user, "admin", False)))
 
+    def ledger(self) -> Ledger | None:
+        return shared_ledger(self.ledger_url) if self.ledger_url else None
+
     def _usage(self) -> UsageSource:
-        source: UsageSource = self.usage_source or RunningServersUsage(self.db)
+        source: UsageSource = self.usage_source or self.ledger() or RunningServersUsage(self.db)
         return source
 
     # --- form ------------------------------------------------------------------------------
@@ -136,10 +155,51 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
             raise refusal(exc) from None
 
     async def plan_spawn(self) -> SpawnPlan:
-        """Validate this spawn's user_options and keep the resulting plan. Call before creating
-        anything. Subclasses extend this with admission (quotas) once metering is configured."""
-        self.plan = self.resolve(self.user_options)
-        return self.plan
+        """Validate this spawn's user_options, admit it against the team's quotas and budget
+        (opening its ledger session), and keep the plan. Call before creating anything."""
+        plan = self.resolve(self.user_options)
+        ledger = self.ledger()
+        if ledger is not None:
+            request = Request(
+                user=plan.user,
+                server_name=self.name,
+                team=plan.team,
+                profile=plan.profile.slug,
+                gpu_type=plan.gpu_type_key,
+                gpu_count=plan.gpu_count,
+                price_per_hour=plan.price_per_hour,
+                currency=plan.currency,
+                catalog_version=plan.catalog_version,
+            )
+            try:
+                admission = ledger.admit(self.catalog_version().catalog, request)
+            except AdmissionRefused as exc:
+                reason = exc.decision.reason or "quota"
+                raise refusal(SpawnRefused(exc.decision.message, reason=reason)) from None
+            self.usage_session_id = admission.session_id
+            self.admission_warning = admission.warning
+        self.plan = plan
+        self.stop_reason = None
+        return plan
+
+    def metering_started(self, runtime_ref: str) -> None:
+        """Billing starts: the server runs with its GPUs bound."""
+        ledger = self.ledger()
+        if ledger is not None and self.usage_session_id is not None:
+            ledger.mark_started(self.usage_session_id, runtime_ref)
+
+    def metering_ended(self, reason: EndReason | None = None) -> None:
+        """Billing ends now (idempotent)."""
+        ledger = self.ledger()
+        if ledger is not None and self.usage_session_id is not None:
+            ledger.close(self.usage_session_id, reason or self.stop_reason or EndReason.STOPPED)
+        self.usage_session_id = None
+
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        if self.admission_warning:
+            yield {"progress": 1, "message": f"Budget warning: {self.admission_warning}"}
+        async for event in super().progress():
+            yield event
 
     # --- state -----------------------------------------------------------------------------
 
@@ -148,16 +208,21 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         summary = plan_state(self.plan) if self.plan is not None else self.restored_plan
         if summary:
             state[STATE_KEY] = summary
+        if self.usage_session_id is not None:
+            state[STATE_SESSION] = self.usage_session_id
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         self.restored_plan = copy.deepcopy(state.get(STATE_KEY))
+        session = state.get(STATE_SESSION)
+        self.usage_session_id = session if isinstance(session, int) else None
 
     def clear_state(self) -> None:
         super().clear_state()
         self.plan = None
         self.restored_plan = None
+        self.usage_session_id = None
 
     restored_plan: dict[str, Any] | None = None
     """The plan summary loaded from state after a hub restart (the plan itself is not kept)."""

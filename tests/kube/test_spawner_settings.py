@@ -46,6 +46,7 @@ async def spawner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> GPUKubeSpa
         catalog_path=str(tmp_path / "catalog.yaml"),
         extra_labels={"configured": "yes"},
         cpu_limit=1,
+        ledger_url="",  # metering is tested in tests/ledger and on the Kubernetes test bed
     )
 
 

@@ -1,0 +1,82 @@
+"""The hub's metering: one Ledger per database URL, and the reconciliation loop that keeps it
+true to what really runs (an Observer lists the running servers of one runtime)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from ..ledger.models import EndReason
+from ..ledger.reconcile import OpenSession, RunningServer, reconcile
+from ..ledger.store import Ledger
+
+log = logging.getLogger("gpuhub.metering")
+_ledgers: dict[str, Ledger] = {}
+_loops: dict[str, asyncio.Task[None]] = {}
+
+
+def shared_ledger(url: str) -> Ledger:
+    """The hub's Ledger for `url` (raises SchemaError naming `gpuhub db upgrade` if needed)."""
+    ledger = _ledgers.get(url)
+    if ledger is None:
+        ledger = _ledgers[url] = Ledger.open(url)
+    return ledger
+
+
+class Observer(Protocol):
+    """Lists the servers of one runtime (Kubernetes pods, local processes) that run now."""
+
+    async def running(self) -> list[RunningServer]: ...
+
+
+async def reconcile_once(
+    ledger: Ledger, observer: Observer, *, lost_reason: EndReason = EndReason.NODE_LOST
+) -> None:
+    running = await observer.running()
+    sessions = [
+        OpenSession(s.id, s.requested_at, s.started_at, s.last_seen_at)
+        for s in ledger.open_sessions()
+    ]
+    named = [s.session_id for s in running if s.session_id is not None]
+    closed = ledger.closed(named)
+    by_reconciliation = {EndReason.NODE_LOST.value, EndReason.RECONCILED.value}
+    actions = reconcile(
+        sessions,
+        running,
+        {sid: end for sid, (end, why) in closed.items() if why in by_reconciliation},
+        ledger.clock(),
+        stopping=frozenset(sid for sid, (_, why) in closed.items() if why not in by_reconciliation),
+        lost_reason=lost_reason,
+    )
+    ledger.seen(actions.seen)
+    for close in actions.close:
+        log.warning(
+            "metering: session %s closed at %s (%s)", close.session_id, close.at, close.reason
+        )
+        ledger.close(close.session_id, close.reason, close.at)
+    for adopt in actions.adopt:
+        new_id = ledger.adopt(adopt.server, adopt.start)
+        log.warning(
+            "metering: adopted running server %s as session %s", adopt.server.runtime_ref, new_id
+        )
+
+
+def ensure_reconciler(key: str, ledger: Ledger, observer: Observer, interval: float) -> None:
+    """Run reconcile_once every `interval` seconds in the hub's event loop (once per key).
+    The first pass after a hub start labels what it closes `reconciled`."""
+    task = _loops.get(key)
+    if task is not None and not task.done():
+        return
+
+    async def loop() -> None:
+        reason = EndReason.RECONCILED
+        while True:
+            try:
+                await reconcile_once(ledger, observer, lost_reason=reason)
+                reason = EndReason.NODE_LOST
+            except Exception:
+                log.exception("metering: reconciliation failed; trying again next tick")
+            await asyncio.sleep(interval)
+
+    _loops[key] = asyncio.get_running_loop().create_task(loop())

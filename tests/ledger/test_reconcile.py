@@ -1,0 +1,116 @@
+"""Reconciliation decisions, and how pods and local processes are observed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from spawner_ext.kube.observer import running_pods
+from spawner_ext.ledger.models import EndReason
+from spawner_ext.ledger.reconcile import Close, OpenSession, RunningServer, reconcile
+from spawner_ext.local.observer import running_from_states
+
+T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def server(session_id: int | None, started: datetime = T0) -> RunningServer:
+    return RunningServer(
+        session_id,
+        "ada",
+        "",
+        "vision",
+        "h100-single",
+        "h100-80gb",
+        1,
+        Decimal("4.1"),
+        "USD",
+        started,
+        "gpuhub-vision/jupyter-ada",
+    )
+
+
+def test_running_sessions_are_seen_and_lost_ones_closed_at_last_seen() -> None:
+    sessions = [
+        OpenSession(1, T0, T0, T0 + timedelta(minutes=9)),
+        OpenSession(2, T0, T0, T0 + timedelta(minutes=7)),
+        OpenSession(3, T0 + timedelta(minutes=5), None, None),  # admitted, pod still pending
+        OpenSession(4, T0 - timedelta(hours=1), None, None),  # hub died mid-spawn
+    ]
+    actions = reconcile(sessions, [server(1)], {}, T0 + timedelta(minutes=10))
+    assert actions.seen == (1,)
+    assert actions.close == (
+        Close(2, T0 + timedelta(minutes=7), EndReason.NODE_LOST),
+        Close(4, T0 - timedelta(hours=1), EndReason.FAILED),
+    )
+    assert actions.adopt == ()
+
+
+def test_adoption_never_bills_twice() -> None:
+    closed_at = T0 + timedelta(minutes=30)
+    actions = reconcile(
+        [], [server(7), server(None), server(8)], {7: closed_at}, T0, stopping=frozenset({8})
+    )
+    starts = {a.server.session_id: a.start for a in actions.adopt}
+    assert starts == {7: closed_at, None: T0}, "session 8 is being stopped by the hub"
+
+
+def test_reconciliation_is_idempotent() -> None:
+    sessions = [OpenSession(1, T0, T0, T0)]
+    once = reconcile(sessions, [server(1)], {}, T0)
+    assert once == reconcile(sessions, [server(1)], {}, T0)
+
+
+def test_pods_observed_from_manifests() -> None:
+    pod = {
+        "metadata": {
+            "name": "jupyter-ada",
+            "namespace": "gpuhub-vision",
+            "labels": {
+                "gpuhub.io/session": "12",
+                "gpuhub.io/team": "vision",
+                "gpuhub.io/profile": "h100-quad",
+                "gpuhub.io/gpu-type": "h100-80gb",
+                "gpuhub.io/gpu-count": "4",
+            },
+            "annotations": {
+                "gpuhub.io/user": "ada",
+                "gpuhub.io/price-per-hour": "16.4",
+                "hub.jupyter.org/servername": "train",
+            },
+        },
+        "status": {"phase": "Running", "startTime": "2026-11-24T12:00:00Z"},
+    }
+    pending = {"metadata": {"labels": {}}, "status": {"phase": "Pending"}}
+    deleting = {**pod, "metadata": {**pod["metadata"], "deletionTimestamp": "x"}}
+    (found,) = running_pods([pod, pending, deleting])
+    assert found.session_id == 12
+    assert (found.user, found.server_name, found.gpu_count) == ("ada", "train", 4)
+    assert found.price_per_hour == Decimal("16.4")
+    assert found.started_at == T0
+    assert found.runtime_ref == "gpuhub-vision/jupyter-ada"
+
+
+def test_local_processes_observed_from_spawner_states() -> None:
+    states = [
+        (
+            "ada",
+            "",
+            {
+                "pid": 10,
+                "gpuhub_session": 3,
+                "gpuhub": {
+                    "team": "vision",
+                    "profile": "l4-single",
+                    "gpu_type": "l4",
+                    "gpu_count": 1,
+                    "price_per_hour": "0.7",
+                },
+            },
+        ),
+        ("bob", "", {"pid": 11, "gpuhub": {"profile": "cpu-small", "gpu_count": 0}}),
+        ("cy", "", {"pid": 0}),
+    ]
+    found = running_from_states(states, alive=lambda pid: pid == 10, now=T0)
+    assert [(s.user, s.session_id, s.gpu_type, s.runtime_ref) for s in found] == [
+        ("ada", 3, "l4", "local:10")
+    ]

@@ -16,6 +16,7 @@ from typing import Any
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from kubespawner.objects import make_namespace
+from traitlets import Bool
 
 from ..catalog.frozen import thaw
 from ..hub.metering import ensure_reconciler
@@ -23,11 +24,20 @@ from ..ledger.models import EndReason
 from ..spawners.mixin import GPUSpawnerMixin
 from .observer import SESSION_LABEL, PodObserver
 from .placement import apply_placement, placement
+from .quotas import ensure_quota_sync, sync_quotas
 from .serialize import from_manifest, to_manifest
 
 
 class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
     """Spawns notebook pods holding exactly the GPUs of the chosen catalog profile."""
+
+    manage_resource_quotas = Bool(
+        True,
+        config=True,
+        help="Keep a ResourceQuota on requests.<gpu resource> in each team namespace in sync "
+        "with the catalog (checked on every spawn into it and every reconciliation tick), so "
+        "the API server refuses pods over quota even if the hub's admission were bypassed.",
+    )
 
     _configured: dict[str, Any] | None = None
 
@@ -42,6 +52,8 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         self.dns_name = self.dns_name_template.format(namespace=self.namespace, name=self.pod_name)
         if plan.namespace and not self.enable_user_namespaces:
             await self._ensure_team_namespace(plan.team or "")
+            if self.manage_resource_quotas:
+                await sync_quotas(self.api, self.catalog_version().catalog)
 
     def _start_from_configured(self, overrides: dict[str, Any]) -> None:
         """Put back every setting an earlier spawn overrode, and give the settings this spawn
@@ -112,3 +124,5 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
             ensure_reconciler(
                 self.ledger_url, ledger, PodObserver(self.api), interval.total_seconds()
             )
+        if self.manage_resource_quotas:
+            ensure_quota_sync(self.api, self.catalog_store(), self.log)

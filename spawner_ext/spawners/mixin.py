@@ -15,7 +15,7 @@ from traitlets import Any as AnyTrait
 from traitlets import Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from ..catalog.store import CatalogVersion
+from ..catalog.store import CatalogStore, CatalogVersion
 from ..clock import utcnow
 from ..hub.catalogs import shared_store
 from ..hub.metering import shared_ledger
@@ -97,12 +97,15 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
 
     # --- catalog and identity -------------------------------------------------------------
 
-    def catalog_version(self) -> CatalogVersion:
+    def catalog_store(self) -> CatalogStore:
         if not self.catalog_path:
             raise web.HTTPError(
                 500, "gpuhub: set c.GPUSpawnerMixin.catalog_path to the catalog YAML file"
             )
-        return shared_store(self.catalog_path, self.log).current
+        return shared_store(self.catalog_path, self.log)
+
+    def catalog_version(self) -> CatalogVersion:
+        return self.catalog_store().current
 
     def identity(self) -> Identity:
         groups = frozenset(group.name for group in getattr(self.user, "groups", []) or [])

@@ -1,0 +1,88 @@
+"""ResourceQuota backstops for team namespaces: the API server itself refuses pods over a team's
+GPU quota, even if the hub's admission were bypassed. Builders are pure; `sync_quotas` applies."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Any
+
+from kubernetes_asyncio.client.rest import ApiException
+
+from ..catalog import Catalog
+from ..catalog.store import CatalogStore
+from ..policy.request import namespace_of
+
+QUOTA_NAME = "gpuhub-gpus"
+
+
+def team_quota_manifests(catalog: Catalog) -> dict[str, dict[str, Any]]:
+    """Namespace -> ResourceQuota manifest, for every team that has its own namespace. GPU types
+    sharing a resource (two models both `nvidia.com/gpu`) share one limit: the sum."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, team in catalog.teams.items():
+        namespace = namespace_of(catalog, key)
+        if namespace is None:
+            continue
+        hard: Counter[str] = Counter()
+        for gpu_type, count in team.quota.gpus.items():
+            hard[f"requests.{catalog.gpu_types[gpu_type].resource}"] += count
+        out[namespace] = {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {
+                "name": QUOTA_NAME,
+                "namespace": namespace,
+                "labels": {"gpuhub.io/team": key, "app.kubernetes.io/managed-by": "gpuhub"},
+            },
+            "spec": {"hard": {name: str(n) for name, n in sorted(hard.items())}},
+        }
+    return out
+
+
+async def sync_quotas(api: Any, catalog: Catalog) -> list[str]:
+    """Create or update each team namespace's quota to match the catalog; returns what changed.
+    Namespaces that do not exist yet are skipped (the spawner creates them on first use)."""
+    changed = []
+    for namespace, manifest in team_quota_manifests(catalog).items():
+        try:
+            current = await api.read_namespaced_resource_quota(QUOTA_NAME, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            try:
+                await api.create_namespaced_resource_quota(namespace, manifest)
+            except ApiException as create_exc:
+                if create_exc.status == 404:  # no such namespace yet
+                    continue
+                raise
+            changed.append(f"{namespace}: created {manifest['spec']['hard']}")
+            continue
+        if dict(current.spec.hard or {}) != manifest["spec"]["hard"]:
+            await api.replace_namespaced_resource_quota(QUOTA_NAME, namespace, manifest)
+            changed.append(
+                f"{namespace}: {dict(current.spec.hard or {})} -> {manifest['spec']['hard']}"
+            )
+    return changed
+
+
+_sync_task: asyncio.Task[None] | None = None
+
+
+def ensure_quota_sync(api: Any, store: CatalogStore, log: logging.Logger) -> None:
+    """Keep quotas in sync with the catalog in force (so an edit applies without a spawn)."""
+    global _sync_task
+    if _sync_task is not None and not _sync_task.done():
+        return
+
+    async def loop() -> None:
+        while True:
+            try:
+                for change in await sync_quotas(api, store.catalog):
+                    log.info("gpuhub: ResourceQuota %s", change)
+            except Exception:
+                log.exception("gpuhub: ResourceQuota sync failed; trying again")
+            await asyncio.sleep(store.catalog.metering.reconcile_interval.total_seconds())
+
+    _sync_task = asyncio.get_running_loop().create_task(loop())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import AsyncIterator
 from typing import Any
 
 from kubernetes_asyncio.client.rest import ApiException
@@ -24,6 +25,7 @@ from ..ledger.models import EndReason
 from ..spawners.mixin import GPUSpawnerMixin
 from .observer import SESSION_LABEL, PodObserver
 from .placement import apply_placement, placement
+from .progress import explain
 from .quotas import ensure_quota_sync, sync_quotas
 from .serialize import from_manifest, to_manifest
 
@@ -87,6 +89,11 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         if self.usage_session_id is not None:
             manifest["metadata"]["labels"][SESSION_LABEL] = str(self.usage_session_id)
         return from_manifest(manifest, "V1Pod")
+
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        async for event in super().progress():
+            message = explain(event, self.plan, self.start_timeout)
+            yield {**event, "message": message} if message else event
 
     # --- metering: billing runs from pod Running (start returns) until the pod is gone ------
 

@@ -1,0 +1,34 @@
+"""Scheduling events about GPUs become messages a person understands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spawner_ext.catalog import load_catalog
+from spawner_ext.kube.progress import explain
+from spawner_ext.policy.identity import Identity
+from spawner_ext.policy.request import resolve_spawn
+
+CATALOG = load_catalog(Path(__file__).parents[2] / "hub_config" / "catalog.yaml")
+ADA = Identity("ada", frozenset({"vision"}))
+
+
+def event(message: str, reason: str = "FailedScheduling") -> dict[str, object]:
+    return {"progress": 50, "message": "raw", "raw_event": {"reason": reason, "message": message}}
+
+
+def test_no_free_gpu() -> None:
+    plan = resolve_spawn(CATALOG, ADA, {"profile": "h100-single"})
+    text = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu. preemption: ..."
+    assert explain(event(text), plan, 300) == (
+        "Waiting for a free NVIDIA H100 80GB: all are in use right now. Your server is queued "
+        "and starts as soon as one frees up; it gives up after 300 seconds."
+    )
+
+
+def test_other_events_unchanged() -> None:
+    plan = resolve_spawn(CATALOG, ADA, {"profile": "h100-single"})
+    assert explain(event("Pulling image", "Pulling"), plan, 300) is None
+    assert explain(event("0/4 nodes: Insufficient memory"), plan, 300) is None
+    cpu = resolve_spawn(CATALOG, ADA, {"profile": "cpu-small"})
+    assert explain(event("Insufficient nvidia.com/gpu"), cpu, 300) is None

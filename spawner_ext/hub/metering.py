@@ -7,8 +7,11 @@ import asyncio
 import logging
 from typing import Protocol
 
+from ..catalog import Catalog
+from ..catalog.store import CatalogStore
 from ..ledger.models import EndReason
 from ..ledger.reconcile import OpenSession, RunningServer, reconcile
+from ..ledger.rules import over_budget_grace_over
 from ..ledger.store import Ledger
 
 log = logging.getLogger("gpuhub.metering")
@@ -25,9 +28,35 @@ def shared_ledger(url: str) -> Ledger:
 
 
 class Observer(Protocol):
-    """Lists the servers of one runtime (Kubernetes pods, local processes) that run now."""
+    """Lists the servers of one runtime (Kubernetes pods, local processes) that run now, and
+    stops one (deletes the pod, ends the process) for budget enforcement."""
 
     async def running(self) -> list[RunningServer]: ...
+
+    async def stop(self, runtime_ref: str) -> None: ...
+
+
+async def enforce_budgets(ledger: Ledger, catalog: Catalog, observer: Observer) -> list[int]:
+    """Stop the running GPU servers of teams over budget whose grace period is over. Their
+    sessions are closed first, with reason `budget`, so billing ends now."""
+    stopped = []
+    now = ledger.clock()
+    for team, used, since in ledger.over_budget(catalog):
+        quota = catalog.teams[team].quota
+        if not over_budget_grace_over(quota, used, since, now):
+            continue
+        for session in ledger.open_gpu_sessions(team):
+            ledger.close(session.id, EndReason.BUDGET, now)
+            if session.runtime_ref:
+                log.warning(
+                    "metering: team %s is over budget (%s GPU-hours); stopping %s",
+                    team,
+                    used,
+                    session.runtime_ref,
+                )
+                await observer.stop(session.runtime_ref)
+            stopped.append(session.id)
+    return stopped
 
 
 async def reconcile_once(
@@ -62,9 +91,10 @@ async def reconcile_once(
         )
 
 
-def ensure_reconciler(key: str, ledger: Ledger, observer: Observer, interval: float) -> None:
-    """Run reconcile_once every `interval` seconds in the hub's event loop (once per key).
-    The first pass after a hub start labels what it closes `reconciled`."""
+def ensure_reconciler(key: str, ledger: Ledger, observer: Observer, store: CatalogStore) -> None:
+    """Every `metering.reconcile_interval` of the catalog in force (one loop per key, in the
+    hub's event loop): reconcile, then enforce budgets. The first pass after a hub start labels
+    what it closes `reconciled`."""
     task = _loops.get(key)
     if task is not None and not task.done():
         return
@@ -75,8 +105,9 @@ def ensure_reconciler(key: str, ledger: Ledger, observer: Observer, interval: fl
             try:
                 await reconcile_once(ledger, observer, lost_reason=reason)
                 reason = EndReason.NODE_LOST
+                await enforce_budgets(ledger, store.catalog, observer)
             except Exception:
                 log.exception("metering: reconciliation failed; trying again next tick")
-            await asyncio.sleep(interval)
+            await asyncio.sleep(store.catalog.metering.reconcile_interval.total_seconds())
 
     _loops[key] = asyncio.get_running_loop().create_task(loop())

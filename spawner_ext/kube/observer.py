@@ -69,3 +69,14 @@ class PodObserver:
 
         pods = await self._api.list_pod_for_all_namespaces(label_selector=SESSION_LABEL)
         return running_pods(to_manifest(pod) for pod in pods.items)
+
+    async def stop(self, runtime_ref: str) -> None:
+        """Delete a server's pod (JupyterHub notices on its next poll)."""
+        from kubernetes_asyncio.client.rest import ApiException
+
+        namespace, name = runtime_ref.split("/", 1)
+        try:
+            await self._api.delete_namespaced_pod(name, namespace, grace_period_seconds=30)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise

@@ -127,9 +127,6 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
     def _start_reconciler(self) -> None:
         ledger = self.ledger()
         if ledger is not None:
-            interval = self.catalog_version().catalog.metering.reconcile_interval
-            ensure_reconciler(
-                self.ledger_url, ledger, PodObserver(self.api), interval.total_seconds()
-            )
+            ensure_reconciler(self.ledger_url, ledger, PodObserver(self.api), self.catalog_store())
         if self.manage_resource_quotas:
             ensure_quota_sync(self.api, self.catalog_store(), self.log)

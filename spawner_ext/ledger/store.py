@@ -225,6 +225,43 @@ class Ledger:
         with self._sessions() as db:
             return db.get(UsageSession, session_id)
 
+    # --- budgets -------------------------------------------------------------------------------
+
+    def over_budget(self, catalog: Catalog) -> list[tuple[str, Decimal, datetime]]:
+        """Teams over their monthly budget now: (team, GPU-hours used, over since). Records when
+        each was first seen over budget this month (cleared when it is not)."""
+        now = self.clock()
+        found = []
+        with self._sessions.begin() as db:
+            for team, entry in catalog.teams.items():
+                budget = entry.quota.monthly_gpu_hours
+                lock = db.get(TeamLock, team)
+                used = self._hours_this_month(db, team, now)
+                if budget is None or used < budget:
+                    if lock is not None and lock.over_budget_since is not None:
+                        lock.over_budget_since = None
+                    continue
+                if lock is None:
+                    lock = TeamLock(team=team)
+                    db.add(lock)
+                since = lock.over_budget_since
+                if since is None or since < month_start(now):
+                    since = lock.over_budget_since = now
+                found.append((team, used, since))
+        return found
+
+    def open_gpu_sessions(self, team: str) -> list[UsageSession]:
+        with self._sessions() as db:
+            return list(
+                db.scalars(
+                    select(UsageSession).where(
+                        UsageSession.team == team,
+                        UsageSession.ended_at.is_(None),
+                        UsageSession.gpu_count > 0,
+                    )
+                )
+            )
+
     # --- usage -------------------------------------------------------------------------------
 
     async def team_usage(self, catalog: Catalog, team: str | None, user: str) -> TeamUsage:

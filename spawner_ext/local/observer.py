@@ -3,7 +3,9 @@ plan) and whether each pid is alive."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -66,3 +68,9 @@ class LocalObserver:
 
         rows = self._db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None)).all()
         return running_from_states((r.user.name, r.name or "", r.state or {}) for r in rows)
+
+    async def stop(self, runtime_ref: str) -> None:
+        """End a local server's process group (JupyterHub notices on its next poll)."""
+        pid = int(runtime_ref.removeprefix("local:"))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)

@@ -145,13 +145,7 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
     def _start_reconciler(self) -> None:
         ledger = self.ledger()
         if ledger is not None:
-            interval = self.catalog_version().catalog.metering.reconcile_interval
-            ensure_reconciler(
-                self.ledger_url,
-                ledger,
-                LocalObserver(self.db),
-                interval.total_seconds(),
-            )
+            ensure_reconciler(self.ledger_url, ledger, LocalObserver(self.db), self.catalog_store())
 
     def get_env(self) -> dict[str, str]:
         env: dict[str, str] = super().get_env()

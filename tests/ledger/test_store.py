@@ -172,3 +172,46 @@ def test_simultaneous_admissions_for_the_last_gpu_admit_exactly_one(
     assert sorted(results) == ["admitted"] + ["gpu-quota"] * (contenders - 1)
     open_h100 = sum(s.gpu_count for s in ledger.open_sessions() if s.gpu_type == "h100-80gb")
     assert open_h100 == 8
+
+
+class RecordingObserver:
+    """An Observer whose servers are the test's list; `stop` records what it was asked to stop."""
+
+    def __init__(self) -> None:
+        self.stopped: list[str] = []
+
+    async def running(self) -> list[object]:
+        return []
+
+    async def stop(self, runtime_ref: str) -> None:
+        self.stopped.append(runtime_ref)
+
+
+async def test_over_budget_servers_stop_after_the_grace_period(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    from spawner_ext.hub.metering import enforce_budgets
+
+    # vision: 2000 GPU-hours a month, running servers stopped 2h after the budget is used up.
+    clock.now = clock.now.replace(day=1, hour=0)  # 500 hours of four GPUs fit in November
+    big = ledger.admit(catalog, request(count=4, profile="h100-quad", user="ada"))
+    ledger.mark_started(big.session_id, "gpuhub-vision/jupyter-ada")
+    cpu = ledger.admit(catalog, request(user="bob", profile="cpu-small", gpu_type=None, count=0))
+    ledger.mark_started(cpu.session_id, "gpuhub-vision/jupyter-bob")
+    observer = RecordingObserver()
+    clock.advance(hours=499)  # 1996 GPU-hours
+    assert await enforce_budgets(ledger, catalog, observer) == []
+    clock.advance(hours=1)  # 2000: over budget from now
+    assert await enforce_budgets(ledger, catalog, observer) == []
+    clock.advance(hours=1, minutes=59)
+    assert await enforce_budgets(ledger, catalog, observer) == []
+    clock.advance(minutes=1)
+    assert await enforce_budgets(ledger, catalog, observer) == [big.session_id]
+    assert observer.stopped == ["gpuhub-vision/jupyter-ada"]
+    row = ledger.session(big.session_id)
+    assert row is not None
+    assert row.end_reason == "budget"
+    assert row.gpu_seconds == 4 * 3600 * 502
+    still = ledger.session(cpu.session_id)
+    assert still is not None
+    assert still.ended_at is None, "CPU servers are not stopped for the GPU budget"

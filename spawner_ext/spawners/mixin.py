@@ -20,7 +20,7 @@ from ..clock import utcnow
 from ..hub.catalogs import shared_store
 from ..hub.metering import shared_ledger
 from ..hub.usage import STATE_KEY, STATE_SESSION, RunningServersUsage, UsageSource
-from ..ledger.engine import DEFAULT_URL
+from ..ledger.engine import DEFAULT_URL, SchemaError
 from ..ledger.models import EndReason
 from ..ledger.store import AdmissionRefused, Ledger, Request
 from ..policy.identity import Identity, teams_of
@@ -112,7 +112,13 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         return Identity(self.user.name, groups, bool(getattr(self.user, "admin", False)))
 
     def ledger(self) -> Ledger | None:
-        return shared_ledger(self.ledger_url) if self.ledger_url else None
+        if not self.ledger_url:
+            return None
+        try:
+            return shared_ledger(self.ledger_url)
+        except SchemaError as exc:
+            self.log.error("gpuhub: %s", exc)
+            raise web.HTTPError(503, f"The billing database is not ready: {exc}") from None
 
     def _usage(self) -> UsageSource:
         source: UsageSource = self.usage_source or self.ledger() or RunningServersUsage(self.db)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -93,18 +94,7 @@ class Ledger:
                 if not decision.admitted:
                     raise AdmissionRefused(decision)
                 warning = decision.warning
-            row = UsageSession(
-                user=request.user,
-                team=request.team,
-                server_name=request.server_name,
-                profile=request.profile,
-                gpu_type=request.gpu_type,
-                gpu_count=request.gpu_count,
-                price_per_hour=request.price_per_hour,
-                currency=request.currency,
-                requested_at=now,
-                catalog_version=request.catalog_version,
-            )
+            row = _new_session(request, requested_at=now, catalog_version=request.catalog_version)
             db.add(row)
             db.flush()
             return Admission(row.id, warning)
@@ -186,15 +176,8 @@ class Ledger:
     def adopt(self, server: RunningServer, start: datetime) -> int:
         """Open a started session for a running server the ledger has no open session for."""
         with self._sessions.begin() as db:
-            row = UsageSession(
-                user=server.user,
-                team=server.team,
-                server_name=server.server_name,
-                profile=server.profile,
-                gpu_type=server.gpu_type,
-                gpu_count=server.gpu_count,
-                price_per_hour=server.price_per_hour,
-                currency=server.currency,
+            row = _new_session(
+                server,
                 requested_at=start,
                 started_at=start,
                 last_seen_at=self.clock(),
@@ -304,6 +287,21 @@ class Ledger:
             )
         )
         return gpu_hours_this_month((Span(*row) for row in rows), now)
+
+
+def _new_session(server: Request | RunningServer, **times_and_refs: Any) -> UsageSession:
+    """A session row for a server described by a spawn request or by what is seen running."""
+    return UsageSession(
+        user=server.user,
+        team=server.team,
+        server_name=server.server_name,
+        profile=server.profile,
+        gpu_type=server.gpu_type,
+        gpu_count=server.gpu_count,
+        price_per_hour=server.price_per_hour,
+        currency=server.currency,
+        **times_and_refs,
+    )
 
 
 def _close(row: UsageSession, at: datetime, reason: EndReason) -> None:

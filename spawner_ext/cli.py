@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from .catalog import CatalogError, load_catalog
 from .catalog.reference import json_schema, markdown
+from .ledger.engine import DEFAULT_URL
+from .up import add_up_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,6 +41,18 @@ def _parser() -> argparse.ArgumentParser:
         "--markdown", action="store_true", help="print the reference page instead (docs/)"
     )
     schema.set_defaults(run=_schema)
+
+    db = sub.add_parser("db", help="manage the billing database")
+    db_sub = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="create or upgrade the billing schema")
+    upgrade.add_argument(
+        "--db-url",
+        default=DEFAULT_URL,
+        help=f"SQLAlchemy URL of the billing database (default: {DEFAULT_URL})",
+    )
+    upgrade.set_defaults(run=_db_upgrade)
+
+    add_up_command(sub)
     return parser
 
 
@@ -56,6 +70,23 @@ def _validate(args: argparse.Namespace) -> int:
             f"{len(catalog.profiles)} profiles)"
         )
     return 1 if failed else 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .ledger.engine import current_revision, head_revision, make_engine, upgrade
+
+    try:
+        upgrade(args.db_url)
+        engine = make_engine(args.db_url)
+        revision = current_revision(engine)
+        engine.dispose()
+    except (SQLAlchemyError, OSError) as exc:
+        print(f"gpuhub db upgrade: cannot upgrade {args.db_url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.db_url}: billing schema at {revision} (head {head_revision()})")
+    return 0
 
 
 def _schema(args: argparse.Namespace) -> int:

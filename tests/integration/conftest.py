@@ -1,0 +1,335 @@
+"""A real hub for integration tests: `gpuhub up` as a subprocess with simulated GPUs, a temporary
+state directory, free ports, and an API token service (added with --jupyterhub-config) so tests
+can drive JupyterHub's REST API. Every process it started is ended afterwards, even on failure."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import requests
+
+from spawner_ext.up import find_program, free_port
+
+START_TIMEOUT = 120.0
+SPAWN_TIMEOUT = 180.0
+STOP_TIMEOUT = 90.0
+
+TOKEN_SERVICE = """\
+c.JupyterHub.services = [{{"name": "gpuhub-tests", "api_token": {token!r}}}]
+c.JupyterHub.load_roles = [
+    {{
+        "name": "gpuhub-tests",
+        "scopes": [
+            "admin:users",
+            "admin:servers",
+            "admin:server_state",
+            "access:servers",
+        ],
+        "services": ["gpuhub-tests"],
+    }}
+]
+"""
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.3) -> Any:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not reaped by its parent yet) counts as gone
+    with suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            return False
+    return True
+
+
+def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    """The environment a process started with (root may read any /proc/PID/environ)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+
+
+class Hub:
+    """One `gpuhub up` run (and its restarts) on one state directory."""
+
+    def __init__(self, workdir: Path, simulate_gpus: str, *extra_args: str) -> None:
+        self.workdir = workdir
+        self.extra_args = extra_args
+        self.state_dir = workdir / "state"
+        self.simulate_gpus = simulate_gpus
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.token = secrets.token_hex(16)
+        self.extra_config = workdir / "tests_config.py"
+        self.extra_config.write_text(TOKEN_SERVICE.format(token=self.token))
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+        self.password = ""
+        self.admin_password = ""
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader: threading.Thread | None = None
+
+    # --- processes ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.output = []
+        self._lines = queue.Queue()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "spawner_ext.cli",
+                "up",
+                "--port",
+                str(self.port),
+                "--simulate-gpus",
+                self.simulate_gpus,
+                "--state-dir",
+                str(self.state_dir),
+                "--jupyterhub-config",
+                str(self.extra_config),
+                *self.extra_args,
+            ],
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+                if time.monotonic() < deadline:
+                    continue
+            if line is None:
+                pytest.fail(f"gpuhub up did not get ready:\n{''.join(self.output)}\n{self.log()}")
+            if line.startswith("Stop with Ctrl-C"):
+                break
+        text = "".join(self.output)
+        self.password = _field(text, r"^\s*Password: (\S+)$")
+        self.admin_password = _field(text, r"^Admin: user name 'admin', password: (\S+)$")
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.output.append(line)
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def hub_pid(self) -> int | None:
+        with suppress(OSError, ValueError):
+            return int((self.state_dir / "jupyterhub.pid").read_text())
+        return None
+
+    def crash(self) -> None:
+        """Kill JupyterHub with SIGKILL, as a crash would; `gpuhub up` then exits by itself.
+        The proxy and the users' servers live on."""
+        pid = self.hub_pid()
+        assert pid is not None and self.proc is not None
+        _kill(pid)
+        assert self.proc.wait(timeout=STOP_TIMEOUT) == 1
+        self._reap(self.proc)
+        self.proc = None
+        wait_for("JupyterHub to die", lambda: not _alive(pid), STOP_TIMEOUT)
+
+    def stop(self) -> int | None:
+        """Stop as an operator would (SIGTERM to `gpuhub up`); its exit status."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self._reap(proc)
+        return proc.returncode
+
+    def _reap(self, proc: subprocess.Popen[str]) -> None:
+        """Let the reader finish the output of an ended `gpuhub up`, then close its pipe."""
+        if self._reader is not None:
+            self._reader.join(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def cleanup(self) -> None:
+        """Stop, then end whatever is left of this hub: JupyterHub, the proxy, users' servers."""
+        self.stop()
+        hub_pid = self.hub_pid()
+        if hub_pid is not None and _alive(hub_pid):
+            _kill(hub_pid)
+        with suppress(OSError, ValueError):
+            proxy = int((self.state_dir / "proxy.pid").read_text())
+            if b"configurable-http-proxy" in Path(f"/proc/{proxy}/cmdline").read_bytes():
+                _kill(proxy)
+        for pid in self.server_pids():
+            _kill(pid)
+
+    def server_pids(self) -> list[int]:
+        """Processes started for this hub's users (they carry its API URL)."""
+        try:
+            hub_port = int((self.state_dir / "hub-port").read_text())
+        except (OSError, ValueError):
+            return []
+        marker = f"JUPYTERHUB_API_URL=http://127.0.0.1:{hub_port}/hub/api".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            with suppress(OSError):
+                if marker in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+        return found
+
+    def log(self) -> str:
+        try:
+            lines = (self.state_dir / "jupyterhub.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no jupyterhub.log)"
+        return "--- end of jupyterhub.log ---\n" + "\n".join(lines[-60:])
+
+    # --- REST API ----------------------------------------------------------------------------
+
+    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"token {self.token}"}
+        return requests.request(
+            method, f"{self.url}hub/api{path}", headers=headers, timeout=60, **kwargs
+        )
+
+    def ensure_user(self, name: str) -> None:
+        response = self.api("POST", f"/users/{quote(name)}")
+        assert response.status_code in (201, 409), response.text
+
+    def user(self, name: str) -> dict[str, Any]:
+        response = self.api("GET", f"/users/{quote(name)}")
+        assert response.status_code == 200, response.text
+        model: dict[str, Any] = response.json()
+        return model
+
+    def spawn(self, name: str, options: Any, server: str = "") -> requests.Response:
+        """POST the spawn request; returns the response as it is (201, 202 or a refusal)."""
+        self.ensure_user(name)
+        return self.api("POST", f"/users/{quote(name)}/servers/{quote(server)}", json=options)
+
+    def start_server(self, name: str, options: Any, server: str = "") -> dict[str, Any]:
+        """Spawn and wait until the server is ready; its server model (with state)."""
+        response = self.spawn(name, options, server)
+        assert response.status_code in (201, 202), f"{response.status_code} {response.text}"
+
+        def ready() -> dict[str, Any] | None:
+            servers = self.user(name)["servers"]
+            model: dict[str, Any] | None = servers.get(server)
+            if model is None:
+                pytest.fail(f"server {name}/{server} failed to start:\n{self.log()}")
+            return model if model["ready"] else None
+
+        result: dict[str, Any] = wait_for(f"{name}'s server", ready, SPAWN_TIMEOUT, 0.5)
+        return result
+
+    def stop_server(self, name: str, server: str = "") -> None:
+        response = self.api("DELETE", f"/users/{quote(name)}/servers/{quote(server)}")
+        assert response.status_code in (202, 204), response.text
+        wait_for(
+            f"{name}'s server to stop",
+            lambda: server not in self.user(name)["servers"],
+            STOP_TIMEOUT,
+            0.5,
+        )
+
+    def server_env(self, name: str, server: str = "") -> dict[str, str]:
+        model = self.user(name)["servers"][server]
+        return environ_of(int(model["state"]["pid"]))
+
+    def login(
+        self, name: str, password: str | None = None
+    ) -> tuple[requests.Session, requests.Response]:
+        """Post the login form as a browser would; the session and the page it landed on."""
+        session = requests.Session()
+        page = session.get(f"{self.url}hub/login", timeout=60)
+        assert page.status_code == 200, page.text
+        xsrf = session.cookies.get("_xsrf") or _field(page.text, r'name="_xsrf" value="([^"]+)"')
+        response = session.post(
+            f"{self.url}hub/login",
+            data={
+                "username": name,
+                "password": self.password if password is None else password,
+                "_xsrf": xsrf,
+            },
+            timeout=60,
+        )
+        return session, response
+
+
+def _field(text: str, pattern: str) -> str:
+    found = re.search(pattern, text, re.MULTILINE)
+    assert found, f"no {pattern!r} in:\n{text}"
+    return found.group(1)
+
+
+def needs_local_hub() -> None:
+    """Skip, saying what to install, when the hub's own programs are missing."""
+    if find_program("configurable-http-proxy") is None:
+        pytest.skip("configurable-http-proxy is not installed; run: scripts/bootstrap node")
+    if find_program("jupyterhub-singleuser") is None:
+        pytest.skip("jupyterhub-singleuser is not installed; run: scripts/bootstrap python")
+
+
+@pytest.fixture(scope="module")
+def start_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Hub]]:
+    """Start hubs for a module: `start_hub("2xh100-80gb", *more_gpuhub_up_args)`. All are cleaned
+    up at the module's end."""
+    needs_local_hub()
+    hubs: list[Hub] = []
+
+    def start(simulate_gpus: str, *extra_args: str) -> Hub:
+        hub = Hub(tmp_path_factory.mktemp("hub"), simulate_gpus, *extra_args)
+        hubs.append(hub)
+        hub.start()
+        return hub
+
+    try:
+        yield start
+    finally:
+        for hub in hubs:
+            hub.cleanup()

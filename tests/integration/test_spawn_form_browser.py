@@ -1,0 +1,150 @@
+"""The spawn form in a real browser (Debian's Chromium driven by Playwright), used with the
+keyboard only: log in, choose a profile and an image, start, land in JupyterLab; and see the
+refusal of a bad image on the form itself."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import Hub
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = Path("/tmp/gpuhub-form.png")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 180_000
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing; install it with: scripts/bootstrap system")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def hub(start_hub: Any) -> Hub:
+    started: Hub = start_hub("1xh100-80gb")
+    return started
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def focused(page: Any, selector: str) -> bool:
+    result: bool = page.evaluate(
+        "s => document.activeElement !== null && document.activeElement.matches(s)", selector
+    )
+    return result
+
+
+def tab_to(page: Any, selector: str, limit: int = 80) -> None:
+    """Press Tab until the focused element matches `selector`, as a keyboard user would."""
+    for _ in range(limit):
+        if focused(page, selector):
+            return
+        page.keyboard.press("Tab")
+    pytest.fail(f"{limit} presses of Tab never reached {selector}")
+
+
+def log_in(page: Any, hub: Hub, user: str) -> None:
+    page.goto(f"{hub.url}hub/login")
+    tab_to(page, "input[name=username]")
+    page.keyboard.type(user)
+    tab_to(page, "input[name=password]")
+    page.keyboard.type(hub.password)
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{hub.url}hub/spawn")
+
+
+def test_keyboard_only_start_of_a_gpu_server(page: Any, hub: Hub) -> None:
+    log_in(page, hub, "ada")
+    page.wait_for_selector("#gpuhub-profile-h100-single")
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    tab_to(page, "input[name=profile]")
+    assert focused(page, "#profile-item-cpu-small:checked")  # the catalog's default
+    for _ in range(4):  # cpu-small, mig-slice, l4-single, a100-single, h100-single
+        page.keyboard.press("ArrowDown")
+    assert focused(page, "#profile-item-h100-single:checked")
+    page.keyboard.press("Tab")
+    image = "#profile-option-h100-single--image"
+    assert focused(page, image)
+    page.keyboard.press("ArrowDown")
+    assert page.input_value(image) == "pytorch"
+    tab_to(page, "button[type=submit]")
+    page.keyboard.press("Enter")
+
+    page.wait_for_url(f"{hub.url}user/ada/lab**", timeout=TIMEOUT_MS)
+    page.wait_for_selector("#jp-main-dock-panel", timeout=TIMEOUT_MS)
+    server = hub.user("ada")["servers"][""]
+    assert server["user_options"] == {
+        "profile": "h100-single",
+        "team": "vision",
+        "image": "pytorch",
+    }
+    assert server["state"]["gpuhub_devices"] == ["GPU-sim-00000000-h100-80gb"]
+    hub.stop_server("ada")
+
+
+def test_a_bad_image_is_refused_on_the_form(page: Any, hub: Hub) -> None:
+    log_in(page, hub, "zed")  # in no team: CPU profiles only
+    page.wait_for_selector("#gpuhub-no-team")
+    select = "#profile-option-cpu-small--image"
+    tab_to(page, select)
+    page.keyboard.press("End")  # the last choice: "Other image..."
+    assert page.input_value(select) == "--unlisted-choice"
+    page.keyboard.press("Tab")
+    assert focused(page, "#profile-option-cpu-small--image--unlisted-choice")
+    page.keyboard.type("docker.io/evil/miner:latest")
+    page.keyboard.press("Enter")
+
+    message = page.wait_for_selector("text=Use an image from quay.io with a tag")
+    assert message is not None
+    page.screenshot(path=str(SCREENSHOT.with_name("gpuhub-form-refused.png")), full_page=True)
+    assert "docker.io/evil/miner:latest" in page.content()
+    assert page.url.startswith(f"{hub.url}hub/spawn")
+    assert hub.user("zed")["servers"] == {}
+
+
+def test_a_gpu_another_server_holds_is_refused_on_the_form(page: Any, hub: Hub) -> None:
+    hub.start_server("grace", {"profile": "h100-single"})  # the machine's only H100
+    log_in(page, hub, "ada")
+    page.wait_for_selector("#gpuhub-profile-h100-single")
+    tab_to(page, "input[name=profile]")
+    page.keyboard.press("End")  # the last profile: One H100 80GB
+    assert focused(page, "#profile-item-h100-single:checked")
+    tab_to(page, "button[type=submit]")
+    page.keyboard.press("Enter")
+
+    page.wait_for_selector("text=this machine has 1, 0 free, held by grace/ (1)")
+    assert hub.user("ada")["servers"] == {}
+    hub.stop_server("grace")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import Protocol
 
 from ..catalog import Catalog
@@ -60,7 +61,11 @@ async def enforce_budgets(ledger: Ledger, catalog: Catalog, observer: Observer) 
 
 
 async def reconcile_once(
-    ledger: Ledger, observer: Observer, *, lost_reason: EndReason = EndReason.NODE_LOST
+    ledger: Ledger,
+    observer: Observer,
+    *,
+    lost_reason: EndReason = EndReason.NODE_LOST,
+    tick: timedelta = timedelta(0),
 ) -> None:
     running = await observer.running()
     sessions = [
@@ -77,6 +82,7 @@ async def reconcile_once(
         ledger.clock(),
         stopping=frozenset(sid for sid, (_, why) in closed.items() if why not in by_reconciliation),
         lost_reason=lost_reason,
+        tick=tick,
     )
     ledger.seen(actions.seen)
     for close in actions.close:
@@ -103,7 +109,8 @@ def ensure_reconciler(key: str, ledger: Ledger, observer: Observer, store: Catal
         reason = EndReason.RECONCILED
         while True:
             try:
-                await reconcile_once(ledger, observer, lost_reason=reason)
+                tick = store.catalog.metering.reconcile_interval
+                await reconcile_once(ledger, observer, lost_reason=reason, tick=tick)
                 reason = EndReason.NODE_LOST
                 await enforce_budgets(ledger, store.catalog, observer)
             except Exception:

@@ -2,7 +2,9 @@
 what to record. Pure; hub/metering.py gathers the inputs and applies the result.
 
 - open, started, running           -> seen now (billing goes on; a later loss costs < one tick)
-- open, started, not running       -> closed at its last-seen time (node lost / hub crashed)
+- open, started, not running       -> closed at its last-seen time (node lost / hub crashed),
+                                      once it has gone unseen for a whole tick (a server that
+                                      just started may not be visible to the observer yet)
 - open, never started, not running,
   admitted longer ago than `grace` -> closed as failed (the hub died mid-spawn)
 - running, but its session was closed by reconciliation, or is unknown -> a new session, from
@@ -75,6 +77,7 @@ def reconcile(
     stopping: frozenset[int] = frozenset(),
     lost_reason: EndReason = EndReason.NODE_LOST,
     grace: timedelta = timedelta(minutes=10),
+    tick: timedelta = timedelta(0),
 ) -> Actions:
     """`closed_ends`: end times of sessions closed by reconciliation that running servers name;
     `stopping`: sessions the hub closed itself whose servers are still on their way out."""
@@ -87,7 +90,8 @@ def reconcile(
             seen.append(session.id)
         elif session.started_at is not None:
             end = reconcile_end(session.last_seen_at, session.started_at, now)
-            close.append(Close(session.id, end, lost_reason))
+            if now - end >= tick:
+                close.append(Close(session.id, end, lost_reason))
         elif now - session.requested_at >= grace:
             close.append(Close(session.id, session.requested_at, EndReason.FAILED))
     adopt = [

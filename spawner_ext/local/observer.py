@@ -7,8 +7,9 @@ import contextlib
 import os
 import signal
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from ..clock import utcnow
@@ -26,10 +27,25 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def process_start_time(pid: int) -> datetime | None:
+    """When a process started, from /proc (Linux); None where that cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, StopIteration, ValueError):
+        return None
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: start time in clock ticks
+    return datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), UTC)
+
+
 def running_from_states(
     states: Iterable[tuple[str, str, Mapping[str, Any]]],
     alive: Any = pid_alive,
-    now: datetime | None = None,
+    started: Any = process_start_time,
 ) -> list[RunningServer]:
     """(user, server name, state) of spawners with a server -> the ones whose process lives."""
     found = []
@@ -50,7 +66,7 @@ def running_from_states(
                 gpu_count=int(info.get("gpu_count") or 0),
                 price_per_hour=Decimal(str(info.get("price_per_hour", "0"))),
                 currency=str(info.get("currency", "USD")),
-                started_at=now or utcnow(),
+                started_at=started(pid) or utcnow(),
                 runtime_ref=f"local:{pid}",
             )
         )

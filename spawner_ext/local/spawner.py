@@ -95,6 +95,11 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
             self.log.warning("gpuhub local mode: %s", unmatched_message(device))
         return shared_allocator(catalog, found.devices)
 
+    def machine_free_gpus(self) -> dict[str, int]:
+        allocator = self._allocator()
+        catalog = self.catalog_version().catalog
+        return {gpu_type: allocator.free(gpu_type) for gpu_type in catalog.gpu_types}
+
     def _claim(self) -> None:
         plan = self.plan
         if plan is None or not plan.gpu_type_key:

@@ -83,8 +83,13 @@ def budget_preview(catalog: Catalog, team: str, usage: TeamUsage, now: datetime)
 
 
 def profile_preview(
-    catalog: Catalog, profile: Profile, team: str | None, usage: TeamUsage
+    catalog: Catalog,
+    profile: Profile,
+    team: str | None,
+    usage: TeamUsage,
+    machine_free: Mapping[str, int] | None = None,
 ) -> ProfilePreview:
+    """`machine_free`: GPUs per type free on this machine (local mode), None on Kubernetes."""
     currency = catalog.metering.currency
     gpu = profile.gpu
     if gpu is None or team is None:
@@ -101,7 +106,14 @@ def profile_preview(
         else max(quota.gpus_per_user - usage.user_gpus_in_use, 0)
     )
     blocked = None
-    if free < gpu.count:
+    on_machine = None if machine_free is None else machine_free.get(gpu.type, 0)
+    if on_machine is not None and on_machine < gpu.count:
+        blocked = (
+            f"this machine has {on_machine} {gpu_type.display_name} free"
+            if on_machine
+            else f"this machine has no free {gpu_type.display_name}"
+        )
+    elif free < gpu.count:
         blocked = f"team {team!r} has {free} of {allowed} {gpu_type.display_name} free now"
     elif user_left is not None and user_left < gpu.count:
         blocked = (

@@ -61,9 +61,11 @@ def form_view(
     previous: Mapping[str, Any] | None = None,
     simulated_gpus: str | None = None,
     catalog_version: str = "",
+    machine_free: Mapping[str, int] | None = None,
 ) -> FormView:
     """Everything the form shows for `who`. `usage` maps each of their teams (or None) to what the
-    team holds; `previous` are the user_options of their last spawn, preselected."""
+    team holds; `previous` are the user_options of their last spawn, preselected; `machine_free`
+    (local mode) the GPUs per type free on this machine."""
     previous = previous or {}
     team_keys: Sequence[str | None] = teams_of(catalog, who) or (None,)
     teams = tuple(
@@ -80,7 +82,9 @@ def form_view(
     by_slug: dict[str, list[ProfilePreview]] = {}
     for key in team_keys:
         for profile in visible_profiles(catalog, who, key):
-            preview = profile_preview(catalog, profile, key, usage.get(key, TeamUsage()))
+            preview = profile_preview(
+                catalog, profile, key, usage.get(key, TeamUsage()), machine_free
+            )
             by_slug.setdefault(profile.slug, []).append(preview)
     shown = tuple(p for p in catalog.profiles if p.slug in by_slug)
     chosen = previous.get("profile") if previous.get("profile") in by_slug else None

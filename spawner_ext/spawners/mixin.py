@@ -38,8 +38,11 @@ def refusal(exc: SpawnRefused) -> web.HTTPError:
     """The HTTP 400 that tells the user why their spawn was refused."""
     if SpawnException is not None:
         error: web.HTTPError = SpawnException(exc.message, reason=exc.reason, status_code=400)
-        return error
-    return web.HTTPError(400, exc.message.replace("%", "%%"))
+    else:
+        error = web.HTTPError(400, exc.message.replace("%", "%%"))
+    # What the spawn page shows, without the exception class and status in front.
+    error.jupyterhub_message = exc.message  # type: ignore[attr-defined]
+    return error
 
 
 if TYPE_CHECKING:  # the mixin is always combined with a Spawner; type it as one
@@ -95,6 +98,18 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
     def _options_from_form_default(self) -> Any:
         return self._user_options_from_form
 
+    @default("apply_user_options")
+    def _apply_user_options_default(self) -> Any:
+        return _validate_user_options
+
+    submitted_options: dict[str, str] | None = None
+    """The options of the last form submission, kept so a refused form comes back filled in."""
+
+    def machine_free_gpus(self) -> dict[str, int] | None:
+        """GPUs per type free on the machine, for spawners that know (local mode); None when
+        the cluster's scheduler decides (Kubernetes)."""
+        return None
+
     # --- catalog and identity -------------------------------------------------------------
 
     def catalog_store(self) -> CatalogStore:
@@ -139,15 +154,18 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
             who,
             usage,
             utcnow(),
-            previous=self.user_options or {},
+            previous=self.submitted_options or self.user_options or {},
             simulated_gpus=self.simulated_gpus or None,
             catalog_version=version.version,
+            machine_free=self.machine_free_gpus(),
         )
         return render_form(view)
 
     def _user_options_from_form(self, formdata: Mapping[str, list[Any]]) -> dict[str, str]:
         options = user_options_from_form(formdata)
+        self.submitted_options = options
         self.resolve(options)  # refuse now, so the form comes back with the reason
+        self.submitted_options = None
         return options
 
     # --- planning --------------------------------------------------------------------------
@@ -239,6 +257,12 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
 
 async def _render_options_form(spawner: GPUSpawnerMixin) -> str:
     return await spawner.render_options_form()
+
+
+def _validate_user_options(spawner: GPUSpawnerMixin, user_options: Any) -> None:
+    """JupyterHub's apply_user_options hook (>= 5.3): refuse bad options before start().
+    The plan itself is made in start(), where admission happens."""
+    spawner.resolve(user_options)
 
 
 def plan_state(plan: SpawnPlan) -> dict[str, Any]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from spawner_ext.kube.observer import running_pods
 from spawner_ext.ledger.models import EndReason
 from spawner_ext.ledger.reconcile import Close, OpenSession, RunningServer, reconcile
-from spawner_ext.local.observer import running_from_states
+from spawner_ext.local.observer import process_start_time, running_from_states
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -52,6 +53,22 @@ def test_adoption_never_bills_twice() -> None:
     )
     starts = {a.server.session_id: a.start for a in actions.adopt}
     assert starts == {7: closed_at, None: T0}, "session 8 is being stopped by the hub"
+
+
+def test_a_server_unseen_for_less_than_a_tick_is_not_closed() -> None:
+    # Just started: the observer may not see it yet (its state is not committed).
+    sessions = [OpenSession(1, T0, T0, T0)]
+    actions = reconcile(sessions, [], {}, T0 + timedelta(seconds=5), tick=timedelta(seconds=30))
+    assert actions.close == ()
+    later = reconcile(sessions, [], {}, T0 + timedelta(seconds=30), tick=timedelta(seconds=30))
+    assert later.close == (Close(1, T0, EndReason.NODE_LOST),)
+
+
+def test_process_start_time_of_this_process() -> None:
+    started = process_start_time(os.getpid())
+    assert started is not None
+    assert started <= datetime.now(UTC)
+    assert process_start_time(2**22 + 12345) is None
 
 
 def test_reconciliation_is_idempotent() -> None:
@@ -110,7 +127,7 @@ def test_local_processes_observed_from_spawner_states() -> None:
         ("bob", "", {"pid": 11, "gpuhub": {"profile": "cpu-small", "gpu_count": 0}}),
         ("cy", "", {"pid": 0}),
     ]
-    found = running_from_states(states, alive=lambda pid: pid == 10, now=T0)
+    found = running_from_states(states, alive=lambda pid: pid == 10, started=lambda pid: T0)
     assert [(s.user, s.session_id, s.gpu_type, s.runtime_ref) for s in found] == [
         ("ada", 3, "l4", "local:10")
     ]

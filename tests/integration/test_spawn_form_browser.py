@@ -131,6 +131,10 @@ def test_a_bad_image_is_refused_on_the_form(page: Any, hub: Hub) -> None:
     assert message is not None
     page.screenshot(path=str(SCREENSHOT.with_name("gpuhub-form-refused.png")), full_page=True)
     assert "docker.io/evil/miner:latest" in page.content()
+    # The form comes back as the person left it, so they can correct the value.
+    assert page.input_value(select) == "--unlisted-choice"
+    assert page.input_value(f"{select}--unlisted-choice") == "docker.io/evil/miner:latest"
+    assert "SpawnException" not in page.content()
     assert page.url.startswith(f"{hub.url}hub/spawn")
     assert hub.user("zed")["servers"] == {}
 

@@ -121,7 +121,8 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         status: int | None = await super().poll()
         if status is not None and self.usage_session_id is not None:
             gone = f"{self.namespace}/{self.pod_name}" not in self.pod_reflector.pods
-            self.metering_ended(EndReason.NODE_LOST if gone else EndReason.STOPPED)
+            reason = EndReason.NODE_LOST if gone else EndReason.STOPPED
+            self.metering_ended(reason, found_gone=True)
         return status
 
     def _start_reconciler(self) -> None:

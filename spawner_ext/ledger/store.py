@@ -29,6 +29,7 @@ from .rules import (
     decide,
     gpu_hours_this_month,
     month_start,
+    reconcile_end,
     session_cost,
 )
 
@@ -161,6 +162,14 @@ class Ledger:
             row = db.get(UsageSession, session_id)
             if row is not None and row.ended_at is None:
                 _close(row, at or self.clock(), reason)
+
+    def close_found_gone(self, session_id: int, reason: EndReason) -> None:
+        """Close a session whose server was found gone, at the last time it was seen running."""
+        now = self.clock()
+        with self._sessions.begin() as db:
+            row = db.get(UsageSession, session_id)
+            if row is not None and row.ended_at is None:
+                _close(row, reconcile_end(row.last_seen_at, row.started_at, now), reason)
 
     def seen(self, session_ids: Sequence[int], at: datetime | None = None) -> None:
         """Record that these sessions' servers were seen running at `at`."""

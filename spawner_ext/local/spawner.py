@@ -144,7 +144,7 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
         status: int | None = await super().poll()
         if status is not None:
             self._release()
-            self.metering_ended()  # the server exited by itself (e.g. File > Shut Down)
+            self.metering_ended(found_gone=True)  # exited by itself (e.g. File > Shut Down)
         return status
 
     def _start_reconciler(self) -> None:

@@ -215,11 +215,17 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         if ledger is not None and self.usage_session_id is not None:
             ledger.mark_started(self.usage_session_id, runtime_ref)
 
-    def metering_ended(self, reason: EndReason | None = None) -> None:
-        """Billing ends now (idempotent)."""
+    def metering_ended(self, reason: EndReason | None = None, *, found_gone: bool = False) -> None:
+        """Billing ends (idempotent): now, when the hub stops the server; at the last time the
+        server was seen running when it is `found_gone` (it may have died long before, e.g.
+        while the hub was down). The session id is kept until here, whatever clear_state does."""
         ledger = self.ledger()
         if ledger is not None and self.usage_session_id is not None:
-            ledger.close(self.usage_session_id, reason or self.stop_reason or EndReason.STOPPED)
+            why = reason or self.stop_reason or EndReason.STOPPED
+            if found_gone:
+                ledger.close_found_gone(self.usage_session_id, why)
+            else:
+                ledger.close(self.usage_session_id, why)
         self.usage_session_id = None
 
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
@@ -249,7 +255,8 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         super().clear_state()
         self.plan = None
         self.restored_plan = None
-        self.usage_session_id = None
+        # usage_session_id stays: LocalProcessSpawner.poll() clears state when it finds the
+        # process gone, before the session is closed; metering_ended() drops it.
 
     restored_plan: dict[str, Any] | None = None
     """The plan summary loaded from state after a hub restart (the plan itself is not kept)."""

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from spawner_ext.catalog import load_catalog
+from spawner_ext.ledger.store import Ledger
 from spawner_ext.up import (
     CONFIG_FILE_TEXT,
     UpSettings,
@@ -329,10 +330,24 @@ def test_no_two_servers_share_a_gpu_and_stopping_frees_it(hub: Hub) -> None:
 
 
 @pytest.mark.integration
+def open_sessions(hub: Hub) -> dict[str, tuple[int, object]]:
+    """user -> (session id, started_at) of the ledger's open sessions."""
+    ledger = Ledger.open(f"sqlite:///{hub.state_dir / 'gpuhub-ledger.sqlite'}")
+    try:
+        return {s.user: (s.id, s.started_at) for s in ledger.open_sessions()}
+    finally:
+        ledger.engine.dispose()
+
+
+@pytest.mark.integration
 def test_a_restarted_hub_keeps_the_gpus_of_servers_that_survived(hub: Hub) -> None:
     survivors = {name: hub.user(name)["servers"][""]["state"]["pid"] for name in ("lin", "grace")}
-    hub.crash()
+    billed_before = open_sessions(hub)
+    assert set(billed_before) == {"lin", "grace"}
+    hub.crash()  # SIGKILL
     hub.start()  # `gpuhub up` again on the same state directory
+    # The surviving servers' sessions go on: nothing closed and reopened, nothing billed twice.
+    assert open_sessions(hub) == billed_before
     for name, pid in survivors.items():
         server = hub.user(name)["servers"][""]
         assert server["ready"], server
@@ -349,6 +364,15 @@ def test_a_restarted_hub_keeps_the_gpus_of_servers_that_survived(hub: Hub) -> No
     hub.stop_server("grace")
     ada = hub.start_server("ada", {"profile": "h100-single"})
     assert ada["state"]["gpuhub_devices"] == [H100[1]]  # not lin's, though lower
+    ledger = Ledger.open(f"sqlite:///{hub.state_dir / 'gpuhub-ledger.sqlite'}")
+    try:
+        grace = ledger.session(billed_before["grace"][0])
+    finally:
+        ledger.engine.dispose()
+    assert grace is not None
+    assert grace.end_reason == "stopped"
+    assert grace.gpu_seconds is not None
+    assert grace.gpu_seconds > 0
 
 
 @pytest.mark.integration

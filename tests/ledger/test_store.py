@@ -215,3 +215,17 @@ async def test_over_budget_servers_stop_after_the_grace_period(
     still = ledger.session(cpu.session_id)
     assert still is not None
     assert still.ended_at is None, "CPU servers are not stopped for the GPU budget"
+
+
+def test_a_server_found_gone_is_billed_until_last_seen(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    admitted = ledger.admit(catalog, request())
+    ledger.mark_started(admitted.session_id)
+    clock.advance(minutes=20)
+    ledger.seen([admitted.session_id])
+    clock.advance(hours=3)  # e.g. the hub was down while the server died
+    ledger.close_found_gone(admitted.session_id, EndReason.NODE_LOST)
+    row = ledger.session(admitted.session_id)
+    assert row is not None
+    assert (row.end_reason, row.gpu_seconds) == ("node-lost", 1200)

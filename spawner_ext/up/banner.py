@@ -1,0 +1,65 @@
+"""What `gpuhub up` prints when the hub answers: URL, password, users, GPUs. Pure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..catalog import Catalog
+from .config import ADMIN_USER, UpSettings, _url_host
+
+
+def public_url(ip: str, port: int, hostname: str) -> str:
+    """The URL people open: `hostname` stands in for an ip that means every interface."""
+    host = hostname if ip in ("", "0.0.0.0", "::") else ip
+    return f"http://{_url_host(host)}:{port}/"
+
+
+def suggested_users(catalog: Catalog) -> list[tuple[str, str]]:
+    """(user name, what they get) for the users the catalog names, then anybody else."""
+    teams: dict[str, list[str]] = {}
+    for key, team in catalog.teams.items():
+        for user in team.users:
+            teams.setdefault(user, []).append(key)
+    out: list[tuple[str, str]] = []
+    for user, keys in teams.items():
+        if len(keys) == 1:
+            out.append((user, f"team {keys[0]}"))
+        else:
+            out.append((user, f"teams {', '.join(keys)}: chooses the team to charge"))
+    out.append(("any other name", "no team: CPU profiles only"))
+    return out
+
+
+def banner(s: UpSettings, catalog: Catalog, url: str, log_file: Path, gpus: str) -> str:
+    """What `gpuhub up` prints once the hub answers: where, how to log in, what it runs on."""
+    users = suggested_users(catalog)
+    width = max(len(name) for name, _ in users)
+    lines = [
+        "",
+        f"gpuhub is running at {url}",
+        "",
+        "Log in with any user name and this password (a new one at every start):",
+        f"  Password: {s.password}",
+        "",
+        "User names from the catalog:",
+        *(f"  {name:<{width}}  {what}" for name, what in users),
+    ]
+    if s.admin_password:
+        lines += [
+            "",
+            f"Admin: user name {ADMIN_USER!r}, password: {s.admin_password}",
+            f"  (admin page: {url}hub/admin)",
+        ]
+    lines += [
+        "",
+        f"GPUs:  {gpus}",
+        f"State: {s.state_dir} (databases, cookie secret, users' files)",
+        f"Log:   {log_file}",
+        "",
+        "Stop with Ctrl-C.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- the command (files, ports, processes) ------------------------------------------------------

@@ -1,0 +1,178 @@
+"""`gpuhub up` settings and the JupyterHub configuration built from them. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 8000
+DEFAULT_HUB_PORT = 8081
+DEFAULT_PROXY_API_PORT = 8001
+DEFAULT_STATE_DIR = ".gpuhub"
+ADMIN_USER = "admin"
+READY_TIMEOUT_SECONDS = 90.0
+STOP_TIMEOUT_SECONDS = 60.0
+LOG_TAIL_LINES = 30
+
+CONFIG_FILE_TEXT = '''\
+"""JupyterHub configuration of `gpuhub up` (local mode): GPULocalSpawner, a shared password,
+SQLite and configurable-http-proxy, every setting read from GPUHUB_* environment variables.
+
+`gpuhub up` writes this file into its state directory and runs `jupyterhub -f` on it. To run
+JupyterHub yourself with it instead, e.g.:
+    GPUHUB_PASSWORD=choose-one GPUHUB_SIMULATE_GPUS=2xh100-80gb jupyterhub -f jupyterhub_config.py
+The variables are listed in docs/reference/cli.md. GPUHUB_JUPYTERHUB_CONFIG names a further
+config file, loaded last so that its settings win.
+"""
+
+import os
+
+from spawner_ext.up import configure
+
+c = get_config()  # noqa: F821
+configure(c, os.environ)
+if os.environ.get("GPUHUB_JUPYTERHUB_CONFIG"):
+    load_subconfig(os.environ["GPUHUB_JUPYTERHUB_CONFIG"])  # noqa: F821
+'''
+"""The JupyterHub config file; `hub_config/jupyterhub_config.py` is a copy (a test keeps it so)."""
+
+
+# --- settings and the JupyterHub configuration (pure) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpSettings:
+    """Everything the hub of `gpuhub up` is configured from; travels as GPUHUB_* variables."""
+
+    catalog: Path
+    state_dir: Path
+    password: str
+    admin_password: str = ""
+    ip: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    hub_port: int = DEFAULT_HUB_PORT
+    proxy_api_port: int = DEFAULT_PROXY_API_PORT
+    simulate_gpus: str = ""
+    proxy_command: str = "configurable-http-proxy"
+    singleuser_command: str = "jupyterhub-singleuser"
+    keep_servers: bool = False
+    extra_config: Path | None = None
+
+    @property
+    def ledger_url(self) -> str:
+        """The billing database (quotas, budgets, metering): SQLite in the state directory."""
+        return f"sqlite:///{self.state_dir / 'gpuhub-ledger.sqlite'}"
+
+    def to_env(self) -> dict[str, str]:
+        """The GPUHUB_* variables that `configure` reads back."""
+        env = {
+            "GPUHUB_CATALOG": str(self.catalog),
+            "GPUHUB_STATE_DIR": str(self.state_dir),
+            "GPUHUB_PASSWORD": self.password,
+            "GPUHUB_ADMIN_PASSWORD": self.admin_password,
+            "GPUHUB_IP": self.ip,
+            "GPUHUB_PORT": str(self.port),
+            "GPUHUB_HUB_PORT": str(self.hub_port),
+            "GPUHUB_PROXY_API_PORT": str(self.proxy_api_port),
+            "GPUHUB_SIMULATE_GPUS": self.simulate_gpus,
+            "GPUHUB_PROXY_COMMAND": self.proxy_command,
+            "GPUHUB_SINGLEUSER_COMMAND": self.singleuser_command,
+            "GPUHUB_KEEP_SERVERS": "1" if self.keep_servers else "",
+        }
+        if self.extra_config is not None:
+            env["GPUHUB_JUPYTERHUB_CONFIG"] = str(self.extra_config)
+        return env
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> UpSettings:
+        """Read the GPUHUB_* variables; unset ones take `gpuhub up`'s defaults. Raises ValueError
+        naming the variable that is missing or wrong."""
+        password = env.get("GPUHUB_PASSWORD", "")
+        if len(password) < 8:
+            raise ValueError(
+                "set GPUHUB_PASSWORD to the password users log in with (8 characters or more)"
+            )
+
+        def port(name: str, default: int) -> int:
+            text = env.get(name) or str(default)
+            if not text.isdigit() or not 0 < int(text) < 65536:
+                raise ValueError(f"{name}={text!r} is not a TCP port (1-65535)")
+            return int(text)
+
+        extra = env.get("GPUHUB_JUPYTERHUB_CONFIG")
+        state_dir = Path(env.get("GPUHUB_STATE_DIR") or DEFAULT_STATE_DIR).absolute()
+        return cls(
+            catalog=Path(env.get("GPUHUB_CATALOG") or example_catalog()).absolute(),
+            state_dir=state_dir,
+            password=password,
+            admin_password=env.get("GPUHUB_ADMIN_PASSWORD", ""),
+            ip=env.get("GPUHUB_IP") or "127.0.0.1",
+            port=port("GPUHUB_PORT", DEFAULT_PORT),
+            hub_port=port("GPUHUB_HUB_PORT", DEFAULT_HUB_PORT),
+            proxy_api_port=port("GPUHUB_PROXY_API_PORT", DEFAULT_PROXY_API_PORT),
+            simulate_gpus=env.get("GPUHUB_SIMULATE_GPUS", ""),
+            proxy_command=env.get("GPUHUB_PROXY_COMMAND") or "configurable-http-proxy",
+            singleuser_command=env.get("GPUHUB_SINGLEUSER_COMMAND") or "jupyterhub-singleuser",
+            keep_servers=bool(env.get("GPUHUB_KEEP_SERVERS")),
+            extra_config=Path(extra).absolute() if extra else None,
+        )
+
+
+def hub_config(s: UpSettings) -> dict[str, dict[str, Any]]:
+    """JupyterHub settings, as {class name: {trait: value}}, for the local mode of `s`."""
+    state = s.state_dir
+    authenticator: dict[str, Any] = {"user_password": s.password, "allow_all": True}
+    if s.admin_password:
+        authenticator.update(admin_password=s.admin_password, admin_users={ADMIN_USER})
+    return {
+        "JupyterHub": {
+            "bind_url": f"http://{_url_host(s.ip)}:{s.port}/",
+            "hub_ip": "127.0.0.1",
+            "hub_port": s.hub_port,
+            "db_url": f"sqlite:///{state / 'jupyterhub.sqlite'}",
+            "cookie_secret_file": str(state / "jupyterhub_cookie_secret"),
+            "pid_file": str(state / "jupyterhub.pid"),
+            "authenticator_class": "jupyterhub.authenticators.shared.SharedPasswordAuthenticator",
+            "spawner_class": "spawner_ext.local.spawner.GPULocalSpawner",
+            "cleanup_servers": not s.keep_servers,
+        },
+        "SharedPasswordAuthenticator": authenticator,
+        "GPULocalSpawner": {
+            "catalog_path": str(s.catalog),
+            "ledger_url": s.ledger_url,
+            "simulated_gpus": s.simulate_gpus,
+            "server_user": "",
+            "user_root": str(state / "users"),
+            "cmd": [s.singleuser_command],
+            "default_url": "/lab",
+            "start_timeout": 120,
+            "http_timeout": 90,
+        },
+        "ConfigurableHTTPProxy": {
+            "command": [s.proxy_command],
+            "api_url": f"http://127.0.0.1:{s.proxy_api_port}",
+            "pid_file": str(state / "proxy.pid"),
+        },
+    }
+
+
+def configure(c: Any, env: Mapping[str, str]) -> None:
+    """Apply `hub_config` of the GPUHUB_* variables in `env` to a traitlets config `c` (what the
+    config file calls). Creates the state directory."""
+    settings = UpSettings.from_env(env)
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for section, traits in hub_config(settings).items():
+        for name, value in traits.items():
+            c[section][name] = value
+
+
+def _url_host(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else ip
+
+
+def example_catalog() -> Path:
+    """The example catalog shipped in the package (a copy of hub_config/catalog.yaml)."""
+    return Path(str(resources.files("spawner_ext") / "examples" / "catalog.yaml"))

@@ -112,14 +112,16 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         return result
 
     async def stop(self, now: bool = False) -> None:
+        self.stopping = True
         try:
             await super().stop(now=now)
         finally:
+            self.stopping = False
             self.metering_ended()
 
     async def poll(self) -> int | None:
         status: int | None = await super().poll()
-        if status is not None and self.usage_session_id is not None:
+        if status is not None and self.usage_session_id is not None and not self.stopping:
             gone = f"{self.namespace}/{self.pod_name}" not in self.pod_reflector.pods
             reason = EndReason.NODE_LOST if gone else EndReason.STOPPED
             self.metering_ended(reason, found_gone=True)

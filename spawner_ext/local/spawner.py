@@ -134,15 +134,17 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
         return url
 
     async def stop(self, now: bool = False) -> None:
+        self.stopping = True
         try:
             await super().stop(now=now)
         finally:
+            self.stopping = False
             self._release()
             self.metering_ended()
 
     async def poll(self) -> int | None:
         status: int | None = await super().poll()
-        if status is not None:
+        if status is not None and not self.stopping:
             self._release()
             self.metering_ended(found_gone=True)  # exited by itself (e.g. File > Shut Down)
         return status

@@ -89,6 +89,9 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
     admission_warning: str | None = None
     stop_reason: EndReason | None = None
     """Why the next stop happens (set by the culler or budget enforcement); default: stopped."""
+    stopping: bool = False
+    """True while the hub stops the server: stop() polls, and what that poll finds gone is
+    the hub's own stop (billed until now), not a server that vanished."""
 
     @default("options_form")
     def _options_form_default(self) -> Any:

@@ -6,7 +6,16 @@ import enum
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import DateTime, Index, Integer, MetaData, Numeric, String, TypeDecorator
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    TypeDecorator,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -103,3 +112,16 @@ class TeamLock(Base):
     team: Mapped[str] = mapped_column(String(63), primary_key=True)
     over_budget_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
     """When the team was first seen over its monthly budget (cleared in a new month)."""
+
+
+class TeamMonthUsage(Base):
+    """GPU-seconds of a team's closed sessions per calendar month (UTC), kept up to date in the
+    transaction that closes each session, so a budget check reads one row plus the few open
+    sessions instead of the month's history."""
+
+    __tablename__ = "team_month_usage"
+
+    team: Mapped[str] = mapped_column(String(63), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    """'YYYY-MM'."""
+    gpu_seconds: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -60,9 +60,22 @@ def gpu_seconds_between(spans: Iterable[Span], start: datetime, end: datetime) -
     return total
 
 
-def gpu_hours_this_month(spans: Iterable[Span], now: datetime) -> Decimal:
-    seconds = gpu_seconds_between(spans, month_start(now), now)
-    return (Decimal(seconds) / 3600).quantize(Decimal("0.001"))
+def month_key(moment: datetime) -> str:
+    """'YYYY-MM' of the UTC calendar month of `moment`."""
+    return f"{moment.astimezone(UTC):%Y-%m}"
+
+
+def month_pieces(started: datetime, ended: datetime, gpu_count: int) -> list[tuple[str, int]]:
+    """A billed span split at month boundaries: [(month key, GPU-seconds in that month)]."""
+    pieces = []
+    start = started
+    while start < ended:
+        end = min(next_month_start(start), ended)
+        seconds = int((end - start).total_seconds()) * gpu_count
+        if seconds:
+            pieces.append((month_key(start), seconds))
+        start = end
+    return pieces
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,14 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..catalog import Catalog
 from ..clock import Clock, utcnow
 from ..policy.preview import TeamUsage
 from .engine import check_schema, make_engine
-from .models import EndReason, TeamLock, UsageSession
+from .models import EndReason, TeamLock, TeamMonthUsage, UsageSession
 from .reconcile import RunningServer
 from .rules import (
     Decision,
@@ -27,7 +28,9 @@ from .rules import (
     Span,
     billed_seconds,
     decide,
-    gpu_hours_this_month,
+    gpu_seconds_between,
+    month_key,
+    month_pieces,
     month_start,
     reconcile_end,
     session_cost,
@@ -128,8 +131,14 @@ class Ledger:
 
     def _lock_team(self, db: Session, team: str) -> None:
         if db.get_bind().dialect.name == "postgresql":
-            db.execute(pg_insert(TeamLock).values(team=team).on_conflict_do_nothing())
-            db.execute(select(TeamLock).where(TeamLock.team == team).with_for_update())
+            # One round trip: create the team's lock row if needed, and lock it either way
+            # (ON CONFLICT DO UPDATE locks the existing row until the transaction ends).
+            statement = pg_insert(TeamLock).values(team=team)
+            db.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["team"], set_={"team": statement.excluded.team}
+                )
+            )
         # SQLite: BEGIN IMMEDIATE already holds the database's write lock.
 
     def _close_stale(self, db: Session, user: str, server_name: str, now: datetime) -> None:
@@ -142,7 +151,7 @@ class Ledger:
             )
         ).all()
         for row in stale:
-            _close(row, row.last_seen_at or row.started_at or now, EndReason.RECONCILED)
+            _close(db, row, row.last_seen_at or row.started_at or now, EndReason.RECONCILED)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -161,7 +170,7 @@ class Ledger:
         with self._sessions.begin() as db:
             row = db.get(UsageSession, session_id)
             if row is not None and row.ended_at is None:
-                _close(row, at or self.clock(), reason)
+                _close(db, row, at or self.clock(), reason)
 
     def close_found_gone(self, session_id: int, reason: EndReason) -> None:
         """Close a session whose server was found gone, at the last time it was seen running."""
@@ -169,7 +178,7 @@ class Ledger:
         with self._sessions.begin() as db:
             row = db.get(UsageSession, session_id)
             if row is not None and row.ended_at is None:
-                _close(row, reconcile_end(row.last_seen_at, row.started_at, now), reason)
+                _close(db, row, reconcile_end(row.last_seen_at, row.started_at, now), reason)
 
     def seen(self, session_ids: Sequence[int], at: datetime | None = None) -> None:
         """Record that these sessions' servers were seen running at `at`."""
@@ -280,8 +289,14 @@ class Ledger:
         )
 
     def _hours_this_month(self, db: Session, team: str, now: datetime) -> Decimal:
-        start = month_start(now)
-        rows = db.execute(
+        """Closed sessions' GPU-seconds this month (one row of the monthly totals) plus the
+        team's open sessions up to now."""
+        closed = db.scalar(
+            select(TeamMonthUsage.gpu_seconds).where(
+                TeamMonthUsage.team == team, TeamMonthUsage.month == month_key(now)
+            )
+        )
+        open_spans = db.execute(
             select(
                 UsageSession.user,
                 UsageSession.gpu_type,
@@ -290,12 +305,14 @@ class Ledger:
                 UsageSession.ended_at,
             ).where(
                 UsageSession.team == team,
+                UsageSession.ended_at.is_(None),
                 UsageSession.gpu_count > 0,
-                UsageSession.started_at.is_not(None),
-                (UsageSession.ended_at.is_(None)) | (UsageSession.ended_at > start),
             )
         )
-        return gpu_hours_this_month((Span(*row) for row in rows), now)
+        seconds = (closed or 0) + gpu_seconds_between(
+            (Span(*row) for row in open_spans), month_start(now), now
+        )
+        return (Decimal(seconds) / 3600).quantize(Decimal("0.001"))
 
 
 def _new_session(server: Request | RunningServer, **times_and_refs: Any) -> UsageSession:
@@ -313,13 +330,30 @@ def _new_session(server: Request | RunningServer, **times_and_refs: Any) -> Usag
     )
 
 
-def _close(row: UsageSession, at: datetime, reason: EndReason) -> None:
+def _close(db: Session, row: UsageSession, at: datetime, reason: EndReason) -> None:
+    """End a session: its bill, and its GPU-seconds added to its team's monthly totals."""
     end = max(at, row.started_at) if row.started_at else at
     seconds = billed_seconds(row.started_at, end)
     row.ended_at = end
     row.end_reason = reason.value
     row.gpu_seconds = seconds * row.gpu_count
     row.cost = session_cost(row.price_per_hour, seconds)
+    if row.team is None or row.started_at is None or row.gpu_count == 0:
+        return
+    for month, gpu_seconds in month_pieces(row.started_at, end, row.gpu_count):
+        _add_month_usage(db, row.team, month, gpu_seconds)
+
+
+def _add_month_usage(db: Session, team: str, month: str, gpu_seconds: int) -> None:
+    dialect = db.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(TeamMonthUsage).values(team=team, month=month, gpu_seconds=gpu_seconds)
+    db.execute(
+        statement.on_conflict_do_update(
+            index_elements=["team", "month"],
+            set_={"gpu_seconds": TeamMonthUsage.gpu_seconds + statement.excluded.gpu_seconds},
+        )
+    )
 
 
 __all__ = ["Admission", "AdmissionRefused", "Ledger", "Request", "make_engine"]

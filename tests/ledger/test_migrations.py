@@ -51,3 +51,38 @@ def test_from_previous_schema_keeps_data(db_url: str) -> None:
     assert row.user == "ada"
     assert row.last_seen_at == started, "open sessions were last seen when they started"
     ledger.engine.dispose()
+
+
+def test_from_0002_backfills_monthly_totals(db_url: str) -> None:
+    upgrade(db_url, "0002")
+    engine = make_engine(db_url)
+    naive = engine.dialect.name == "sqlite"
+
+    def t(value: datetime) -> datetime:
+        return value.replace(tzinfo=None) if naive else value
+
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                'INSERT INTO usage_sessions ("user", team, server_name, profile, gpu_type, '
+                "gpu_count, price_per_hour, currency, requested_at, started_at, ended_at, "
+                "end_reason, gpu_seconds, cost, catalog_version) VALUES ('ada', 'vision', '', "
+                "'h100-quad', 'h100-80gb', 4, 16.4, 'USD', :s, :s, :e, 'stopped', 0, 0, 'v')"
+            ),
+            {
+                "s": t(datetime(2026, 10, 31, 23, 0, tzinfo=UTC)),
+                "e": t(datetime(2026, 11, 1, 2, 0, tzinfo=UTC)),
+            },
+        )
+    engine.dispose()
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT team, month, gpu_seconds FROM team_month_usage ORDER BY month")
+        ).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [
+        ("vision", "2026-10", 4 * 3600),
+        ("vision", "2026-11", 4 * 7200),
+    ]

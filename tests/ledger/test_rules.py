@@ -13,8 +13,9 @@ from spawner_ext.ledger.rules import (
     Span,
     billed_seconds,
     decide,
-    gpu_hours_this_month,
     gpu_seconds_between,
+    month_key,
+    month_pieces,
     month_start,
     over_budget_grace_over,
     reconcile_end,
@@ -80,20 +81,23 @@ def test_month_boundaries_in_utc() -> None:
 def test_a_session_across_the_month_boundary_counts_in_each_month() -> None:
     start = datetime(2026, 11, 30, 22, 0, tzinfo=UTC)
     end = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
+    assert month_pieces(start, end, 2) == [("2026-11", 2 * 7200), ("2026-12", 2 * 7200)]
     span = Span("ada", "h100", 2, start, end)
-    assert (
-        gpu_seconds_between([span], month_start(start), datetime(2026, 12, 1, tzinfo=UTC))
-        == 2 * 7200
-    )
-    assert gpu_hours_this_month([span], datetime(2026, 12, 1, 3, 0, tzinfo=UTC)) == Decimal("4.000")
-    assert gpu_hours_this_month([span], datetime(2026, 11, 30, 23, 0, tzinfo=UTC)) == Decimal(
-        "2.000"
-    )
+    december = datetime(2026, 12, 1, tzinfo=UTC)
+    assert gpu_seconds_between([span], month_start(start), december) == 2 * 7200
+    assert gpu_seconds_between([span], december, december.replace(hour=3)) == 2 * 7200
+
+
+def test_month_pieces_over_several_months() -> None:
+    pieces = month_pieces(datetime(2026, 1, 31, tzinfo=UTC), datetime(2026, 3, 1, 1, tzinfo=UTC), 1)
+    assert pieces == [("2026-01", 86400), ("2026-02", 28 * 86400), ("2026-03", 3600)]
+    assert month_pieces(T0, T0, 4) == []
+    assert month_key(datetime(2026, 12, 31, 23, 59, tzinfo=UTC)) == "2026-12"
 
 
 def test_open_sessions_count_until_now() -> None:
     spans = [Span("ada", "h100", 1, T0, None), Span("bob", "l4", 2, at(hours=-1), at(minutes=-30))]
-    assert gpu_hours_this_month(spans, at(hours=2)) == Decimal("3.000")
+    assert gpu_seconds_between(spans, month_start(T0), at(hours=2)) == 3 * 3600
 
 
 def decision(**overrides: object):  # type: ignore[no-untyped-def]

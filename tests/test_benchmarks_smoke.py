@@ -1,0 +1,97 @@
+"""The benchmarks still run: their code paths with tiny sizes, on SQLite only. No timings are
+checked here; benchmarks print figures, tests do not assert on them."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from benchmarks import admission
+from spawner_ext.catalog import load_catalog
+from spawner_ext.ledger.engine import upgrade
+from spawner_ext.ledger.store import Ledger, Request
+
+
+def test_admission_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    code = admission.main(
+        ["--rows", "200", "--backends", "sqlite", "--decisions", "20", "--explain"]
+    )
+    assert code == 0
+    out, err = capsys.readouterr()
+    rows = [line for line in out.splitlines() if line.startswith("| sqlite | 200 |")]
+    assert [row.split(" | ")[2] for row in rows] == ["shipped"]
+    assert "queries of one admission" in err
+    assert "EXPLAIN" not in out
+
+
+def test_decisions_are_a_mix_of_admitted_and_refused(tmp_path: Path) -> None:
+    (result,) = admission.run_case("sqlite", 300, 40, None, tmp_path, warmup=0)
+    assert sum(result.outcomes.values()) == 40
+    assert result.outcomes["admitted"] > 0
+    assert set(result.outcomes) - {"admitted", "admitted, warned"}, "some must be refused"
+
+
+def test_bulk_fill_stores_times_as_the_ledger_does(tmp_path: Path) -> None:
+    """The SQLite fill bypasses the ORM; its time strings must sort and compare like the
+    ledger's own, or the month's range queries would silently miss rows."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    upgrade(url)
+    times = [datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 24, 12, 30, 5, 123, tzinfo=UTC)]
+    clock = admission.StepClock(times[0])
+    ledger = Ledger.open(url, clock=clock)
+    try:
+        for now in times:
+            clock.now = now
+            cpu = Request("ada", "", None, "cpu-small", None, 0, Decimal(0), "USD", "v1")
+            ledger.admit(load_catalog(admission.EXAMPLE_CATALOG), cpu)
+    finally:
+        ledger.engine.dispose()
+    with closing(sqlite3.connect(tmp_path / "ledger.sqlite")) as connection:
+        stored = [r[0] for r in connection.execute("SELECT requested_at FROM usage_sessions")]
+    assert stored == [admission.sqlite_time(t) for t in times]
+
+
+async def test_monthly_totals_after_the_migration_match_the_history(tmp_path: Path) -> None:
+    """The benchmark fills at schema 0002 and migrates; the totals the ledger then reads must be
+    what summing the history gives, or the timings would be of a wrong answer."""
+    from sqlalchemy import select
+
+    from spawner_ext.ledger.models import UsageSession
+    from spawner_ext.ledger.rules import Span, gpu_seconds_between, month_start
+
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    plans = admission.plan_teams(4)
+    upgrade(url, "0002")
+    admission.fill_sqlite(
+        str(tmp_path / "ledger.sqlite"), admission.history(2000, plans, admission.NOW)
+    )
+    upgrade(url)
+    ledger = Ledger.open(url, clock=lambda: admission.NOW)
+    catalog = admission.bench_catalog(plans)
+    try:
+        expected = {}
+        with ledger.engine.connect() as db:
+            for plan in plans:
+                rows = db.execute(
+                    select(
+                        UsageSession.user,
+                        UsageSession.gpu_type,
+                        UsageSession.gpu_count,
+                        UsageSession.started_at,
+                        UsageSession.ended_at,
+                    ).where(UsageSession.team == plan.key)
+                )
+                seconds = gpu_seconds_between(
+                    (Span(*r) for r in rows), month_start(admission.NOW), admission.NOW
+                )
+                expected[plan.key] = (Decimal(seconds) / 3600).quantize(Decimal("0.001"))
+        for plan in plans:
+            usage = await ledger.team_usage(catalog, plan.key, "nobody")
+            assert usage.gpu_hours_this_month == expected[plan.key], plan.key
+    finally:
+        ledger.engine.dispose()

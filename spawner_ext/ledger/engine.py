@@ -12,6 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+READ_ONLY = "gpuhub_read_only"
 DEFAULT_URL = "sqlite:///gpuhub-ledger.sqlite"
 """A file beside JupyterHub's own jupyterhub.sqlite (both relative to the hub's directory)."""
 
@@ -22,7 +23,8 @@ class SchemaError(RuntimeError):
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url`. On SQLite every transaction takes the write lock at BEGIN
-    (BEGIN IMMEDIATE), so admissions are serialised across threads and processes."""
+    (BEGIN IMMEDIATE), so admissions are serialised across threads and processes; transactions
+    on `engine.execution_options(gpuhub_read_only=True)` only read (a plain BEGIN)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
@@ -32,7 +34,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = connection.get_execution_options().get(READ_ONLY, False)
+            connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)

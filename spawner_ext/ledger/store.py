@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..catalog import Catalog
 from ..clock import Clock, utcnow
 from ..policy.preview import TeamUsage
-from .engine import check_schema, make_engine
+from .engine import READ_ONLY, check_schema, make_engine
 from .models import EndReason, TeamLock, TeamMonthUsage, UsageSession
 from .reconcile import RunningServer
 from .rules import (
@@ -71,6 +71,7 @@ class Ledger:
         self.engine = engine
         self.clock = clock
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._reads = sessionmaker(engine.execution_options(**{READ_ONLY: True}))
 
     @classmethod
     def open(cls, url: str, *, clock: Clock = utcnow) -> Ledger:
@@ -210,7 +211,7 @@ class Ledger:
         """End time and reason of those of `session_ids` that are closed."""
         if not session_ids:
             return {}
-        with self._sessions() as db:
+        with self._reads() as db:
             rows = db.execute(
                 select(UsageSession.id, UsageSession.ended_at, UsageSession.end_reason).where(
                     UsageSession.id.in_(session_ids), UsageSession.ended_at.is_not(None)
@@ -219,11 +220,11 @@ class Ledger:
             return {sid: (ended, reason or "") for sid, ended, reason in rows if ended}
 
     def open_sessions(self) -> list[UsageSession]:
-        with self._sessions() as db:
+        with self._reads() as db:
             return list(db.scalars(select(UsageSession).where(UsageSession.ended_at.is_(None))))
 
     def session(self, session_id: int) -> UsageSession | None:
-        with self._sessions() as db:
+        with self._reads() as db:
             return db.get(UsageSession, session_id)
 
     # --- budgets -------------------------------------------------------------------------------
@@ -252,7 +253,7 @@ class Ledger:
         return found
 
     def open_gpu_sessions(self, team: str) -> list[UsageSession]:
-        with self._sessions() as db:
+        with self._reads() as db:
             return list(
                 db.scalars(
                     select(UsageSession).where(
@@ -268,7 +269,7 @@ class Ledger:
     async def team_usage(self, catalog: Catalog, team: str | None, user: str) -> TeamUsage:
         """UsageSource for previews: GPUs held now and GPU-hours used this month."""
         now = self.clock()
-        with self._sessions() as db:
+        with self._reads() as db:
             held = db.execute(
                 select(UsageSession.gpu_type, func.sum(UsageSession.gpu_count))
                 .where(UsageSession.team == team, UsageSession.ended_at.is_(None))

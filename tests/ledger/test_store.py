@@ -229,3 +229,22 @@ def test_a_server_found_gone_is_billed_until_last_seen(
     row = ledger.session(admitted.session_id)
     assert row is not None
     assert (row.end_reason, row.gpu_seconds) == ("node-lost", 1200)
+
+
+async def test_reads_do_not_wait_for_a_writer_on_sqlite(
+    db_url: str, ledger: Ledger, catalog: Catalog
+) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL readers never wait for writers")
+    import sqlite3
+
+    writer = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=0.1)
+    writer.isolation_level = None
+    writer.execute("BEGIN IMMEDIATE")  # another hub in the middle of an admission
+    try:
+        usage = await ledger.team_usage(catalog, "vision", "ada")
+        assert usage.gpus_in_use == {}
+        assert ledger.open_sessions() == []
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()

@@ -107,16 +107,7 @@ class Ledger:
     def _decide(self, db: Session, catalog: Catalog, request: Request, now: datetime) -> Decision:
         assert request.team is not None
         team = request.team
-        holdings = [
-            Holding(user, gpu_type, count)
-            for user, gpu_type, count in db.execute(
-                select(UsageSession.user, UsageSession.gpu_type, UsageSession.gpu_count).where(
-                    UsageSession.team == team,
-                    UsageSession.ended_at.is_(None),
-                    UsageSession.gpu_count > 0,
-                )
-            )
-        ]
+        open_spans = self._open_spans(db, team)
         gpu_type = catalog.gpu_types.get(request.gpu_type or "")
         return decide(
             team,
@@ -125,8 +116,8 @@ class Ledger:
             gpu_type=request.gpu_type,
             gpu_count=request.gpu_count,
             gpu_type_name=gpu_type.display_name if gpu_type else str(request.gpu_type),
-            holdings=holdings,
-            hours_used=self._hours_this_month(db, team, now),
+            holdings=[Holding(s.user, s.gpu_type, s.gpu_count) for s in open_spans],
+            hours_used=self._hours_this_month(db, team, now, open_spans),
             now=now,
         )
 
@@ -289,15 +280,9 @@ class Ledger:
             gpu_hours_this_month=hours,
         )
 
-    def _hours_this_month(self, db: Session, team: str, now: datetime) -> Decimal:
-        """Closed sessions' GPU-seconds this month (one row of the monthly totals) plus the
-        team's open sessions up to now."""
-        closed = db.scalar(
-            select(TeamMonthUsage.gpu_seconds).where(
-                TeamMonthUsage.team == team, TeamMonthUsage.month == month_key(now)
-            )
-        )
-        open_spans = db.execute(
+    def _open_spans(self, db: Session, team: str) -> list[Span]:
+        """The team's admitted, not yet ended GPU sessions (started or not)."""
+        rows = db.execute(
             select(
                 UsageSession.user,
                 UsageSession.gpu_type,
@@ -310,9 +295,20 @@ class Ledger:
                 UsageSession.gpu_count > 0,
             )
         )
-        seconds = (closed or 0) + gpu_seconds_between(
-            (Span(*row) for row in open_spans), month_start(now), now
+        return [Span(*row) for row in rows]
+
+    def _hours_this_month(
+        self, db: Session, team: str, now: datetime, open_spans: list[Span] | None = None
+    ) -> Decimal:
+        """Closed sessions' GPU-seconds this month (one row of the monthly totals) plus the
+        team's open sessions up to now."""
+        closed = db.scalar(
+            select(TeamMonthUsage.gpu_seconds).where(
+                TeamMonthUsage.team == team, TeamMonthUsage.month == month_key(now)
+            )
         )
+        spans = self._open_spans(db, team) if open_spans is None else open_spans
+        seconds = (closed or 0) + gpu_seconds_between(spans, month_start(now), now)
         return (Decimal(seconds) / 3600).quantize(Decimal("0.001"))
 
 

@@ -67,6 +67,7 @@ async def reconcile_once(
     lost_reason: EndReason = EndReason.NODE_LOST,
     tick: timedelta = timedelta(0),
 ) -> None:
+    observed_at = ledger.clock()
     running = await observer.running()
     sessions = [
         OpenSession(s.id, s.requested_at, s.started_at, s.last_seen_at)
@@ -83,6 +84,7 @@ async def reconcile_once(
         stopping=frozenset(sid for sid, (_, why) in closed.items() if why not in by_reconciliation),
         lost_reason=lost_reason,
         tick=tick,
+        observed_at=observed_at,
     )
     ledger.seen(actions.seen)
     for close in actions.close:

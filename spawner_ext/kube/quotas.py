@@ -54,13 +54,19 @@ async def sync_quotas(api: Any, catalog: Catalog) -> list[str]:
             try:
                 await api.create_namespaced_resource_quota(namespace, manifest)
             except ApiException as create_exc:
-                if create_exc.status == 404:  # no such namespace yet
+                if create_exc.status in (404, 409):  # no namespace yet / a concurrent spawn won
                     continue
                 raise
             changed.append(f"{namespace}: created {manifest['spec']['hard']}")
             continue
         if dict(current.spec.hard or {}) != manifest["spec"]["hard"]:
-            await api.replace_namespaced_resource_quota(QUOTA_NAME, namespace, manifest)
+            manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
+            try:
+                await api.replace_namespaced_resource_quota(QUOTA_NAME, namespace, manifest)
+            except ApiException as replace_exc:
+                if replace_exc.status == 409:  # changed meanwhile; the next sync looks again
+                    continue
+                raise
             changed.append(
                 f"{namespace}: {dict(current.spec.hard or {})} -> {manifest['spec']['hard']}"
             )

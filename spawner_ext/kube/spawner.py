@@ -120,6 +120,8 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
             self.metering_ended()
 
     async def poll(self) -> int | None:
+        if self.usage_session_id is not None:
+            self._start_reconciler()  # after a hub restart, before any new spawn
         status: int | None = await super().poll()
         if status is not None and self.usage_session_id is not None and not self.stopping:
             gone = f"{self.namespace}/{self.pod_name}" not in self.pod_reflector.pods

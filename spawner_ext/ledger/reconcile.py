@@ -78,9 +78,12 @@ def reconcile(
     lost_reason: EndReason = EndReason.NODE_LOST,
     grace: timedelta = timedelta(minutes=10),
     tick: timedelta = timedelta(0),
+    observed_at: datetime | None = None,
 ) -> Actions:
     """`closed_ends`: end times of sessions closed by reconciliation that running servers name;
-    `stopping`: sessions the hub closed itself whose servers are still on their way out."""
+    `stopping`: sessions the hub closed itself whose servers are still on their way out;
+    `observed_at`: when `running` was listed. Sessions that started after it are not judged (the
+    list could not show them)."""
     running_ids = {s.session_id for s in running if s.session_id is not None}
     open_ids = {s.id for s in open_sessions}
     seen: list[int] = []
@@ -89,6 +92,8 @@ def reconcile(
         if session.id in running_ids:
             seen.append(session.id)
         elif session.started_at is not None:
+            if observed_at is not None and session.started_at > observed_at:
+                continue
             end = reconcile_end(session.last_seen_at, session.started_at, now)
             if now - end >= tick:
                 close.append(Close(session.id, end, lost_reason))

@@ -143,6 +143,8 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
             self.metering_ended()
 
     async def poll(self) -> int | None:
+        if self.usage_session_id is not None:
+            self._start_reconciler()  # after a hub restart, before any new spawn
         status: int | None = await super().poll()
         if status is not None and not self.stopping:
             self._release()

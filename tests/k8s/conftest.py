@@ -11,6 +11,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
+from hub import K8sHub
 
 # pytest puts this directory (it has no __init__.py) on sys.path, so testbed imports as itself.
 from testbed import (
@@ -78,7 +79,11 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    plane = getattr(item, "funcargs", {}).get("control_plane")
+    funcargs = getattr(item, "funcargs", {})
+    plane = funcargs.get("control_plane")
     if report.failed and isinstance(plane, ControlPlane):
         report.sections.append(("Kubernetes control plane logs", plane.logs_report()))
+    for value in funcargs.values():
+        if report.failed and isinstance(value, K8sHub):
+            report.sections.append(("JupyterHub log", value.log(120)))
     return report

@@ -131,3 +131,10 @@ def test_local_processes_observed_from_spawner_states() -> None:
     assert [(s.user, s.session_id, s.gpu_type, s.runtime_ref) for s in found] == [
         ("ada", 3, "l4", "local:10")
     ]
+
+
+def test_sessions_that_started_after_the_observation_are_not_judged() -> None:
+    observed = T0 + timedelta(minutes=10)
+    late = OpenSession(2, observed, observed + timedelta(seconds=1), None)
+    actions = reconcile([late], [], {}, T0 + timedelta(hours=1), observed_at=observed)
+    assert actions.close == ()

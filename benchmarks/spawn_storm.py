@@ -1,0 +1,300 @@
+"""Spawn storm: 200 users start GPU servers at once through a real hub's REST API, against 32
+simulated 8-GPU kwok nodes, first with GPUKubeSpawner (team quotas that sum to less than the pool,
+so some spawns are refused), then with stock KubeSpawner (no quotas) on the same node pool.
+
+Prints the time until every admitted server's pod is Running, the refusals by reason, and the
+quota violations (running GPUs per team and type over the catalog quota, nodes over-committed;
+both must be 0), side by side, and the ratio ours/stock. Not a test: nothing here asserts timing.
+
+    .venv/bin/python -m benchmarks.spawn_storm [--users 200] [--nodes 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "k8s"))
+
+import requests
+from hub import K8sHub, delete_namespaces, running_hub
+from testbed import H100, ControlPlane, Json, build_binaries
+
+GPUS_PER_NODE = H100.gpus
+TEAM_QUOTAS = (30, 30, 25, 25, 20, 20, 15, 15)  # 180 H100s of the 256
+TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+SELECTOR = {"nvidia.com/gpu.product": H100.product}
+
+
+def user_name(index: int) -> str:
+    return f"u{index:03d}"
+
+
+def profile_of(index: int) -> str:
+    """Every fifth user asks for two GPUs, the others for one."""
+    return "h100-duo" if index % 5 == 4 else "h100-single"
+
+
+def gpus_of(profile: str) -> int:
+    return 2 if profile == "h100-duo" else 1
+
+
+def team_of(index: int, teams: int) -> str:
+    return f"t{index % teams}"
+
+
+def catalog(users: int, prefix: str) -> Json:
+    teams = {
+        f"t{t}": {
+            "users": [user_name(i) for i in range(users) if i % len(TEAM_QUOTAS) == t],
+            "quota": {"gpus": {"h100-80gb": quota}},
+        }
+        for t, quota in enumerate(TEAM_QUOTAS)
+    }
+    return {
+        "metering": {"currency": "USD", "reconcile_interval": "30s"},
+        "kubernetes": {"namespace_template": f"{prefix}-{{team}}"},
+        "gpu_types": {
+            "h100-80gb": {
+                "display_name": "NVIDIA H100 80GB",
+                "resource": "nvidia.com/gpu",
+                "price_per_hour": 4.10,
+                "gpus_per_node": GPUS_PER_NODE,
+                "node_selector": SELECTOR,
+                "tolerations": TOLERATIONS,
+            }
+        },
+        "teams": teams,
+        "profiles": [
+            {"display_name": "One H100", "slug": "h100-single", "gpu": {"type": "h100-80gb"}},
+            {
+                "display_name": "Two H100s",
+                "slug": "h100-duo",
+                "gpu": {"type": "h100-80gb", "count": 2},
+            },
+        ],
+    }
+
+
+def stock_profile_list() -> list[Json]:
+    return [
+        {
+            "display_name": name,
+            "slug": slug,
+            "kubespawner_override": {
+                "extra_resource_limits": {"nvidia.com/gpu": str(gpus_of(slug))},
+                "node_selector": SELECTOR,
+                "tolerations": TOLERATIONS,
+            },
+        }
+        for name, slug in (("One H100", "h100-single"), ("Two H100s", "h100-duo"))
+    ]
+
+
+@dataclass
+class Result:
+    label: str
+    requested: int = 0
+    admitted: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    seconds_to_running: float = float("nan")
+    seconds_to_ready: float = float("nan")
+    quota_violations: int = 0
+    overcommitted_nodes: int = 0
+    pending_left: int = 0
+
+
+def refusal_reason(status: int, message: str) -> str:
+    if "may hold" in message and "at once and holds" in message:
+        return "gpu-quota"
+    if "you may hold" in message:
+        return "user-cap"
+    if "budget" in message:
+        return "budget"
+    return f"http-{status}"
+
+
+def storm(hub: K8sHub, users: int) -> tuple[list[str], Counter[str], float]:
+    """All users POST their spawn at once; (admitted users, refusals by reason, start time)."""
+    names = [user_name(i) for i in range(users)]
+    hub.create_users(names)
+
+    def spawn(index: int) -> tuple[str, int, str]:
+        response = requests.post(  # a connection of its own per user, as browsers would
+            f"{hub.url}hub/api/users/{user_name(index)}/server",
+            json={"profile": profile_of(index)},
+            headers={"Authorization": f"token {hub.token}"},
+            timeout=600,
+        )
+        message = response.json().get("message", "") if response.status_code >= 400 else ""
+        return user_name(index), response.status_code, message
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=users) as pool:
+        answers = list(pool.map(spawn, range(users)))
+    admitted = [name for name, status, _ in answers if status in (201, 202)]
+    refused = Counter(
+        refusal_reason(status, message) for _, status, message in answers if status >= 400
+    )
+    return admitted, refused, started
+
+
+def singleuser_pods(plane: ControlPlane) -> list[Json]:
+    items: list[Json] = plane.api.get("/api/v1/pods", labelSelector="component=singleuser-server")[
+        "items"
+    ]
+    return items
+
+
+def wait_running(plane: ControlPlane, count: int, timeout: float = 600) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = sum(
+            1 for pod in singleuser_pods(plane) if pod.get("status", {}).get("phase") == "Running"
+        )
+        if running >= count:
+            return time.monotonic()
+        time.sleep(0.2)
+    return float("nan")
+
+
+def wait_ready(hub: K8sHub, names: list[str], timeout: float = 600) -> float:
+    deadline = time.monotonic() + timeout
+    wanted = set(names)
+    while time.monotonic() < deadline:
+        ready = {
+            user["name"]
+            for user in hub.api("GET", "/users", params={"state": "ready"}).json()
+            if user["name"] in wanted
+        }
+        if ready >= wanted:
+            return time.monotonic()
+        time.sleep(0.5)
+    return float("nan")
+
+
+def violations(plane: ControlPlane, quotas: dict[str, int] | None) -> tuple[int, int, int]:
+    """(teams over their quota, nodes over-committed, pods still Pending) among live pods."""
+    pods = [p for p in singleuser_pods(plane) if not p["metadata"].get("deletionTimestamp")]
+    per_team: Counter[str] = Counter()
+    per_node: Counter[str] = Counter()
+    pending = 0
+    for pod in pods:
+        gpus = int(pod["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
+        if pod["status"].get("phase") != "Running":
+            pending += 1
+            continue
+        per_team[pod["metadata"]["labels"].get("gpuhub.io/team", "")] += gpus
+        per_node[pod["spec"]["nodeName"]] += gpus
+    over_quota = 0
+    if quotas is not None:
+        over_quota = sum(1 for team, used in per_team.items() if used > quotas.get(team, 0))
+    allocatable = {
+        node["metadata"]["name"]: int(node["status"]["allocatable"].get("nvidia.com/gpu", 0))
+        for node in plane.api.get("/api/v1/nodes")["items"]
+    }
+    over_node = sum(1 for node, used in per_node.items() if used > allocatable.get(node, 0))
+    return over_quota, over_node, pending
+
+
+def clear(hub: K8sHub, plane: ControlPlane, namespaces: list[str]) -> None:
+    hub.stop()
+    delete_namespaces(plane, namespaces)
+    deadline = time.monotonic() + 300
+    while singleuser_pods(plane) and time.monotonic() < deadline:
+        time.sleep(1)
+
+
+def run(plane: ControlPlane, workdir: Path, users: int, stock: bool) -> Result:
+    prefix = "storm-stock" if stock else "storm-gpuhub"
+    settings: dict[str, Any] = {"namespace": f"{prefix}-hub", "start_timeout": 600}
+    if stock:
+        settings["spawner"] = "kubespawner"
+        settings["extra_config"] = f"c.KubeSpawner.profile_list = {stock_profile_list()!r}"
+    else:
+        settings["catalog"] = catalog(users, prefix)
+        settings["extra_config"] = "c.GPUKubeSpawner.manage_resource_quotas = True"
+    result = Result("stock KubeSpawner" if stock else "GPUKubeSpawner")
+    result.requested = users
+    namespaces = [f"{prefix}-hub"] + [f"{prefix}-t{t}" for t in range(len(TEAM_QUOTAS))]
+    (workdir / prefix).mkdir()
+    with running_hub(plane, workdir / prefix, **settings) as hub:
+        try:
+            admitted, result.refused, started = storm(hub, users)
+            result.admitted = len(admitted)
+            result.seconds_to_running = wait_running(plane, len(admitted)) - started
+            result.seconds_to_ready = wait_ready(hub, admitted) - started
+            quotas = None if stock else {f"t{t}": q for t, q in enumerate(TEAM_QUOTAS)}
+            counts = violations(plane, quotas)
+            result.quota_violations, result.overcommitted_nodes, result.pending_left = counts
+        finally:
+            clear(hub, plane, namespaces)
+    return result
+
+
+def table(results: list[Result]) -> str:
+    rows = [
+        ("", *(r.label for r in results)),
+        ("spawns requested", *(str(r.requested) for r in results)),
+        ("admitted", *(str(r.admitted) for r in results)),
+        (
+            "refused (by reason)",
+            *(", ".join(f"{k}: {v}" for k, v in sorted(r.refused.items())) or "0" for r in results),
+        ),
+        ("s until all admitted pods Running", *(f"{r.seconds_to_running:.1f}" for r in results)),
+        ("s until the hub has them all ready", *(f"{r.seconds_to_ready:.1f}" for r in results)),
+        ("teams over GPU quota", *(str(r.quota_violations) for r in results)),
+        ("nodes over-committed", *(str(r.overcommitted_nodes) for r in results)),
+        ("pods left Pending", *(str(r.pending_left) for r in results)),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--nodes", type=int, default=32)
+    parser.add_argument(
+        "--keep", type=Path, help="keep the hubs' directories (logs, databases) here"
+    )
+    args = parser.parse_args(argv)
+    with (
+        tempfile.TemporaryDirectory(prefix="spawn-storm-") as scratch,
+        ControlPlane(build_binaries()) as plane,
+    ):
+        tmp = args.keep or Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
+        plane.add_kwok_gpu_nodes(args.nodes, H100)
+        load_before = os.getloadavg()
+        ours = run(plane, Path(tmp), args.users, stock=False)
+        stock = run(plane, Path(tmp), args.users, stock=True)
+        load_after = os.getloadavg()
+    print(f"Spawn storm: {args.users} users, {args.nodes} kwok nodes x {GPUS_PER_NODE} H100")
+    print(f"team quotas {TEAM_QUOTAS} (sum {sum(TEAM_QUOTAS)})")
+    print(f"date {time.strftime('%Y-%m-%d %H:%M %Z')}; machine {platform.node()}, ", end="")
+    print(f"{os.cpu_count()} cores; load average before {load_before[0]:.2f}, ", end="")
+    print(f"after {load_after[0]:.2f}")
+    print()
+    print(table([ours, stock]))
+    print()
+    ratio = ours.seconds_to_running / stock.seconds_to_running
+    print(f"ours/stock, time until all admitted pods Running: {ratio:.2f}x (target: <= 1.1x)")
+    ready_ratio = ours.seconds_to_ready / stock.seconds_to_ready
+    print(f"ours/stock, time until the hub has them all ready: {ready_ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,628 @@
+"""GPUKubeSpawner on the real control plane, driven through a real hub's REST API: placement by GPU
+type, a real server through the proxy, waiting for a GPU, team namespaces, ResourceQuota
+backstops, admission, and billing from pod Running until the pod is gone, across a hub crash.
+
+One hub serves the module, and the tests run in file order; each leaves no server running. The
+module adds its own kwok nodes (one H100 node with 4 GPUs, one A100 node), labelled with a pool id
+that the catalog's GPU types select, so other tests' pods never take their GPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hub import HubError, K8sHub, delete_namespaces, ensure_namespace, running_hub
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from testbed import (
+    A100,
+    H100,
+    ApiError,
+    ControlPlane,
+    GpuNodeSpec,
+    Json,
+    ProcessKubelet,
+    gpu_pod_manifest,
+)
+
+from spawner_ext.ledger.models import UsageSession
+from spawner_ext.ledger.store import Ledger
+
+pytestmark = pytest.mark.k8s
+
+POOL_LABEL = "gpuhub.test/pool"
+TICK = 2  # seconds: the catalog's metering.reconcile_interval
+SLACK = 2  # seconds: polling in the tests, whole-second timestamps of pods and billing
+START_TIMEOUT = 25  # seconds: Spawner.start_timeout, short so that a pending spawn gives up soon
+TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+USERS = ["ada", "lin", "kai", "grace", "zed"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    id: str
+    h100: list[str]
+    a100: list[str]
+    cpu: list[str]
+
+    @property
+    def prefix(self) -> str:
+        return f"gh-{self.id}"
+
+    def namespace(self, team: str) -> str:
+        return f"{self.prefix}-{team}"
+
+
+def catalog(pool: Pool) -> Json:
+    def gpu_type(name: str, product: str, price: float, pooled: bool = True) -> Json:
+        selector = {"nvidia.com/gpu.product": product}
+        if pooled:
+            selector[POOL_LABEL] = pool.id
+        return {
+            "display_name": name,
+            "resource": "nvidia.com/gpu",
+            "price_per_hour": price,
+            "node_selector": selector,
+            "tolerations": TOLERATIONS,
+        }
+
+    def profile(slug: str, name: str, gpu: str | None = None) -> Json:
+        entry: Json = {"display_name": name, "slug": slug}
+        if gpu:
+            entry["gpu"] = {"type": gpu, "count": 1}
+        return entry
+
+    return {
+        "metering": {"currency": "USD", "reconcile_interval": f"{TICK}s"},
+        "kubernetes": {"namespace_template": pool.namespace("{team}")},
+        "gpu_types": {
+            "h100-80gb": gpu_type("NVIDIA H100 80GB", H100.product, 4.10),
+            "a100-40gb": gpu_type("NVIDIA A100 40GB", A100.product, 1.80),
+            "l4": gpu_type("NVIDIA L4 24GB", "NVIDIA-L4", 0.70, pooled=False),
+        },
+        "teams": {
+            "vision": {
+                "users": ["ada", "lin", "kai"],
+                "quota": {"gpus": {"h100-80gb": 4, "a100-40gb": 2, "l4": 1}, "gpus_per_user": 4},
+            },
+            "nlp": {"users": ["grace"], "quota": {"gpus": {"h100-80gb": 2}}},
+        },
+        "profiles": [
+            {**profile("cpu-small", "CPU only"), "default": True},
+            profile("l4-single", "One L4", "l4"),
+            profile("a100-single", "One A100 40GB", "a100-40gb"),
+            profile("h100-single", "One H100 80GB", "h100-80gb"),
+        ],
+    }
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pool(control_plane: ControlPlane) -> Iterator[Pool]:
+    pool_id = secrets.token_hex(3)
+    labels = {POOL_LABEL: pool_id}
+    h100 = control_plane.add_kwok_gpu_nodes(1, dataclasses.replace(H100, gpus=4, labels=labels))
+    a100 = control_plane.add_kwok_gpu_nodes(1, dataclasses.replace(A100, labels=labels))
+    cpu_only = GpuNodeSpec(product="none", gpus=0, mig_resources={}, labels=labels, tainted=False)
+    cpu = control_plane.add_kwok_gpu_nodes(1, cpu_only)  # for CPU-only servers
+    yield Pool(pool_id, h100, a100, cpu)
+    for node in h100 + a100 + cpu:
+        control_plane.api.delete(f"/api/v1/nodes/{node}")
+
+
+@pytest.fixture(scope="module")
+def hub(
+    control_plane: ControlPlane,
+    process_kubelet: ProcessKubelet,
+    pool: Pool,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[K8sHub]:
+    try:
+        with running_hub(
+            control_plane,
+            tmp_path_factory.mktemp("gpu-hub"),
+            namespace=pool.namespace("hub"),
+            catalog=catalog(pool),
+            start_timeout=START_TIMEOUT,
+        ) as started:
+            started.create_users(USERS)
+            yield started
+    finally:
+        delete_namespaces(
+            control_plane, [pool.namespace(name) for name in ("hub", "vision", "nlp")]
+        )
+
+
+@pytest.fixture(autouse=True)
+def no_server_left(hub: K8sHub) -> Iterator[None]:
+    """Whatever a test leaves running (a failure midway) is stopped before the next test."""
+    yield
+    if hub.process is None:
+        hub.start()
+    for name in USERS:
+        if hub.server(name) is not None:
+            hub.stop_server(name)
+
+
+@pytest.fixture
+def ledger(hub: K8sHub) -> Iterator[Ledger]:
+    assert hub.ledger_url
+    opened = Ledger.open(hub.ledger_url)
+    yield opened
+    opened.engine.dispose()
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def spawn_ready(hub: K8sHub, user: str, profile: str) -> dict[str, Any]:
+    response = hub.spawn(user, {"profile": profile})
+    assert response.status_code in (201, 202), f"{response.status_code} {response.text}"
+    return hub.wait_ready(user)
+
+
+def pod_path(model: dict[str, Any]) -> str:
+    state = model["state"]
+    return f"/api/v1/namespaces/{state['namespace']}/pods/{state['pod_name']}"
+
+
+def pod_of(plane: ControlPlane, model: dict[str, Any]) -> Json:
+    return plane.api.get(pod_path(model))
+
+
+def wait_pod_gone(hub: K8sHub, plane: ControlPlane, path: str) -> datetime:
+    """Wait until the pod at `path` is gone; when that was first seen."""
+
+    def gone() -> bool:
+        try:
+            plane.api.get(path)
+        except ApiError as error:
+            if error.status == 404:
+                return True
+            raise
+        return False
+
+    hub.wait(f"{path} to be gone", gone, 90, every=0.1)
+    return datetime.now(UTC)
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def session_row(ledger: Ledger, session_id: int) -> UsageSession:
+    row = ledger.session(session_id)
+    assert row is not None, f"no ledger session {session_id}"
+    return row
+
+
+def sessions_of(ledger: Ledger, user: str) -> list[UsageSession]:
+    with Session(ledger.engine) as db:
+        return list(
+            db.scalars(
+                select(UsageSession).where(UsageSession.user == user).order_by(UsageSession.id)
+            )
+        )
+
+
+def session_id(pod: Json) -> int:
+    return int(pod["metadata"]["labels"]["gpuhub.io/session"])
+
+
+def wait_seen_after(hub: K8sHub, ledger: Ledger, sid: int, after: datetime) -> UsageSession:
+    """Wait until reconciliation has seen the session's server running later than `after`."""
+
+    def seen() -> UsageSession | None:
+        row = session_row(ledger, sid)
+        return row if row.last_seen_at is not None and row.last_seen_at > after else None
+
+    found: UsageSession = hub.wait(f"session {sid} seen after {after}", seen, 8 * TICK + 30)
+    return found
+
+
+def wait_closed(hub: K8sHub, ledger: Ledger, sid: int, timeout: float = 60) -> UsageSession:
+    def closed() -> UsageSession | None:
+        row = session_row(ledger, sid)
+        return row if row.ended_at is not None else None
+
+    found: UsageSession = hub.wait(f"session {sid} to be closed", closed, timeout)
+    return found
+
+
+def billed(row: UsageSession) -> int:
+    assert row.gpu_seconds is not None and row.gpu_count
+    return row.gpu_seconds // row.gpu_count
+
+
+def lifetime(started: datetime, gone: datetime) -> float:
+    return (gone - started).total_seconds()
+
+
+# --- placement ----------------------------------------------------------------------------------
+
+
+def test_gpu_pods_land_only_on_nodes_of_their_gpu_type(
+    hub: K8sHub, control_plane: ControlPlane, pool: Pool
+) -> None:
+    wanted = {
+        "ada": ("h100-single", "h100-80gb", H100.product, pool.h100),
+        "lin": ("a100-single", "a100-40gb", A100.product, pool.a100),
+    }
+    for user, (profile, *_) in wanted.items():
+        response = hub.spawn(user, {"profile": profile})
+        assert response.status_code in (201, 202), response.text
+    for user, (profile, gpu_type, product, nodes) in wanted.items():
+        model = hub.wait_ready(user)
+        pod = pod_of(control_plane, model)
+        node = control_plane.api.get(f"/api/v1/nodes/{pod['spec']['nodeName']}")
+        assert pod["spec"]["nodeName"] in nodes
+        assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == product
+        assert pod["metadata"]["namespace"] == pool.namespace("vision")
+        labels = pod["metadata"]["labels"]
+        assert labels["gpuhub.io/team"] == "vision"
+        assert labels["gpuhub.io/profile"] == profile
+        assert labels["gpuhub.io/gpu-type"] == gpu_type
+        assert labels["gpuhub.io/gpu-count"] == "1"
+        assert int(labels["gpuhub.io/session"]) == model["state"]["gpuhub_session"]
+        assert pod["metadata"]["annotations"]["gpuhub.io/user"] == user
+        container = pod["spec"]["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert pod["spec"]["nodeSelector"]["nvidia.com/gpu.product"] == product
+        assert TOLERATIONS[0] in pod["spec"]["tolerations"]
+    for user in wanted:
+        hub.stop_server(user)
+
+
+def test_a_real_server_answers_through_the_proxy(
+    hub: K8sHub, control_plane: ControlPlane, process_kubelet: ProcessKubelet
+) -> None:
+    model = spawn_ready(hub, "kai", "l4-single")
+    pod = pod_of(control_plane, model)
+    assert pod["spec"]["nodeName"] == process_kubelet.node
+    assert pod["metadata"]["labels"]["gpuhub.io/gpu-type"] == "l4"
+    response = hub.session.get(f"{hub.url}user/kai/api/status", timeout=30)
+    assert response.status_code == 200, response.text
+    assert "kernels" in response.json()
+    assert response.headers["X-JupyterHub-Version"]
+    log = process_kubelet.pod_log(pod["metadata"]["namespace"], pod["metadata"]["name"])
+    assert "jupyterhub-singleuser" in log.read_text() or "Jupyter" in log.read_text()
+    hub.stop_server("kai")
+    wait_pod_gone(hub, control_plane, pod_path(model))
+
+
+def test_a_running_server_keeps_one_open_session(
+    hub: K8sHub, control_plane: ControlPlane, ledger: Ledger
+) -> None:
+    model = spawn_ready(hub, "kai", "l4-single")
+    pod = pod_of(control_plane, model)
+    sid = session_id(pod)
+    ref = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+    started = parse_time(pod["status"]["startTime"])
+
+    def ticks_later() -> bool:
+        return any(
+            s.last_seen_at is not None and s.last_seen_at > started + timedelta(seconds=3 * TICK)
+            for s in sessions_of(ledger, "kai")
+            if s.runtime_ref == ref
+        )
+
+    hub.wait("three reconciliation ticks", ticks_later, 10 * TICK + 30)
+    # Earlier servers of kai had the same pod name; from this server's session on, there must
+    # be exactly one session, still open (not closed as node-lost and adopted into a second).
+    rows = [s for s in sessions_of(ledger, "kai") if s.runtime_ref == ref and s.id >= sid]
+    assert [(s.id, s.end_reason) for s in rows] == [(sid, None)]
+
+
+# --- waiting for a GPU --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class WaitingSpawn:
+    """What happened to ada's H100 spawn while every H100 of the pool was taken."""
+
+    pod_while_waiting: Json
+    events: list[dict[str, Any]]
+    server_gone: bool
+    session: UsageSession
+
+    @property
+    def shown(self) -> str:
+        return "\n".join(str(event.get("message", "")) for event in self.events)
+
+
+@pytest.fixture(scope="module")
+def waiting_spawn(hub: K8sHub, control_plane: ControlPlane, pool: Pool) -> WaitingSpawn:
+    """The team's quota allows an H100, but every H100 of the pool is held by a pod outside the
+    hub: ada's pod stays Pending until start_timeout ends the spawn."""
+    filler_ns = pool.namespace("filler")
+    ensure_namespace(control_plane, filler_ns)
+    try:
+        filler = gpu_pod_manifest("all-h100s", H100.product, gpus=4)
+        filler["spec"]["nodeSelector"][POOL_LABEL] = pool.id
+        control_plane.api.create(f"/api/v1/namespaces/{filler_ns}/pods", filler)
+        hub.wait(
+            "the filler pod to run",
+            lambda: (
+                control_plane.api.get(f"/api/v1/namespaces/{filler_ns}/pods/all-h100s")[
+                    "status"
+                ].get("phase")
+                == "Running"
+            ),
+            60,
+        )
+        response = hub.spawn("ada", {"profile": "h100-single"})
+        assert response.status_code == 202, response.text
+        model = hub.server("ada")
+        assert model is not None and model["pending"] == "spawn"
+        path = pod_path(model)
+
+        def unschedulable() -> Json | None:
+            pod = control_plane.api.get(path)
+            conditions = pod["status"].get("conditions", [])
+            return pod if any(c.get("reason") == "Unschedulable" for c in conditions) else None
+
+        pod = hub.wait("ada's pod to be unschedulable", unschedulable, START_TIMEOUT)
+        events = hub.progress("ada")
+        hub.wait("ada's failed server to be gone", lambda: hub.server("ada") is None, 60)
+        wait_pod_gone(hub, control_plane, path)
+        opened = Ledger.open(hub.ledger_url or "")
+        try:
+            row = wait_closed(hub, opened, model["state"]["gpuhub_session"])
+        finally:
+            opened.engine.dispose()
+        return WaitingSpawn(pod, events, hub.server("ada") is None, row)
+    finally:  # give the H100s back to the tests that follow
+        delete_namespaces(control_plane, [filler_ns])
+        wait_pod_gone(hub, control_plane, f"/api/v1/namespaces/{filler_ns}/pods/all-h100s")
+
+
+def test_a_spawn_waiting_for_a_gpu_stays_pending_and_says_why_in_words(
+    waiting_spawn: WaitingSpawn,
+) -> None:
+    assert waiting_spawn.pod_while_waiting["status"]["phase"] == "Pending"
+    assert "Waiting for a free NVIDIA H100 80GB" in waiting_spawn.shown, waiting_spawn.shown
+    assert f"gives up after {START_TIMEOUT} seconds" in waiting_spawn.shown
+
+
+def test_a_spawn_waiting_for_a_gpu_gives_up_after_start_timeout_leaving_nothing(
+    waiting_spawn: WaitingSpawn,
+) -> None:
+    last = waiting_spawn.events[-1]
+    assert last["failed"] is True
+    assert f"did not start in {START_TIMEOUT} seconds" in last["message"]
+    assert waiting_spawn.server_gone  # and its pod is gone: the fixture waited for that
+    assert waiting_spawn.session.started_at is None
+    assert waiting_spawn.session.gpu_seconds == 0
+    assert waiting_spawn.session.cost == 0
+
+
+def test_a_spawn_that_gave_up_is_closed_as_failed(waiting_spawn: WaitingSpawn) -> None:
+    """JupyterHub cancels the start future on start_timeout; the spawner closes it as failed."""
+    assert waiting_spawn.session.end_reason == "failed"
+
+
+# --- namespaces, quotas, admission --------------------------------------------------------------
+
+
+def test_team_namespaces_are_created_and_used(
+    hub: K8sHub, control_plane: ControlPlane, pool: Pool
+) -> None:
+    gpu = spawn_ready(hub, "grace", "h100-single")
+    cpu = spawn_ready(hub, "zed", "cpu-small")  # zed is in no team: the hub's namespace
+    assert gpu["state"]["namespace"] == pool.namespace("nlp")
+    assert cpu["state"]["namespace"] == pool.namespace("hub")
+    namespace = control_plane.api.get(f"/api/v1/namespaces/{pool.namespace('nlp')}")
+    assert namespace["metadata"]["labels"]["gpuhub.io/team"] == "nlp"
+    assert namespace["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "gpuhub"
+    quota = control_plane.api.get(
+        f"/api/v1/namespaces/{pool.namespace('nlp')}/resourcequotas/gpuhub-gpus"
+    )
+    assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "2"}
+    assert pod_of(control_plane, gpu)["metadata"]["namespace"] == pool.namespace("nlp")
+    cpu_pod = pod_of(control_plane, cpu)
+    assert "nvidia.com/gpu" not in cpu_pod["spec"]["containers"][0].get("resources", {}).get(
+        "limits", {}
+    )
+    hub.stop_server("grace")
+    hub.stop_server("zed")
+
+
+def test_team_resourcequota_rejects_a_pod_over_quota_created_behind_the_hub(
+    hub: K8sHub, control_plane: ControlPlane, pool: Pool
+) -> None:
+    spawn_ready(hub, "lin", "a100-single")
+    team_ns = pool.namespace("vision")
+    path = f"/api/v1/namespaces/{team_ns}/resourcequotas/gpuhub-gpus"
+
+    def counted() -> Json | None:
+        quota = control_plane.api.get(path)
+        used = quota.get("status", {}).get("used", {})
+        return quota if used.get("requests.nvidia.com/gpu") == "1" else None
+
+    quota = hub.wait("the quota controller to count lin's GPU", counted, 60)
+    assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "7"}  # h100 4 + a100 2 + l4 1
+    direct = gpu_pod_manifest("sneaky", A100.product, gpus=7)
+    with pytest.raises(ApiError) as rejected:
+        control_plane.api.create(f"/api/v1/namespaces/{team_ns}/pods", direct)
+    assert rejected.value.status == 403
+    message = rejected.value.body["message"]
+    assert "exceeded quota: gpuhub-gpus" in message
+    assert "requested: requests.nvidia.com/gpu=7, used: requests.nvidia.com/gpu=1" in message
+    hub.stop_server("lin")
+
+
+def test_admission_refuses_a_gpu_over_the_team_quota_before_any_pod_exists(
+    hub: K8sHub, control_plane: ControlPlane, pool: Pool, ledger: Ledger
+) -> None:
+    spawn_ready(hub, "ada", "a100-single")
+    spawn_ready(hub, "lin", "a100-single")  # vision may hold 2 A100s: both are taken now
+    before = {s.id for s in sessions_of(ledger, "kai")}
+    response = hub.spawn("kai", {"profile": "a100-single"})
+    assert response.status_code == 400, response.text
+    message = response.json()["message"]
+    assert "team 'vision' may hold 2 NVIDIA A100 40GB at once and holds 2 (ada: 1, lin: 1)" in (
+        message
+    )
+    assert hub.server("kai") is None
+    pods = control_plane.api.get(f"/api/v1/namespaces/{pool.namespace('vision')}/pods")["items"]
+    assert [p["metadata"]["name"] for p in pods if "kai" in p["metadata"]["name"]] == []
+    assert {s.id for s in sessions_of(ledger, "kai")} == before  # nothing admitted, no row
+    hub.stop_server("ada")
+    hub.stop_server("lin")
+
+
+# --- billing ------------------------------------------------------------------------------------
+
+
+def test_billing_runs_from_pod_running_until_the_pod_is_gone(
+    hub: K8sHub, control_plane: ControlPlane, ledger: Ledger
+) -> None:
+    model = spawn_ready(hub, "ada", "h100-single")
+    pod = pod_of(control_plane, model)
+    sid = session_id(pod)
+    pod_started = parse_time(pod["status"]["startTime"])
+    row = session_row(ledger, sid)
+    assert row.ended_at is None and row.started_at is not None
+    assert abs((row.started_at - pod_started).total_seconds()) <= SLACK
+    assert row.runtime_ref == f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+    wait_seen_after(hub, ledger, sid, row.started_at + timedelta(seconds=2 * TICK))
+
+    hub.stop_server("ada")
+    gone = wait_pod_gone(hub, control_plane, pod_path(model))
+    row = wait_closed(hub, ledger, sid)
+    assert row.end_reason == "stopped"
+    assert row.started_at is not None and row.ended_at is not None
+    assert row.gpu_seconds == int((row.ended_at - row.started_at).total_seconds()) * row.gpu_count
+    assert row.ended_at <= gone + timedelta(seconds=SLACK)
+    assert abs(billed(row) - lifetime(pod_started, gone)) <= TICK + SLACK
+
+
+def test_deleting_a_user_removes_the_pod_and_closes_the_session(
+    hub: K8sHub, control_plane: ControlPlane, ledger: Ledger
+) -> None:
+    model = spawn_ready(hub, "lin", "h100-single")
+    sid = model["state"]["gpuhub_session"]
+    response = hub.api("DELETE", "/users/lin")
+    assert response.status_code == 204, response.text
+    wait_pod_gone(hub, control_plane, pod_path(model))
+    row = wait_closed(hub, ledger, sid)
+    assert row.end_reason == "stopped"
+    hub.create_users(["lin"])
+
+
+def test_a_pod_deleted_behind_the_hubs_back_is_closed_as_node_lost(
+    hub: K8sHub, control_plane: ControlPlane, ledger: Ledger
+) -> None:
+    model = spawn_ready(hub, "kai", "h100-single")
+    sid = model["state"]["gpuhub_session"]
+    started = session_row(ledger, sid).started_at
+    assert started is not None
+    wait_seen_after(hub, ledger, sid, started)
+    control_plane.api.delete(pod_path(model), grace_period_seconds=0)
+    gone = wait_pod_gone(hub, control_plane, pod_path(model))
+    row = wait_closed(hub, ledger, sid)
+    assert row.end_reason == "node-lost"
+    assert row.ended_at is not None
+    assert gone - timedelta(seconds=TICK + SLACK) <= row.ended_at <= gone + timedelta(seconds=SLACK)
+    hub.wait("the hub to notice kai's server is gone", lambda: hub.server("kai") is None, 60)
+
+
+@dataclasses.dataclass(frozen=True)
+class Crash:
+    """ada's pod ran through a SIGKILL of the hub; lin's was deleted while the hub was down."""
+
+    killed: datetime
+    restarted: datetime
+    lin_gone: datetime
+    lin: UsageSession
+    ada_sid: int
+    ada_ref: str
+    ada_seen_after_restart: UsageSession | None
+    ada_open_after_restart: list[int]
+    ada_sessions: list[UsageSession]
+    ada_lifetime: float
+
+
+@pytest.fixture(scope="module")
+def crash(hub: K8sHub, control_plane: ControlPlane) -> Crash:
+    ledger = Ledger.open(hub.ledger_url or "")
+    try:
+        ada = spawn_ready(hub, "ada", "h100-single")
+        lin = spawn_ready(hub, "lin", "a100-single")
+        ada_pod, lin_pod = pod_of(control_plane, ada), pod_of(control_plane, lin)
+        ada_sid, lin_sid = session_id(ada_pod), session_id(lin_pod)
+        for sid in (ada_sid, lin_sid):
+            started = session_row(ledger, sid).started_at
+            assert started is not None
+            wait_seen_after(hub, ledger, sid, started)
+
+        killed = datetime.now(UTC)
+        hub.kill()
+        control_plane.api.delete(pod_path(lin), grace_period_seconds=0)
+        lin_gone = wait_pod_gone(hub, control_plane, pod_path(lin))
+        time.sleep(2 * TICK)  # the hub stays down a while after lin's pod is gone
+        hub.start()
+        restarted = datetime.now(UTC)
+        lin_row = wait_closed(hub, ledger, lin_sid)
+        try:
+            seen: UsageSession | None = wait_seen_after(hub, ledger, ada_sid, restarted)
+        except HubError:
+            seen = None
+        ref = f"{ada_pod['metadata']['namespace']}/{ada_pod['metadata']['name']}"
+        open_now = [s.id for s in ledger.open_sessions() if s.runtime_ref == ref]
+        hub.stop_server("ada")
+        ada_gone = wait_pod_gone(hub, control_plane, pod_path(ada))
+        wait_closed(hub, ledger, ada_sid)
+        return Crash(
+            killed=killed,
+            restarted=restarted,
+            lin_gone=lin_gone,
+            lin=lin_row,
+            ada_sid=ada_sid,
+            ada_ref=ref,
+            ada_seen_after_restart=seen,
+            ada_open_after_restart=open_now,
+            ada_sessions=[
+                s for s in sessions_of(ledger, "ada") if s.runtime_ref == ref and s.id >= ada_sid
+            ],
+            ada_lifetime=lifetime(parse_time(ada_pod["status"]["startTime"]), ada_gone),
+        )
+    finally:
+        ledger.engine.dispose()
+
+
+def test_after_a_hub_crash_a_pod_that_ran_through_keeps_its_one_session(crash: Crash) -> None:
+    assert crash.ada_open_after_restart == [crash.ada_sid]
+    assert [s.id for s in crash.ada_sessions] == [crash.ada_sid], "billed in several sessions"
+    [row] = crash.ada_sessions
+    assert row.end_reason == "stopped"
+    assert abs(billed(row) - crash.ada_lifetime) <= TICK + SLACK
+
+
+def test_after_a_hub_crash_reconciliation_runs_without_a_new_spawn(crash: Crash) -> None:
+    """The restarted hub keeps marking ada's running server as seen (billing stays true)."""
+    assert crash.ada_seen_after_restart is not None
+
+
+def test_after_a_hub_crash_a_pod_gone_meanwhile_loses_at_most_a_tick(crash: Crash) -> None:
+    assert crash.lin.end_reason in ("reconciled", "node-lost")
+    assert crash.lin.ended_at is not None
+    assert crash.lin.ended_at >= crash.killed - timedelta(seconds=TICK + SLACK)
+
+
+def test_after_a_hub_crash_a_pod_gone_meanwhile_is_not_billed_for_the_downtime(
+    crash: Crash,
+) -> None:
+    assert crash.lin.ended_at is not None
+    assert crash.lin.ended_at <= crash.lin_gone + timedelta(seconds=SLACK), (
+        f"billed until {crash.lin.ended_at}, but the pod was gone at {crash.lin_gone} "
+        f"(hub restarted at {crash.restarted})"
+    )

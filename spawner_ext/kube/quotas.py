@@ -41,35 +41,52 @@ def team_quota_manifests(catalog: Catalog) -> dict[str, dict[str, Any]]:
     return out
 
 
+async def sync_quota(api: Any, manifest: dict[str, Any]) -> str | None:
+    """Create or update one namespace's quota to match `manifest`; what changed, or None.
+    Raises ApiException 404 when the namespace does not exist."""
+    namespace = manifest["metadata"]["namespace"]
+    hard = manifest["spec"]["hard"]
+    try:
+        current = await api.read_namespaced_resource_quota(QUOTA_NAME, namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        try:
+            await api.create_namespaced_resource_quota(namespace, manifest)
+        except ApiException as create_exc:
+            if create_exc.status == 409:  # a concurrent sync created it
+                return None
+            raise
+        return f"{namespace}: created {hard}"
+    if dict(current.spec.hard or {}) == hard:
+        return None
+    manifest = {**manifest, "metadata": {**manifest["metadata"]}}
+    manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
+    try:
+        await api.replace_namespaced_resource_quota(QUOTA_NAME, namespace, manifest)
+    except ApiException as exc:
+        if exc.status == 409:  # changed meanwhile; the next sync looks again
+            return None
+        raise
+    return f"{namespace}: {dict(current.spec.hard or {})} -> {hard}"
+
+
 async def sync_quotas(api: Any, catalog: Catalog) -> list[str]:
-    """Create or update each team namespace's quota to match the catalog; returns what changed.
-    Namespaces that do not exist yet are skipped (the spawner creates them on first use)."""
+    """Every team namespace's quota, as the catalog says; what changed. Namespaces that do not
+    exist (yet, or any more) are skipped and forgotten, so the next spawn makes them again."""
+    from .namespaces import forget
+
     changed = []
     for namespace, manifest in team_quota_manifests(catalog).items():
         try:
-            current = await api.read_namespaced_resource_quota(QUOTA_NAME, namespace)
+            change = await sync_quota(api, manifest)
         except ApiException as exc:
-            if exc.status != 404:
-                raise
-            try:
-                await api.create_namespaced_resource_quota(namespace, manifest)
-            except ApiException as create_exc:
-                if create_exc.status in (404, 409):  # no namespace yet / a concurrent spawn won
-                    continue
-                raise
-            changed.append(f"{namespace}: created {manifest['spec']['hard']}")
-            continue
-        if dict(current.spec.hard or {}) != manifest["spec"]["hard"]:
-            manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
-            try:
-                await api.replace_namespaced_resource_quota(QUOTA_NAME, namespace, manifest)
-            except ApiException as replace_exc:
-                if replace_exc.status == 409:  # changed meanwhile; the next sync looks again
-                    continue
-                raise
-            changed.append(
-                f"{namespace}: {dict(current.spec.hard or {})} -> {manifest['spec']['hard']}"
-            )
+            if exc.status == 404:
+                forget(namespace)
+                continue
+            raise
+        if change:
+            changed.append(change)
     return changed
 
 

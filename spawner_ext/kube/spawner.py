@@ -14,19 +14,18 @@ import copy
 from collections.abc import AsyncIterator
 from typing import Any
 
-from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
-from kubespawner.objects import make_namespace
 from traitlets import Bool
 
 from ..catalog.frozen import thaw
 from ..hub.metering import ensure_reconciler
 from ..ledger.models import EndReason
 from ..spawners.mixin import GPUSpawnerMixin
+from .namespaces import ensure_team_namespace
 from .observer import SESSION_LABEL, PodObserver
 from .placement import apply_placement, placement
 from .progress import explain
-from .quotas import ensure_quota_sync, sync_quotas
+from .quotas import ensure_quota_sync
 from .serialize import from_manifest, to_manifest
 
 
@@ -53,9 +52,15 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         self._apply_overrides(overrides)
         self.dns_name = self.dns_name_template.format(namespace=self.namespace, name=self.pod_name)
         if plan.namespace and not self.enable_user_namespaces:
-            await self._ensure_team_namespace(plan.team or "")
-            if self.manage_resource_quotas:
-                await sync_quotas(self.api, self.catalog_version().catalog)
+            await ensure_team_namespace(
+                self.api,
+                plan.namespace,
+                plan.team or "",
+                self.catalog_version().catalog,
+                manage_quota=self.manage_resource_quotas,
+                request_timeout=self.k8s_api_request_timeout,
+                retry_timeout=self.k8s_api_request_retry_timeout,
+            )
 
     def _start_from_configured(self, overrides: dict[str, Any]) -> None:
         """Put back every setting an earlier spawn overrode, and give the settings this spawn
@@ -67,19 +72,6 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
                 configured[name] = copy.deepcopy(getattr(self, name))
         for name, value in configured.items():
             setattr(self, name, copy.deepcopy(value))
-
-    async def _ensure_team_namespace(self, team: str) -> None:
-        namespace = make_namespace(
-            self.namespace,
-            labels={"gpuhub.io/team": team, "app.kubernetes.io/managed-by": "gpuhub"},
-        )
-        try:
-            await asyncio.wait_for(
-                self.api.create_namespace(namespace), self.k8s_api_request_timeout
-            )
-        except ApiException as exc:
-            if exc.status != 409:  # 409: it exists already
-                raise
 
     async def get_pod_manifest(self) -> Any:
         pod = await super().get_pod_manifest()

@@ -18,7 +18,7 @@ from kubespawner import KubeSpawner
 from traitlets import Bool
 
 from ..catalog.frozen import thaw
-from ..hub.metering import ensure_reconciler
+from ..hub.metering import Observer
 from ..ledger.models import EndReason
 from ..spawners.mixin import GPUSpawnerMixin
 from .namespaces import ensure_team_namespace
@@ -100,30 +100,17 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
             self.metering_ended(EndReason.FAILED)
             raise
         self.metering_started(f"{self.namespace}/{self.pod_name}")
-        self._start_reconciler()
+        self.start_background_work()
         return result
 
-    async def stop(self, now: bool = False) -> None:
-        self.stopping = True
-        try:
-            await super().stop(now=now)
-        finally:
-            self.stopping = False
-            self.metering_ended()
+    def gone_reason(self) -> EndReason:
+        gone = f"{self.namespace}/{self.pod_name}" not in self.pod_reflector.pods
+        return EndReason.NODE_LOST if gone else EndReason.STOPPED
 
-    async def poll(self) -> int | None:
-        if self.usage_session_id is not None:
-            self._start_reconciler()  # after a hub restart, before any new spawn
-        status: int | None = await super().poll()
-        if status is not None and self.usage_session_id is not None and not self.stopping:
-            gone = f"{self.namespace}/{self.pod_name}" not in self.pod_reflector.pods
-            reason = EndReason.NODE_LOST if gone else EndReason.STOPPED
-            self.metering_ended(reason, found_gone=True)
-        return status
+    def observer(self) -> Observer:
+        return PodObserver(self.api)
 
-    def _start_reconciler(self) -> None:
-        ledger = self.ledger()
-        if ledger is not None:
-            ensure_reconciler(self.ledger_url, ledger, PodObserver(self.api), self.catalog_store())
+    def start_background_work(self) -> None:
+        super().start_background_work()
         if self.manage_resource_quotas:
             ensure_quota_sync(self.api, self.catalog_store(), self.log)

@@ -16,7 +16,7 @@ from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Unicode
 
 from ..catalog import Catalog
-from ..hub.metering import ensure_reconciler
+from ..hub.metering import Observer
 from ..ledger.models import EndReason
 from ..policy.request import SpawnRefused
 from ..spawners.mixin import GPUSpawnerMixin, refusal
@@ -122,7 +122,7 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
     async def start(self) -> Any:
         self._release()  # a previous run of this server that never reported its stop
         await self.plan_spawn()
-        self._start_reconciler()
+        self.start_background_work()
         try:
             self._claim()
             url = await super().start()
@@ -133,28 +133,11 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
         self.metering_started(f"local:{self.pid}")
         return url
 
-    async def stop(self, now: bool = False) -> None:
-        self.stopping = True
-        try:
-            await super().stop(now=now)
-        finally:
-            self.stopping = False
-            self._release()
-            self.metering_ended()
+    def release_resources(self) -> None:
+        self._release()
 
-    async def poll(self) -> int | None:
-        if self.usage_session_id is not None:
-            self._start_reconciler()  # after a hub restart, before any new spawn
-        status: int | None = await super().poll()
-        if status is not None and not self.stopping:
-            self._release()
-            self.metering_ended(found_gone=True)  # exited by itself (e.g. File > Shut Down)
-        return status
-
-    def _start_reconciler(self) -> None:
-        ledger = self.ledger()
-        if ledger is not None:
-            ensure_reconciler(self.ledger_url, ledger, LocalObserver(self.db), self.catalog_store())
+    def observer(self) -> Observer:
+        return LocalObserver(self.db)
 
     def get_env(self) -> dict[str, str]:
         env: dict[str, str] = super().get_env()

@@ -18,7 +18,7 @@ from traitlets.config import LoggingConfigurable
 from ..catalog.store import CatalogStore, CatalogVersion
 from ..clock import utcnow
 from ..hub.catalogs import shared_store
-from ..hub.metering import shared_ledger
+from ..hub.metering import Observer, ensure_reconciler, shared_ledger
 from ..hub.usage import STATE_KEY, STATE_SESSION, RunningServersUsage, UsageSource
 from ..ledger.engine import DEFAULT_URL, SchemaError
 from ..ledger.models import EndReason
@@ -230,6 +230,43 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
             else:
                 ledger.close(self.usage_session_id, why)
         self.usage_session_id = None
+
+    # --- lifecycle: what both spawners do around the concrete spawner's start/stop/poll ------
+
+    def observer(self) -> Observer:
+        """What lists this runtime's running servers, for reconciliation (per subclass)."""
+        raise NotImplementedError
+
+    def start_background_work(self) -> None:
+        """Make sure the hub-wide reconciliation loop runs (idempotent, cheap)."""
+        ledger = self.ledger()
+        if ledger is not None:
+            ensure_reconciler(self.ledger_url, ledger, self.observer(), self.catalog_store())
+
+    def release_resources(self) -> None:
+        """Give back what the server held besides its billing (local mode: its GPUs)."""
+
+    def gone_reason(self) -> EndReason:
+        """Why a server poll() finds gone ended (Kubernetes tells node-lost apart)."""
+        return EndReason.STOPPED
+
+    async def stop(self, now: bool = False) -> None:
+        self.stopping = True
+        try:
+            await super().stop(now=now)
+        finally:
+            self.stopping = False
+            self.release_resources()
+            self.metering_ended()
+
+    async def poll(self) -> int | None:
+        if self.usage_session_id is not None:
+            self.start_background_work()  # after a hub restart, before any new spawn
+        status: int | None = await super().poll()
+        if status is not None and not self.stopping:
+            self.release_resources()
+            self.metering_ended(self.gone_reason(), found_gone=True)
+        return status
 
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
         if self.admission_warning:

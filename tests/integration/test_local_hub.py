@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import jupyterhub
 import pytest
 import requests
 
@@ -29,6 +30,8 @@ from spawner_ext.up import (
 )
 
 from .conftest import Hub, wait_for
+
+JUPYTERHUB_MAJOR = int(jupyterhub.__version__.split(".")[0])
 
 ROOT = Path(__file__).parents[2]
 SIMULATED = "2xh100-80gb,1xl4"
@@ -268,9 +271,15 @@ def test_forged_spawn_requests_are_refused_before_anything_starts(
     hub: Hub, user: str, options: Any, message: str
 ) -> None:
     response = hub.spawn(user, options)
-    assert response.status_code == 400, response.text
-    assert message in response.json()["message"]
-    assert hub.user(user)["servers"] == {}
+    if not isinstance(options, dict) and JUPYTERHUB_MAJOR < 6:
+        # JupyterHub 5 itself refuses a body that is not an object (its user_options trait
+        # raises, answered as a 500) before any spawner code runs; 6 hands it to us.
+        assert response.status_code == 500, response.text
+        assert not any(m["ready"] or m["pending"] for m in hub.user(user)["servers"].values())
+    else:
+        assert response.status_code == 400, response.text
+        assert message in response.json()["message"]
+        assert hub.user(user)["servers"] == {}
     assert not (hub.state_dir / "users" / user).exists()  # made only when a server starts
 
 

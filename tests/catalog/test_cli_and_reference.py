@@ -76,3 +76,16 @@ def test_reference_page_is_generated_from_the_schema() -> None:
         "regenerate: gpuhub schema --markdown > docs/reference/catalog.md"
     )
     assert gpuhub("schema", "--markdown").stdout == committed
+
+
+def test_db_upgrade_creates_and_reports_the_schema(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    first = gpuhub("db", "upgrade", "--db-url", url)
+    assert first.returncode == 0, first.stderr
+    assert f"{url}: billing schema at" in first.stdout
+    again = gpuhub("db", "upgrade", "--db-url", url)
+    assert again.returncode == 0
+    bad = gpuhub("db", "upgrade", "--db-url", f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
+    assert bad.returncode == 1
+    assert "gpuhub db upgrade: cannot upgrade" in bad.stderr
+    assert gpuhub("db").returncode == 2

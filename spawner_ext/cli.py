@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from .catalog import CatalogError, load_catalog
+from .catalog.loader import catalog_warnings, read_catalog_text
 from .catalog.reference import json_schema, markdown
 from .ledger.engine import DEFAULT_URL
 from .up import add_up_command
@@ -65,6 +66,8 @@ def _validate(args: argparse.Namespace) -> int:
             failed += 1
             print(exc, file=sys.stderr)
             continue
+        for warning in catalog_warnings(read_catalog_text(file), file):
+            print(f"warning: {warning}", file=sys.stderr)
         print(
             f"{file}: ok ({len(catalog.gpu_types)} GPU types, {len(catalog.teams)} teams, "
             f"{len(catalog.profiles)} profiles)"

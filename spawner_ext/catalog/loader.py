@@ -95,6 +95,39 @@ def _parse(text: str, file: str, override_keys: Iterable[str] | None) -> Catalog
     return catalog
 
 
+def catalog_warnings(text: str, file: str = "<catalog>") -> list[Problem]:
+    """Things that load but probably do not do what the admin meant, with their positions.
+    Pure; call it on a catalog that loads (parse_catalog raised nothing)."""
+    raw, source, _ = parse_yaml(text, file)
+    return [source.problem(f.loc, f.message, key=f.at_key) for f in gpu_override_notes(raw)]
+
+
+GPU_LIMIT_SETTINGS = ("extra_resource_limits", "extra_resource_guarantees")
+
+
+def gpu_override_notes(raw: Any) -> list[Found]:
+    """GPUs asked for through kubespawner_override instead of `gpu:`: pods never get them (the
+    spawner removes GPU resources a profile's `gpu:` does not ask for, so quotas hold)."""
+    found: list[Found] = []
+    profiles = raw.get("profiles") if isinstance(raw, Mapping) else None
+    for i, profile in enumerate(profiles if isinstance(profiles, list) else []):
+        override = profile.get("kubespawner_override") if isinstance(profile, Mapping) else None
+        for setting in GPU_LIMIT_SETTINGS:
+            limits = override.get(setting) if isinstance(override, Mapping) else None
+            for resource in limits if isinstance(limits, Mapping) else {}:
+                if str(resource).startswith("nvidia.com/"):
+                    found.append(
+                        Found(
+                            ("profiles", i, "kubespawner_override", setting, resource),
+                            f"{resource} here is removed from the pod: GPUs come only from the "
+                            "profile's `gpu: {type: ..., count: ...}`, so quotas and billing see "
+                            "them; move it there",
+                            at_key=True,
+                        )
+                    )
+    return found
+
+
 @functools.cache
 def kubespawner_settings() -> frozenset[str]:
     """Names KubeSpawner accepts in `kubespawner_override` (its traits)."""

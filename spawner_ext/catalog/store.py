@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..clock import Clock, utcnow
-from .loader import parse_catalog, read_catalog_text
+from .loader import catalog_warnings, parse_catalog, read_catalog_text
 from .problems import CatalogError
 from .schema import Catalog
 
@@ -107,6 +107,8 @@ class CatalogStore:
 
     def _load(self, text: str) -> CatalogVersion:
         catalog = parse_catalog(text, self.path, override_keys=self._override_keys)
+        for warning in catalog_warnings(text, self.path):
+            self._log.warning("catalog %s: %s", self.path, warning)
         digest = _digest(text)
         return CatalogVersion(catalog, digest[:12], digest, self.path, self._clock())
 

@@ -89,3 +89,18 @@ def test_db_upgrade_creates_and_reports_the_schema(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert "gpuhub db upgrade: cannot upgrade" in bad.stderr
     assert gpuhub("db").returncode == 2
+
+
+def test_validate_warns_about_gpus_asked_for_in_overrides(tmp_path: Path) -> None:
+    z2jh = (Path(__file__).parent / "z2jh" / "hub-with-groups.yaml").read_text()
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text("profiles:\n" + "\n".join("  " + line for line in z2jh.splitlines()) + "\n")
+    text = catalog.read_text()
+    line = text[: text.index("nvidia.com/gpu:")].count("\n") + 1
+    result = gpuhub("validate", str(catalog))
+    assert result.returncode == 0, "an existing z2jh list still loads"
+    assert (
+        f"warning: {catalog}:{line}:9: profiles[1].kubespawner_override.extra_resource_limits."
+        "nvidia.com/gpu: nvidia.com/gpu here is removed from the pod" in result.stderr
+    )
+    assert "warning" not in gpuhub("validate", str(EXAMPLE)).stderr

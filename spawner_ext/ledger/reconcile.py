@@ -32,10 +32,9 @@ class OpenSession:
 
 
 @dataclass(frozen=True)
-class RunningServer:
-    """A server seen running, with what its labels and annotations say."""
+class Server:
+    """What a session records about its server: whose, which profile and GPUs, at what price."""
 
-    session_id: int | None
     user: str
     server_name: str
     team: str | None
@@ -43,7 +42,15 @@ class RunningServer:
     gpu_type: str | None
     gpu_count: int
     price_per_hour: Decimal
+    """Of the whole server (all its GPUs) per hour."""
     currency: str
+
+
+@dataclass(frozen=True)
+class RunningServer(Server):
+    """A server seen running, described by its labels and annotations (or spawner state)."""
+
+    session_id: int | None
     started_at: datetime
     runtime_ref: str
 

@@ -21,7 +21,7 @@ from ..clock import Clock, utcnow
 from ..policy.preview import TeamUsage
 from .engine import READ_ONLY, check_schema, make_engine
 from .models import EndReason, TeamLock, TeamMonthUsage, UsageSession
-from .reconcile import RunningServer
+from .reconcile import RunningServer, Server
 from .rules import (
     Decision,
     Holding,
@@ -50,17 +50,9 @@ class Admission:
 
 
 @dataclass(frozen=True)
-class Request:
+class Request(Server):
     """What admission needs to know about a spawn (a SpawnPlan has all of it)."""
 
-    user: str
-    server_name: str
-    team: str | None
-    profile: str
-    gpu_type: str | None
-    gpu_count: int
-    price_per_hour: Decimal
-    currency: str
     catalog_version: str
 
 
@@ -312,7 +304,7 @@ class Ledger:
         return (Decimal(seconds) / 3600).quantize(Decimal("0.001"))
 
 
-def _new_session(server: Request | RunningServer, **times_and_refs: Any) -> UsageSession:
+def _new_session(server: Server, **times_and_refs: Any) -> UsageSession:
     """A session row for a server described by a spawn request or by what is seen running."""
     return UsageSession(
         user=server.user,

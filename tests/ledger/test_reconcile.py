@@ -16,17 +16,17 @@ T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 def server(session_id: int | None, started: datetime = T0) -> RunningServer:
     return RunningServer(
-        session_id,
-        "ada",
-        "",
-        "vision",
-        "h100-single",
-        "h100-80gb",
-        1,
-        Decimal("4.1"),
-        "USD",
-        started,
-        "gpuhub-vision/jupyter-ada",
+        user="ada",
+        server_name="",
+        team="vision",
+        profile="h100-single",
+        gpu_type="h100-80gb",
+        gpu_count=1,
+        price_per_hour=Decimal("4.1"),
+        currency="USD",
+        session_id=session_id,
+        started_at=started,
+        runtime_ref="gpuhub-vision/jupyter-ada",
     )
 
 

@@ -180,17 +180,7 @@ def pod_of(plane: ControlPlane, model: dict[str, Any]) -> Json:
 
 def wait_pod_gone(hub: K8sHub, plane: ControlPlane, path: str) -> datetime:
     """Wait until the pod at `path` is gone; when that was first seen."""
-
-    def gone() -> bool:
-        try:
-            plane.api.get(path)
-        except ApiError as error:
-            if error.status == 404:
-                return True
-            raise
-        return False
-
-    hub.wait(f"{path} to be gone", gone, 90, every=0.1)
+    hub.wait(f"{path} to be gone", lambda: plane.api.gone(path), 90, every=0.1)
     return datetime.now(UTC)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from hub import K8sHub, delete_namespaces, running_hub
-from testbed import H100, L4, ApiError, ControlPlane, Json, ProcessKubelet
+from testbed import H100, L4, ControlPlane, Json, ProcessKubelet
 
 pytestmark = pytest.mark.k8s
 
@@ -68,16 +68,7 @@ def pod_path(model: dict[str, Any]) -> str:
 
 
 def wait_gone(hub: K8sHub, plane: ControlPlane, path: str) -> None:
-    def gone() -> bool:
-        try:
-            plane.api.get(path)
-        except ApiError as error:
-            if error.status == 404:
-                return True
-            raise
-        return False
-
-    hub.wait(f"{path} to be gone", gone, 90)
+    hub.wait(f"{path} to be gone", lambda: plane.api.gone(path), 90)
 
 
 def test_a_gpu_profile_spawns_on_a_node_of_its_gpu_and_stops(

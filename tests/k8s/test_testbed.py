@@ -44,16 +44,7 @@ def wait_running(plane: ControlPlane, namespace: str, name: str, timeout: float 
 
 
 def wait_gone(plane: ControlPlane, path: str, timeout: float = 60) -> None:
-    def gone() -> bool:
-        try:
-            plane.api.get(path)
-        except ApiError as error:
-            if error.status == 404:
-                return True
-            raise
-        return False
-
-    wait_for(f"{path} to be deleted", gone, timeout)
+    wait_for(f"{path} to be deleted", lambda: plane.api.gone(path), timeout)
 
 
 @pytest.mark.k8s

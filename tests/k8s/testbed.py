@@ -424,6 +424,16 @@ class KubeApi:
     def get(self, path: str, **params: str) -> Json:
         return self.request("GET", path, params=params)
 
+    def gone(self, path: str) -> bool:
+        """True when the object at `path` does not exist (404)."""
+        try:
+            self.get(path)
+        except ApiError as error:
+            if error.status == 404:
+                return True
+            raise
+        return False
+
     def create(self, path: str, body: Json) -> Json:
         return self.request("POST", path, body)
 

@@ -36,6 +36,7 @@ STATE_DEVICES = "gpuhub_devices"
 
 _discoveries: dict[str, Discovery] = {}
 _allocator: Allocator | None = None
+_logged: set[str] = set()
 
 
 def machine_devices(catalog: Catalog, simulated: str) -> Discovery:
@@ -89,10 +90,12 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
     def _allocator(self) -> Allocator:
         catalog = self.catalog_version().catalog
         found = machine_devices(catalog, self.simulated_gpus)
-        if found.reason and not found.devices:
-            self.log.warning("gpuhub local mode: %s", found.reason)
-        for device in unmatched(found.devices, catalog):
-            self.log.warning("gpuhub local mode: %s", unmatched_message(device))
+        notes = [found.reason] if found.reason and not found.devices else []
+        notes += [unmatched_message(device) for device in unmatched(found.devices, catalog)]
+        for note in notes:  # once each: this runs on every form render and spawn
+            if note not in _logged:
+                _logged.add(note)
+                self.log.warning("gpuhub local mode: %s", note)
         return shared_allocator(catalog, found.devices)
 
     def machine_free_gpus(self) -> dict[str, int]:

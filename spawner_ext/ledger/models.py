@@ -98,10 +98,6 @@ class UsageSession(Base):
         Index("ix_usage_sessions_started", "team", "started_at"),
     )
 
-    @property
-    def is_open(self) -> bool:
-        return self.ended_at is None
-
 
 class TeamLock(Base):
     """One row per team, locked (SELECT ... FOR UPDATE) while admitting a spawn on PostgreSQL,

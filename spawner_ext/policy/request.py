@@ -58,10 +58,6 @@ class SpawnPlan:
     labels: Mapping[str, str]
     catalog_version: str
 
-    @property
-    def uses_gpus(self) -> bool:
-        return self.gpu_count > 0
-
 
 def resolve_spawn(
     catalog: Catalog, who: Identity, user_options: Any, *, catalog_version: str = ""

@@ -26,8 +26,8 @@ class UsageSource(Protocol):
 def usage_from_states(
     states: Iterable[tuple[str, Mapping[str, Any] | None]], team: str | None, user: str
 ) -> TeamUsage:
-    """Pure: sum the GPUs held per type by `team`, and by `user`, from (user, spawner state)
-    pairs of running servers."""
+    """Pure: sum the GPUs held per type by `team`, and by `user` in that team (the per-user cap
+    is per team, as in admission), from (user, spawner state) pairs of running servers."""
     team_gpus: Counter[str] = Counter()
     user_gpus = 0
     for owner, state in states:
@@ -35,8 +35,9 @@ def usage_from_states(
         gpu_type, count = info.get("gpu_type"), info.get("gpu_count", 0)
         if not gpu_type or not isinstance(count, int):
             continue
-        if team is not None and info.get("team") == team:
-            team_gpus[gpu_type] += count
+        if team is None or info.get("team") != team:
+            continue
+        team_gpus[gpu_type] += count
         if owner == user:
             user_gpus += count
     return TeamUsage(gpus_in_use=dict(team_gpus), user_gpus_in_use=user_gpus)

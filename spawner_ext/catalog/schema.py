@@ -24,6 +24,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     StrictBool,
     StrictInt,
+    ValidationInfo,
     WithJsonSchema,
     WrapSerializer,
     field_validator,
@@ -174,6 +175,33 @@ class GPUType(Model):
         description="Local mode: NVML device names (e.g. 'NVIDIA H100 80GB HBM3') that are this "
         "type. MIG types match MIG device profile names such as '1g.10gb'.",
     )
+    mig_parent: str | None = Field(
+        None,
+        description="Local mode, MIG types only: part of the NVML name of the GPU the slices are "
+        "cut from, such as 'H100' or 'A100-SXM4-80GB', compared case-insensitively; a MIG device "
+        "is this type only if its profile matches and its parent GPU's name contains this text. "
+        "Absent: slices of any GPU with a matching profile, unless another type with the same "
+        "profile names their GPU; two such types with the same profile and no `mig_parent` are "
+        "ambiguous and get no devices.",
+    )
+
+    @field_validator("mig_parent")
+    @classmethod
+    def _mig_parent_of_a_mig_type(cls, parent: str | None, info: ValidationInfo) -> str | None:
+        if parent is None:
+            return None
+        if not parent.strip():
+            raise ValueError(
+                "mig_parent is empty; give part of the parent GPU's NVML name (`nvidia-smi -L`), "
+                "such as 'H100', or leave mig_parent out"
+            )
+        resource = info.data.get("resource")
+        if isinstance(resource, str) and not resource.startswith("nvidia.com/mig-"):
+            raise ValueError(
+                f"mig_parent is only for MIG types, and resource is {resource!r}; remove "
+                "mig_parent, or set resource to a MIG resource such as nvidia.com/mig-1g.10gb"
+            )
+        return parent.strip()
 
     @property
     def is_mig(self) -> bool:
@@ -359,7 +387,17 @@ class Metering(Model):
 
     currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of all prices.")
     reconcile_interval: Duration = Field(
-        "30s", validate_default=True, description="How often billing is reconciled with what runs."
+        "30s",
+        validate_default=True,
+        description="How often the gpuhub service reconciles billing with what runs (and "
+        "enforces budgets). A server that dies unseen is billed at most this much too long.",
+    )
+    start_grace: Duration = Field(
+        "10m",
+        validate_default=True,
+        description="How long an admitted server may take to start before its session is "
+        "closed as failed (the hub died mid-spawn), and how long a stopped server may take to "
+        "go before it is billed again. Make it longer than the spawner's start_timeout.",
     )
 
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import pynvml
 
@@ -40,6 +40,10 @@ class Device:
     mig_index: int | None
     """MIG device index within the parent GPU; None for a full GPU."""
     simulated: bool
+    parent_name: str | None = None
+    """For a MIG device, the NVML name of its parent GPU ('NVIDIA A100-SXM4-80GB'); for a
+    simulated MIG device its type's `mig_parent`, or the type's key when it names none. None for
+    a full GPU."""
 
     @property
     def is_mig(self) -> bool:
@@ -168,6 +172,7 @@ def _mig_devices(
                 memory_mib=int(nvml.nvmlDeviceGetMemoryInfo(handle).total) // MIB,
                 mig_index=mig_index,
                 simulated=False,
+                parent_name=name,
             )
         )
     if not devices:
@@ -299,6 +304,7 @@ def parse_simulation(spec: str, catalog: Catalog) -> tuple[Device, ...]:
                     memory_mib=memory,
                     mig_index=n if gpu_type.is_mig else None,
                     simulated=True,
+                    parent_name=(gpu_type.mig_parent or key) if gpu_type.is_mig else None,
                 )
             )
         index += 1 if gpu_type.is_mig else count
@@ -316,21 +322,64 @@ def _names(gpu_type: GPUType) -> frozenset[str]:
     return frozenset(name.casefold() for name in names)
 
 
+class _MigMatch(NamedTuple):
+    """The MIG types of a MIG device's profile, sorted by how they take its parent GPU."""
+
+    by_parent: tuple[str, ...]
+    """Types whose `mig_parent` is part of the parent GPU's name, in catalog order."""
+    any_parent: tuple[str, ...]
+    """Types without `mig_parent`, in catalog order."""
+    other_parent: tuple[tuple[str, str], ...]
+    """Types whose `mig_parent` names another GPU, as (key, mig_parent)."""
+
+
+def _mig_match(device: Device, catalog: Catalog) -> _MigMatch:
+    profile = device.name.casefold()
+    parent = (device.parent_name or "").casefold()
+    by_parent: list[str] = []
+    any_parent: list[str] = []
+    other_parent: list[tuple[str, str]] = []
+    for key, gpu_type in catalog.gpu_types.items():
+        if not gpu_type.is_mig or profile not in _names(gpu_type):
+            continue
+        if gpu_type.mig_parent is None:
+            any_parent.append(key)
+        elif gpu_type.mig_parent.casefold() in parent:
+            by_parent.append(key)
+        else:
+            other_parent.append((key, gpu_type.mig_parent))
+    return _MigMatch(tuple(by_parent), tuple(any_parent), tuple(other_parent))
+
+
 def gpu_type_of(device: Device, catalog: Catalog) -> str | None:
     """The key of the catalog GPU type a device is, or None.
 
     A simulated device is the type it was simulated as (its name is the key). A full GPU matches a
     non-MIG type whose `device_names` holds its NVML name, compared case-insensitively but otherwise
-    exactly ('NVIDIA H100 80GB HBM3' does not match 'NVIDIA H100'). A MIG device matches a MIG type
-    whose `device_names` holds its profile ('1g.10gb'); a MIG type without `device_names` matches
-    the profile of its resource (`nvidia.com/mig-1g.10gb`). If two types list the same name, the
-    first in the catalog wins.
+    exactly ('NVIDIA H100 80GB HBM3' does not match 'NVIDIA H100'); if two types list the same
+    name, the first in the catalog wins.
+
+    A MIG device matches a MIG type by its profile and its parent GPU. The profile ('1g.10gb') must
+    be in the type's `device_names`, or, for a type without `device_names`, be the profile of its
+    resource (`nvidia.com/mig-1g.10gb`). Of the types with the profile:
+
+    | the type's `mig_parent`                  | the device is that type                      |
+    |------------------------------------------|----------------------------------------------|
+    | part of the parent GPU's NVML name       | yes; the first such type wins                |
+    | absent, and it is the only such type     | yes, when no type above matched              |
+    | absent, on two or more types             | no: ambiguous (`unmatched_message` says so)  |
+    | another GPU's name                       | no                                           |
     """
     if device.simulated:
         return device.name if device.name in catalog.gpu_types else None
+    if device.is_mig:
+        match = _mig_match(device, catalog)
+        if match.by_parent:
+            return match.by_parent[0]
+        return match.any_parent[0] if len(match.any_parent) == 1 else None
     name = device.name.casefold()
     for key, gpu_type in catalog.gpu_types.items():
-        if gpu_type.is_mig == device.is_mig and name in _names(gpu_type):
+        if not gpu_type.is_mig and name in _names(gpu_type):
             return key
     return None
 
@@ -355,20 +404,50 @@ def unmatched(devices: Iterable[Device], catalog: Catalog) -> tuple[Device, ...]
     return tuple(d for d in devices if gpu_type_of(d, catalog) is None)
 
 
-def unmatched_message(device: Device) -> str:
-    """A log line for a device of no GPU type, saying what to add to the catalog."""
+def _keys(keys: Sequence[str]) -> str:
+    return ", ".join(keys[:-1]) + f" and {keys[-1]}" if len(keys) > 1 else keys[0]
+
+
+def unmatched_message(device: Device, catalog: Catalog | None = None) -> str:
+    """A log line for a device of no GPU type, saying what to change in the catalog. With the
+    catalog it can say why a MIG device matched none of the types that have its profile (two types
+    without `mig_parent`, or parents that name other GPUs)."""
     if device.simulated:
         return (
             f"{device.label} was simulated as {device.name!r}, which is no longer a gpu_types "
             "entry; restart the hub with a --simulate-gpus spec that names catalog types"
         )
-    if device.is_mig:
+    if not device.is_mig:
         return (
-            f"{device.label} (MIG profile {device.name!r}) matches no MIG gpu_types entry; add "
-            f"{device.name!r} to the device_names of a type with resource "
-            f"nvidia.com/mig-{device.name}"
+            f"{device.label} {device.name!r} matches no gpu_types entry; add {device.name!r} to "
+            "the device_names of its type"
         )
+    profile = device.name
+    of_gpu = f" of {device.parent_name!r}" if device.parent_name else ""
+    what = f"{device.label} (MIG profile {profile!r}{of_gpu})"
+    match = _mig_match(device, catalog) if catalog is not None else _MigMatch((), (), ())
+    if len(match.any_parent) > 1:
+        return (
+            f"{what} is ambiguous: gpu_types {_keys(match.any_parent)} share that profile and "
+            "none of them sets mig_parent, so the device is left unused; set mig_parent on each "
+            "to part of the NVML name of the GPU its slices are cut from, such as 'A100' or "
+            "'H100' (`nvidia-smi -L` prints the names)"
+        )
+    if match.other_parent:
+        parents = ", ".join(f"{key} has mig_parent {part!r}" for key, part in match.other_parent)
+        return (
+            f"{what} matches no MIG gpu_types entry: {parents}, not part of its GPU's name "
+            f"{device.parent_name or ''!r}; add a type with resource nvidia.com/mig-{profile} "
+            "and a mig_parent that is part of that name, or remove mig_parent from a type to "
+            "take slices of any GPU"
+        )
+    hint = (
+        "; if other GPU models have this profile too, also set its mig_parent to part of the "
+        "GPU's name"
+        if device.parent_name
+        else ""
+    )
     return (
-        f"{device.label} {device.name!r} matches no gpu_types entry; add {device.name!r} to "
-        "the device_names of its type"
+        f"{what} matches no MIG gpu_types entry; add {profile!r} to the device_names of a type "
+        f"with resource nvidia.com/mig-{profile}{hint}"
     )

@@ -182,8 +182,14 @@ def full(index: int, uuid: str, name: str, memory: int) -> Device:
     return Device(index, uuid, name, memory, None, simulated=False)
 
 
-def mig(index: int, mig_index: int, uuid: str, profile: str, memory: int) -> Device:
-    return Device(index, uuid, profile, memory, mig_index, simulated=False)
+def mig(
+    index: int, mig_index: int, uuid: str, profile: str, memory: int, parent: str | None = None
+) -> Device:
+    return Device(index, uuid, profile, memory, mig_index, simulated=False, parent_name=parent)
+
+
+A100_80 = "NVIDIA A100-SXM4-80GB"
+H100_80 = "NVIDIA H100 80GB HBM3"
 
 
 DISCOVERY_CASES = {
@@ -199,9 +205,9 @@ DISCOVERY_CASES = {
         [H100, A100_MIG],
         (
             full(0, "GPU-h100-0", "NVIDIA H100 80GB HBM3", 81559),
-            mig(1, 0, "MIG-aaa", "3g.40gb", 40192),
-            mig(1, 2, "MIG-bbb", "1g.10gb", 9856),
-            mig(1, 3, "MIG-ccc", "1g.10gb", 9856),
+            mig(1, 0, "MIG-aaa", "3g.40gb", 40192, A100_80),
+            mig(1, 2, "MIG-bbb", "1g.10gb", 9856, A100_80),
+            mig(1, 3, "MIG-ccc", "1g.10gb", 9856, A100_80),
         ),
     ),
 }
@@ -290,8 +296,15 @@ def test_mig_profile_name(name: str, attributes: Attributes | None, profile: str
 # --- --simulate-gpus ---------------------------------------------------------------------------
 
 
-def sim(index: int, uuid: str, key: str, memory: int, mig_index: int | None = None) -> Device:
-    return Device(index, uuid, key, memory, mig_index, simulated=True)
+def sim(
+    index: int,
+    uuid: str,
+    key: str,
+    memory: int,
+    mig_index: int | None = None,
+    parent: str | None = None,
+) -> Device:
+    return Device(index, uuid, key, memory, mig_index, simulated=True, parent_name=parent)
 
 
 SIMULATION_CASES = {
@@ -308,9 +321,9 @@ SIMULATION_CASES = {
     ),
     "1xl4,3xa100-1g10gb,1xa100-40gb": (
         sim(0, "GPU-sim-00000000-l4", "l4", 24576),
-        sim(1, "MIG-sim-00000000-a100-1g10gb", "a100-1g10gb", 10240, mig_index=0),
-        sim(1, "MIG-sim-00000001-a100-1g10gb", "a100-1g10gb", 10240, mig_index=1),
-        sim(1, "MIG-sim-00000002-a100-1g10gb", "a100-1g10gb", 10240, mig_index=2),
+        sim(1, "MIG-sim-00000000-a100-1g10gb", "a100-1g10gb", 10240, 0, "a100-1g10gb"),
+        sim(1, "MIG-sim-00000001-a100-1g10gb", "a100-1g10gb", 10240, 1, "a100-1g10gb"),
+        sim(1, "MIG-sim-00000002-a100-1g10gb", "a100-1g10gb", 10240, 2, "a100-1g10gb"),
         sim(2, "GPU-sim-00000000-a100-40gb", "a100-40gb", 40960),
     ),
 }
@@ -405,3 +418,153 @@ def test_unmatched_messages_for_mig_and_simulated_devices() -> None:
     assert "was simulated as 'h200', which is no longer a gpu_types entry" in unmatched_message(
         sim(0, "GPU-sim-00000000-h200", "h200", 0)
     )
+
+
+# --- MIG devices: profile and parent GPU -------------------------------------------------------
+
+H100_MIG = FakeGPU(
+    H100_80,
+    "GPU-h100-mig",
+    81559,
+    mig=(
+        FakeMig("MIG-hhh", f"{H100_80} MIG 1g.10gb", 9984),
+        # An older driver's name without the profile: the parent's name still comes from NVML.
+        FakeMig("MIG-iii", "H100 80GB HBM3", 9984, Attributes(1, 1, 9984)),
+    ),
+)
+TWO_PARENTS = (A100_MIG, H100_MIG)  # GPU 0 and GPU 1, both in MIG mode with 1g.10gb slices
+
+
+def mig_type(parent: str | None = None, **more: Any) -> dict[str, Any]:
+    parent_key = {} if parent is None else {"mig_parent": parent}
+    return {
+        "display_name": "MIG slice 1g.10gb",
+        "resource": "nvidia.com/mig-1g.10gb",
+        "price_per_hour": 0.30,
+        **parent_key,
+        **more,
+    }
+
+
+def catalog_of(gpu_types: dict[str, Any]) -> Catalog:
+    return Catalog.model_validate({"gpu_types": gpu_types, "profiles": []})
+
+
+AMBIGUOUS = (
+    "GPU 0 MIG 2 (MIG profile '1g.10gb' of 'NVIDIA A100-SXM4-80GB') is ambiguous: gpu_types "
+    "a100-1g10gb and h100-1g10gb share that profile and none of them sets mig_parent, so the "
+    "device is left unused; set mig_parent on each to part of the NVML name of the GPU its slices "
+    "are cut from, such as 'A100' or 'H100' (`nvidia-smi -L` prints the names)"
+)
+OTHER_PARENT = (
+    "GPU 1 MIG 0 (MIG profile '1g.10gb' of 'NVIDIA H100 80GB HBM3') matches no MIG gpu_types "
+    "entry: a100-1g10gb has mig_parent 'A100', not part of its GPU's name 'NVIDIA H100 80GB "
+    "HBM3'; add a type with resource nvidia.com/mig-1g.10gb and a mig_parent that is part of "
+    "that name, or remove mig_parent from a type to take slices of any GPU"
+)
+
+# name -> (gpu_types, the 1g.10gb slices of TWO_PARENTS by type, first unmatched message or None)
+MIG_PARENT_CASES: dict[str, tuple[dict[str, Any], dict[str, list[str]], str | None]] = {
+    "an A100 and an H100 slice of one profile are two types": (
+        {"a100-1g10gb": mig_type("A100"), "h100-1g10gb": mig_type("h100 80gb")},
+        {"a100-1g10gb": ["MIG-bbb", "MIG-ccc"], "h100-1g10gb": ["MIG-hhh", "MIG-iii"]},
+        None,
+    ),
+    "the parent is matched on the parent GPU, not on the MIG device's name": (
+        {"h100-1g10gb": mig_type("NVIDIA H100"), "a100-1g10gb": mig_type("A100-SXM4-80GB")},
+        {"h100-1g10gb": ["MIG-hhh", "MIG-iii"], "a100-1g10gb": ["MIG-bbb", "MIG-ccc"]},
+        None,
+    ),
+    "one type without mig_parent takes the slices of any GPU": (
+        {"any-1g10gb": mig_type(device_names=["1g.10gb"])},
+        {"any-1g10gb": ["MIG-bbb", "MIG-ccc", "MIG-hhh", "MIG-iii"]},
+        None,
+    ),
+    "a type naming the parent beats one that names none": (
+        {"any-1g10gb": mig_type(), "h100-1g10gb": mig_type("H100")},
+        {"any-1g10gb": ["MIG-bbb", "MIG-ccc"], "h100-1g10gb": ["MIG-hhh", "MIG-iii"]},
+        None,
+    ),
+    "of two types naming the parent, the first wins": (
+        {"a": mig_type("A100"), "b": mig_type("NVIDIA"), "c": mig_type("H100")},
+        {"a": ["MIG-bbb", "MIG-ccc"], "b": ["MIG-hhh", "MIG-iii"], "c": []},
+        None,
+    ),
+    "two types of one profile without mig_parent are ambiguous": (
+        {"a100-1g10gb": mig_type(), "h100-1g10gb": mig_type()},
+        {"a100-1g10gb": [], "h100-1g10gb": []},
+        AMBIGUOUS,
+    ),
+    "a parent naming another GPU leaves the slice out": (
+        {"a100-1g10gb": mig_type("A100")},
+        {"a100-1g10gb": ["MIG-bbb", "MIG-ccc"]},
+        OTHER_PARENT,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MIG_PARENT_CASES))
+def test_mig_devices_match_profile_and_parent_gpu(case: str) -> None:
+    gpu_types, expected, message = MIG_PARENT_CASES[case]
+    catalog = catalog_of(gpu_types)
+    devices = discover(FakeNVML(TWO_PARENTS)).devices
+    slices = [d for d in devices if d.name == "1g.10gb"]
+    assert [d.parent_name for d in slices] == [A100_80, A100_80, H100_80, H100_80]
+    by_type = devices_by_type(slices, catalog)
+    assert {key: [d.uuid for d in group] for key, group in by_type.items()} == expected
+    lost = unmatched(slices, catalog)
+    taken = {uuid for group in expected.values() for uuid in group}
+    assert [d.uuid for d in lost] == [d.uuid for d in slices if d.uuid not in taken]
+    if message is None:
+        assert lost == ()
+    else:
+        assert unmatched_message(lost[0], catalog) == message
+
+
+def test_ambiguity_names_every_type_and_the_field() -> None:
+    catalog = catalog_of({"a": mig_type(), "b": mig_type(), "c": mig_type(), "d": mig_type("X")})
+    device = mig(0, 1, "MIG-0", "1g.10gb", 9856, H100_80)
+    assert gpu_type_of(device, catalog) is None
+    assert "gpu_types a, b and c share that profile and none of them sets mig_parent" in (
+        unmatched_message(device, catalog)
+    )
+
+
+def test_unmatched_mig_message_without_the_catalog_names_the_parent_field() -> None:
+    assert unmatched_message(mig(1, 0, "MIG-0", "2g.20gb", 19968, H100_80)) == (
+        "GPU 1 MIG 0 (MIG profile '2g.20gb' of 'NVIDIA H100 80GB HBM3') matches no MIG gpu_types "
+        "entry; add '2g.20gb' to the device_names of a type with resource nvidia.com/mig-2g.20gb; "
+        "if other GPU models have this profile too, also set its mig_parent to part of the GPU's "
+        "name"
+    )
+
+
+def test_simulated_mig_devices_name_their_parent() -> None:
+    catalog = catalog_of({"h100-1g10gb": mig_type("H100"), "any-1g10gb": mig_type()})
+    devices = parse_simulation("2xh100-1g10gb,1xany-1g10gb", catalog)
+    assert devices == (
+        sim(0, "MIG-sim-00000000-h100-1g10gb", "h100-1g10gb", 10240, 0, "H100"),
+        sim(0, "MIG-sim-00000001-h100-1g10gb", "h100-1g10gb", 10240, 1, "H100"),
+        sim(1, "MIG-sim-00000000-any-1g10gb", "any-1g10gb", 10240, 0, "any-1g10gb"),
+    )
+    assert [gpu_type_of(d, catalog) for d in devices] == ["h100-1g10gb"] * 2 + ["any-1g10gb"]
+    assert all(d.parent_name is None for d in parse_simulation("2xl4", CATALOG))
+
+
+@pytest.mark.parametrize(
+    ("gpu_type", "error"),
+    [
+        (
+            {"display_name": "H100", "price_per_hour": 4, "mig_parent": "H100"},
+            "mig_parent is only for MIG types, and resource is 'nvidia.com/gpu'; remove mig_parent",
+        ),
+        (mig_type("  "), "mig_parent is empty; give part of the parent GPU's NVML name"),
+    ],
+)
+def test_mig_parent_is_checked(gpu_type: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        catalog_of({"t": gpu_type})
+
+
+def test_mig_parent_is_stripped() -> None:
+    assert catalog_of({"t": mig_type(" H100 ")}).gpu_types["t"].mig_parent == "H100"

@@ -1,10 +1,11 @@
 """Spawn storm: 200 users start GPU servers at once through a real hub's REST API, against 32
-simulated 8-GPU kwok nodes, first with GPUKubeSpawner (team quotas that sum to less than the pool,
-so some spawns are refused), then with stock KubeSpawner (no quotas) on the same node pool.
+simulated 8-GPU kwok nodes: with GPUKubeSpawner twice (team quotas that sum to less than the
+pool, so some spawns are refused; and quotas large enough that every spawn is admitted, the same
+work as stock), then with stock KubeSpawner (no quotas) on the same node pool, in one run.
 
 Prints the time until every admitted server's pod is Running, the refusals by reason, and the
 quota violations (running GPUs per team and type over the catalog quota, nodes over-committed;
-both must be 0), side by side, and the ratio ours/stock. Not a test: nothing here asserts timing.
+both must be 0), side by side, and the ratios ours/stock. Not a test: nothing here asserts timing.
 
     .venv/bin/python -m benchmarks.spawn_storm [--users 200] [--nodes 32]
 """
@@ -31,6 +32,7 @@ from testbed import H100, ControlPlane, Json, build_binaries
 
 GPUS_PER_NODE = H100.gpus
 TEAM_QUOTAS = (30, 30, 25, 25, 20, 20, 15, 15)  # 180 H100s of the 256
+EQUAL_QUOTAS = (32,) * 8  # 256: every spawn (240 GPUs) is admitted, as with stock
 TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 SELECTOR = {"nvidia.com/gpu.product": H100.product}
 
@@ -52,13 +54,13 @@ def team_of(index: int, teams: int) -> str:
     return f"t{index % teams}"
 
 
-def catalog(users: int, prefix: str) -> Json:
+def catalog(users: int, prefix: str, quotas: tuple[int, ...]) -> Json:
     teams = {
         f"t{t}": {
-            "users": [user_name(i) for i in range(users) if i % len(TEAM_QUOTAS) == t],
+            "users": [user_name(i) for i in range(users) if i % len(quotas) == t],
             "quota": {"gpus": {"h100-80gb": quota}},
         }
-        for t, quota in enumerate(TEAM_QUOTAS)
+        for t, quota in enumerate(quotas)
     }
     return {
         "metering": {"currency": "USD", "reconcile_interval": "30s"},
@@ -214,18 +216,21 @@ def clear(hub: K8sHub, plane: ControlPlane, namespaces: list[str]) -> None:
         time.sleep(1)
 
 
-def run(plane: ControlPlane, workdir: Path, users: int, stock: bool) -> Result:
-    prefix = "storm-stock" if stock else "storm-gpuhub"
+def run(plane: ControlPlane, workdir: Path, users: int, quotas: tuple[int, ...] | None) -> Result:
+    """One storm: GPUKubeSpawner with these team quotas, or stock KubeSpawner (None)."""
+    prefix = "storm-stock" if quotas is None else f"storm-gpuhub-{sum(quotas)}"
     settings: dict[str, Any] = {"namespace": f"{prefix}-hub", "start_timeout": 600}
-    if stock:
+    if quotas is None:
         settings["spawner"] = "kubespawner"
         settings["extra_config"] = f"c.KubeSpawner.profile_list = {stock_profile_list()!r}"
     else:
-        settings["catalog"] = catalog(users, prefix)
+        settings["catalog"] = catalog(users, prefix, quotas)
         settings["extra_config"] = "c.GPUKubeSpawner.manage_resource_quotas = True"
-    result = Result("stock KubeSpawner" if stock else "GPUKubeSpawner")
+    label = "stock KubeSpawner" if quotas is None else f"GPUKubeSpawner, quotas {sum(quotas)}"
+    result = Result(label)
     result.requested = users
     namespaces = [f"{prefix}-hub"] + [f"{prefix}-t{t}" for t in range(len(TEAM_QUOTAS))]
+
     (workdir / prefix).mkdir()
     with running_hub(plane, workdir / prefix, **settings) as hub:
         try:
@@ -233,8 +238,8 @@ def run(plane: ControlPlane, workdir: Path, users: int, stock: bool) -> Result:
             result.admitted = len(admitted)
             result.seconds_to_running = wait_running(plane, len(admitted)) - started
             result.seconds_to_ready = wait_ready(hub, admitted) - started
-            quotas = None if stock else {f"t{t}": q for t, q in enumerate(TEAM_QUOTAS)}
-            counts = violations(plane, quotas)
+            limits = None if quotas is None else {f"t{t}": q for t, q in enumerate(quotas)}
+            counts = violations(plane, limits)
             result.quota_violations, result.overcommitted_nodes, result.pending_left = counts
         finally:
             clear(hub, plane, namespaces)
@@ -279,21 +284,26 @@ def main(argv: list[str] | None = None) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         plane.add_kwok_gpu_nodes(args.nodes, H100)
         load_before = os.getloadavg()
-        ours = run(plane, Path(tmp), args.users, stock=False)
-        stock = run(plane, Path(tmp), args.users, stock=True)
+        ours = run(plane, Path(tmp), args.users, TEAM_QUOTAS)
+        equal = run(plane, Path(tmp), args.users, EQUAL_QUOTAS)
+        stock = run(plane, Path(tmp), args.users, None)
         load_after = os.getloadavg()
     print(f"Spawn storm: {args.users} users, {args.nodes} kwok nodes x {GPUS_PER_NODE} H100")
-    print(f"team quotas {TEAM_QUOTAS} (sum {sum(TEAM_QUOTAS)})")
+    print(f"team quotas {TEAM_QUOTAS} (sum {sum(TEAM_QUOTAS)}), and {EQUAL_QUOTAS} (all admitted)")
     print(f"date {time.strftime('%Y-%m-%d %H:%M %Z')}; machine {platform.node()}, ", end="")
     print(f"{os.cpu_count()} cores; load average before {load_before[0]:.2f}, ", end="")
     print(f"after {load_after[0]:.2f}")
     print()
-    print(table([ours, stock]))
+    print(table([ours, equal, stock]))
     print()
-    ratio = ours.seconds_to_running / stock.seconds_to_running
-    print(f"ours/stock, time until all admitted pods Running: {ratio:.2f}x (target: <= 1.1x)")
-    ready_ratio = ours.seconds_to_ready / stock.seconds_to_ready
-    print(f"ours/stock, time until the hub has them all ready: {ready_ratio:.2f}x")
+    for case in (equal, ours):
+        work = "equal work" if case.admitted == stock.admitted else "unequal work"
+        ratio = case.seconds_to_running / stock.seconds_to_running
+        ready_ratio = case.seconds_to_ready / stock.seconds_to_ready
+        print(
+            f"{case.label} / stock ({work}: {case.admitted} vs {stock.admitted} servers): "
+            f"{ratio:.2f}x until all Running (target: <= 1.1x), {ready_ratio:.2f}x until ready"
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from .catalog import CatalogError, load_catalog
 from .catalog.loader import catalog_warnings, read_catalog_text
 from .catalog.reference import json_schema, markdown
 from .ledger.engine import DEFAULT_URL
+from .service.command import add_service_command
 from .up import add_up_command
 
 
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(run=_db_upgrade)
 
     add_up_command(sub)
+    add_service_command(sub)
     return parser
 
 

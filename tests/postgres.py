@@ -26,9 +26,33 @@ class PostgresServer:
     host: str
     port: int
     user: str
+    data: Path | None = None
+    bindir: Path | None = None
+    run_user: str | None = None
+    sockets: Path | None = None
 
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
+
+    def pg_ctl(self, *args: str) -> None:
+        assert self.bindir is not None and self.data is not None
+        subprocess.run(
+            _run_as(self.run_user, [str(self.bindir / "pg_ctl"), "-D", str(self.data), *args]),
+            check=True,
+            capture_output=True,
+        )
+
+    def stop(self) -> None:
+        """Stop the server at once (as a crash or an outage would)."""
+        self.pg_ctl("-m", "immediate", "-w", "stop")
+
+    def start(self) -> None:
+        self.pg_ctl("-l", str(self.data.parent / "server.log") if self.data else "", "-w", "start",
+                    "-o", _options(self.port, self.sockets))  # fmt: skip
+
+
+def _options(port: int, sockets: Path | None) -> str:
+    return f"-h 127.0.0.1 -p {port} -k {sockets} -c fsync=off -c max_connections=200"
 
 
 def _bin_dir() -> Path | None:
@@ -79,14 +103,14 @@ def start_server() -> Iterator[PostgresServer]:
                 "-w",
                 "start",
                 "-o",
-                f"-h 127.0.0.1 -p {port} -k {sockets} -c fsync=off -c max_connections=200",
+                _options(port, sockets),
             ],
         ),
         check=True,
         capture_output=True,
     )
     try:
-        yield PostgresServer("127.0.0.1", port, db_user)
+        yield PostgresServer("127.0.0.1", port, db_user, data, bindir, run_user, sockets)
     finally:
         subprocess.run(
             _run_as(run_user, [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),

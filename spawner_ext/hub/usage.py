@@ -4,21 +4,16 @@ metering is configured."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from ..catalog import Catalog
-from ..policy.preview import TeamUsage
-
-STATE_KEY = "gpuhub"
-"""Spawner-state key of the plan summary (team, profile, GPU type and count, price)."""
-STATE_SESSION = "gpuhub_session"
-"""Spawner-state key of the ledger session id."""
+from ..policy.admission import Holding, TeamUsage, combine_holdings
+from ..wire import read_state
 
 
 class UsageSource(Protocol):
-    """Where previews and admission read a team's usage from."""
+    """Where previews read a team's usage from (admission reads the ledger's own)."""
 
     async def team_usage(self, catalog: Catalog, team: str | None, user: str) -> TeamUsage: ...
 
@@ -26,21 +21,18 @@ class UsageSource(Protocol):
 def usage_from_states(
     states: Iterable[tuple[str, Mapping[str, Any] | None]], team: str | None, user: str
 ) -> TeamUsage:
-    """Pure: sum the GPUs held per type by `team`, and by `user` in that team (the per-user cap
-    is per team, as in admission), from (user, spawner state) pairs of running servers."""
-    team_gpus: Counter[str] = Counter()
-    user_gpus = 0
+    """Pure: the GPUs `team`'s running servers hold, per user and GPU type, from (user, spawner
+    state) pairs, as seen by `user` (the per-user cap is per team, as in admission). No
+    GPU-hours: running servers' states say nothing about the month."""
+    if team is None:
+        return TeamUsage(user=user)
+    held = []
     for owner, state in states:
-        info = (state or {}).get(STATE_KEY) or {}
-        gpu_type, count = info.get("gpu_type"), info.get("gpu_count", 0)
-        if not gpu_type or not isinstance(count, int):
+        summary = read_state(state).summary
+        if summary is None or summary.team != team or summary.gpu_type is None:
             continue
-        if team is None or info.get("team") != team:
-            continue
-        team_gpus[gpu_type] += count
-        if owner == user:
-            user_gpus += count
-    return TeamUsage(gpus_in_use=dict(team_gpus), user_gpus_in_use=user_gpus)
+        held.append(Holding(owner, summary.gpu_type, summary.gpu_count))
+    return TeamUsage(user=user, holdings=combine_holdings(held))
 
 
 class RunningServersUsage:

@@ -1,10 +1,12 @@
-"""Team namespaces and their ResourceQuota backstops, made once per hub process: concurrent
-first spawns into a namespace share one creation, retried on API timeouts like KubeSpawner's own
-requests, so a spawn storm neither races nor times out on it."""
+"""Team namespaces and their ResourceQuota backstops, made once per hub: concurrent first spawns
+into a namespace share one creation, retried on API timeouts like KubeSpawner's own requests, so a
+spawn storm neither races nor times out on it."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -13,32 +15,48 @@ from kubernetes_asyncio.client.rest import ApiException
 from kubespawner.objects import make_namespace
 
 from ..catalog import Catalog
+from ..wire import team_object_labels
 from .quotas import sync_quota, team_quota_manifests
 
-_ready: dict[str, asyncio.Task[None]] = {}
+REMEMBER_SECONDS = 60.0
+"""How long a made namespace is taken as existing without asking (one is deleted by hand now
+and then; the next spawn after this makes it again)."""
 
 
-def forget(namespace: str) -> None:
-    """The namespace is gone (found so by the quota sync): make it again on the next spawn."""
-    _ready.pop(namespace, None)
+class TeamNamespaces:
+    """The team namespaces one hub has made, and the creations under way (one per namespace,
+    shared by the spawns that need it). Kept in the hub's HubContext."""
 
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._ready: dict[str, tuple[asyncio.Task[None], float]] = {}
 
-async def ensure_team_namespace(
-    api: Any,
-    namespace: str,
-    team: str,
-    catalog: Catalog,
-    *,
-    manage_quota: bool,
-    request_timeout: float,
-    retry_timeout: float,
-) -> None:
-    task = _ready.get(namespace)
-    if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-        task = _ready[namespace] = asyncio.get_running_loop().create_task(
-            _make(api, namespace, team, catalog, manage_quota, request_timeout, retry_timeout)
-        )
-    await asyncio.shield(task)
+    async def ensure(
+        self,
+        api: Any,
+        namespace: str,
+        team: str,
+        catalog: Catalog,
+        *,
+        manage_quota: bool,
+        request_timeout: float,
+        retry_timeout: float,
+    ) -> None:
+        found = self._ready.get(namespace)
+        now = self._clock()
+        if found is not None:
+            task, made = found
+            failed = task.done() and (task.cancelled() or task.exception() is not None)
+            if failed or (task.done() and now - made > REMEMBER_SECONDS):
+                found = None
+        if found is None:
+            task = asyncio.get_running_loop().create_task(
+                _make(api, namespace, team, catalog, manage_quota, request_timeout, retry_timeout)
+            )
+            self._ready[namespace] = (task, now)
+        else:
+            task = found[0]
+        await asyncio.shield(task)
 
 
 async def _make(
@@ -50,9 +68,7 @@ async def _make(
     request_timeout: float,
     retry_timeout: float,
 ) -> None:
-    manifest = make_namespace(
-        namespace, labels={"gpuhub.io/team": team, "app.kubernetes.io/managed-by": "gpuhub"}
-    )
+    manifest = make_namespace(namespace, labels=team_object_labels(team))
     await exponential_backoff(
         partial(_attempt, api, manifest, request_timeout),
         f"could not create the team namespace {namespace}",

@@ -1,48 +1,35 @@
 """Which notebook pods run now, for reconciliation: pods labelled with a ledger session, in every
-namespace (team namespaces included), read from the API server."""
+namespace (team namespaces included), read from the API server. A pod that lost its session label
+is still listed (and adopted by reconciliation)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ..ledger.reconcile import RunningServer
-
-SESSION_LABEL = "gpuhub.io/session"
+from ..wire import PROFILE_LABEL, read_pod
 
 
 def running_pods(pods: Iterable[Mapping[str, Any]]) -> list[RunningServer]:
-    """Pure: pod manifests (as the API serves them) -> the Running ones as RunningServers."""
+    """Pure: pod manifests (as the API serves them) -> the Running ones as RunningServers.
+    A pod whose labels do not describe a server (edited by hand, another version) is skipped."""
     found = []
     for pod in pods:
         meta, status = pod.get("metadata") or {}, pod.get("status") or {}
         if status.get("phase") != "Running" or meta.get("deletionTimestamp"):
             continue
-        labels, notes = meta.get("labels") or {}, meta.get("annotations") or {}
-        try:
-            session = int(labels.get(SESSION_LABEL, ""))
-        except ValueError:
-            session = None
-        try:
-            price = Decimal(notes.get("gpuhub.io/price-per-hour", "0"))
-        except InvalidOperation:
-            price = Decimal(0)
+        record = read_pod(meta.get("labels"), meta.get("annotations"))
+        if record.summary is None:
+            continue
         start = status.get("startTime") or meta.get("creationTimestamp")
-        team = labels.get("gpuhub.io/team")
-        gpu_type = labels.get("gpuhub.io/gpu-type")
         found.append(
-            RunningServer(
-                session_id=session,
-                user=notes.get("gpuhub.io/user") or notes.get("hub.jupyter.org/username", ""),
-                server_name=notes.get("hub.jupyter.org/servername", ""),
-                team=None if team in (None, "none") else team,
-                profile=labels.get("gpuhub.io/profile", ""),
-                gpu_type=None if gpu_type in (None, "none") else gpu_type,
-                gpu_count=int(labels.get("gpuhub.io/gpu-count", "0") or 0),
-                price_per_hour=price,
-                currency=notes.get("gpuhub.io/currency", "USD"),
+            RunningServer.of(
+                record.summary,
+                user=record.user,
+                server_name=record.server_name,
+                session_id=record.session_id,
                 started_at=_time(start),
                 runtime_ref=f"{meta.get('namespace')}/{meta.get('name')}",
             )
@@ -67,7 +54,7 @@ class PodObserver:
     async def running(self) -> list[RunningServer]:
         from .serialize import to_manifest
 
-        pods = await self._api.list_pod_for_all_namespaces(label_selector=SESSION_LABEL)
+        pods = await self._api.list_pod_for_all_namespaces(label_selector=PROFILE_LABEL)
         return running_pods(to_manifest(pod) for pod in pods.items)
 
     async def stop(self, runtime_ref: str) -> None:

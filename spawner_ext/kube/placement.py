@@ -11,9 +11,9 @@ from typing import Any
 
 from ..catalog.frozen import thaw
 from ..policy.request import SpawnPlan
+from ..wire import pod_annotations, pod_labels
 
 GPU_RESOURCE_PREFIX = "nvidia.com/"
-ANNOTATION_PREFIX = "gpuhub.io/"
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,11 @@ class PodPlacement:
     env: Mapping[str, str]
 
 
-def placement(plan: SpawnPlan) -> PodPlacement:
-    """The GPU placement of a plan. A CPU-only plan hides the node's GPUs from the container."""
+def placement(
+    plan: SpawnPlan, server_name: str = "", session_id: int | None = None
+) -> PodPlacement:
+    """The GPU placement of a plan, and the labels and annotations that name the server and its
+    ledger session. A CPU-only plan hides the node's GPUs from the container."""
     gpu_type = plan.gpu_type
     if gpu_type is None:
         limits: dict[str, str] = {}
@@ -43,18 +46,12 @@ def placement(plan: SpawnPlan) -> PodPlacement:
             t.model_dump(by_alias=True, exclude_none=True) for t in gpu_type.tolerations
         )
         env = {}
-    annotations = {
-        "gpuhub.io/user": plan.user,
-        "gpuhub.io/price-per-hour": str(plan.price_per_hour),
-        "gpuhub.io/currency": plan.currency,
-        "gpuhub.io/catalog-version": plan.catalog_version,
-    }
     return PodPlacement(
         limits=limits,
         node_selector=selector,
         tolerations=tolerations,
-        labels=dict(plan.labels),
-        annotations=annotations,
+        labels=pod_labels(plan.summary, session_id),
+        annotations=pod_annotations(plan.summary, plan.user, server_name),
         env=env,
     )
 

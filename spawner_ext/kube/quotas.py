@@ -1,18 +1,17 @@
 """ResourceQuota backstops for team namespaces: the API server itself refuses pods over a team's
-GPU quota, even if the hub's admission were bypassed. Builders are pure; `sync_quotas` applies."""
+GPU quota, even if the hub's admission were bypassed. Builders are pure; `sync_quotas` applies
+(called by the hub when it makes a namespace and by the gpuhub service every tick)."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections import Counter
 from typing import Any
 
 from kubernetes_asyncio.client.rest import ApiException
 
 from ..catalog import Catalog
-from ..catalog.store import CatalogStore
 from ..policy.request import namespace_of
+from ..wire import team_object_labels
 
 QUOTA_NAME = "gpuhub-gpus"
 
@@ -34,7 +33,7 @@ def team_quota_manifests(catalog: Catalog) -> dict[str, dict[str, Any]]:
             "metadata": {
                 "name": QUOTA_NAME,
                 "namespace": namespace,
-                "labels": {"gpuhub.io/team": key, "app.kubernetes.io/managed-by": "gpuhub"},
+                "labels": team_object_labels(key),
             },
             "spec": {"hard": {name: str(n) for name, n in sorted(hard.items())}},
         }
@@ -73,39 +72,15 @@ async def sync_quota(api: Any, manifest: dict[str, Any]) -> str | None:
 
 async def sync_quotas(api: Any, catalog: Catalog) -> list[str]:
     """Every team namespace's quota, as the catalog says; what changed. Namespaces that do not
-    exist (yet, or any more) are skipped and forgotten, so the next spawn makes them again."""
-    from .namespaces import forget
-
+    exist (yet, or any more) are skipped: the hub makes them on the next spawn into them."""
     changed = []
-    for namespace, manifest in team_quota_manifests(catalog).items():
+    for manifest in team_quota_manifests(catalog).values():
         try:
             change = await sync_quota(api, manifest)
         except ApiException as exc:
             if exc.status == 404:
-                forget(namespace)
                 continue
             raise
         if change:
             changed.append(change)
     return changed
-
-
-_sync_task: asyncio.Task[None] | None = None
-
-
-def ensure_quota_sync(api: Any, store: CatalogStore, log: logging.Logger) -> None:
-    """Keep quotas in sync with the catalog in force (so an edit applies without a spawn)."""
-    global _sync_task
-    if _sync_task is not None and not _sync_task.done():
-        return
-
-    async def loop() -> None:
-        while True:
-            try:
-                for change in await sync_quotas(api, store.catalog):
-                    log.info("gpuhub: ResourceQuota %s", change)
-            except Exception:
-                log.exception("gpuhub: ResourceQuota sync failed; trying again")
-            await asyncio.sleep(store.catalog.metering.reconcile_interval.total_seconds())
-
-    _sync_task = asyncio.get_running_loop().create_task(loop())

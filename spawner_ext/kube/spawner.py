@@ -18,14 +18,11 @@ from kubespawner import KubeSpawner
 from traitlets import Bool
 
 from ..catalog.frozen import thaw
-from ..hub.metering import Observer
 from ..ledger.models import EndReason
 from ..spawners.mixin import GPUSpawnerMixin
-from .namespaces import ensure_team_namespace
-from .observer import SESSION_LABEL, PodObserver
+from .namespaces import TeamNamespaces
 from .placement import apply_placement, placement
 from .progress import explain
-from .quotas import ensure_quota_sync
 from .serialize import from_manifest, to_manifest
 
 
@@ -36,8 +33,9 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         True,
         config=True,
         help="Keep a ResourceQuota on requests.<gpu resource> in each team namespace in sync "
-        "with the catalog (checked on every spawn into it and every reconciliation tick), so "
-        "the API server refuses pods over quota even if the hub's admission were bypassed.",
+        "with the catalog (when the hub makes the namespace, and every reconciliation tick of "
+        "the gpuhub service), so the API server refuses pods over quota even if the hub's "
+        "admission were bypassed.",
     )
 
     _configured: dict[str, Any] | None = None
@@ -52,7 +50,8 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         self._apply_overrides(overrides)
         self.dns_name = self.dns_name_template.format(namespace=self.namespace, name=self.pod_name)
         if plan.namespace and not self.enable_user_namespaces:
-            await ensure_team_namespace(
+            namespaces = self.context.part(TeamNamespaces, TeamNamespaces)
+            await namespaces.ensure(
                 self.api,
                 plan.namespace,
                 plan.team or "",
@@ -77,9 +76,8 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         pod = await super().get_pod_manifest()
         if self.plan is None:
             return pod
-        manifest = apply_placement(to_manifest(pod), placement(self.plan))
-        if self.usage_session_id is not None:
-            manifest["metadata"]["labels"][SESSION_LABEL] = str(self.usage_session_id)
+        where = placement(self.plan, self.name, self.usage_session_id)
+        manifest = apply_placement(to_manifest(pod), where)
         return from_manifest(manifest, "V1Pod")
 
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
@@ -100,17 +98,8 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
             self.metering_ended(EndReason.FAILED)
             raise
         self.metering_started(f"{self.namespace}/{self.pod_name}")
-        self.start_background_work()
         return result
 
     def gone_reason(self) -> EndReason:
         gone = f"{self.namespace}/{self.pod_name}" not in self.pod_reflector.pods
         return EndReason.NODE_LOST if gone else EndReason.STOPPED
-
-    def observer(self) -> Observer:
-        return PodObserver(self.api)
-
-    def start_background_work(self) -> None:
-        super().start_background_work()
-        if self.manage_resource_quotas:
-            ensure_quota_sync(self.api, self.catalog_store(), self.log)

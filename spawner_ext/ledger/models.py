@@ -91,11 +91,16 @@ class UsageSession(Base):
     runtime_ref: Mapped[str | None] = mapped_column(String(255))
     """Where it runs: `namespace/pod` on Kubernetes, `local:<pid>` in local mode."""
     catalog_version: Mapped[str] = mapped_column(String(12), default="")
+    stop_reason: Mapped[str | None] = mapped_column(String(32))
+    """Why the gpuhub service asked the hub to stop the server (budget, culling); the session
+    ends with this reason once the server is really gone."""
+    stop_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         Index("ix_usage_sessions_open", "team", "ended_at"),
         Index("ix_usage_sessions_user_server", "user", "server_name", "ended_at"),
         Index("ix_usage_sessions_started", "team", "started_at"),
+        Index("ix_usage_sessions_runtime_ref", "runtime_ref", "ended_at"),
     )
 
 

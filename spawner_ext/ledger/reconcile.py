@@ -1,15 +1,30 @@
 """Reconciliation: compare the ledger's open sessions with the servers really running, and say
-what to record. Pure; hub/metering.py gathers the inputs and applies the result.
+what to record. Pure; the gpuhub service gathers the inputs and applies the result.
 
-- open, started, running           -> seen now (billing goes on; a later loss costs < one tick)
-- open, started, not running       -> closed at its last-seen time (node lost / hub crashed),
-                                      once it has gone unseen for a whole tick (a server that
-                                      just started may not be visible to the observer yet)
-- open, never started, not running,
-  admitted longer ago than `grace` -> closed as failed (the hub died mid-spawn)
-- running, but its session was closed by reconciliation, or is unknown -> a new session, from
-  the server's labels, starting no earlier than the closed session ended (never billed twice)
-- running, but its session was closed by the hub (it is being stopped) -> nothing
+A running server *claims* an open session when the session is its own: the id it carries names
+a session of the same user and server name, or (the id is unknown, stale or reused) an open
+session of the same user and server name records the same runtime reference (an adopted one).
+
+- claimed, started                  -> seen now (billing goes on; a later loss costs < one tick)
+- claimed, never marked started     -> started at the server's own start (the hub died between
+                                       starting it and recording that), and seen
+- open, started, not claimed        -> closed at its last-seen time (node lost / hub crashed),
+                                       once it has gone unseen for a whole tick (a server that
+                                       just started may not be visible to the observer yet); but
+                                       while the hub still lists that server (it is stopping it,
+                                       or its poll has yet to notice), the hub closes it at the
+                                       right time with the right reason: only after `grace`
+- open, never started, not claimed,
+  admitted longer ago than `grace`  -> closed as failed (the hub died mid-spawn)
+- running, claims nothing, and its session was closed by reconciliation, is unknown, or is
+  another server's                  -> adopted: a new session, from the server's labels or state,
+                                       starting no earlier than its own closed session ended
+- running, claims nothing, its session was closed by the hub (being stopped)
+                                    -> nothing for `grace`; still running after that (the stop
+                                       failed), adopted from when that session ended
+
+Applied once, these leave exactly one open session per running server; applied again to the
+result, they change nothing but `seen` (tests/ledger/test_reconcile.py feeds them their output).
 """
 
 from __future__ import annotations
@@ -19,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from ..wire import ServerSummary
 from .models import EndReason
 from .rules import reconcile_end
 
@@ -29,6 +45,20 @@ class OpenSession:
     requested_at: datetime
     started_at: datetime | None
     last_seen_at: datetime | None
+    user: str
+    server_name: str
+    runtime_ref: str | None
+
+
+@dataclass(frozen=True)
+class ClosedSession:
+    """A closed session that a running server names."""
+
+    id: int
+    ended_at: datetime
+    reason: EndReason
+    user: str
+    server_name: str
 
 
 @dataclass(frozen=True)
@@ -54,12 +84,46 @@ class RunningServer(Server):
     started_at: datetime
     runtime_ref: str
 
+    @classmethod
+    def of(
+        cls,
+        summary: ServerSummary,
+        *,
+        user: str,
+        server_name: str,
+        session_id: int | None,
+        started_at: datetime,
+        runtime_ref: str,
+    ) -> RunningServer:
+        return cls(
+            user=user,
+            server_name=server_name,
+            team=summary.team,
+            profile=summary.profile,
+            gpu_type=summary.gpu_type,
+            gpu_count=summary.gpu_count,
+            price_per_hour=summary.price_per_hour,
+            currency=summary.currency,
+            session_id=session_id,
+            started_at=started_at,
+            runtime_ref=runtime_ref,
+        )
+
 
 @dataclass(frozen=True)
 class Close:
     session_id: int
     at: datetime
     reason: EndReason
+
+
+@dataclass(frozen=True)
+class Start:
+    """A session whose server runs but whose start was never recorded."""
+
+    session_id: int
+    at: datetime
+    runtime_ref: str
 
 
 @dataclass(frozen=True)
@@ -73,45 +137,71 @@ class Actions:
     seen: tuple[int, ...] = ()
     close: tuple[Close, ...] = ()
     adopt: tuple[Adopt, ...] = field(default_factory=tuple)
+    start: tuple[Start, ...] = ()
+
+
+BY_RECONCILIATION = frozenset({EndReason.NODE_LOST, EndReason.RECONCILED})
+"""End reasons of sessions closed because their server was found gone."""
+
+
+def _same_server(server: RunningServer, user: str, server_name: str) -> bool:
+    return server.user == user and server.server_name == server_name
 
 
 def reconcile(
     open_sessions: Sequence[OpenSession],
     running: Sequence[RunningServer],
-    closed_ends: Mapping[int, datetime],
+    closed: Mapping[int, ClosedSession],
     now: datetime,
     *,
-    stopping: frozenset[int] = frozenset(),
     lost_reason: EndReason = EndReason.NODE_LOST,
     grace: timedelta = timedelta(minutes=10),
     tick: timedelta = timedelta(0),
     observed_at: datetime | None = None,
+    listed: frozenset[tuple[str, str]] = frozenset(),
 ) -> Actions:
-    """`closed_ends`: end times of sessions closed by reconciliation that running servers name;
-    `stopping`: sessions the hub closed itself whose servers are still on their way out;
-    `observed_at`: when `running` was listed. Sessions that started after it are not judged (the
-    list could not show them)."""
-    running_ids = {s.session_id for s in running if s.session_id is not None}
-    open_ids = {s.id for s in open_sessions}
+    """`closed`: the closed sessions that running servers name; `grace`: how long an admitted
+    session may take to start, and a stopped server to go; `observed_at`: when `running` was
+    listed. Sessions that started after it are not judged (the list could not show them).
+    `listed`: (user, server name) of the servers the hub lists as active."""
+    by_id = {s.id: s for s in open_sessions}
+    by_ref = {s.runtime_ref: s for s in open_sessions if s.runtime_ref}
+    claimed: set[int] = set()
     seen: list[int] = []
+    starts: list[Start] = []
+    adopt: list[Adopt] = []
+    for server in running:
+        session = by_id.get(server.session_id or -1)
+        if session is None or not _same_server(server, session.user, session.server_name):
+            session = by_ref.get(server.runtime_ref)
+            if session is not None and not _same_server(server, session.user, session.server_name):
+                session = None
+        if session is not None and session.id not in claimed:
+            claimed.add(session.id)
+            seen.append(session.id)
+            if session.started_at is None:
+                starts.append(Start(session.id, server.started_at, server.runtime_ref))
+            continue
+        own = closed.get(server.session_id or -1)
+        if own is not None and not _same_server(server, own.user, own.server_name):
+            own = None
+        if own is None:
+            adopt.append(Adopt(server, server.started_at))
+        elif own.reason in BY_RECONCILIATION or now - own.ended_at >= grace:
+            adopt.append(Adopt(server, max(server.started_at, own.ended_at)))
     close: list[Close] = []
     for session in open_sessions:
-        if session.id in running_ids:
-            seen.append(session.id)
-        elif session.started_at is not None:
+        if session.id in claimed:
+            continue
+        if session.started_at is not None:
             if observed_at is not None and session.started_at > observed_at:
                 continue
             end = reconcile_end(session.last_seen_at, session.started_at, now)
-            if now - end >= tick:
+            wait = grace if (session.user, session.server_name) in listed else tick
+            if now - end >= wait:
                 close.append(Close(session.id, end, lost_reason))
         elif now - session.requested_at >= grace:
+            if observed_at is not None and session.requested_at > observed_at:
+                continue
             close.append(Close(session.id, session.requested_at, EndReason.FAILED))
-    adopt = [
-        Adopt(
-            server,
-            max(server.started_at, closed_ends.get(server.session_id or -1, server.started_at)),
-        )
-        for server in running
-        if server.session_id not in open_ids and server.session_id not in stopping
-    ]
-    return Actions(tuple(seen), tuple(close), tuple(adopt))
+    return Actions(tuple(seen), tuple(close), tuple(adopt), tuple(starts))

@@ -1,4 +1,5 @@
-"""Billing and admission rules: pure functions of (sessions, quotas, now).
+"""Billing rules: pure functions of (sessions, quotas, now). Admission (may this server start?)
+is policy/admission.py, shared with the form's preview.
 
 Billing: a session is billed from `started_at` (its server is running with its GPUs bound) to
 `ended_at` (its server is gone), in whole seconds. GPU-seconds = seconds x GPU count. Cost =
@@ -8,14 +9,13 @@ GPU-hours per calendar month in UTC; a session spanning a month boundary counts 
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from ..catalog import Quota
-from ..policy.preview import next_month_start
+from ..policy.admission import Holding, combine_holdings, next_month_start
 
 CENT_MILLIONTHS = Decimal("0.000001")
 
@@ -47,6 +47,11 @@ class Span:
     ended: datetime | None
 
 
+def holdings_of(spans: Iterable[Span]) -> tuple[Holding, ...]:
+    """What a team's open spans hold, per user and GPU type: the holdings admission counts."""
+    return combine_holdings(Holding(s.user, s.gpu_type, s.gpu_count) for s in spans)
+
+
 def gpu_seconds_between(spans: Iterable[Span], start: datetime, end: datetime) -> int:
     """GPU-seconds of `spans` that fall within [start, end); open spans run until `end`."""
     total = 0
@@ -76,84 +81,6 @@ def month_pieces(started: datetime, ended: datetime, gpu_count: int) -> list[tup
             pieces.append((month_key(start), seconds))
         start = end
     return pieces
-
-
-@dataclass(frozen=True)
-class Holding:
-    """GPUs held by one admitted, not yet ended session of a team."""
-
-    user: str
-    gpu_type: str | None
-    gpu_count: int
-
-
-@dataclass(frozen=True)
-class Decision:
-    admitted: bool
-    reason: str | None
-    """Short label of a refusal: gpu-quota, user-cap, budget."""
-    message: str
-    warning: str | None = None
-
-
-def decide(
-    team: str,
-    quota: Quota,
-    *,
-    user: str,
-    gpu_type: str | None,
-    gpu_count: int,
-    gpu_type_name: str,
-    holdings: Sequence[Holding],
-    hours_used: Decimal,
-    now: datetime,
-) -> Decision:
-    """May `user` start a server with `gpu_count` GPUs of `gpu_type` charged to `team` now?"""
-    if gpu_count == 0 or gpu_type is None:
-        return Decision(True, None, "no GPUs requested")
-    resets = next_month_start(now)
-    budget = quota.monthly_gpu_hours
-    if budget is not None and hours_used >= budget:
-        return Decision(
-            False,
-            "budget",
-            f"team {team!r} has used its monthly budget ({hours_used} of {budget} GPU-hours); "
-            f"GPU servers can start again when it resets on {resets:%Y-%m-%d %H:%M} UTC, or ask "
-            "your team lead to raise the budget. CPU profiles still work.",
-        )
-    allowed = quota.gpus.get(gpu_type, 0)
-    of_type = [h for h in holdings if h.gpu_type == gpu_type]
-    held = sum(h.gpu_count for h in of_type)
-    if held + gpu_count > allowed:
-        holders = Counter[str]()
-        for h in of_type:
-            holders[h.user] += h.gpu_count
-        who = ", ".join(f"{u}: {n}" for u, n in sorted(holders.items())) or "nobody"
-        return Decision(
-            False,
-            "gpu-quota",
-            f"team {team!r} may hold {allowed} {gpu_type_name} at once and holds {held} "
-            f"({who}); {max(allowed - held, 0)} free, you asked for {gpu_count}. Try again when "
-            "a server stops, or pick a smaller profile.",
-        )
-    cap = quota.gpus_per_user
-    mine = sum(h.gpu_count for h in holdings if h.user == user)
-    if cap is not None and mine + gpu_count > cap:
-        return Decision(
-            False,
-            "user-cap",
-            f"you may hold {cap} GPUs at once in team {team!r} and hold {mine}; stop a server "
-            f"first (you asked for {gpu_count}).",
-        )
-    warning = None
-    if budget is not None and budget > 0:
-        percent = int(hours_used * 100 / budget)
-        if percent >= quota.budget_warning_percent:
-            warning = (
-                f"team {team!r} has used {percent}% of its {budget} GPU-hours this month "
-                f"(resets {resets:%Y-%m-%d})"
-            )
-    return Decision(True, None, "admitted", warning)
 
 
 def over_budget_grace_over(

@@ -11,30 +11,45 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..catalog import Catalog
 from ..clock import Clock, utcnow
-from ..policy.preview import TeamUsage
+from ..policy.admission import Decision, TeamUsage, decide_in
 from .engine import READ_ONLY, check_schema, make_engine
 from .models import EndReason, TeamLock, TeamMonthUsage, UsageSession
-from .reconcile import RunningServer, Server
+from .reconcile import ClosedSession, RunningServer, Server
 from .rules import (
-    Decision,
-    Holding,
     Span,
     billed_seconds,
-    decide,
     gpu_seconds_between,
+    holdings_of,
     month_key,
     month_pieces,
     month_start,
     reconcile_end,
     session_cost,
 )
+
+
+@dataclass(frozen=True)
+class ServerRef:
+    """Which server the hub saw end: whose, and what it carried (its session id, where it ran)."""
+
+    user: str
+    server_name: str
+    session_id: int | None
+    runtime_ref: str | None
+
+
+def _reason(value: str | None) -> EndReason:
+    try:
+        return EndReason(value or "")
+    except ValueError:
+        return EndReason.STOPPED
 
 
 class AdmissionRefused(Exception):
@@ -97,20 +112,18 @@ class Ledger:
             return Admission(row.id, warning)
 
     def _decide(self, db: Session, catalog: Catalog, request: Request, now: datetime) -> Decision:
+        """The admission decision on the team's usage read in this (locked) transaction: the
+        same inputs `team_usage` gives the form's preview."""
         assert request.team is not None
         team = request.team
         open_spans = self._open_spans(db, team)
-        gpu_type = catalog.gpu_types.get(request.gpu_type or "")
-        return decide(
-            team,
-            catalog.teams[team].quota,
+        usage = TeamUsage(
             user=request.user,
-            gpu_type=request.gpu_type,
-            gpu_count=request.gpu_count,
-            gpu_type_name=gpu_type.display_name if gpu_type else str(request.gpu_type),
-            holdings=[Holding(s.user, s.gpu_type, s.gpu_count) for s in open_spans],
-            hours_used=self._hours_this_month(db, team, now, open_spans),
-            now=now,
+            holdings=holdings_of(open_spans),
+            gpu_hours_this_month=self._hours_this_month(db, team, now, open_spans),
+        )
+        return decide_in(
+            catalog, team, usage, gpu_type=request.gpu_type, gpu_count=request.gpu_count, now=now
         )
 
     def _lock_team(self, db: Session, team: str) -> None:
@@ -139,13 +152,20 @@ class Ledger:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def mark_started(self, session_id: int, runtime_ref: str | None = None) -> None:
-        """Billing starts now: the server runs with its GPUs bound."""
-        now = self.clock()
+    def mark_started(
+        self, session_id: int, runtime_ref: str | None = None, at: datetime | None = None
+    ) -> None:
+        """Billing starts at `at` (default now): the server runs with its GPUs bound. A session
+        already started (reconciliation saw its server first) keeps its earlier start."""
+        now = at or self.clock()
         with self._sessions.begin() as db:
             db.execute(
                 update(UsageSession)
-                .where(UsageSession.id == session_id, UsageSession.ended_at.is_(None))
+                .where(
+                    UsageSession.id == session_id,
+                    UsageSession.ended_at.is_(None),
+                    UsageSession.started_at.is_(None),
+                )
                 .values(started_at=now, last_seen_at=now, runtime_ref=runtime_ref)
             )
 
@@ -156,13 +176,46 @@ class Ledger:
             if row is not None and row.ended_at is None:
                 _close(db, row, at or self.clock(), reason)
 
-    def close_found_gone(self, session_id: int, reason: EndReason) -> None:
-        """Close a session whose server was found gone, at the last time it was seen running."""
-        now = self.clock()
+    def close_server(
+        self,
+        server: ServerRef,
+        reason: EndReason,
+        *,
+        found_gone: bool = False,
+        at: datetime | None = None,
+    ) -> list[int]:
+        """The hub saw this server end: close its open sessions, the one whose id it carries
+        and one reconciliation adopted for it (same runtime reference), but never a session of
+        another server that happens to have that id (ids restart when a backup is restored).
+        Billing ends at `at` (default now), or at the last time it was seen running when it was
+        `found_gone` (never later than `at`).
+        A reason the gpuhub service asked the stop for (budget, culling) wins over `stopped`.
+        Idempotent; returns the ids closed."""
+        now = at or self.clock()
+        mine = (UsageSession.user == server.user) & (UsageSession.server_name == server.server_name)
+        which = UsageSession.id == (server.session_id or -1)
+        if server.runtime_ref:
+            which = which | (UsageSession.runtime_ref == server.runtime_ref)
+        with self._sessions.begin() as db:
+            rows = db.scalars(
+                select(UsageSession).where(mine, which, UsageSession.ended_at.is_(None))
+            ).all()
+            for row in rows:
+                at = reconcile_end(row.last_seen_at, row.started_at, now) if found_gone else now
+                _close(db, row, at, reason)
+            return [row.id for row in rows]
+
+    def request_stop(self, session_id: int, reason: EndReason) -> bool:
+        """Record why the service asks for this session's server to stop (the session stays
+        open, and billed, until the server is gone). False if it is closed already."""
         with self._sessions.begin() as db:
             row = db.get(UsageSession, session_id)
-            if row is not None and row.ended_at is None:
-                _close(db, row, reconcile_end(row.last_seen_at, row.started_at, now), reason)
+            if row is None or row.ended_at is not None:
+                return False
+            if row.stop_reason is None:
+                row.stop_reason = reason.value
+                row.stop_requested_at = self.clock()
+            return True
 
     def seen(self, session_ids: Sequence[int], at: datetime | None = None) -> None:
         """Record that these sessions' servers were seen running at `at`."""
@@ -190,17 +243,25 @@ class Ledger:
             db.flush()
             return row.id
 
-    def closed(self, session_ids: Sequence[int]) -> dict[int, tuple[datetime, str]]:
-        """End time and reason of those of `session_ids` that are closed."""
+    def closed(self, session_ids: Sequence[int]) -> dict[int, ClosedSession]:
+        """Those of `session_ids` that are closed."""
         if not session_ids:
             return {}
         with self._reads() as db:
             rows = db.execute(
-                select(UsageSession.id, UsageSession.ended_at, UsageSession.end_reason).where(
-                    UsageSession.id.in_(session_ids), UsageSession.ended_at.is_not(None)
-                )
+                select(
+                    UsageSession.id,
+                    UsageSession.ended_at,
+                    UsageSession.end_reason,
+                    UsageSession.user,
+                    UsageSession.server_name,
+                ).where(UsageSession.id.in_(session_ids), UsageSession.ended_at.is_not(None))
             )
-            return {sid: (ended, reason or "") for sid, ended, reason in rows if ended}
+            return {
+                sid: ClosedSession(sid, ended, _reason(why), user, name)
+                for sid, ended, why, user, name in rows
+                if ended
+            }
 
     def open_sessions(self) -> list[UsageSession]:
         with self._reads() as db:
@@ -250,27 +311,15 @@ class Ledger:
     # --- usage -------------------------------------------------------------------------------
 
     async def team_usage(self, catalog: Catalog, team: str | None, user: str) -> TeamUsage:
-        """UsageSource for previews: GPUs held now and GPU-hours used this month."""
+        """UsageSource for previews: what admission would count now (the team's holdings and
+        GPU-hours used this month), as `_decide` reads it."""
+        if team is None:
+            return TeamUsage(user=user)
         now = self.clock()
         with self._reads() as db:
-            held = db.execute(
-                select(UsageSession.gpu_type, func.sum(UsageSession.gpu_count))
-                .where(UsageSession.team == team, UsageSession.ended_at.is_(None))
-                .group_by(UsageSession.gpu_type)
-            ).all()
-            mine = db.scalar(
-                select(func.coalesce(func.sum(UsageSession.gpu_count), 0)).where(
-                    UsageSession.user == user,
-                    UsageSession.team == team,
-                    UsageSession.ended_at.is_(None),
-                )
-            )
-            hours = self._hours_this_month(db, team, now) if team else None
-        return TeamUsage(
-            gpus_in_use={t: int(n) for t, n in held if t is not None and n},
-            user_gpus_in_use=int(mine or 0),
-            gpu_hours_this_month=hours,
-        )
+            open_spans = self._open_spans(db, team)
+            hours = self._hours_this_month(db, team, now, open_spans)
+        return TeamUsage(user=user, holdings=holdings_of(open_spans), gpu_hours_this_month=hours)
 
     def _open_spans(self, db: Session, team: str) -> list[Span]:
         """The team's admitted, not yet ended GPU sessions (started or not)."""
@@ -320,7 +369,10 @@ def _new_session(server: Server, **times_and_refs: Any) -> UsageSession:
 
 
 def _close(db: Session, row: UsageSession, at: datetime, reason: EndReason) -> None:
-    """End a session: its bill, and its GPU-seconds added to its team's monthly totals."""
+    """End a session: its bill, and its GPU-seconds added to its team's monthly totals. A
+    session whose stop the service requested ends with that request's reason."""
+    if row.stop_reason and row.started_at is not None:
+        reason = _reason(row.stop_reason)
     end = max(at, row.started_at) if row.started_at else at
     seconds = billed_seconds(row.started_at, end)
     row.ended_at = end
@@ -345,4 +397,4 @@ def _add_month_usage(db: Session, team: str, month: str, gpu_seconds: int) -> No
     )
 
 
-__all__ = ["Admission", "AdmissionRefused", "Ledger", "Request", "make_engine"]
+__all__ = ["Admission", "AdmissionRefused", "Ledger", "Request", "ServerRef", "make_engine"]

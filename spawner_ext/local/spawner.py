@@ -2,62 +2,29 @@
 
 Devices come from NVML (or `simulated_gpus`), are claimed from one hub-wide Allocator when a
 server starts, handed to the server as CUDA_VISIBLE_DEVICES / NVIDIA_VISIBLE_DEVICES, kept in
-spawner state (so a hub restart keeps them), and released when the server stops.
+spawner state and in the server's environment (so a hub restart keeps them, see machine.py), and
+released when the server stops.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Unicode
 
-from ..catalog import Catalog
-from ..hub.metering import Observer
 from ..ledger.models import EndReason
 from ..policy.request import SpawnRefused
 from ..spawners.mixin import GPUSpawnerMixin, refusal
-from .allocator import Allocator, NoFreeGPUs, RestoreError, to_state, visible_devices_env
-from .inventory import (
-    Device,
-    Discovery,
-    devices_by_type,
-    discover,
-    parse_simulation,
-    unmatched,
-    unmatched_message,
-)
-from .observer import LocalObserver
-
-STATE_DEVICES = "gpuhub_devices"
-
-_discoveries: dict[str, Discovery] = {}
-_allocator: Allocator | None = None
-_logged: set[str] = set()
-
-
-def machine_devices(catalog: Catalog, simulated: str) -> Discovery:
-    """This machine's devices: the simulated ones of `simulated`, or NVML's (looked up once)."""
-    key = simulated or "nvml"
-    if key not in _discoveries:
-        _discoveries[key] = (
-            Discovery(parse_simulation(simulated, catalog)) if simulated else discover()
-        )
-    return _discoveries[key]
-
-
-def shared_allocator(catalog: Catalog, devices: tuple[Device, ...]) -> Allocator:
-    """The hub's one Allocator, its device-to-type mapping refreshed from the catalog in force."""
-    global _allocator
-    by_type = devices_by_type(devices, catalog)
-    if _allocator is None:
-        _allocator = Allocator(by_type)
-    else:
-        _allocator.reconfigure(by_type)
-    return _allocator
+from ..wire import ServerState, read_state, server_env
+from .allocator import Allocator, NoFreeGPUs, RestoreError, visible_devices_env
+from .inventory import Device
+from .machine import LocalMachine
+from .processes import live_servers, process_start_time
 
 
 class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[misc]
@@ -87,21 +54,29 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
     def server_key(self) -> str:
         return f"{self.user.name}/{self.name}"
 
-    def _allocator(self) -> Allocator:
+    def machine(self) -> LocalMachine:
+        """This hub's one LocalMachine (made, and rebuilt from live servers, on first use)."""
         catalog = self.catalog_version().catalog
-        found = machine_devices(catalog, self.simulated_gpus)
-        notes = [found.reason] if found.reason and not found.devices else []
-        notes += [unmatched_message(device) for device in unmatched(found.devices, catalog)]
-        for note in notes:  # once each: this runs on every form render and spawn
-            if note not in _logged:
-                _logged.add(note)
-                self.log.warning("gpuhub local mode: %s", note)
-        return shared_allocator(catalog, found.devices)
+        api_url = self.hub.api_url if self.hub is not None else None
+
+        def make() -> LocalMachine:
+            servers = lambda: live_servers(api_url)  # noqa: E731
+            return LocalMachine(catalog, self.simulated_gpus, self.log, processes=servers)
+
+        return self.context.part(LocalMachine, make)
+
+    def _allocator(self) -> Allocator:
+        return self.machine().allocator(self.catalog_version().catalog)
 
     def machine_free_gpus(self) -> dict[str, int]:
         allocator = self._allocator()
         catalog = self.catalog_version().catalog
         return {gpu_type: allocator.free(gpu_type) for gpu_type in catalog.gpu_types}
+
+    def form_runtime(self) -> str:
+        """Local processes: profile options that only set `kubespawner_override` keys (the
+        image) do nothing here, and the form says so."""
+        return "local"
 
     def _claim(self) -> None:
         plan = self.plan
@@ -116,8 +91,9 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
             raise refusal(SpawnRefused(str(exc), reason="no-free-gpu")) from None
 
     def _release(self) -> None:
-        if _allocator is not None:
-            _allocator.release(self.server_key)
+        machine = self.context.peek(LocalMachine) if self.catalog_path else None
+        if machine is not None:
+            machine.allocator(self.catalog_version().catalog).release(self.server_key)
         self.devices = ()
 
     # --- Spawner API ------------------------------------------------------------------------
@@ -125,7 +101,6 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
     async def start(self) -> Any:
         self._release()  # a previous run of this server that never reported its stop
         await self.plan_spawn()
-        self.start_background_work()
         try:
             self._claim()
             url = await super().start()
@@ -133,27 +108,20 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
             self._release()
             self.metering_ended(EndReason.FAILED)
             raise
-        self.metering_started(f"local:{self.pid}")
+        # Billed from the process's start: it holds its GPUs from then on, whatever JupyterHub
+        # records (reconciliation of a server the hub never recorded bills from there too).
+        self.metering_started(f"local:{self.pid}", process_start_time(self.pid))
         return url
 
     def release_resources(self) -> None:
         self._release()
 
-    def observer(self) -> Observer:
-        return LocalObserver(self.db)
-
     def get_env(self) -> dict[str, str]:
         env: dict[str, str] = super().get_env()
         env.update(visible_devices_env(self.devices))
-        if self.plan is not None:
-            env.update(
-                {
-                    "GPUHUB_TEAM": self.plan.team or "",
-                    "GPUHUB_PROFILE": self.plan.profile.slug,
-                    "GPUHUB_GPU_TYPE": self.plan.gpu_type_key or "",
-                    "GPUHUB_GPU_COUNT": str(self.plan.gpu_count),
-                }
-            )
+        summary = self.plan.summary if self.plan is not None else None
+        uuids = tuple(d.uuid for d in self.devices)
+        env.update(server_env(summary, self.server_key, self.usage_session_id, uuids))
         return env
 
     def get_args(self) -> list[str]:
@@ -191,15 +159,12 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
 
     # --- state -------------------------------------------------------------------------------
 
-    def get_state(self) -> dict[str, Any]:
-        state = super().get_state()
-        if self.devices:
-            state[STATE_DEVICES] = to_state(self.devices)
-        return state
+    def server_state(self) -> ServerState:
+        return replace(super().server_state(), devices=tuple(d.uuid for d in self.devices))
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
-        uuids = state.get(STATE_DEVICES) or []
+        uuids = read_state(state).devices
         if not uuids:
             return
         try:

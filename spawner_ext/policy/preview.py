@@ -1,25 +1,20 @@
-"""What a profile costs and how much of the team's quota is left, shown before launch. Pure."""
+"""What a profile costs, how much of the team's quota and budget is left, and whether it may
+start, shown before launch. Pure. Whether it may start is admission's own decision
+(admission.py) asked about the profile, never a second copy of its rules."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from ..catalog import Catalog, Profile
+from .admission import TeamUsage as TeamUsage
+from .admission import budget_used_up, budget_warning, decide_in, next_month_start
 
-
-@dataclass(frozen=True)
-class TeamUsage:
-    """What a team holds now and has used this month. `gpu_hours_this_month` is None when no
-    metering source is configured."""
-
-    gpus_in_use: Mapping[str, int] = field(default_factory=dict)
-    """GPU type -> GPUs held by the team's running servers."""
-    user_gpus_in_use: int = 0
-    """GPUs held by the asking user's running servers (all types)."""
-    gpu_hours_this_month: Decimal | None = None
+NO_FREE_GPU = "no-free-gpu"
+"""Reason label of a profile this machine has too few free GPUs for (the local allocator's)."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +32,9 @@ class ProfilePreview:
     gpus_free: int | None
     user_gpus_left: int | None
     blocked: str | None
-    """Why this profile cannot start right now, or None."""
+    """Why this profile cannot start right now (a sentence), or None."""
+    blocked_reason: str | None = None
+    """Admission's refusal label (gpu-quota, user-cap, budget), or `no-free-gpu` (local mode)."""
 
 
 @dataclass(frozen=True)
@@ -54,13 +51,6 @@ class BudgetPreview:
     resets_at: datetime
 
 
-def next_month_start(now: datetime) -> datetime:
-    """When a calendar-month budget resets: 00:00 UTC on the first of next month."""
-    now = now.astimezone(UTC)
-    year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
-    return datetime(year, month, 1, tzinfo=UTC)
-
-
 def budget_preview(catalog: Catalog, team: str, usage: TeamUsage, now: datetime) -> BudgetPreview:
     quota = catalog.teams[team].quota
     budget = quota.monthly_gpu_hours
@@ -70,16 +60,22 @@ def budget_preview(catalog: Catalog, team: str, usage: TeamUsage, now: datetime)
         return BudgetPreview(team, budget, used, None, None, None, False, resets)
     left = max(budget - used, Decimal(0))
     percent = 100 if budget == 0 else int(used * 100 / budget)
-    exhausted = used >= budget
-    warning = None
+    exhausted = budget_used_up(quota, used)
+    warning = budget_warning(team, quota, used, now)
     if exhausted:
         warning = (
             f"team {team!r} has used its {budget} GPU-hours for this month; new GPU servers "
             f"can start again on {resets:%Y-%m-%d}"
         )
-    elif percent >= quota.budget_warning_percent:
-        warning = f"team {team!r} has used {percent}% of its {budget} GPU-hours this month"
     return BudgetPreview(team, budget, used, left, percent, warning, exhausted, resets)
+
+
+def machine_note(free: int, gpu_type_name: str) -> str:
+    """Why a profile cannot start on this machine now (local mode)."""
+    has = f"{free} {gpu_type_name} free" if free else f"no free {gpu_type_name}"
+    return (
+        f"this machine has {has} now. Try again when a server on it stops, or pick another profile."
+    )
 
 
 def profile_preview(
@@ -87,9 +83,14 @@ def profile_preview(
     profile: Profile,
     team: str | None,
     usage: TeamUsage,
+    now: datetime,
     machine_free: Mapping[str, int] | None = None,
 ) -> ProfilePreview:
-    """`machine_free`: GPUs per type free on this machine (local mode), None on Kubernetes."""
+    """The preview of `profile` for `usage.user` charged to `team`: `blocked` is admission's
+    refusal of that request on `usage`, word for word (the budget is left unjudged when
+    `usage` has no GPU-hours, i.e. without metering). `machine_free`: GPUs per type free on this
+    machine (local mode, where the local allocator refuses too few; checked first), None on
+    Kubernetes."""
     currency = catalog.metering.currency
     gpu = profile.gpu
     if gpu is None or team is None:
@@ -100,25 +101,15 @@ def profile_preview(
     quota = catalog.teams[team].quota
     allowed = quota.gpus.get(gpu.type, 0)
     free = max(allowed - usage.gpus_in_use.get(gpu.type, 0), 0)
-    user_left = (
-        None
-        if quota.gpus_per_user is None
-        else max(quota.gpus_per_user - usage.user_gpus_in_use, 0)
-    )
-    blocked = None
+    cap = quota.gpus_per_user
+    user_left = None if cap is None else max(cap - usage.user_gpus_in_use, 0)
+    decision = decide_in(catalog, team, usage, gpu_type=gpu.type, gpu_count=gpu.count, now=now)
     on_machine = None if machine_free is None else machine_free.get(gpu.type, 0)
+    blocked, reason = None, None
     if on_machine is not None and on_machine < gpu.count:
-        blocked = (
-            f"this machine has {on_machine} {gpu_type.display_name} free"
-            if on_machine
-            else f"this machine has no free {gpu_type.display_name}"
-        )
-    elif free < gpu.count:
-        blocked = f"team {team!r} has {free} of {allowed} {gpu_type.display_name} free now"
-    elif user_left is not None and user_left < gpu.count:
-        blocked = (
-            f"you may hold {quota.gpus_per_user} GPUs at once and hold {usage.user_gpus_in_use}"
-        )
+        blocked, reason = machine_note(on_machine, gpu_type.display_name), NO_FREE_GPU
+    elif not decision.admitted:
+        blocked, reason = decision.message, decision.reason
     return ProfilePreview(
         slug=profile.slug,
         team=team,
@@ -131,4 +122,5 @@ def profile_preview(
         gpus_free=free,
         user_gpus_left=user_left,
         blocked=blocked,
+        blocked_reason=reason,
     )

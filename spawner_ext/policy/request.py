@@ -16,6 +16,7 @@ from typing import Any
 
 from ..catalog import Catalog, GPUType, Profile, ProfileOption
 from ..catalog.frozen import freeze, thaw
+from ..wire import ServerSummary
 from .identity import Identity, teams_of
 from .profiles import default_profile, visible_profiles, why_not
 
@@ -55,8 +56,20 @@ class SpawnPlan:
     gpu_idle_timeout: timedelta | None
     max_age: timedelta | None
     namespace: str | None
-    labels: Mapping[str, str]
     catalog_version: str
+
+    @property
+    def summary(self) -> ServerSummary:
+        """What the plan's server holds and costs, as other processes see it."""
+        return ServerSummary(
+            team=self.team,
+            profile=self.profile.slug,
+            gpu_type=self.gpu_type_key,
+            gpu_count=self.gpu_count,
+            price_per_hour=self.price_per_hour,
+            currency=self.currency,
+            catalog_version=self.catalog_version,
+        )
 
 
 def resolve_spawn(
@@ -88,7 +101,6 @@ def resolve_spawn(
         gpu_idle_timeout=(profile.gpu_idle_timeout or culling.gpu_idle_timeout) if gpu else None,
         max_age=profile.max_age or culling.max_age,
         namespace=namespace_of(catalog, team),
-        labels=freeze(plan_labels(team, profile, gpu.type if gpu else None, count)),
         catalog_version=catalog_version,
     )
 
@@ -103,18 +115,6 @@ def namespace_of(catalog: Catalog, team: str | None) -> str | None:
         return own
     template = catalog.kubernetes.namespace_template
     return template.replace("{team}", team) if template else None
-
-
-def plan_labels(
-    team: str | None, profile: Profile, gpu_type: str | None, count: int
-) -> dict[str, str]:
-    """Labels that identify a server for metering and reports (values are label-safe)."""
-    return {
-        "gpuhub.io/team": team or "none",
-        "gpuhub.io/profile": profile.slug,
-        "gpuhub.io/gpu-type": gpu_type or "none",
-        "gpuhub.io/gpu-count": str(count),
-    }
 
 
 def _plain_options(user_options: Any) -> dict[str, str]:

@@ -4,27 +4,34 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from typing import Any
 
 import jinja2
 
-from ..catalog import Catalog, Profile
+from ..catalog import Catalog, Profile, ProfileOption
+from ..policy.admission import TeamUsage
 from ..policy.identity import Identity, teams_of
-from ..policy.preview import (
-    BudgetPreview,
-    ProfilePreview,
-    TeamUsage,
-    budget_preview,
-    profile_preview,
-)
+from ..policy.preview import BudgetPreview, ProfilePreview, budget_preview, profile_preview
 from ..policy.profiles import default_profile, visible_profiles
 from ..policy.request import UNLISTED
 
 OTHER = "--unlisted-choice"
 """The select value that means 'use the text field instead'."""
+
+KUBERNETES = "kubernetes"
+LOCAL = "local"
+APPLIED_OVERRIDES: Mapping[str, frozenset[str] | None] = {KUBERNETES: None, LOCAL: frozenset()}
+"""Per runtime (GPUSpawnerMixin.form_runtime), the `kubespawner_override` keys its servers
+apply; None: all of them. GPULocalSpawner starts local processes and applies none."""
+LOCAL_NOTES: Mapping[str, str] = {
+    "image": "Kubernetes only: local servers use this machine's Python environment, whatever "
+    "image is chosen.",
+}
+"""What an option does on local servers, by the override key it sets (first match)."""
+LOCAL_NOTE = "Kubernetes only: this choice has no effect on local servers."
 
 
 @dataclass(frozen=True)
@@ -40,16 +47,38 @@ class ProfileView:
     previews: tuple[ProfilePreview, ...]
     """One per team of the user that may use the profile (one with team None for no team)."""
     checked: bool
+    option_notes: Mapping[str, str] = field(default_factory=dict)
+    """Option name -> what it does on this spawner, for options whose choices have no effect
+    here (the option is still offered, and validated, so API clients keep working)."""
+
+    @property
+    def teams(self) -> frozenset[str | None]:
+        """The teams that may use the profile."""
+        return frozenset(p.team for p in self.previews)
 
 
 @dataclass(frozen=True)
 class FormView:
     teams: tuple[TeamView, ...]
     selected_team: str | None
+    """The team checked at render time: its numbers show, the others' are hidden until the
+    person picks that team (the template's script follows the choice)."""
     profiles: tuple[ProfileView, ...]
     selected_options: Mapping[str, str]
     simulated_gpus: str | None
     catalog_version: str
+
+
+def option_note(option: ProfileOption, runtime: str) -> str | None:
+    """What `option` does on servers of `runtime` when its choices set only override keys that
+    runtime does not apply (None when it has an effect there, or when runtime is unknown)."""
+    applied = APPLIED_OVERRIDES.get(runtime)
+    keys = {key for choice in option.choices.values() for key in choice.kubespawner_override}
+    if option.unlisted_choice.enabled:
+        keys |= set(option.unlisted_choice.kubespawner_override)
+    if applied is None or not keys or keys & applied:
+        return None
+    return next((LOCAL_NOTES[key] for key in sorted(keys) if key in LOCAL_NOTES), LOCAL_NOTE)
 
 
 def form_view(
@@ -62,17 +91,23 @@ def form_view(
     simulated_gpus: str | None = None,
     catalog_version: str = "",
     machine_free: Mapping[str, int] | None = None,
+    runtime: str = KUBERNETES,
 ) -> FormView:
     """Everything the form shows for `who`. `usage` maps each of their teams (or None) to what the
-    team holds; `previous` are the user_options of their last spawn, preselected; `machine_free`
-    (local mode) the GPUs per type free on this machine."""
+    team holds, as seen by `who`; `previous` are the user_options of their last spawn,
+    preselected; `machine_free` (local mode) the GPUs per type free on this machine; `runtime`
+    where servers run (KUBERNETES or LOCAL), for the options that do nothing there."""
     previous = previous or {}
     team_keys: Sequence[str | None] = teams_of(catalog, who) or (None,)
+
+    def usage_of(team: str | None) -> TeamUsage:
+        return usage.get(team, TeamUsage(user=who.name))
+
     teams = tuple(
         TeamView(
             key,
             catalog.teams[key].display_name or key,
-            budget_preview(catalog, key, usage.get(key, TeamUsage()), now),
+            budget_preview(catalog, key, usage_of(key), now),
         )
         for key in team_keys
         if key is not None
@@ -82,18 +117,25 @@ def form_view(
     by_slug: dict[str, list[ProfilePreview]] = {}
     for key in team_keys:
         for profile in visible_profiles(catalog, who, key):
-            preview = profile_preview(
-                catalog, profile, key, usage.get(key, TeamUsage()), machine_free
-            )
+            preview = profile_preview(catalog, profile, key, usage_of(key), now, machine_free)
             by_slug.setdefault(profile.slug, []).append(preview)
     shown = tuple(p for p in catalog.profiles if p.slug in by_slug)
     chosen = previous.get("profile") if previous.get("profile") in by_slug else None
     fallback = default_profile(shown)
     chosen = chosen or (fallback.slug if fallback else None)
+
+    def notes(profile: Profile) -> dict[str, str]:
+        found = {
+            name: option_note(option, runtime) for name, option in profile.profile_options.items()
+        }
+        return {name: note for name, note in found.items() if note}
+
     return FormView(
         teams=teams,
         selected_team=selected_team,
-        profiles=tuple(ProfileView(p, tuple(by_slug[p.slug]), p.slug == chosen) for p in shown),
+        profiles=tuple(
+            ProfileView(p, tuple(by_slug[p.slug]), p.slug == chosen, notes(p)) for p in shown
+        ),
         selected_options={k: v for k, v in previous.items() if isinstance(v, str)},
         simulated_gpus=simulated_gpus,
         catalog_version=catalog_version,

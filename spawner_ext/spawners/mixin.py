@@ -6,26 +6,29 @@ Subclasses call `await self.plan_spawn()` before creating anything and build fro
 
 from __future__ import annotations
 
-import copy
 from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import DBAPIError
 from tornado import web
 from traitlets import Any as AnyTrait
-from traitlets import Unicode, default
+from traitlets import Instance, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from ..catalog import Catalog
 from ..catalog.store import CatalogStore, CatalogVersion
 from ..clock import utcnow
-from ..hub.catalogs import shared_store
-from ..hub.metering import Observer, ensure_reconciler, shared_ledger
-from ..hub.usage import STATE_KEY, STATE_SESSION, RunningServersUsage, UsageSource
+from ..hub.context import SETTINGS_KEY, HubContext, context_in
+from ..hub.usage import RunningServersUsage, UsageSource
 from ..ledger.engine import DEFAULT_URL, SchemaError
 from ..ledger.models import EndReason
-from ..ledger.store import AdmissionRefused, Ledger, Request
+from ..ledger.store import Admission, AdmissionRefused, Ledger, Request, ServerRef
 from ..policy.identity import Identity, teams_of
 from ..policy.preview import TeamUsage
 from ..policy.request import SpawnPlan, SpawnRefused, resolve_spawn
+from ..service.registration import SERVICE_NAME
+from ..wire import ServerState, ServerSummary, read_state, write_state
 from .form import form_view, render_form, user_options_from_form
 
 try:  # JupyterHub >= 5.3 (and 6): a policy refusal, logged without a traceback
@@ -34,12 +37,14 @@ except ImportError:  # pragma: no cover - older JupyterHub
     SpawnException = None
 
 
-def refusal(exc: SpawnRefused) -> web.HTTPError:
-    """The HTTP 400 that tells the user why their spawn was refused."""
+def refusal(exc: SpawnRefused, status_code: int = 400) -> web.HTTPError:
+    """The HTTP error (400 by default) that tells the user why their spawn was refused."""
     if SpawnException is not None:
-        error: web.HTTPError = SpawnException(exc.message, reason=exc.reason, status_code=400)
+        error: web.HTTPError = SpawnException(
+            exc.message, reason=exc.reason, status_code=status_code
+        )
     else:
-        error = web.HTTPError(400, exc.message.replace("%", "%%"))
+        error = web.HTTPError(status_code, exc.message.replace("%", "%%"))
     # What the spawn page shows, without the exception class and status in front.
     error.jupyterhub_message = exc.message  # type: ignore[attr-defined]
     return error
@@ -82,13 +87,41 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         "simulated GPUs for real ones.",
     )
 
+    context = Instance(
+        HubContext,
+        config=True,
+        help="What all spawns of this hub share (catalog, ledger, local GPUs, team namespaces). "
+        "Default: one per hub, made from catalog_path and ledger_url on first use and kept in "
+        "JupyterHub's application settings.",
+    )
+
+    @default("context")
+    def _context_default(self) -> HubContext:
+        if not self.catalog_path:
+            raise web.HTTPError(
+                500, "gpuhub: set c.GPUSpawnerMixin.catalog_path to the catalog YAML file"
+            )
+        settings = getattr(self.user, "settings", None)
+        if settings is None:
+            settings = {}
+        fresh = SETTINGS_KEY not in settings
+        context = context_in(settings, self.catalog_path, self.ledger_url, self.log)
+        if fresh and self.ledger_url and not _service_registered(self.config):
+            self.log.warning(
+                "gpuhub: no '%s' service in c.JupyterHub.services: nothing reconciles billing "
+                "or enforces budgets. Add it with spawner_ext.service.registration.register(c, "
+                "service_config(...)) (docs/explanation/architecture.md).",
+                SERVICE_NAME,
+            )
+        return context
+
     plan: SpawnPlan | None = None
     """The plan of the current (or last) spawn; None before the first one."""
     usage_session_id: int | None = None
     """The ledger session of the current server (billing), if metering is on."""
     admission_warning: str | None = None
-    stop_reason: EndReason | None = None
-    """Why the next stop happens (set by the culler or budget enforcement); default: stopped."""
+    runtime_ref: str | None = None
+    """Where the current server runs (`namespace/pod`, `local:<pid>`), once it started."""
     stopping: bool = False
     """True while the hub stops the server: stop() polls, and what that poll finds gone is
     the hub's own stop (billed until now), not a server that vanished."""
@@ -116,11 +149,8 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
     # --- catalog and identity -------------------------------------------------------------
 
     def catalog_store(self) -> CatalogStore:
-        if not self.catalog_path:
-            raise web.HTTPError(
-                500, "gpuhub: set c.GPUSpawnerMixin.catalog_path to the catalog YAML file"
-            )
-        return shared_store(self.catalog_path, self.log)
+        store: CatalogStore = self.context.store
+        return store
 
     def catalog_version(self) -> CatalogVersion:
         return self.catalog_store().current
@@ -130,27 +160,33 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         return Identity(self.user.name, groups, bool(getattr(self.user, "admin", False)))
 
     def ledger(self) -> Ledger | None:
-        if not self.ledger_url:
-            return None
         try:
-            return shared_ledger(self.ledger_url)
+            ledger: Ledger | None = self.context.ledger()
         except SchemaError as exc:
             self.log.error("gpuhub: %s", exc)
             raise web.HTTPError(503, f"The billing database is not ready: {exc}") from None
+        except DBAPIError as exc:
+            raise _billing_unavailable(self, exc) from None
+        return ledger
 
-    def _usage(self) -> UsageSource:
-        source: UsageSource = self.usage_source or self.ledger() or RunningServersUsage(self.db)
-        return source
+    async def _team_usage(self, team: str | None, user: str) -> TeamUsage:
+        catalog = self.catalog_version().catalog
+        fallback = RunningServersUsage(self.db)
+        try:
+            source: UsageSource = self.usage_source or self.ledger() or fallback
+            return await source.team_usage(catalog, team, user)
+        except (DBAPIError, web.HTTPError) as exc:
+            self.log.warning("gpuhub: form preview without the billing database: %s", exc)
+            return await fallback.team_usage(catalog, team, user)
 
     # --- form ------------------------------------------------------------------------------
 
     async def render_options_form(self) -> str:
         version = self.catalog_version()
         catalog, who = version.catalog, self.identity()
-        source = self._usage()
         teams = teams_of(catalog, who) or (None,)
         usage: dict[str | None, TeamUsage] = {
-            team: await source.team_usage(catalog, team, who.name) for team in teams
+            team: await self._team_usage(team, who.name) for team in teams
         }
         view = form_view(
             catalog,
@@ -161,8 +197,15 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
             simulated_gpus=self.simulated_gpus or None,
             catalog_version=version.version,
             machine_free=self.machine_free_gpus(),
+            runtime=self.form_runtime(),
         )
         return render_form(view)
+
+    def form_runtime(self) -> str:
+        """Where this spawner's servers run, for the form's notes on options that do nothing
+        there: "kubernetes" (every `kubespawner_override` key applies) or "local" (none does;
+        see spawners/form.py)."""
+        return "kubernetes"
 
     def _user_options_from_form(self, formdata: Mapping[str, list[Any]]) -> dict[str, str]:
         options = user_options_from_form(formdata)
@@ -188,7 +231,14 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         """Validate this spawn's user_options, admit it against the team's quotas and budget
         (opening its ledger session), and keep the plan. Call before creating anything."""
         plan = self.resolve(self.user_options)
-        ledger = self.ledger()
+        self.usage_session_id = None
+        self.runtime_ref = None
+        try:
+            ledger = self.ledger()
+        except web.HTTPError:
+            if plan.gpu_count:
+                raise
+            ledger = None  # a CPU server starts unmetered; reconciliation adopts it later
         if ledger is not None:
             request = Request(
                 user=plan.user,
@@ -202,46 +252,53 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
                 catalog_version=plan.catalog_version,
             )
             try:
-                admission = ledger.admit(self.catalog_version().catalog, request)
+                admission = _admit(ledger, self.catalog_version().catalog, request)
             except AdmissionRefused as exc:
                 reason = exc.decision.reason or "quota"
                 raise refusal(SpawnRefused(exc.decision.message, reason=reason)) from None
-            self.usage_session_id = admission.session_id
-            self.admission_warning = admission.warning
+            except DBAPIError as exc:
+                if plan.gpu_count:
+                    raise _billing_unavailable(self, exc) from None
+                self.log.warning("gpuhub: %s starts unmetered: %s", self._log_name, exc)
+            else:
+                self.usage_session_id = admission.session_id
+                self.admission_warning = admission.warning
         self.plan = plan
-        self.stop_reason = None
         return plan
 
-    def metering_started(self, runtime_ref: str) -> None:
-        """Billing starts: the server runs with its GPUs bound."""
-        ledger = self.ledger()
-        if ledger is not None and self.usage_session_id is not None:
-            ledger.mark_started(self.usage_session_id, runtime_ref)
+    def metering_started(self, runtime_ref: str, at: datetime | None = None) -> None:
+        """Billing starts at `at` (default now): the server runs with its GPUs bound. With the
+        billing database down, the write waits in the hub's context and is retried (with this
+        start time)."""
+        self.runtime_ref = runtime_ref
+        session, at = self.usage_session_id, at or utcnow()
+        if session is None or not self.ledger_url:
+            return
+        self.context.write(
+            f"start of session {session}",
+            lambda ledger: ledger.mark_started(session, runtime_ref, at=at),
+        )
 
-    def metering_ended(self, reason: EndReason | None = None, *, found_gone: bool = False) -> None:
+    def metering_ended(
+        self, reason: EndReason = EndReason.STOPPED, *, found_gone: bool = False
+    ) -> None:
         """Billing ends (idempotent): now, when the hub stops the server; at the last time the
         server was seen running when it is `found_gone` (it may have died long before, e.g.
-        while the hub was down). The session id is kept until here, whatever clear_state does."""
-        ledger = self.ledger()
-        if ledger is not None and self.usage_session_id is not None:
-            why = reason or self.stop_reason or EndReason.STOPPED
-            if found_gone:
-                ledger.close_found_gone(self.usage_session_id, why)
-            else:
-                ledger.close(self.usage_session_id, why)
+        while the hub was down). Closes the session this server carries and any session the
+        service adopted for it; a reason the service asked for (budget, culling) wins. The
+        session id is kept until here, whatever clear_state does."""
+        server = ServerRef(self.user.name, self.name, self.usage_session_id, self.runtime_ref)
         self.usage_session_id = None
+        self.runtime_ref = None
+        if not self.ledger_url or (server.session_id is None and server.runtime_ref is None):
+            return
+        at = utcnow()
+        self.context.write(
+            f"end of {server.user}/{server.server_name}",
+            lambda ledger: ledger.close_server(server, reason, found_gone=found_gone, at=at),
+        )
 
     # --- lifecycle: what both spawners do around the concrete spawner's start/stop/poll ------
-
-    def observer(self) -> Observer:
-        """What lists this runtime's running servers, for reconciliation (per subclass)."""
-        raise NotImplementedError
-
-    def start_background_work(self) -> None:
-        """Make sure the hub-wide reconciliation loop runs (idempotent, cheap)."""
-        ledger = self.ledger()
-        if ledger is not None:
-            ensure_reconciler(self.ledger_url, ledger, self.observer(), self.catalog_store())
 
     def release_resources(self) -> None:
         """Give back what the server held besides its billing (local mode: its GPUs)."""
@@ -260,8 +317,6 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
             self.metering_ended()
 
     async def poll(self) -> int | None:
-        if self.usage_session_id is not None:
-            self.start_background_work()  # after a hub restart, before any new spawn
         status: int | None = await super().poll()
         if status is not None and not self.stopping:
             self.release_resources()
@@ -276,30 +331,65 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
 
     # --- state -----------------------------------------------------------------------------
 
+    def server_state(self) -> ServerState:
+        """gpuhub's part of this spawner's state (see wire.py)."""
+        summary = self.plan.summary if self.plan is not None else self.restored_summary
+        return ServerState(
+            summary=summary, session_id=self.usage_session_id, runtime_ref=self.runtime_ref
+        )
+
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()
-        summary = plan_state(self.plan) if self.plan is not None else self.restored_plan
-        if summary:
-            state[STATE_KEY] = summary
-        if self.usage_session_id is not None:
-            state[STATE_SESSION] = self.usage_session_id
+        state.update(write_state(self.server_state()))
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
-        self.restored_plan = copy.deepcopy(state.get(STATE_KEY))
-        session = state.get(STATE_SESSION)
-        self.usage_session_id = session if isinstance(session, int) else None
+        ours = read_state(state)
+        self.restored_summary = ours.summary
+        self.usage_session_id = ours.session_id
+        self.runtime_ref = ours.runtime_ref
 
     def clear_state(self) -> None:
         super().clear_state()
         self.plan = None
-        self.restored_plan = None
-        # usage_session_id stays: LocalProcessSpawner.poll() clears state when it finds the
-        # process gone, before the session is closed; metering_ended() drops it.
+        self.restored_summary = None
+        # usage_session_id and runtime_ref stay: LocalProcessSpawner.poll() clears state when it
+        # finds the process gone, before the session is closed; metering_ended() drops them.
 
-    restored_plan: dict[str, Any] | None = None
-    """The plan summary loaded from state after a hub restart (the plan itself is not kept)."""
+    restored_summary: ServerSummary | None = None
+    """The server summary loaded from state after a hub restart (the plan itself is not kept)."""
+
+
+def _service_registered(config: Any) -> bool:
+    services = config.JupyterHub.get("services", []) if "JupyterHub" in config else []
+    if hasattr(services, "get_value"):  # only appended to: a traitlets LazyConfigValue
+        services = services.get_value([])
+    return any(isinstance(s, dict) and s.get("name") == SERVICE_NAME for s in services)
+
+
+def _admit(ledger: Ledger, catalog: Catalog, request: Request) -> Admission:
+    """Admission, tried a second time when the first found its pooled connection dead (the
+    billing database restarted since it was last used)."""
+    try:
+        return ledger.admit(catalog, request)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        return ledger.admit(catalog, request)
+
+
+def _billing_unavailable(spawner: GPUSpawnerMixin, exc: Exception) -> web.HTTPError:
+    spawner.log.error("gpuhub: the billing database is unavailable: %s", exc)
+    return refusal(
+        SpawnRefused(
+            "Billing is unavailable right now (the billing database does not answer), so GPU "
+            "servers cannot start; running servers are not affected. Try again in a minute, or "
+            "start a CPU profile.",
+            reason="billing-unavailable",
+        ),
+        status_code=503,
+    )
 
 
 async def _render_options_form(spawner: GPUSpawnerMixin) -> str:
@@ -310,16 +400,3 @@ def _validate_user_options(spawner: GPUSpawnerMixin, user_options: Any) -> None:
     """JupyterHub's apply_user_options hook (>= 5.3): refuse bad options before start().
     The plan itself is made in start(), where admission happens."""
     spawner.resolve(user_options)
-
-
-def plan_state(plan: SpawnPlan) -> dict[str, Any]:
-    """The JSON summary of a plan kept in spawner state (for usage counts and restarts)."""
-    return {
-        "team": plan.team,
-        "profile": plan.profile.slug,
-        "gpu_type": plan.gpu_type_key,
-        "gpu_count": plan.gpu_count,
-        "price_per_hour": str(plan.price_per_hour),
-        "currency": plan.currency,
-        "catalog_version": plan.catalog_version,
-    }

@@ -58,6 +58,13 @@ def add_up_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         help="leave users' servers running when the hub stops; the next `gpuhub up` with the same "
         "state directory takes them over",
     )
+    up.add_argument(
+        "--db-url",
+        metavar="URL",
+        default="",
+        help="SQLAlchemy URL of the billing database, e.g. postgresql+psycopg://gpuhub@db/gpuhub "
+        "(default: SQLite in the state directory); its schema is created or upgraded at start",
+    )
     up.set_defaults(run=run_up)
 
 
@@ -124,11 +131,13 @@ def run_up(args: argparse.Namespace) -> int:
         port=args.port,
         hub_port=_hub_port(state_dir),
         proxy_api_port=free_port(),
+        service_port=free_port(),
         simulate_gpus=args.simulate_gpus,
         proxy_command=proxy,
         singleuser_command=singleuser,
         keep_servers=args.keep_servers,
         extra_config=extra,
+        db_url=args.db_url,
     )
     if not _upgrade_ledger(settings.ledger_url):
         return 1

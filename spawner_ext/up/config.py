@@ -8,9 +8,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..service.registration import service_config
+
 DEFAULT_PORT = 8000
 DEFAULT_HUB_PORT = 8081
 DEFAULT_PROXY_API_PORT = 8001
+DEFAULT_SERVICE_PORT = 8002
 DEFAULT_STATE_DIR = ".gpuhub"
 ADMIN_USER = "admin"
 READY_TIMEOUT_SECONDS = 90.0
@@ -55,16 +58,20 @@ class UpSettings:
     port: int = DEFAULT_PORT
     hub_port: int = DEFAULT_HUB_PORT
     proxy_api_port: int = DEFAULT_PROXY_API_PORT
+    service_port: int = DEFAULT_SERVICE_PORT
     simulate_gpus: str = ""
     proxy_command: str = "configurable-http-proxy"
     singleuser_command: str = "jupyterhub-singleuser"
     keep_servers: bool = False
     extra_config: Path | None = None
+    db_url: str = ""
+    """The billing database given with --db-url (e.g. PostgreSQL); '' for the default."""
 
     @property
     def ledger_url(self) -> str:
-        """The billing database (quotas, budgets, metering): SQLite in the state directory."""
-        return f"sqlite:///{self.state_dir / 'gpuhub-ledger.sqlite'}"
+        """The billing database (quotas, budgets, metering): --db-url, else SQLite in the state
+        directory."""
+        return self.db_url or f"sqlite:///{self.state_dir / 'gpuhub-ledger.sqlite'}"
 
     def to_env(self) -> dict[str, str]:
         """The GPUHUB_* variables that `configure` reads back."""
@@ -77,6 +84,7 @@ class UpSettings:
             "GPUHUB_PORT": str(self.port),
             "GPUHUB_HUB_PORT": str(self.hub_port),
             "GPUHUB_PROXY_API_PORT": str(self.proxy_api_port),
+            "GPUHUB_SERVICE_PORT": str(self.service_port),
             "GPUHUB_SIMULATE_GPUS": self.simulate_gpus,
             "GPUHUB_PROXY_COMMAND": self.proxy_command,
             "GPUHUB_SINGLEUSER_COMMAND": self.singleuser_command,
@@ -84,6 +92,8 @@ class UpSettings:
         }
         if self.extra_config is not None:
             env["GPUHUB_JUPYTERHUB_CONFIG"] = str(self.extra_config)
+        if self.db_url:
+            env["GPUHUB_DB_URL"] = self.db_url
         return env
 
     @classmethod
@@ -113,11 +123,13 @@ class UpSettings:
             port=port("GPUHUB_PORT", DEFAULT_PORT),
             hub_port=port("GPUHUB_HUB_PORT", DEFAULT_HUB_PORT),
             proxy_api_port=port("GPUHUB_PROXY_API_PORT", DEFAULT_PROXY_API_PORT),
+            service_port=port("GPUHUB_SERVICE_PORT", DEFAULT_SERVICE_PORT),
             simulate_gpus=env.get("GPUHUB_SIMULATE_GPUS", ""),
             proxy_command=env.get("GPUHUB_PROXY_COMMAND") or "configurable-http-proxy",
             singleuser_command=env.get("GPUHUB_SINGLEUSER_COMMAND") or "jupyterhub-singleuser",
             keep_servers=bool(env.get("GPUHUB_KEEP_SERVERS")),
             extra_config=Path(extra).absolute() if extra else None,
+            db_url=env.get("GPUHUB_DB_URL", ""),
         )
 
 
@@ -125,6 +137,7 @@ def hub_config(s: UpSettings) -> dict[str, dict[str, Any]]:
     """JupyterHub settings, as {class name: {trait: value}}, for the local mode of `s`."""
     state = s.state_dir
     authenticator: dict[str, Any] = {"user_password": s.password, "allow_all": True}
+    service = service_config(str(s.catalog), s.ledger_url, "local", port=s.service_port)
     if s.admin_password:
         authenticator.update(admin_password=s.admin_password, admin_users={ADMIN_USER})
     return {
@@ -138,6 +151,8 @@ def hub_config(s: UpSettings) -> dict[str, dict[str, Any]]:
             "authenticator_class": "jupyterhub.authenticators.shared.SharedPasswordAuthenticator",
             "spawner_class": "spawner_ext.local.spawner.GPULocalSpawner",
             "cleanup_servers": not s.keep_servers,
+            "services": service["services"],
+            "load_roles": service["load_roles"],
         },
         "SharedPasswordAuthenticator": authenticator,
         "GPULocalSpawner": {

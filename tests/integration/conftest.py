@@ -29,8 +29,8 @@ SPAWN_TIMEOUT = 180.0
 STOP_TIMEOUT = 90.0
 
 TOKEN_SERVICE = """\
-c.JupyterHub.services = [{{"name": "gpuhub-tests", "api_token": {token!r}}}]
-c.JupyterHub.load_roles = [
+c.JupyterHub.services.append({{"name": "gpuhub-tests", "api_token": {token!r}}})
+c.JupyterHub.load_roles.append(
     {{
         "name": "gpuhub-tests",
         "scopes": [
@@ -41,7 +41,7 @@ c.JupyterHub.load_roles = [
         ],
         "services": ["gpuhub-tests"],
     }}
-]
+)
 """
 
 

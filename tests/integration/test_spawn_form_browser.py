@@ -1,9 +1,10 @@
 """The spawn form in a real browser (Debian's Chromium driven by Playwright), used with the
-keyboard only: log in, choose a profile and an image, start, land in JupyterLab; and see the
-refusal of a bad image on the form itself."""
+keyboard only: log in, choose a profile and an image, start, land in JupyterLab; see the
+refusal of a bad image on the form itself; and see the numbers follow the team to charge."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,34 @@ def test_a_gpu_another_server_holds_is_refused_on_the_form(page: Any, hub: Hub) 
     page.wait_for_selector("text=this machine has 1, 0 free, held by grace/ (1)")
     assert hub.user("ada")["servers"] == {}
     hub.stop_server("grace")
+
+
+def test_the_numbers_follow_the_team_to_charge(page: Any, hub: Hub) -> None:
+    # Counts, not exact numbers: another hub on this machine may hold simulated GPUs too.
+    nlp = re.compile(r"^nlp: \d+ of 16 NVIDIA H100 80GB free; you may hold \d+ more GPUs$", re.M)
+    vision = re.compile(
+        r"^vision: \d+ of 8 NVIDIA H100 80GB free; you may hold \d+ more GPUs$", re.M
+    )
+    log_in(page, hub, "lin")  # in nlp and vision; the first team is selected
+    facts = "#gpuhub-facts-h100-single"
+    page.wait_for_selector(facts)
+    shown = page.inner_text(facts)
+    assert nlp.search(shown), shown
+    assert "vision" not in shown, "only the selected team's numbers show"
+    assert "Not offered" not in page.inner_text("#gpuhub-facts-h100-quad")
+
+    tab_to(page, "input[name=team]")
+    assert focused(page, "#gpuhub-team-nlp:checked")
+    page.keyboard.press("ArrowDown")
+    assert focused(page, "#gpuhub-team-vision:checked")
+    shown = page.inner_text(facts)
+    assert vision.search(shown), shown
+    assert "nlp" not in shown
+    assert "Not offered to Computer Vision Lab" in page.inner_text("#gpuhub-facts-h100-quad")
+    # Local servers ignore the image: the form says so next to the choice.
+    note = page.inner_text("#profile-option-h100-single--image--note")
+    assert note.startswith("Kubernetes only: local servers use this machine's Python")
+
+    page.keyboard.press("ArrowUp")
+    assert focused(page, "#gpuhub-team-nlp:checked")
+    assert nlp.search(page.inner_text(facts))

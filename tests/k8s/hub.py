@@ -93,7 +93,16 @@ c.KubeSpawner.delete_grace_period = 1
 c.KubeSpawner.slow_spawn_message_threshold = 0
 c.GPUKubeSpawner.catalog_path = {catalog!r}
 c.GPUKubeSpawner.ledger_url = {ledger_url!r}
+{service}
 {extra}
+"""
+
+SERVICE = """\
+from spawner_ext.service.registration import register, service_config
+register(c, service_config(
+    {catalog!r}, {ledger_url!r}, "kubernetes", port={port},
+    environment={{"KUBECONFIG": {kubeconfig!r}, "PYTHONUNBUFFERED": "1"}},
+))
 """
 
 
@@ -171,7 +180,7 @@ class K8sHub:
         self.workdir = workdir
         self.spawner = spawner
         self.namespace = namespace
-        self.port, self.hub_port = free_port(), free_port()
+        self.port, self.hub_port, self.service_port = free_port(), free_port(), free_port()
         self.proxy_api_port, self.stub_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.token = os.urandom(16).hex()
@@ -207,6 +216,14 @@ class K8sHub:
                 namespace=namespace,
                 catalog=str(self.catalog_path),
                 ledger_url=self.ledger_url or "",
+                service=""
+                if self.ledger_url is None
+                else SERVICE.format(
+                    catalog=str(self.catalog_path),
+                    ledger_url=self.ledger_url,
+                    port=self.service_port,
+                    kubeconfig=str(plane.kubeconfig),
+                ),
                 extra=extra_config,
             )
         )

@@ -9,10 +9,8 @@ import pytest
 
 from spawner_ext.catalog import Quota
 from spawner_ext.ledger.rules import (
-    Holding,
     Span,
     billed_seconds,
-    decide,
     gpu_seconds_between,
     month_key,
     month_pieces,
@@ -21,6 +19,7 @@ from spawner_ext.ledger.rules import (
     reconcile_end,
     session_cost,
 )
+from spawner_ext.policy.admission import Holding, decide
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 QUOTA = Quota.model_validate(

@@ -9,7 +9,7 @@ import pytest
 
 from spawner_ext.catalog import Catalog
 from spawner_ext.ledger.models import EndReason
-from spawner_ext.ledger.store import AdmissionRefused, Ledger, Request
+from spawner_ext.ledger.store import AdmissionRefused, Ledger, Request, ServerRef
 from tests.ledger.conftest import FakeClock
 
 
@@ -174,49 +174,6 @@ def test_simultaneous_admissions_for_the_last_gpu_admit_exactly_one(
     assert open_h100 == 8
 
 
-class RecordingObserver:
-    """An Observer whose servers are the test's list; `stop` records what it was asked to stop."""
-
-    def __init__(self) -> None:
-        self.stopped: list[str] = []
-
-    async def running(self) -> list[object]:
-        return []
-
-    async def stop(self, runtime_ref: str) -> None:
-        self.stopped.append(runtime_ref)
-
-
-async def test_over_budget_servers_stop_after_the_grace_period(
-    ledger: Ledger, catalog: Catalog, clock: FakeClock
-) -> None:
-    from spawner_ext.hub.metering import enforce_budgets
-
-    # vision: 2000 GPU-hours a month, running servers stopped 2h after the budget is used up.
-    clock.now = clock.now.replace(day=1, hour=0)  # 500 hours of four GPUs fit in November
-    big = ledger.admit(catalog, request(count=4, profile="h100-quad", user="ada"))
-    ledger.mark_started(big.session_id, "gpuhub-vision/jupyter-ada")
-    cpu = ledger.admit(catalog, request(user="bob", profile="cpu-small", gpu_type=None, count=0))
-    ledger.mark_started(cpu.session_id, "gpuhub-vision/jupyter-bob")
-    observer = RecordingObserver()
-    clock.advance(hours=499)  # 1996 GPU-hours
-    assert await enforce_budgets(ledger, catalog, observer) == []
-    clock.advance(hours=1)  # 2000: over budget from now
-    assert await enforce_budgets(ledger, catalog, observer) == []
-    clock.advance(hours=1, minutes=59)
-    assert await enforce_budgets(ledger, catalog, observer) == []
-    clock.advance(minutes=1)
-    assert await enforce_budgets(ledger, catalog, observer) == [big.session_id]
-    assert observer.stopped == ["gpuhub-vision/jupyter-ada"]
-    row = ledger.session(big.session_id)
-    assert row is not None
-    assert row.end_reason == "budget"
-    assert row.gpu_seconds == 4 * 3600 * 502
-    still = ledger.session(cpu.session_id)
-    assert still is not None
-    assert still.ended_at is None, "CPU servers are not stopped for the GPU budget"
-
-
 def test_a_server_found_gone_is_billed_until_last_seen(
     ledger: Ledger, catalog: Catalog, clock: FakeClock
 ) -> None:
@@ -225,7 +182,8 @@ def test_a_server_found_gone_is_billed_until_last_seen(
     clock.advance(minutes=20)
     ledger.seen([admitted.session_id])
     clock.advance(hours=3)  # e.g. the hub was down while the server died
-    ledger.close_found_gone(admitted.session_id, EndReason.NODE_LOST)
+    ref = ServerRef("ada", "", admitted.session_id, None)
+    assert ledger.close_server(ref, EndReason.NODE_LOST, found_gone=True) == [admitted.session_id]
     row = ledger.session(admitted.session_id)
     assert row is not None
     assert (row.end_reason, row.gpu_seconds) == ("node-lost", 1200)

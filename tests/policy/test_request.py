@@ -61,12 +61,8 @@ def test_gpu_plan() -> None:
     assert plan.overrides["cpu_limit"] == 16
     assert plan.namespace == "gpuhub-vision"
     assert plan.gpu_idle_timeout is not None and plan.gpu_idle_timeout.total_seconds() == 1800
-    assert dict(plan.labels) == {
-        "gpuhub.io/team": "vision",
-        "gpuhub.io/profile": "h100-single",
-        "gpuhub.io/gpu-type": "h100-80gb",
-        "gpuhub.io/gpu-count": "1",
-    }
+    assert (plan.summary.team, plan.summary.profile) == ("vision", "h100-single")
+    assert (plan.summary.gpu_type, plan.summary.gpu_count) == ("h100-80gb", 1)
 
 
 def test_defaults_and_unlisted_choice() -> None:

@@ -1,0 +1,179 @@
+"""The gpuhub service: the one process that does hub-wide work. JupyterHub starts it (a managed
+service, `gpuhub service`) with its own API token; it reconciles the billing ledger with what
+really runs, ends servers nobody knows, enforces budgets through the hub's REST API and keeps
+ResourceQuotas in sync, every `metering.reconcile_interval`. It serves its status over HTTP.
+
+Killed at any point, it loses nothing: every tick starts from the ledger and what runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+from tornado import web
+
+from ..catalog.store import CatalogStore
+from ..clock import Clock, utcnow
+from ..ledger.engine import SchemaError
+from ..ledger.models import EndReason, UsageSession
+from ..ledger.store import Ledger
+from .hubapi import HubAPI, HubAPIError, ServerUnknown
+from .metering import Listed, enforce_budgets, reconcile_once, strays
+from .runtimes import Runtime
+
+log = logging.getLogger("gpuhub.service")
+
+
+@dataclass
+class Status:
+    """What the service reports about its ticks (served at api/v1/status)."""
+
+    runtime: str
+    started_at: datetime
+    ticks: int = 0
+    last_tick_at: datetime | None = None
+    last_error: str | None = None
+    adopted: int = 0
+    closed: int = 0
+    strays_ended: int = 0
+    budget_stops: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "started_at": self.started_at.isoformat(),
+            "ticks": self.ticks,
+            "last_tick_at": self.last_tick_at.isoformat() if self.last_tick_at else None,
+            "last_error": self.last_error,
+            "adopted": self.adopted,
+            "closed": self.closed,
+            "strays_ended": self.strays_ended,
+            "budget_stops": self.budget_stops,
+        }
+
+
+class GPUHubService:
+    """Hub-wide work, one tick at a time. Every input is handed in, so tests build one with a
+    fake clock, a ledger of their own and a hub at a URL."""
+
+    def __init__(
+        self,
+        store: CatalogStore,
+        ledger_url: str,
+        hub: HubAPI,
+        runtime: Runtime,
+        *,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.store = store
+        self.ledger_url = ledger_url
+        self.hub = hub
+        self.runtime = runtime
+        self.clock = clock
+        self.status = Status(runtime.name, clock())
+        self._ledger: Ledger | None = None
+        self._first = True
+
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            self._ledger = Ledger.open(self.ledger_url, clock=self.clock)
+        return self._ledger
+
+    async def tick(self) -> None:
+        """One pass: reconcile, end strays, enforce budgets, sync quotas. A part whose input is
+        unavailable (hub, billing database, API server) is skipped and tried next tick."""
+        catalog = self.store.catalog
+        metering = catalog.metering
+        listed = await self.hub.running_servers()
+        observed_at = self.clock()
+        running = await self.runtime.running(listed)
+        ledger = self.ledger()
+        actions = reconcile_once(
+            ledger,
+            running,
+            observed_at=observed_at,
+            lost_reason=EndReason.RECONCILED if self._first else EndReason.NODE_LOST,
+            tick=metering.reconcile_interval,
+            grace=metering.start_grace,
+            listed=frozenset((s.user, s.name) for s in listed),
+        )
+        self._first = False
+        self.status.adopted += len(actions.adopt)
+        self.status.closed += len(actions.close)
+        known = [Listed(s.user, s.name, self.runtime.runtime_ref(s)) for s in listed]
+        for server in strays(running, known, observed_at, metering.start_grace):
+            log.warning(
+                "service: %s of %s/%s runs but the hub does not know it; ending it",
+                server.runtime_ref,
+                server.user,
+                server.server_name,
+            )
+            await self.runtime.end(server.runtime_ref)
+            self.status.strays_ended += 1
+        asked = await enforce_budgets(ledger, catalog, self._stop)
+        self.status.budget_stops += len(asked)
+        await self.runtime.sync(catalog)
+
+    async def _stop(self, session: UsageSession) -> None:
+        """Stop a session's server through the hub; one the hub does not know, at its runtime."""
+        try:
+            await self.hub.stop_server(session.user, session.server_name)
+        except ServerUnknown:
+            if session.runtime_ref:
+                await self.runtime.end(session.runtime_ref)
+
+    async def tick_safely(self) -> bool:
+        try:
+            await self.tick()
+        except (HubAPIError, DBAPIError, SchemaError, OSError) as exc:
+            self._failed(exc)
+            return False
+        except Exception as exc:
+            log.exception("service: tick failed")
+            self._failed(exc)
+            return False
+        self.status.ticks += 1
+        self.status.last_tick_at = self.clock()
+        self.status.last_error = None
+        return True
+
+    def _failed(self, exc: BaseException) -> None:
+        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if message != self.status.last_error:
+            log.error("service: tick skipped, trying again next tick: %s", message)
+        self.status.last_error = message
+
+    async def run(self) -> None:
+        """Tick every `metering.reconcile_interval` of the catalog in force, until cancelled."""
+        while True:
+            await self.tick_safely()
+            await asyncio.sleep(self.store.catalog.metering.reconcile_interval.total_seconds())
+
+    def close(self) -> None:
+        self.hub.close()
+        if self._ledger is not None:
+            self._ledger.engine.dispose()
+
+
+class StatusHandler(web.RequestHandler):
+    """GET api/v1/status: when the service last ticked and what it did (no user data)."""
+
+    def initialize(self, service: GPUHubService) -> None:
+        self.service = service
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(self.service.status.as_json()))
+
+
+def make_app(service: GPUHubService, prefix: str) -> web.Application:
+    prefix = "/" + prefix.strip("/") + "/"
+    return web.Application(
+        [(rf"{prefix}api/v1/status", StatusHandler, {"service": service})],
+    )

@@ -1,0 +1,126 @@
+"""`gpuhub service`: run the gpuhub service. JupyterHub starts it as a managed service and gives it
+JUPYTERHUB_API_TOKEN, JUPYTERHUB_API_URL, JUPYTERHUB_SERVICE_URL and JUPYTERHUB_SERVICE_PREFIX."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from urllib.parse import urlparse
+
+from ..catalog import CatalogError
+from ..catalog.store import CatalogStore
+from ..ledger.engine import DEFAULT_URL
+from ..local.processes import live_servers
+from .app import GPUHubService, make_app
+from .hubapi import HubAPI
+from .registration import SERVICE_NAME
+from .runtimes import KubeRuntime, LocalRuntime, Runtime, kube_api_client
+
+RUNTIMES = ("local", "kubernetes")
+PARENT_CHECK_SECONDS = 1.0
+
+
+def add_service_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    service = subparsers.add_parser(
+        "service",
+        help="run the gpuhub service (JupyterHub starts it: reconciliation, budgets, quotas)",
+        description="Run the gpuhub service. JupyterHub starts it as a managed service; it "
+        "needs the JUPYTERHUB_API_TOKEN and JUPYTERHUB_API_URL that JupyterHub gives it.",
+    )
+    service.add_argument("--catalog", required=True, metavar="FILE", help="the catalog YAML")
+    service.add_argument(
+        "--db-url",
+        default=DEFAULT_URL,
+        help=f"SQLAlchemy URL of the billing database (default: {DEFAULT_URL})",
+    )
+    service.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        required=True,
+        help="where servers run: local processes (gpuhub up) or Kubernetes pods",
+    )
+    service.add_argument(
+        "--no-resource-quotas",
+        action="store_true",
+        help="Kubernetes: do not keep team namespaces' ResourceQuotas in sync with the catalog",
+    )
+    service.set_defaults(run=run_service)
+
+
+def _fail(message: str) -> int:
+    print(f"gpuhub service: {message}", file=sys.stderr)
+    return 2
+
+
+async def _exit_with_parent(stop: asyncio.Event) -> None:
+    """End when the hub that started us is gone (killed hubs do not stop their services; the
+    hub started again starts a new one)."""
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 - nothing signals a parent's death
+        await asyncio.sleep(PARENT_CHECK_SECONDS)
+    logging.getLogger("gpuhub.service").warning("gpuhub service: the hub is gone; exiting")
+    stop.set()
+
+
+def run_service(args: argparse.Namespace) -> int:
+    token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+    api_url = os.environ.get("JUPYTERHUB_API_URL", "")
+    if not token or not api_url:
+        return _fail(
+            "JUPYTERHUB_API_TOKEN and JUPYTERHUB_API_URL are not set; JupyterHub sets them when "
+            f"it starts the service (add it with the '{SERVICE_NAME}' entry of "
+            "c.JupyterHub.services, see docs/explanation/architecture.md)"
+        )
+    logging.basicConfig(
+        level=logging.INFO, format="[%(levelname).1s %(asctime)s %(name)s] %(message)s"
+    )
+    try:
+        store = CatalogStore(args.catalog, log=logging.getLogger("gpuhub.catalog"))
+    except CatalogError as exc:
+        return _fail(f"the catalog {args.catalog} is not valid:\n{exc}")
+    service_url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:0"))
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/")
+    asyncio.run(_serve(args, store, token, api_url, service_url.hostname, service_url.port, prefix))
+    return 0
+
+
+async def _serve(
+    args: argparse.Namespace,
+    store: CatalogStore,
+    token: str,
+    api_url: str,
+    host: str | None,
+    port: int | None,
+    prefix: str,
+) -> None:
+    runtime: Runtime
+    if args.runtime == "kubernetes":
+        runtime = KubeRuntime(await kube_api_client(), manage_quotas=not args.no_resource_quotas)
+    else:
+        runtime = LocalRuntime(lambda: live_servers(api_url))
+    service = GPUHubService(store, args.db_url, HubAPI(api_url, token), runtime)
+    server = make_app(service, prefix).listen(port or 0, address=host or "127.0.0.1")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [
+        asyncio.create_task(service.run()),
+        asyncio.create_task(store.watch()),
+        asyncio.create_task(_exit_with_parent(stop)),
+    ]
+    logging.getLogger("gpuhub.service").info(
+        "gpuhub service: %s runtime, catalog %s, ticking every %s",
+        runtime.name,
+        args.catalog,
+        store.catalog.metering.reconcile_interval,
+    )
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+    server.stop()
+    service.close()

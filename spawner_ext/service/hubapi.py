@@ -1,0 +1,123 @@
+"""The gpuhub service's client of JupyterHub's REST API: the users with running servers (page by
+page, with each server's state when the token has `admin:server_state`), and stopping a server.
+Requests run concurrently up to `concurrency` (tornado's client queues the rest)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+PAGINATION = "application/jupyterhub-pagination+json"
+PAGE_SIZE = 200
+
+
+class HubAPIError(RuntimeError):
+    """The hub answered with an error, or did not answer; the message says which call."""
+
+
+class ServerUnknown(HubAPIError):
+    """The hub knows no such user or server (404)."""
+
+
+@dataclass(frozen=True)
+class HubServer:
+    """One running (or starting, or stopping) server as the hub lists it."""
+
+    user: str
+    name: str
+    ready: bool
+    pending: str | None
+    state: Mapping[str, Any]
+    """Spawner state; empty without the `admin:server_state` scope."""
+    last_activity: str | None
+
+
+class HubAPI:
+    def __init__(
+        self, api_url: str, token: str, *, concurrency: int = 10, timeout: float = 30.0
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+        self._client = AsyncHTTPClient(force_instance=True, max_clients=concurrency)
+
+    async def _request(
+        self, method: str, path: str, *, accept: str = "application/json", body: Any = None
+    ) -> tuple[int, Any]:
+        request = HTTPRequest(
+            f"{self.api_url}{path}",
+            method=method,
+            headers={
+                "Authorization": f"token {self._token}",
+                "Accept": accept,
+                "Content-Type": "application/json",
+            },
+            body=None if body is None else json.dumps(body),
+            allow_nonstandard_methods=True,
+            request_timeout=self._timeout,
+        )
+        try:
+            response = await self._client.fetch(request)
+        except HTTPClientError as exc:
+            text = exc.response.body.decode(errors="replace")[:300] if exc.response else ""
+            if exc.code == 404:
+                raise ServerUnknown(f"{method} {path}: 404 {text}") from None
+            raise HubAPIError(f"{method} {path}: {exc.code} {text}") from None
+        except OSError as exc:
+            raise HubAPIError(f"{method} {path}: the hub does not answer ({exc})") from None
+        data = json.loads(response.body) if response.body else None
+        return response.code, data
+
+    async def users(self, **filters: str) -> AsyncIterator[Mapping[str, Any]]:
+        """Every user matching `filters` (e.g. state="active"), one page of PAGE_SIZE at a time."""
+        offset = 0
+        while True:
+            query = urlencode({**filters, "offset": offset, "limit": PAGE_SIZE})
+            _, page = await self._request("GET", f"/users?{query}", accept=PAGINATION)
+            items = page.get("items", []) if isinstance(page, dict) else page
+            for user in items:
+                yield user
+            following = (
+                (page.get("_pagination") or {}).get("next") if isinstance(page, dict) else None
+            )
+            if not following or not items:
+                return
+            offset = int(following["offset"])
+
+    async def running_servers(self) -> list[HubServer]:
+        """Every server the hub has running, starting or stopping."""
+        found = []
+        async for user in self.users(state="active"):
+            for name, server in (user.get("servers") or {}).items():
+                found.append(
+                    HubServer(
+                        user=user["name"],
+                        name=name,
+                        ready=bool(server.get("ready")),
+                        pending=server.get("pending"),
+                        state=server.get("state") or {},
+                        last_activity=server.get("last_activity"),
+                    )
+                )
+        return found
+
+    async def stop_server(self, user: str, server_name: str) -> None:
+        """Ask the hub to stop a server (it answers at once; the stop goes on in the hub).
+        Raises ServerUnknown when the hub has no such running server, HubAPIError otherwise."""
+        path = f"/users/{quote(user, safe='')}/server"
+        if server_name:
+            path += f"s/{quote(server_name, safe='')}"
+        try:
+            await self._request("DELETE", path)
+        except HubAPIError as exc:
+            if " 400 " in f" {exc} " and "not running" in str(exc):
+                raise ServerUnknown(str(exc)) from None
+            raise
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,107 @@
+"""Where the gpuhub service sees servers run: local processes (the hub's listing of spawner states,
+and the machine's processes) or Kubernetes pods (the API server). A Runtime lists them, says
+where the hub's listing puts each server, ends a server the hub does not know, and keeps what the
+runtime itself enforces (ResourceQuotas) in sync with the catalog."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from ..catalog import Catalog
+from ..ledger.reconcile import RunningServer
+from ..local.observer import end_process_group, orphans, running_from_states
+from ..wire import ServerEnv, read_state
+from .hubapi import HubServer
+
+log = logging.getLogger("gpuhub.service")
+
+
+class Runtime(Protocol):
+    name: str
+
+    async def running(self, listed: Sequence[HubServer]) -> list[RunningServer]:
+        """The servers that run now; `listed` is what the hub listed just before."""
+        ...
+
+    def runtime_ref(self, server: HubServer) -> str | None:
+        """Where the hub's spawner says `server` runs, or None while it does not know yet."""
+        ...
+
+    async def end(self, runtime_ref: str) -> None:
+        """End a server the hub does not know (its process group, its pod)."""
+        ...
+
+    async def sync(self, catalog: Catalog) -> None:
+        """Bring what the runtime enforces in line with the catalog (nothing, or quotas)."""
+        ...
+
+
+class LocalRuntime:
+    name = "local"
+
+    def __init__(self, processes: Callable[[], Iterable[tuple[int, ServerEnv]]]) -> None:
+        """`processes`: this hub's live server processes (`live_servers` of its API URL)."""
+        self._processes = processes
+
+    async def running(self, listed: Sequence[HubServer]) -> list[RunningServer]:
+        found = running_from_states((s.user, s.name, s.state) for s in listed)
+        pids = {pid for s in listed if isinstance(pid := s.state.get("pid"), int)}
+        return found + orphans(self._processes(), pids)
+
+    def runtime_ref(self, server: HubServer) -> str | None:
+        pid = server.state.get("pid")
+        return f"local:{pid}" if isinstance(pid, int) and pid > 0 else None
+
+    async def end(self, runtime_ref: str) -> None:
+        end_process_group(runtime_ref)
+
+    async def sync(self, catalog: Catalog) -> None:
+        return None
+
+
+class KubeRuntime:
+    name = "kubernetes"
+
+    def __init__(self, api: Any, *, manage_quotas: bool = True) -> None:
+        self._api = api
+        self._manage_quotas = manage_quotas
+
+    async def running(self, listed: Sequence[HubServer]) -> list[RunningServer]:
+        from ..kube.observer import PodObserver
+
+        return await PodObserver(self._api).running()
+
+    def runtime_ref(self, server: HubServer) -> str | None:
+        ours = read_state(server.state).runtime_ref
+        namespace, pod = server.state.get("namespace"), server.state.get("pod_name")
+        if isinstance(namespace, str) and isinstance(pod, str):
+            return f"{namespace}/{pod}"
+        return ours
+
+    async def end(self, runtime_ref: str) -> None:
+        from ..kube.observer import PodObserver
+
+        await PodObserver(self._api).stop(runtime_ref)
+
+    async def sync(self, catalog: Catalog) -> None:
+        from ..kube.quotas import sync_quotas
+
+        if not self._manage_quotas:
+            return
+        for change in await sync_quotas(self._api, catalog):
+            log.info("gpuhub: ResourceQuota %s", change)
+
+
+async def kube_api_client() -> Any:
+    """A CoreV1Api from the in-cluster service account, or from KUBECONFIG outside a cluster."""
+    import os
+
+    from kubernetes_asyncio import client, config
+
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.CoreV1Api(client.ApiClient())
+    api_client = await config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+    return client.CoreV1Api(api_client)

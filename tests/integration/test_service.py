@@ -1,0 +1,185 @@
+"""The gpuhub service with a real hub and real servers: it runs as the hub's managed service and
+reports its ticks; a ledger restored from an older backup while servers run is made true again in
+one tick; a budget stop whose first attempt fails is asked again and billed until the server is
+really gone."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from spawner_ext.catalog.store import CatalogStore
+from spawner_ext.ledger.models import UsageSession
+from spawner_ext.ledger.store import Ledger
+from spawner_ext.local.processes import live_servers
+from spawner_ext.service.app import GPUHubService
+from spawner_ext.service.hubapi import HubAPI, HubAPIError
+from spawner_ext.service.runtimes import LocalRuntime
+
+from .conftest import Hub, needs_local_hub, wait_for
+
+ROOT = Path(__file__).parents[2]
+TICK = 2
+
+
+def catalog_text() -> str:
+    text = (ROOT / "hub_config" / "catalog.yaml").read_text()
+    return text.replace("reconcile_interval: 30s", f"reconcile_interval: {TICK}s")
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    needs_local_hub()
+    workdir = tmp_path_factory.mktemp("service")
+    (workdir / "catalog.yaml").write_text(catalog_text())
+    hub = Hub(workdir, "4xh100-80gb", "--config", str(workdir / "catalog.yaml"))
+    try:
+        hub.start()
+        yield hub
+    finally:
+        hub.cleanup()
+
+
+def hub_api_url(hub: Hub) -> str:
+    """The API URL the hub's servers and services are given (the hub's internal port)."""
+    return f"http://127.0.0.1:{(hub.state_dir / 'hub-port').read_text().strip()}/hub/api"
+
+
+def ledger_path(hub: Hub) -> Path:
+    return hub.state_dir / "gpuhub-ledger.sqlite"
+
+
+def sessions(hub: Hub, user: str | None = None) -> list[UsageSession]:
+    ledger = Ledger.open(f"sqlite:///{ledger_path(hub)}")
+    try:
+        with Session(ledger.engine) as db:
+            query = select(UsageSession).order_by(UsageSession.id)
+            if user is not None:
+                query = query.where(UsageSession.user == user)
+            return list(db.scalars(query))
+    finally:
+        ledger.engine.dispose()
+
+
+def status(hub: Hub) -> dict[str, Any]:
+    response = requests.get(f"{hub.url}services/gpu-usage/api/v1/status", timeout=10)
+    assert response.status_code == 200, response.text
+    found: dict[str, Any] = response.json()
+    return found
+
+
+@pytest.mark.integration
+def test_the_service_runs_under_the_hub_and_reports_its_ticks(hub: Hub) -> None:
+    first = wait_for("a tick", lambda: (s := status(hub))["ticks"] and s, 60)
+    assert first["runtime"] == "local" and first["last_error"] is None
+    wait_for("more ticks", lambda: status(hub)["ticks"] > first["ticks"], 30)
+    services = hub.api("GET", "/services").json()
+    assert "gpu-usage" in services
+    roles = hub.api("GET", "/services/gpu-usage").json()["roles"]
+    assert roles == ["gpuhub-service"]
+
+
+def restore(backup: Path, live: Path) -> None:
+    """Restore a backup into the live database file, as `sqlite3 live '.restore backup'` does
+    (every process using the file sees the restored content)."""
+    source, target = sqlite3.connect(backup), sqlite3.connect(live)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+
+
+@pytest.mark.integration
+def test_a_ledger_restored_from_an_older_backup_is_true_again_after_one_tick(
+    hub: Hub, tmp_path: Path
+) -> None:
+    backup = tmp_path / "backup.sqlite"
+    restore(ledger_path(hub), backup)  # taken before either server starts
+    ada = hub.start_server("ada", {"profile": "h100-single"})
+    grace = hub.start_server("grace", {"profile": "h100-single"})
+    started = time.time()
+    restore(backup, ledger_path(hub))
+    assert [s for s in sessions(hub) if s.ended_at is None and s.user in ("ada", "grace")] == []
+    # The next new session reuses ada's id for someone else: an id must not be trusted alone.
+    hub.start_server("lin", {"profile": "h100-single", "team": "vision"})
+    time.sleep(3 * TICK)  # a tick, and a few more that must change nothing
+    for user, model in (("ada", ada), ("grace", grace)):
+        mine = [s for s in sessions(hub, user) if s.ended_at is None]
+        assert len(mine) == 1, f"{user}: one open session, not {mine}"
+        assert mine[0].runtime_ref == f"local:{model['state']['pid']}"
+    lins = [s for s in sessions(hub, "lin") if s.ended_at is None]
+    assert len(lins) == 1
+    for user in ("ada", "grace", "lin"):
+        hub.stop_server(user)
+    ended = time.time()
+    for user in ("ada", "grace"):
+        (session,) = sessions(hub, user)
+        assert session.ended_at is not None and session.end_reason == "stopped"
+        true_seconds = ended - started + 2 * TICK  # since its start, which was before `started`
+        assert 0 < (session.gpu_seconds or 0) <= true_seconds, "never more than it really ran"
+
+
+class FailingOnce(HubAPI):
+    """The hub's REST API, except that the first stop request fails."""
+
+    failed = False
+
+    async def stop_server(self, user: str, server_name: str) -> None:
+        if not self.failed:
+            self.failed = True
+            raise HubAPIError(f"DELETE /users/{user}/server: 503 the hub is busy (test)")
+        await super().stop_server(user, server_name)
+
+
+@pytest.mark.integration
+def test_a_budget_stop_whose_first_attempt_fails_is_retried_and_billed_until_gone(
+    hub: Hub, tmp_path: Path
+) -> None:
+    """A second service (in this process, with a catalog whose nlp budget is used up and whose
+    grace is zero) enforces the budget; the hub's own service only reconciles meanwhile."""
+    over = catalog_text().replace(
+        "monthly_gpu_hours: 5000",
+        "monthly_gpu_hours: 0.001\n      stop_running_over_budget_after: 1s",
+    )
+    (tmp_path / "catalog.yaml").write_text(over)
+    hub.start_server("grace", {"profile": "h100-single"})
+    store = CatalogStore(tmp_path / "catalog.yaml")
+
+    async def enforce() -> None:
+        api = FailingOnce(f"{hub.url}hub/api", hub.token)
+        runtime = LocalRuntime(lambda: live_servers(hub_api_url(hub)))
+        service = GPUHubService(store, f"sqlite:///{ledger_path(hub)}", api, runtime)
+        try:
+            await ticks(service, api)
+        finally:
+            service.close()
+
+    async def ticks(service: GPUHubService, api: FailingOnce) -> None:
+        await service.tick_safely()  # over budget: the grace starts
+        await asyncio.sleep(1.5)
+        await service.tick_safely()  # grace over: the stop is asked, and fails
+        assert api.failed
+        (open_session,) = [s for s in sessions(hub, "grace") if s.ended_at is None]
+        assert open_session.stop_reason == "budget", "asked to stop, still billed"
+        assert hub.user("grace")["servers"].get("", {}).get("ready"), "still running"
+        await asyncio.sleep(TICK)
+        await service.tick_safely()  # asked again: this time the hub stops it
+
+    asyncio.run(enforce())
+    wait_for("grace's server to stop", lambda: hub.user("grace")["servers"] == {}, 60)
+    gone = time.time()
+    session = sessions(hub, "grace")[-1]
+    assert session.end_reason == "budget"
+    assert session.ended_at is not None and session.started_at is not None
+    assert abs(session.ended_at.timestamp() - gone) <= TICK + 1, "billed until really gone"
+    assert status(hub)["budget_stops"] == 0, "the hub's own service had nothing to stop"

@@ -24,7 +24,7 @@ from ..wire import ServerState, read_state, server_env
 from .allocator import Allocator, NoFreeGPUs, RestoreError, visible_devices_env
 from .inventory import Device
 from .machine import LocalMachine
-from .processes import live_servers, process_start_time
+from .processes import live_servers, pid_alive, process_start_time
 
 
 class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[misc]
@@ -115,6 +115,14 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
 
     def release_resources(self) -> None:
         self._release()
+
+    async def _signal(self, sig: int) -> bool:
+        """LocalProcessSpawner's liveness check, with an exited server that nobody has reaped yet
+        (its parent was a hub that died) counted as gone: it holds no GPU and is not billed."""
+        if sig == 0 and self.proc is None and self.pid and not pid_alive(self.pid):
+            return False
+        alive: bool = await super()._signal(sig)
+        return alive
 
     def get_env(self) -> dict[str, str]:
         env: dict[str, str] = super().get_env()

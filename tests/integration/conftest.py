@@ -38,6 +38,8 @@ c.JupyterHub.load_roles.append(
             "admin:servers",
             "admin:server_state",
             "access:servers",
+            "list:services",
+            "read:services",
         ],
         "services": ["gpuhub-tests"],
     }}

@@ -87,7 +87,7 @@ def test_a_billing_outage_fails_gpu_spawns_closed_and_loses_nothing(
         message = refused.json()["message"]
         assert "Billing is unavailable" in message and "running servers are not affected" in message
         assert hub.user("grace")["servers"] == {}, "nothing started"
-        lin = hub.start_server("lin", {"profile": "cpu-small"})  # CPU: starts unmetered
+        lin = hub.start_server("lin", {"profile": "cpu-small", "team": "vision"})  # unmetered
         hub.stop_server("ada")  # its end is recorded once the database is back
         stopped = time.time()
         assert not _alive(ada_pid)

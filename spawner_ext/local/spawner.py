@@ -8,6 +8,7 @@ released when the server stops.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from dataclasses import replace
@@ -115,6 +116,18 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
 
     def release_resources(self) -> None:
         self._release()
+
+    async def wait_for_death(self, timeout: float = 10) -> bool:  # noqa: ASYNC109 - its API
+        """Wait up to `timeout` seconds for the server to end, looking every `death_interval`.
+        JupyterHub's own wait backs off to 5 s between looks, and a stop is billed until the
+        hub sees the process gone: up to 5 s too much."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await self.poll() is None:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(self.death_interval)
+        return True
 
     async def _signal(self, sig: int) -> bool:
         """LocalProcessSpawner's liveness check, with an exited server that nobody has reaped yet

@@ -88,6 +88,7 @@ def test_a_billing_outage_fails_gpu_spawns_closed_and_loses_nothing(
         assert "Billing is unavailable" in message and "running servers are not affected" in message
         assert hub.user("grace")["servers"] == {}, "nothing started"
         lin = hub.start_server("lin", {"profile": "cpu-small", "team": "vision"})  # unmetered
+        asked = time.time()
         hub.stop_server("ada")  # its end is recorded once the database is back
         stopped = time.time()
         assert not _alive(ada_pid)
@@ -102,7 +103,7 @@ def test_a_billing_outage_fails_gpu_spawns_closed_and_loses_nothing(
         0.5,
     )
     assert ada_session.ended_at is not None
-    assert abs(ada_session.ended_at.timestamp() - stopped) <= 2, "billed until it stopped"
+    assert asked <= ada_session.ended_at.timestamp() <= stopped, "billed until it stopped"
     assert ada_session.end_reason == "stopped"
     adopted = wait_for(
         "lin's unmetered server to be adopted",

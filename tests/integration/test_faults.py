@@ -41,7 +41,7 @@ WORKERS = {
     "lin": {"profile": "h100-single", "team": "vision"},
 }
 CYCLES_PER_WORKER = 34  # 102 spawn/stop cycles in all
-SLACK = 1.0  # seconds: the watcher's poll, whole-second billing, clocks read a moment apart
+SLACK = 2.0  # seconds: the watcher's poll, whole-second billing, a loaded machine's latency
 LEAN_SERVER = {  # jupyter_server with JupyterHub's extension only: the same server, started faster
     "ServerApp": {
         "jpserver_extensions": {

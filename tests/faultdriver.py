@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
@@ -126,6 +127,27 @@ def run_cycles(
     if failures:
         raise failures[0]
     return outcome
+
+
+def service_pid(hub_dir: Path) -> int | None:
+    """The pid of the gpuhub service started for the hub whose files are under `hub_dir`."""
+    marker = bytes(hub_dir)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmdline = (entry / "cmdline").read_bytes()
+                if b"spawner_ext\x00service" in cmdline and marker in cmdline:
+                    return int(entry.name)
+    return None
+
+
+def service_ticked_since(hub_url: str, moment: str) -> bool:
+    """True once the gpuhub service behind `hub_url` reports a tick later than `moment`."""
+    with contextlib.suppress(requests.RequestException, ValueError, KeyError):
+        response = requests.get(f"{hub_url}services/gpu-usage/api/v1/status", timeout=5)
+        last: str | None = response.json()["last_tick_at"]
+        return last is not None and last > moment
+    return False
 
 
 def check_billing(

@@ -27,7 +27,14 @@ from sqlalchemy.orm import Session
 from spawner_ext.ledger.models import UsageSession
 from spawner_ext.ledger.store import Ledger
 from spawner_ext.local.processes import process_start_time
-from tests.faultdriver import Lifetime, check_billing, report, run_cycles
+from tests.faultdriver import (
+    Lifetime,
+    check_billing,
+    report,
+    run_cycles,
+    service_pid,
+    service_ticked_since,
+)
 
 from .conftest import Hub, needs_local_hub, wait_for
 
@@ -140,24 +147,6 @@ def ready(hub: Hub) -> bool:
     return False
 
 
-def service_pid(hub: Hub) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                cmdline = (entry / "cmdline").read_bytes()
-                if b"spawner_ext\x00service" in cmdline and bytes(hub.state_dir) in cmdline:
-                    return int(entry.name)
-    return None
-
-
-def service_ticked_since(hub: Hub, moment: str) -> bool:
-    with contextlib.suppress(requests.RequestException, ValueError, KeyError):
-        response = requests.get(f"{hub.url}services/gpu-usage/api/v1/status", timeout=5)
-        last: str | None = response.json()["last_tick_at"]
-        return last is not None and last > moment
-    return False
-
-
 def sessions_since(hub: Hub, since: datetime) -> list[UsageSession]:
     ledger = Ledger.open(f"sqlite:///{hub.state_dir / 'gpuhub-ledger.sqlite'}")
     try:
@@ -181,10 +170,10 @@ def test_hub_and_service_sigkills_at_random_moments_bill_every_server_exactly_on
         return time.monotonic() - killed
 
     def kill_service() -> float:
-        pid = wait_for("the gpuhub service", lambda: service_pid(hub), 120, 0.2)
+        pid = wait_for("the gpuhub service", lambda: service_pid(hub.state_dir), 120, 0.2)
         killed, moment = time.monotonic(), datetime.now(UTC).isoformat()
         os.kill(pid, signal.SIGKILL)
-        wait_for("a new service to tick", lambda: service_ticked_since(hub, moment), 120, 0.2)
+        wait_for("a new service to tick", lambda: service_ticked_since(hub.url, moment), 120, 0.2)
         return time.monotonic() - killed
 
     since = datetime.now(UTC)

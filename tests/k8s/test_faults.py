@@ -18,10 +18,8 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
-import requests
 from hub import K8sHub, delete_namespaces, running_hub
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -29,7 +27,14 @@ from testbed import H100, ControlPlane, Json
 
 from spawner_ext.ledger.models import UsageSession
 from spawner_ext.ledger.store import Ledger
-from tests.faultdriver import Lifetime, check_billing, report, run_cycles
+from tests.faultdriver import (
+    Lifetime,
+    check_billing,
+    report,
+    run_cycles,
+    service_pid,
+    service_ticked_since,
+)
 
 pytestmark = [pytest.mark.k8s, pytest.mark.faults]
 
@@ -127,25 +132,6 @@ class PodWatcher(threading.Thread):
         return list(self.seen.values())
 
 
-def service_pid(hub: K8sHub) -> int | None:
-    marker = str(hub.workdir).encode()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                cmdline = (entry / "cmdline").read_bytes()
-                if b"spawner_ext\x00service" in cmdline and marker in cmdline:
-                    return int(entry.name)
-    return None
-
-
-def ticked_since(hub: K8sHub, moment: str) -> bool:
-    with contextlib.suppress(requests.RequestException, ValueError, KeyError):
-        response = requests.get(f"{hub.url}services/gpu-usage/api/v1/status", timeout=5)
-        last: str | None = response.json()["last_tick_at"]
-        return last is not None and last > moment
-    return False
-
-
 def test_hub_and_service_sigkills_at_random_moments_bill_every_pod_exactly_once(
     hub: K8sHub, control_plane: ControlPlane
 ) -> None:
@@ -156,10 +142,12 @@ def test_hub_and_service_sigkills_at_random_moments_bill_every_pod_exactly_once(
         return time.monotonic() - killed
 
     def kill_service() -> float:
-        pid = hub.wait("the gpuhub service", lambda: service_pid(hub), 120)
+        pid = hub.wait("the gpuhub service", lambda: service_pid(hub.workdir), 120)
         killed, moment = time.monotonic(), datetime.now(UTC).isoformat()
         os.kill(pid, signal.SIGKILL)
-        hub.wait("a new service to tick", lambda: ticked_since(hub, moment), 120, every=0.2)
+        hub.wait(
+            "a new service to tick", lambda: service_ticked_since(hub.url, moment), 120, every=0.2
+        )
         return time.monotonic() - killed
 
     since = datetime.now(UTC)

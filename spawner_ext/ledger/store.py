@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,7 +21,7 @@ from ..clock import Clock, utcnow
 from ..policy.admission import Decision, TeamUsage, decide_in
 from .engine import READ_ONLY, check_schema, make_engine
 from .models import EndReason, TeamLock, TeamMonthUsage, UsageSession
-from .reconcile import ClosedSession, RunningServer, Server
+from .reconcile import BY_RECONCILIATION, ClosedSession, RunningServer, Server
 from .rules import (
     Span,
     billed_seconds,
@@ -187,10 +187,16 @@ class Ledger:
         """The hub saw this server end: close its open sessions, the one whose id it carries
         and one reconciliation adopted for it (same runtime reference), but never a session of
         another server that happens to have that id (ids restart when a backup is restored).
-        Billing ends at `at` (default now), or at the last time it was seen running when it was
-        `found_gone` (never later than `at`).
+
+        Billing ends at `at` (default now): the hub saw the server run until then. A session of
+        it that reconciliation already closed earlier (the service ticked between the stop and
+        this write, e.g. while the write waited out a database outage) is corrected to end at
+        `at` too, no later than the start of the server's next session: the hub's record of the
+        stop is exact, reconciliation's last-seen time only a lower bound.
+        When the server is `found_gone` (it may have died long before), billing ends at the
+        last time it was seen running (never later than `at`) and nothing closed is touched.
         A reason the gpuhub service asked the stop for (budget, culling) wins over `stopped`.
-        Idempotent; returns the ids closed."""
+        Idempotent; returns the ids closed or corrected."""
         now = at or self.clock()
         mine = (UsageSession.user == server.user) & (UsageSession.server_name == server.server_name)
         which = UsageSession.id == (server.session_id or -1)
@@ -203,7 +209,8 @@ class Ledger:
             for row in rows:
                 at = reconcile_end(row.last_seen_at, row.started_at, now) if found_gone else now
                 _close(db, row, at, reason)
-            return [row.id for row in rows]
+            corrected = [] if found_gone else _correct_early_ends(db, mine & which, now, reason)
+            return [row.id for row in rows] + corrected
 
     def request_stop(self, session_id: int, reason: EndReason) -> bool:
         """Record why the service asks for this session's server to stop (the session stays
@@ -383,6 +390,55 @@ def _close(db: Session, row: UsageSession, at: datetime, reason: EndReason) -> N
         return
     for month, gpu_seconds in month_pieces(row.started_at, end, row.gpu_count):
         _add_month_usage(db, row.team, month, gpu_seconds)
+
+
+def _correct_early_ends(db: Session, which: Any, at: datetime, reason: EndReason) -> list[int]:
+    """Sessions of `which` that reconciliation closed before `at`: moved to end at `at`, no
+    later than their server's next session started."""
+    by_reconciliation = [r.value for r in BY_RECONCILIATION]
+    early = db.scalars(
+        select(UsageSession).where(
+            which,
+            UsageSession.started_at.is_not(None),
+            UsageSession.ended_at < at,
+            UsageSession.end_reason.in_(by_reconciliation),
+        )
+    ).all()
+    corrected = []
+    for row in early:
+        assert row.started_at is not None and row.ended_at is not None
+        next_start = db.scalar(
+            select(func.min(UsageSession.started_at)).where(
+                UsageSession.user == row.user,
+                UsageSession.server_name == row.server_name,
+                UsageSession.id != row.id,
+                UsageSession.started_at >= row.started_at,
+            )
+        )
+        end = min(at, next_start) if next_start is not None else at
+        if end > row.ended_at:
+            _extend(db, row, end, reason)
+            corrected.append(row.id)
+    return corrected
+
+
+def _extend(db: Session, row: UsageSession, end: datetime, reason: EndReason) -> None:
+    """Move a closed session's end later, to `end`: its bill, and the GPU-seconds it adds to
+    its team's monthly totals (only the difference, so they stay the sum of the sessions)."""
+    assert row.started_at is not None and row.ended_at is not None
+    before = dict(month_pieces(row.started_at, row.ended_at, row.gpu_count))
+    if row.stop_reason:
+        reason = _reason(row.stop_reason)
+    seconds = billed_seconds(row.started_at, end)
+    row.ended_at = end
+    row.end_reason = reason.value
+    row.gpu_seconds = seconds * row.gpu_count
+    row.cost = session_cost(row.price_per_hour, seconds)
+    if row.team is None or row.gpu_count == 0:
+        return
+    for month, gpu_seconds in month_pieces(row.started_at, end, row.gpu_count):
+        if gpu_seconds > before.get(month, 0):
+            _add_month_usage(db, row.team, month, gpu_seconds - before.get(month, 0))
 
 
 def _add_month_usage(db: Session, team: str, month: str, gpu_seconds: int) -> None:

@@ -309,12 +309,24 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
 
     async def stop(self, now: bool = False) -> None:
         self.stopping = True
+        running = True
         try:
+            running = await self._still_running()
             await super().stop(now=now)
         finally:
             self.stopping = False
             self.release_resources()
-            self.metering_ended()
+            # Ran until now: billed until now (and an earlier end reconciliation recorded
+            # is corrected). Already gone: billed until it was last seen running.
+            self.metering_ended(found_gone=not running)
+
+    async def _still_running(self) -> bool:
+        """Whether the server runs as the stop begins (True when that cannot be told)."""
+        try:
+            return await super().poll() is None
+        except Exception as exc:
+            self.log.warning("gpuhub: could not tell whether %s runs: %s", self._log_name, exc)
+            return True
 
     async def poll(self) -> int | None:
         status: int | None = await super().poll()

@@ -73,11 +73,6 @@ def sessions(url: str, user: str) -> list[UsageSession]:
 
 @pytest.mark.integration
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug: in 1 of 3 runs ada's session was closed by the service's last tick before "
-    "the outage, ~8 s before her server stopped (under-billing); not yet understood",
-)
 def test_a_billing_outage_fails_gpu_spawns_closed_and_loses_nothing(
     hub: Hub, pg: PostgresServer
 ) -> None:
@@ -103,13 +98,14 @@ def test_a_billing_outage_fails_gpu_spawns_closed_and_loses_nothing(
         pg.start()
     (ada_session,) = wait_for(
         "ada's stop to be recorded",
-        lambda: [s for s in sessions(url, "ada") if s.ended_at is not None],
+        # The service's first tick may close it at its last-seen time before the hub's
+        # waiting write lands; that write then corrects the end to the stop.
+        lambda: [s for s in sessions(url, "ada") if s.end_reason == "stopped"],
         60,
         0.5,
     )
     assert ada_session.ended_at is not None
     assert asked <= ada_session.ended_at.timestamp() <= stopped, "billed until it stopped"
-    assert ada_session.end_reason == "stopped"
     adopted = wait_for(
         "lin's unmetered server to be adopted",
         lambda: [s for s in sessions(url, "lin") if s.ended_at is None],

@@ -191,3 +191,32 @@ def test_a_budget_stop_whose_first_attempt_fails_is_retried_and_billed_until_gon
     assert session.ended_at is not None and session.started_at is not None
     assert abs(session.ended_at.timestamp() - gone) <= TICK + 1, "billed until really gone"
     assert status(hub)["budget_stops"] == 0, "the hub's own service had nothing to stop"
+
+
+@pytest.mark.integration
+def test_a_server_that_died_before_its_stop_is_billed_until_it_was_last_seen(hub: Hub) -> None:
+    """The server process is killed behind the hub's back and the user stops it before the hub's
+    own poll notices: the stop must not bill the time it was already dead, whichever of the
+    service's tick and the hub's stop records the end first (the hub's record corrects an end
+    reconciliation wrote only for a server it saw running as the stop began;
+    tests/spawners/test_stop_billing.py has the spawner's side)."""
+    import os
+    import signal
+
+    lin = hub.start_server("lin", {"profile": "h100-single", "team": "nlp"})
+    pid = int(lin["state"]["pid"])
+    first_seen = sessions(hub, "lin")[-1].last_seen_at
+    wait_for(
+        "a tick to see lin's server",
+        lambda: sessions(hub, "lin")[-1].last_seen_at != first_seen,
+        30,
+    )
+    time.sleep(TICK + 0.5)
+    os.killpg(pid, signal.SIGKILL)
+    killed = time.time()
+    time.sleep(3 * TICK)  # the service closes it at its last-seen time
+    hub.stop_server("lin")
+    session = sessions(hub, "lin")[-1]
+    assert session.ended_at is not None and session.team == "nlp"
+    assert session.ended_at.timestamp() <= killed + 0.5, "not billed while it was dead"
+    assert session.ended_at.timestamp() >= killed - TICK - 2, "billed until last seen"

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from spawner_ext.catalog import Catalog
-from spawner_ext.ledger.models import EndReason, UsageSession
+from spawner_ext.ledger.models import EndReason, TeamMonthUsage, UsageSession
 from spawner_ext.ledger.reconcile import RunningServer
 from spawner_ext.ledger.store import Ledger, Request, ServerRef
 from spawner_ext.service.metering import Listed, enforce_budgets, reconcile_once, strays
@@ -153,3 +153,90 @@ async def test_a_budget_stop_that_fails_is_asked_again_and_billed_until_gone(
     assert row.gpu_seconds == 4 * (3600 * 502 + 70)
     still = ledger.session(cpu.session_id)
     assert still is not None and still.ended_at is None
+
+
+def month_total(ledger: Ledger) -> int:
+    with ledger._reads() as db:
+        return sum(row.gpu_seconds for row in db.query(TeamMonthUsage))
+
+
+def stop_during_an_outage(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock, *, service_first: bool
+) -> UsageSession:
+    """ada's server is seen at a tick, then the billing database goes down; the hub stops her
+    server 8 s later and keeps that write until the database is back, 60 s on. Then the hub's
+    write and the service's next tick race."""
+    admitted = ledger.admit(catalog, Request("ada", "", "vision", *H100, "v"))
+    started = clock()
+    ledger.mark_started(admitted.session_id, "local:100")
+    clock.advance(minutes=5)
+    tick(ledger, clock, [running(admitted.session_id, started)])
+    stopped_at = clock.advance(seconds=8)
+    ref = ServerRef("ada", "", admitted.session_id, "local:100")
+    clock.advance(seconds=60)
+    if service_first:
+        tick(ledger, clock, [])  # gone and no longer listed: closed at its last-seen time
+    assert ledger.close_server(ref, EndReason.STOPPED, at=stopped_at) == [admitted.session_id]
+    assert ledger.close_server(ref, EndReason.STOPPED, at=stopped_at) == [], "idempotent"
+    tick(ledger, clock, [])
+    row = ledger.session(admitted.session_id)
+    assert row is not None
+    return row
+
+
+H100 = ("h100-single", "h100-80gb", 1, Decimal("4.1"), "USD")
+
+
+def test_a_stop_recorded_late_bills_until_the_stop_whoever_writes_first(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    """The hub's record of a stop is exact; reconciliation's last-seen time only a lower bound.
+    The same end, reason and monthly totals whichever comes first (tests/integration/
+    test_billing_outage.py races them for real)."""
+    hub_first = stop_during_an_outage(ledger, catalog, clock, service_first=False)
+    service_first = stop_during_an_outage(ledger, catalog, clock, service_first=True)
+    for row in (hub_first, service_first):
+        assert (row.end_reason, row.gpu_seconds) == ("stopped", 5 * 60 + 8)
+        assert row.cost == Decimal("0.350778")  # 4.10 an hour, 308 s
+    assert month_total(ledger) == 2 * 308, "the monthly totals count each second once"
+
+
+def test_a_late_stop_never_bills_into_the_servers_next_session(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    """The service closed the session at its last-seen time; meanwhile the server was started
+    again (a new session) before the hub's late stop record arrived."""
+    first = ledger.admit(catalog, Request("ada", "", "vision", *H100, "v"))
+    started = clock()
+    ledger.mark_started(first.session_id, "local:100")
+    clock.advance(minutes=1)
+    tick(ledger, clock, [running(first.session_id, started)])
+    clock.advance(seconds=40)
+    tick(ledger, clock, [])  # closed at 60 s
+    second = ledger.admit(catalog, Request("ada", "", "vision", *H100, "v"))
+    restarted = clock.advance(seconds=2)
+    ledger.mark_started(second.session_id, "local:200")
+    late = clock.advance(seconds=30)
+    ref = ServerRef("ada", "", first.session_id, "local:100")
+    assert ledger.close_server(ref, EndReason.STOPPED, at=late) == [first.session_id]
+    row = ledger.session(first.session_id)
+    assert row is not None and row.ended_at == restarted, "corrected up to the next start only"
+    assert (row.gpu_seconds, month_total(ledger)) == (102, 102)
+
+
+def test_a_server_found_gone_never_moves_an_earlier_end(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    """The hub's poll finds a server gone that reconciliation already closed: the hub does not
+    know when it died, so reconciliation's end stands."""
+    admitted = ledger.admit(catalog, Request("ada", "", "vision", *H100, "v"))
+    started = clock()
+    ledger.mark_started(admitted.session_id, "local:100")
+    clock.advance(minutes=1)
+    tick(ledger, clock, [running(admitted.session_id, started)])
+    clock.advance(minutes=5)
+    tick(ledger, clock, [])
+    ref = ServerRef("ada", "", admitted.session_id, "local:100")
+    assert ledger.close_server(ref, EndReason.STOPPED, found_gone=True) == []
+    row = ledger.session(admitted.session_id)
+    assert row is not None and (row.end_reason, row.gpu_seconds) == ("node-lost", 60)

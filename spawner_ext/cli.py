@@ -11,6 +11,7 @@ from .catalog import CatalogError, load_catalog
 from .catalog.loader import catalog_warnings, read_catalog_text
 from .catalog.reference import json_schema, markdown
 from .ledger.engine import DEFAULT_URL
+from .reports.command import add_report_command
 from .service.command import add_service_command
 from .up import add_up_command
 
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_up_command(sub)
     add_service_command(sub)
+    add_report_command(sub)
     return parser
 
 

@@ -1,0 +1,66 @@
+"""Report rows as CSV (streamed line by line: constant memory), JSON and a terminal table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .query import Dimension, UsageQuery
+from .usage import UsageRow, columns
+
+
+def csv_lines(rows: Iterable[UsageRow], by: tuple[Dimension, ...]) -> Iterator[str]:
+    """The header, then one line per row, each as soon as its row is read."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    names = columns(by)
+
+    def line(values: Iterable[Any]) -> str:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(values)
+        return buffer.getvalue()
+
+    yield line(names)
+    for row in rows:
+        data = row.as_json(by)
+        yield line("" if data[name] is None else data[name] for name in names)
+
+
+def json_document(rows: Iterable[UsageRow], query: UsageQuery) -> dict[str, Any]:
+    return {
+        "since": query.period.since.isoformat(),
+        "until": query.period.until.isoformat(),
+        "by": [d.value for d in query.by],
+        "teams": list(query.teams) if query.teams is not None else None,
+        "rows": [row.as_json(query.by) for row in rows],
+    }
+
+
+def json_text(rows: Iterable[UsageRow], query: UsageQuery) -> str:
+    return json.dumps(json_document(rows, query), indent=2)
+
+
+def table(rows: Iterable[UsageRow], by: tuple[Dimension, ...]) -> str:
+    """Aligned columns, numbers on the right, as `sreport` prints them."""
+    names = columns(by)
+    body = [
+        ["-" if (v := row.as_json(by)[name]) is None else str(v) for name in names] for row in rows
+    ]
+    widths = [max([len(name), *(len(r[i]) for r in body)]) for i, name in enumerate(names)]
+    numeric = {"gpu_hours", "cost", "idle_gpu_hours", "sessions"}
+
+    def render(cells: list[str]) -> str:
+        return "  ".join(
+            cell.rjust(width) if name in numeric else cell.ljust(width)
+            for cell, width, name in zip(cells, widths, names, strict=True)
+        ).rstrip()
+
+    lines = [render(names), render(["-" * w for w in widths])]
+    lines += [render(r) for r in body]
+    if not body:
+        lines.append("(no usage in this period)")
+    return "\n".join(lines)

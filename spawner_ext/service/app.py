@@ -173,7 +173,20 @@ class StatusHandler(web.RequestHandler):
 
 
 def make_app(service: GPUHubService, prefix: str) -> web.Application:
+    """The status endpoint (public: counts only), the report API (reports_api.py) and the OAuth
+    callback JupyterHub's login returns to."""
+    import os
+
+    from jupyterhub.services.auth import HubOAuthCallbackHandler
+
+    from .reports_api import report_handlers
+
     prefix = "/" + prefix.strip("/") + "/"
     return web.Application(
-        [(rf"{prefix}api/v1/status", StatusHandler, {"service": service})],
+        [
+            (rf"{prefix}api/v1/status", StatusHandler, {"service": service}),
+            *report_handlers(prefix, service),
+            (rf"{prefix}oauth_callback", HubOAuthCallbackHandler),
+        ],
+        cookie_secret=os.urandom(32),
     )

@@ -1,11 +1,15 @@
-"""How a hub registers the gpuhub service: its entry in `c.JupyterHub.services` and the role it
-gets, least privilege (to list servers with their state, and to stop them). Pure."""
+"""How a hub registers the gpuhub service: its entry in `c.JupyterHub.services`, the role it
+gets (least privilege: to list servers with their state, and to stop them), the custom scope of
+its usage reports with a role per team for the catalog's `leads` and one for admins, and access
+to the service for every user (their own usage). Pure."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from ..catalog import Catalog
 
 SERVICE_NAME = "gpu-usage"
 """The service's name: JupyterHub serves it under /services/gpu-usage/."""
@@ -17,6 +21,47 @@ SCOPES = (
     "admin:server_state",  # ... with spawner state (session, GPUs, pid or pod)
     "servers",  # stop servers (budget enforcement, later culling)
 )
+READ_SCOPE = "custom:gpu-usage:read"
+"""Read usage reports: unfiltered every team; `!group=<team key>` one team."""
+ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
+CUSTOM_SCOPES = {
+    READ_SCOPE: {
+        "description": "Read GPU usage and cost reports of teams (filter !group=<team> for one)."
+    }
+}
+
+
+def lead_role_name(team: str) -> str:
+    return f"gpu-usage-lead-{team}"
+
+
+def report_roles(catalog: Catalog | None, admin_users: Iterable[str]) -> list[dict[str, Any]]:
+    """A role per team with leads (its leads' users and groups), and one for the admins."""
+    roles: list[dict[str, Any]] = []
+    if catalog is not None:
+        for key, team in sorted(catalog.teams.items()):
+            if not (team.leads.users or team.leads.groups):
+                continue
+            roles.append(
+                {
+                    "name": lead_role_name(key),
+                    "description": f"Lead of team {key}: read its GPU usage reports",
+                    "scopes": [f"{READ_SCOPE}!group={key}", ACCESS_SCOPE],
+                    "users": list(team.leads.users),
+                    "groups": list(team.leads.groups),
+                }
+            )
+    admins = sorted(admin_users)
+    if admins:
+        roles.append(
+            {
+                "name": "gpu-usage-admin",
+                "description": "Read every team's GPU usage reports and the catalog's status",
+                "scopes": [READ_SCOPE, ACCESS_SCOPE],
+                "users": admins,
+            }
+        )
+    return roles
 
 
 def service_command(
@@ -45,13 +90,19 @@ def service_config(
     port: int,
     environment: Mapping[str, str] | None = None,
     python: str = sys.executable,
-) -> dict[str, list[dict[str, Any]]]:
-    """`{"services": [...], "load_roles": [...]}` to add to JupyterHub's own lists."""
+    catalog: Catalog | None = None,
+    admin_users: Iterable[str] = (),
+) -> dict[str, Any]:
+    """`{"services": [...], "load_roles": [...], "custom_scopes": {...}}` to add to
+    JupyterHub's own settings. Roles of `catalog`'s leads are made when the hub starts: a
+    change of leads takes a hub restart (JupyterHub loads roles at start only)."""
     service: dict[str, Any] = {
         "name": SERVICE_NAME,
         "display": True,
         "url": f"http://127.0.0.1:{port}",
         "command": service_command(catalog_path, ledger_url, runtime, python),
+        "oauth_client_allowed_scopes": [READ_SCOPE],
+        "oauth_no_confirm": True,
     }
     if environment:
         service["environment"] = dict(environment)
@@ -61,13 +112,26 @@ def service_config(
         "scopes": list(SCOPES),
         "services": [SERVICE_NAME],
     }
-    return {"services": [service], "load_roles": [role]}
+    users = {"name": "user", "scopes": ["self", ACCESS_SCOPE]}
+    return {
+        "services": [service],
+        "load_roles": [role, users, *report_roles(catalog, admin_users)],
+        "custom_scopes": dict(CUSTOM_SCOPES),
+    }
 
 
-def register(c: Any, registration: Mapping[str, list[dict[str, Any]]]) -> None:
-    """Append the service and its role to a traitlets config `c`, keeping what is there."""
+def register(c: Any, registration: Mapping[str, Any]) -> None:
+    """Add the service, its roles and scopes to a traitlets config `c`, keeping what is there
+    (a `user` role of the config's own gets the service's access scope added)."""
     for trait in ("services", "load_roles"):
-        current = list(c.JupyterHub[trait]) if trait in c.JupyterHub else []
-        names = {entry.get("name") for entry in current}
-        current += [entry for entry in registration[trait] if entry["name"] not in names]
+        current = [dict(e) for e in c.JupyterHub[trait]] if trait in c.JupyterHub else []
+        names = {entry.get("name"): entry for entry in current}
+        for entry in registration[trait]:
+            mine = names.get(entry["name"])
+            if mine is None:
+                current.append(entry)
+            elif entry["name"] == "user" and ACCESS_SCOPE not in mine.get("scopes", []):
+                mine["scopes"] = [*mine.get("scopes", ["self"]), ACCESS_SCOPE]
         c.JupyterHub[trait] = current
+    scopes = dict(c.JupyterHub.custom_scopes) if "custom_scopes" in c.JupyterHub else {}
+    c.JupyterHub.custom_scopes = {**registration["custom_scopes"], **scopes}

@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..catalog import load_catalog
 from ..service.registration import service_config
 
 DEFAULT_PORT = 8000
@@ -137,9 +138,17 @@ def hub_config(s: UpSettings) -> dict[str, dict[str, Any]]:
     """JupyterHub settings, as {class name: {trait: value}}, for the local mode of `s`."""
     state = s.state_dir
     authenticator: dict[str, Any] = {"user_password": s.password, "allow_all": True}
-    service = service_config(str(s.catalog), s.ledger_url, "local", port=s.service_port)
-    if s.admin_password:
-        authenticator.update(admin_password=s.admin_password, admin_users={ADMIN_USER})
+    admins = {ADMIN_USER} if s.admin_password else set()
+    if admins:
+        authenticator.update(admin_password=s.admin_password, admin_users=admins)
+    service = service_config(
+        str(s.catalog),
+        s.ledger_url,
+        "local",
+        port=s.service_port,
+        catalog=load_catalog(s.catalog),
+        admin_users=admins,
+    )
     return {
         "JupyterHub": {
             "bind_url": f"http://{_url_host(s.ip)}:{s.port}/",
@@ -153,6 +162,7 @@ def hub_config(s: UpSettings) -> dict[str, dict[str, Any]]:
             "cleanup_servers": not s.keep_servers,
             "services": service["services"],
             "load_roles": service["load_roles"],
+            "custom_scopes": service["custom_scopes"],
         },
         "SharedPasswordAuthenticator": authenticator,
         "GPULocalSpawner": {

@@ -40,6 +40,7 @@ c.JupyterHub.load_roles.append(
             "access:servers",
             "list:services",
             "read:services",
+            "tokens",
         ],
         "services": ["gpuhub-tests"],
     }}
@@ -242,6 +243,14 @@ class Hub:
     def ensure_user(self, name: str) -> None:
         response = self.api("POST", f"/users/{quote(name)}")
         assert response.status_code in (201, 409), response.text
+
+    def token_for(self, name: str) -> str:
+        """A JupyterHub API token of user `name` (with all of their permissions)."""
+        self.ensure_user(name)
+        response = self.api("POST", f"/users/{quote(name)}/tokens", json={"expires_in": 3600})
+        assert response.status_code == 201, response.text
+        token: str = response.json()["token"]
+        return token
 
     def user(self, name: str) -> dict[str, Any]:
         response = self.api("GET", f"/users/{quote(name)}")

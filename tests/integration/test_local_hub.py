@@ -94,7 +94,7 @@ def test_shipped_example_and_config_are_the_repository_files() -> None:
 
 def test_settings_travel_through_the_environment(tmp_path: Path) -> None:
     settings = UpSettings(
-        catalog=tmp_path / "c.yaml",
+        catalog=ROOT / "hub_config" / "catalog.yaml",
         state_dir=tmp_path / "state",
         password="secret-password",
         admin_password="a" * 40,

@@ -1,0 +1,211 @@
+"""The service's report API under /services/gpu-usage/api/v1/: usage (JSON, or CSV streamed in
+constant memory), live allocations, a team's budget burn-down, the catalog's status and an
+OpenAPI description. Authenticated by JupyterHub (OAuth in the browser, or a JupyterHub API
+token in `Authorization: token ...`); what each asker may read is reports/access.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from jupyterhub.services.auth import HubOAuthenticated
+from tornado import web
+
+from ..clock import utcnow
+from ..ledger.models import UsageSession
+from ..ledger.rules import billed_seconds, session_cost
+from ..reports.access import Access, Forbidden, access_of, authorize, readable_teams
+from ..reports.budget import burn_down
+from ..reports.export import csv_lines, json_document
+from ..reports.query import Dimension, ReportError, UsageQuery, current_month, parse_usage_query
+from ..reports.usage import usage_rows
+from .app import GPUHubService
+from .openapi import OPENAPI
+
+CSV_FLUSH_ROWS = 1000
+
+
+class APIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
+    """JSON errors, and the asker's Access (403 without a JupyterHub login or token)."""
+
+    def initialize(self, service: GPUHubService) -> None:
+        self.service = service
+
+    def access(self) -> Access:
+        user = self.get_current_user()
+        if not user:
+            raise web.HTTPError(
+                403,
+                "log in to JupyterHub, or send a JupyterHub API token "
+                "(Authorization: token <token>) that may access the gpu-usage service",
+            )
+        return access_of(user["name"], user.get("scopes") or [])
+
+    def params(self) -> dict[str, list[str]]:
+        return {k: [v.decode() for v in vs] for k, vs in self.request.query_arguments.items()}
+
+    def write_json(self, body: Any) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "application/json")
+        message = self._reason
+        exc = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message  # the sentence for a person; the reason stays standard
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+    def known_teams(self) -> list[str]:
+        return sorted(self.service.store.catalog.teams)
+
+    def query(self, access: Access, params: Mapping[str, Sequence[str]]) -> UsageQuery:
+        try:
+            parsed = parse_usage_query(
+                params, known_teams=self.known_teams(), today=utcnow().date()
+            )
+            return authorize(access, parsed)
+        except ReportError as exc:
+            raise web.HTTPError(400, _reason(exc)) from None
+        except Forbidden as exc:
+            raise web.HTTPError(403, _reason(exc)) from None
+
+
+def _reason(exc: Exception) -> str:
+    """The message of a refusal: the JSON body's `message` (the reason phrase stays standard)."""
+    return str(exc)
+
+
+class UsageHandler(APIHandler):
+    """GET api/v1/usage?team=&since=&until=&by=&user=&format=json|csv"""
+
+    async def get(self) -> None:
+        access = self.access()
+        params = self.params()
+        wants_csv = params.get("format") == ["csv"] or (
+            "format" not in params and "text/csv" in self.request.headers.get("Accept", "")
+        )
+        if params.get("format", ["json"]) not in (["json"], ["csv"]):
+            raise web.HTTPError(400, "format must be json or csv")
+        query = self.query(access, params)
+        rows = usage_rows(self.service.ledger().engine, query, utcnow())
+        if not wants_csv:
+            self.write_json(json_document(rows, query))
+            return
+        name = f"gpu-usage-{query.period.since}-{query.period.until}.csv"
+        self.set_header("Content-Type", "text/csv; charset=utf-8")
+        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        for n, line in enumerate(csv_lines(rows, query.by)):
+            self.write(line)
+            if n % CSV_FLUSH_ROWS == 0:
+                await self.flush()
+        self.finish()
+
+
+class AllocationsHandler(APIHandler):
+    """GET api/v1/allocations: who holds which GPUs now, since when, at what cost so far."""
+
+    def get(self) -> None:
+        access = self.access()
+        now = utcnow()
+        found = []
+        for s in self.service.ledger().open_sessions():
+            if s.started_at is None or not (
+                (s.team is not None and access.may_read(s.team)) or s.user == access.user
+            ):
+                continue
+            found.append(_allocation(s, now))
+        self.write_json({"allocations": found})
+
+
+def _allocation(s: UsageSession, now: Any) -> dict[str, Any]:
+    assert s.started_at is not None
+    seconds = billed_seconds(s.started_at, now)
+    return {
+        "user": s.user,
+        "server_name": s.server_name,
+        "team": s.team,
+        "profile": s.profile,
+        "gpu_type": s.gpu_type,
+        "gpu_count": s.gpu_count,
+        "since": s.started_at.isoformat(),
+        "gpu_hours": round(seconds * s.gpu_count / 3600, 4),
+        "cost": float(session_cost(s.price_per_hour, seconds)),
+        "currency": s.currency,
+    }
+
+
+class BudgetHandler(APIHandler):
+    """GET api/v1/budget?team=T: this month's burn-down and projection."""
+
+    def get(self) -> None:
+        access = self.access()
+        team = self.get_query_argument("team", "")
+        catalog = self.service.store.catalog
+        if team not in catalog.teams:
+            raise web.HTTPError(
+                400, f"team={team!r} is not a team; teams: {', '.join(self.known_teams())}"
+            )
+        if not access.may_read(team):
+            raise web.HTTPError(
+                403,
+                f"you may not read the budget of team {team!r}; you may read {access.describe()}",
+            )
+        now = utcnow()
+        query = UsageQuery((team,), current_month(now.date()), (Dimension.DAY,))
+        daily: dict[date, Decimal] = {}
+        for row in usage_rows(self.service.ledger().engine, query, now):
+            if row.day is not None:
+                daily[row.day] = daily.get(row.day, Decimal(0)) + row.gpu_hours
+        budget = catalog.teams[team].quota.monthly_gpu_hours
+        budget_hours = None if budget is None else Decimal(str(budget))
+        self.write_json(burn_down(team, budget_hours, daily, now).as_json())
+
+
+class CatalogHandler(APIHandler):
+    """GET api/v1/catalog: the catalog in force and the last failed reload (admins)."""
+
+    def get(self) -> None:
+        access = self.access()
+        if not access.everything:
+            raise web.HTTPError(403, "the catalog's status is for admins (every team)")
+        store = self.service.store
+        current, failed = store.current, store.last_error
+        self.write_json(
+            {
+                "path": current.path,
+                "version": current.version,
+                "digest": current.digest,
+                "loaded_at": current.loaded_at.isoformat(),
+                "teams": readable_teams(access, current.catalog.teams),
+                "last_error": None
+                if failed is None
+                else {
+                    "failed_at": failed.failed_at.isoformat(),
+                    "digest": failed.digest,
+                    "problems": [str(p) for p in failed.error.problems],
+                },
+            }
+        )
+
+
+class OpenAPIHandler(web.RequestHandler):
+    """GET api/v1/openapi.json (public: it describes, it holds no data)."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(OPENAPI))
+
+
+def report_handlers(prefix: str, service: GPUHubService) -> list[Any]:
+    args = {"service": service}
+    return [
+        (rf"{prefix}api/v1/usage", UsageHandler, args),
+        (rf"{prefix}api/v1/allocations", AllocationsHandler, args),
+        (rf"{prefix}api/v1/budget", BudgetHandler, args),
+        (rf"{prefix}api/v1/catalog", CatalogHandler, args),
+        (rf"{prefix}api/v1/openapi.json", OpenAPIHandler),
+    ]

@@ -1,0 +1,155 @@
+"""The report API of the gpuhub service under a real hub, with real JupyterHub tokens: a lead
+reads their team and gets 403 for another, a member reads only their own usage, an admin reads
+every team and the catalog's status; CSV carries the JSON's rows; wrong parameters get 400."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from .conftest import Hub, needs_local_hub
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    needs_local_hub()
+    workdir = tmp_path_factory.mktemp("reports")
+    hub = Hub(workdir, "3xh100-80gb", "--config", str(ROOT / "hub_config" / "catalog.yaml"))
+    try:
+        hub.start()
+        # ada (vision) and grace (nlp) use a GPU for a few seconds; lin's server runs on
+        hub.start_server("ada", {"profile": "h100-single"})
+        hub.start_server("grace", {"profile": "h100-single"})
+        hub.start_server("lin", {"profile": "h100-single", "team": "vision"})
+        time.sleep(2)
+        hub.stop_server("ada")
+        hub.stop_server("grace")
+        yield hub
+    finally:
+        hub.cleanup()
+
+
+@pytest.fixture(scope="module")
+def tokens(hub: Hub) -> dict[str, str]:
+    return {name: hub.token_for(name) for name in ("ada", "grace", "lin", "admin")}
+
+
+def get(hub: Hub, path: str, token: str | None, **headers: str) -> requests.Response:
+    if token:
+        headers["Authorization"] = f"token {token}"
+    return requests.get(f"{hub.url}services/gpu-usage/api/v1/{path}", headers=headers, timeout=30)
+
+
+def rows(response: requests.Response) -> list[dict[str, Any]]:
+    assert response.status_code == 200, response.text
+    found: list[dict[str, Any]] = response.json()["rows"]
+    return found
+
+
+@pytest.mark.integration
+def test_a_lead_reads_their_team_by_user(hub: Hub, tokens: dict[str, str]) -> None:
+    found = rows(get(hub, "usage?team=vision&by=user", tokens["ada"]))
+    assert [(r["team"], r["user"]) for r in found] == [("vision", "ada"), ("vision", "lin")]
+    assert all(r["gpu_hours"] > 0 and r["cost"] > 0 and r["currency"] == "USD" for r in found)
+    assert all(r["idle_gpu_hours"] is None and r["sessions"] == 1 for r in found)
+    # without team: the teams she leads
+    assert {r["team"] for r in rows(get(hub, "usage", tokens["ada"]))} == {"vision"}
+
+
+@pytest.mark.integration
+def test_nobody_reads_another_teams_usage(hub: Hub, tokens: dict[str, str]) -> None:
+    for path in ("usage?team=vision", "budget?team=vision", "usage?team=nlp,vision"):
+        response = get(hub, path, tokens["grace"])
+        assert response.status_code == 403, response.text
+        assert "you may not read" in response.json()["message"]
+    refused = get(hub, "usage?team=vision", tokens["lin"])
+    assert refused.status_code == 403 and "your own usage only" in refused.json()["message"]
+    assert get(hub, "usage?user=ada", tokens["lin"]).status_code == 403
+    allocations = get(hub, "allocations", tokens["grace"]).json()["allocations"]
+    assert allocations == [], "lin's running server is vision's, not nlp's"
+    for path in ("usage", "allocations", "budget?team=vision", "catalog"):
+        anonymous = get(hub, path, None)
+        assert anonymous.status_code == 403, (path, anonymous.status_code)
+        assert "JupyterHub API token" in anonymous.json()["message"], path
+    assert get(hub, "catalog", tokens["ada"]).status_code == 403
+
+
+@pytest.mark.integration
+def test_a_member_reads_their_own_usage(hub: Hub, tokens: dict[str, str]) -> None:
+    found = rows(get(hub, "usage?by=user,profile", tokens["lin"]))
+    assert [(r["user"], r["profile"]) for r in found] == [("lin", "h100-single")]
+    (mine,) = get(hub, "allocations", tokens["lin"]).json()["allocations"]
+    assert (mine["user"], mine["gpu_type"], mine["gpu_count"]) == ("lin", "h100-80gb", 1)
+
+
+@pytest.mark.integration
+def test_an_admin_reads_every_team_and_the_catalog(hub: Hub, tokens: dict[str, str]) -> None:
+    found = rows(get(hub, "usage?by=gpu_type", tokens["admin"]))
+    assert [(r["team"], r["gpu_type"]) for r in found] == [
+        ("nlp", "h100-80gb"),
+        ("vision", "h100-80gb"),
+    ]
+    status = get(hub, "catalog", tokens["admin"]).json()
+    assert len(status["version"]) == 12 and status["last_error"] is None
+    assert status["teams"] == ["nlp", "teaching", "vision"]
+
+
+@pytest.mark.integration
+def test_csv_carries_the_same_rows_as_json(hub: Hub, tokens: dict[str, str]) -> None:
+    query = "usage?team=vision&by=day&by=user"
+    as_json = rows(get(hub, query, tokens["ada"]))
+    for response in (
+        get(hub, query + "&format=csv", tokens["ada"]),
+        get(hub, query, tokens["ada"], Accept="text/csv"),
+    ):
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/csv")
+        assert "attachment" in response.headers["Content-Disposition"]
+        parsed = list(csv.DictReader(io.StringIO(response.text)))
+        assert [(r["day"], r["user"], float(r["gpu_hours"])) for r in parsed] == [
+            (r["day"], r["user"], r["gpu_hours"]) for r in as_json
+        ]
+
+
+@pytest.mark.integration
+def test_the_budget_burns_down_this_month(hub: Hub, tokens: dict[str, str]) -> None:
+    response = get(hub, "budget?team=vision", tokens["ada"])
+    assert response.status_code == 200, response.text
+    budget = response.json()
+    assert budget["budget_gpu_hours"] == 2000 and 0 < budget["used_gpu_hours"] < 1
+    assert budget["days"][-1]["used_gpu_hours"] == budget["used_gpu_hours"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("usage?by=week", "by='week' is not a grouping"),
+        ("usage?since=2026-12-05&until=2026-12-01", "must be before until"),
+        ("usage?since=tomorrow", "is not a date; use YYYY-MM-DD"),
+        ("usage?team=robotics", "unknown team 'robotics'"),
+        ("usage?format=xml", "format must be json or csv"),
+        ("budget?team=robotics", "is not a team"),
+    ],
+)
+def test_wrong_parameters_get_400_with_the_reason(
+    hub: Hub, tokens: dict[str, str], query: str, message: str
+) -> None:
+    response = get(hub, query, tokens["admin"])
+    assert response.status_code == 400, response.text
+    assert message in response.json()["message"]
+
+
+@pytest.mark.integration
+def test_the_openapi_description_is_served(hub: Hub) -> None:
+    document = get(hub, "openapi.json", None).json()
+    assert set(document["paths"]) == {"/usage", "/allocations", "/budget", "/catalog"}

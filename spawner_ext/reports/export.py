@@ -47,9 +47,7 @@ def json_text(rows: Iterable[UsageRow], query: UsageQuery) -> str:
 def table(rows: Iterable[UsageRow], by: tuple[Dimension, ...]) -> str:
     """Aligned columns, numbers on the right, as `sreport` prints them."""
     names = columns(by)
-    body = [
-        ["-" if (v := row.as_json(by)[name]) is None else str(v) for name in names] for row in rows
-    ]
+    body = [[_cell(name, row.as_json(by)[name]) for name in names] for row in rows]
     widths = [max([len(name), *(len(r[i]) for r in body)]) for i, name in enumerate(names)]
     numeric = {"gpu_hours", "cost", "idle_gpu_hours", "sessions"}
 
@@ -64,3 +62,9 @@ def table(rows: Iterable[UsageRow], by: tuple[Dimension, ...]) -> str:
     if not body:
         lines.append("(no usage in this period)")
     return "\n".join(lines)
+
+
+def _cell(name: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if name == "cost" else str(value)

@@ -57,8 +57,8 @@ def test_table_csv_and_json_have_the_same_rows(
         "idle_gpu_hours",
         "sessions",
     ]
-    assert lines[2].split() == ["vision", "ada", "h100-80gb", "4.0", "16.4", "USD", "-", "1"]
-    assert lines[3].split() == ["vision", "lin", "a100-40gb", "1.0", "4.1", "USD", "-", "1"]
+    assert lines[2].split() == ["vision", "ada", "h100-80gb", "4.0", "16.40", "USD", "-", "1"]
+    assert lines[3].split() == ["vision", "lin", "a100-40gb", "1.0", "4.10", "USD", "-", "1"]
     _, as_csv, _ = run(capsys, *base, "--format", "csv")
     _, as_json, _ = run(capsys, *base, "--format", "json")
     rows = json.loads(as_json)["rows"]

@@ -71,15 +71,31 @@ class HubContext:
             self._ledger = Ledger.open(self.ledger_url)
         return self._ledger
 
-    def write(self, what: str, change: Callable[[Ledger], object]) -> None:
-        """Apply a ledger write now. If the billing database does not answer, keep it, in
-        order with later writes, and retry every `RETRY_SECONDS` until it does (the write
-        carries its own times, so a late write bills the same). Lost only if the hub dies
+    def write(
+        self,
+        what: str,
+        change: Callable[[Ledger], object],
+        late: Callable[[Ledger], object] | None = None,
+    ) -> None:
+        """Apply a ledger write now. If the billing database does not answer (or earlier
+        writes still wait), keep it, in order with later writes, and retry every
+        `RETRY_SECONDS` until it does; a write that waited is applied as `late` if given (the
+        write carries its own times, so a late write bills the same). Lost only if the hub dies
         first; reconciliation then closes the session at its last-seen time."""
-        self._pending.append((what, change))
-        self.flush()
         if self._pending:
-            self._ensure_retry()
+            self._pending.append((what, late or change))
+            if self.flush():
+                return
+        else:
+            try:
+                ledger = self.ledger()
+                if ledger is not None:
+                    change(ledger)
+                return
+            except (DBAPIError, SchemaError) as exc:
+                self._unavailable(what, exc, waiting=1)
+                self._pending.append((what, late or change))
+        self._ensure_retry()
 
     def flush(self) -> bool:
         """Try the pending writes in order; True when none is left."""
@@ -90,15 +106,18 @@ class HubContext:
                 if ledger is not None:
                     change(ledger)
             except (DBAPIError, SchemaError) as exc:
-                self.log.warning(
-                    "gpuhub: billing database unavailable; %d write(s) wait, first the %s: %s",
-                    len(self._pending),
-                    what,
-                    str(exc).splitlines()[0],
-                )
+                self._unavailable(what, exc, waiting=len(self._pending))
                 return False
             self._pending.popleft()
         return True
+
+    def _unavailable(self, what: str, exc: Exception, *, waiting: int) -> None:
+        self.log.warning(
+            "gpuhub: billing database unavailable; %d write(s) wait, first the %s: %s",
+            waiting,
+            what,
+            str(exc).splitlines()[0],
+        )
 
     @property
     def pending_writes(self) -> int:

@@ -183,16 +183,19 @@ class Ledger:
         *,
         found_gone: bool = False,
         at: datetime | None = None,
+        correct_earlier_end: bool = False,
     ) -> list[int]:
         """The hub saw this server end: close its open sessions, the one whose id it carries
         and one reconciliation adopted for it (same runtime reference), but never a session of
         another server that happens to have that id (ids restart when a backup is restored).
 
-        Billing ends at `at` (default now): the hub saw the server run until then. A session of
-        it that reconciliation already closed earlier (the service ticked between the stop and
-        this write, e.g. while the write waited out a database outage) is corrected to end at
-        `at` too, no later than the start of the server's next session: the hub's record of the
-        stop is exact, reconciliation's last-seen time only a lower bound.
+        Billing ends at `at` (default now): the hub saw the server run until then. With
+        `correct_earlier_end` (the hub's stop record waited out a billing-database outage, and
+        the service ticked meanwhile), a session of it that reconciliation already closed
+        earlier is corrected to end at `at` too, no later than the server's next session was
+        admitted: the hub's record of the stop is exact, reconciliation's last-seen time only a
+        lower bound. Only then: at other times a pod of the same name may run again, and the
+        hub's belief that it stopped a running server is not evidence enough.
         When the server is `found_gone` (it may have died long before), billing ends at the
         last time it was seen running (never later than `at`) and nothing closed is touched.
         A reason the gpuhub service asked the stop for (budget, culling) wins over `stopped`.
@@ -209,7 +212,11 @@ class Ledger:
             for row in rows:
                 at = reconcile_end(row.last_seen_at, row.started_at, now) if found_gone else now
                 _close(db, row, at, reason)
-            corrected = [] if found_gone else _correct_early_ends(db, mine & which, now, reason)
+            corrected = (
+                _correct_early_ends(db, mine & which, now, reason)
+                if correct_earlier_end and not found_gone
+                else []
+            )
             return [row.id for row in rows] + corrected
 
     def request_stop(self, session_id: int, reason: EndReason) -> bool:
@@ -394,7 +401,7 @@ def _close(db: Session, row: UsageSession, at: datetime, reason: EndReason) -> N
 
 def _correct_early_ends(db: Session, which: Any, at: datetime, reason: EndReason) -> list[int]:
     """Sessions of `which` that reconciliation closed before `at`: moved to end at `at`, no
-    later than their server's next session started."""
+    later than their server's next session was admitted."""
     by_reconciliation = [r.value for r in BY_RECONCILIATION]
     early = db.scalars(
         select(UsageSession).where(
@@ -408,11 +415,11 @@ def _correct_early_ends(db: Session, which: Any, at: datetime, reason: EndReason
     for row in early:
         assert row.started_at is not None and row.ended_at is not None
         next_start = db.scalar(
-            select(func.min(UsageSession.started_at)).where(
+            select(func.min(UsageSession.requested_at)).where(
                 UsageSession.user == row.user,
                 UsageSession.server_name == row.server_name,
                 UsageSession.id != row.id,
-                UsageSession.started_at >= row.started_at,
+                UsageSession.requested_at >= row.requested_at,
             )
         )
         end = min(at, next_start) if next_start is not None else at

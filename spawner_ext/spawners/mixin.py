@@ -296,6 +296,11 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         self.context.write(
             f"end of {server.user}/{server.server_name}",
             lambda ledger: ledger.close_server(server, reason, found_gone=found_gone, at=at),
+            # Written late (the billing database was down): the service may have closed the
+            # session meanwhile at its last-seen time; this stop record corrects that end.
+            late=lambda ledger: ledger.close_server(
+                server, reason, found_gone=found_gone, at=at, correct_earlier_end=True
+            ),
         )
 
     # --- lifecycle: what both spawners do around the concrete spawner's start/stop/poll ------

@@ -71,6 +71,19 @@ def test_a_write_after_an_outage_waits_behind_the_earlier_ones() -> None:
     assert ledger.done == ["first", "second"]
 
 
+def test_a_write_that_waited_is_applied_as_its_late_version() -> None:
+    """A stop record that waited out an outage may correct an end the service wrote meanwhile
+    (Ledger.close_server's correct_earlier_end); one written at once may not."""
+    ledger = FlakyLedger()
+    context = context_with(ledger)
+    context.write("now", lambda led: led.record("now"), late=lambda led: led.record("late"))  # type: ignore[attr-defined]
+    ledger.up = False
+    context.write("a", lambda led: led.record("a"), late=lambda led: led.record("a late"))  # type: ignore[attr-defined]
+    ledger.up = True
+    context.write("b", lambda led: led.record("b"), late=lambda led: led.record("b late"))  # type: ignore[attr-defined]
+    assert ledger.done == ["now", "a late", "b late"], "b waited behind a"
+
+
 def test_parts_are_made_once() -> None:
     context = HubContext(CATALOG, "")
     made: list[int] = []

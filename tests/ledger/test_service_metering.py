@@ -176,8 +176,9 @@ def stop_during_an_outage(
     clock.advance(seconds=60)
     if service_first:
         tick(ledger, clock, [])  # gone and no longer listed: closed at its last-seen time
-    assert ledger.close_server(ref, EndReason.STOPPED, at=stopped_at) == [admitted.session_id]
-    assert ledger.close_server(ref, EndReason.STOPPED, at=stopped_at) == [], "idempotent"
+    late = {"at": stopped_at, "correct_earlier_end": True}  # as the hub writes a late stop
+    assert ledger.close_server(ref, EndReason.STOPPED, **late) == [admitted.session_id]
+    assert ledger.close_server(ref, EndReason.STOPPED, **late) == [], "idempotent"
     tick(ledger, clock, [])
     row = ledger.session(admitted.session_id)
     assert row is not None
@@ -204,7 +205,7 @@ def test_a_stop_recorded_late_bills_until_the_stop_whoever_writes_first(
 def test_a_late_stop_never_bills_into_the_servers_next_session(
     ledger: Ledger, catalog: Catalog, clock: FakeClock
 ) -> None:
-    """The service closed the session at its last-seen time; meanwhile the server was started
+    """The service closed the session at its last-seen time; meanwhile the server was admitted
     again (a new session) before the hub's late stop record arrived."""
     first = ledger.admit(catalog, Request("ada", "", "vision", *H100, "v"))
     started = clock()
@@ -213,15 +214,34 @@ def test_a_late_stop_never_bills_into_the_servers_next_session(
     tick(ledger, clock, [running(first.session_id, started)])
     clock.advance(seconds=40)
     tick(ledger, clock, [])  # closed at 60 s
+    admitted_again = clock.advance(seconds=2)
     second = ledger.admit(catalog, Request("ada", "", "vision", *H100, "v"))
-    restarted = clock.advance(seconds=2)
-    ledger.mark_started(second.session_id, "local:200")
+    ledger.mark_started(second.session_id, "local:200", at=clock.advance(seconds=5))
     late = clock.advance(seconds=30)
     ref = ServerRef("ada", "", first.session_id, "local:100")
-    assert ledger.close_server(ref, EndReason.STOPPED, at=late) == [first.session_id]
+    closed = ledger.close_server(ref, EndReason.STOPPED, at=late, correct_earlier_end=True)
+    assert closed == [first.session_id]
     row = ledger.session(first.session_id)
-    assert row is not None and row.ended_at == restarted, "corrected up to the next start only"
+    assert row is not None and row.ended_at == admitted_again, "corrected up to the next one"
     assert (row.gpu_seconds, month_total(ledger)) == (102, 102)
+
+
+def test_only_a_stop_written_late_corrects_an_earlier_end(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    """A stop written at once, after the service closed the session (a pod of the same name
+    may be running again by then: the hub's belief is not evidence enough), changes nothing."""
+    admitted = ledger.admit(catalog, Request("ada", "", "vision", *H100, "v"))
+    started = clock()
+    ledger.mark_started(admitted.session_id, "local:100")
+    clock.advance(minutes=1)
+    tick(ledger, clock, [running(admitted.session_id, started)])
+    clock.advance(seconds=40)
+    tick(ledger, clock, [])
+    ref = ServerRef("ada", "", admitted.session_id, "local:100")
+    assert ledger.close_server(ref, EndReason.STOPPED, at=clock.advance(seconds=10)) == []
+    row = ledger.session(admitted.session_id)
+    assert row is not None and (row.end_reason, row.gpu_seconds) == ("node-lost", 60)
 
 
 def test_a_server_found_gone_never_moves_an_earlier_end(
@@ -237,6 +257,7 @@ def test_a_server_found_gone_never_moves_an_earlier_end(
     clock.advance(minutes=5)
     tick(ledger, clock, [])
     ref = ServerRef("ada", "", admitted.session_id, "local:100")
-    assert ledger.close_server(ref, EndReason.STOPPED, found_gone=True) == []
+    late = {"found_gone": True, "correct_earlier_end": True}
+    assert ledger.close_server(ref, EndReason.STOPPED, **late) == []
     row = ledger.session(admitted.session_id)
     assert row is not None and (row.end_reason, row.gpu_seconds) == ("node-lost", 60)

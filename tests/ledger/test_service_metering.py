@@ -176,9 +176,10 @@ def stop_during_an_outage(
     clock.advance(seconds=60)
     if service_first:
         tick(ledger, clock, [])  # gone and no longer listed: closed at its last-seen time
-    late = {"at": stopped_at, "correct_earlier_end": True}  # as the hub writes a late stop
-    assert ledger.close_server(ref, EndReason.STOPPED, **late) == [admitted.session_id]
-    assert ledger.close_server(ref, EndReason.STOPPED, **late) == [], "idempotent"
+    for closed in ([admitted.session_id], []):  # the second time: idempotent
+        # as the hub writes a stop record that waited out the outage
+        late = ledger.close_server(ref, EndReason.STOPPED, at=stopped_at, correct_earlier_end=True)
+        assert late == closed
     tick(ledger, clock, [])
     row = ledger.session(admitted.session_id)
     assert row is not None
@@ -226,21 +227,30 @@ def test_a_late_stop_never_bills_into_the_servers_next_session(
     assert (row.gpu_seconds, month_total(ledger)) == (102, 102)
 
 
-def test_only_a_stop_written_late_corrects_an_earlier_end(
-    ledger: Ledger, catalog: Catalog, clock: FakeClock
-) -> None:
-    """A stop written at once, after the service closed the session (a pod of the same name
-    may be running again by then: the hub's belief is not evidence enough), changes nothing."""
+def closed_by_reconciliation(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock, *, unseen: timedelta
+) -> int:
+    """ada's server runs a minute, seen by a tick; a tick `unseen` later finds it gone and
+    closes its session at 60 s. Its session id."""
     admitted = ledger.admit(catalog, Request("ada", "", "vision", *H100, "v"))
     started = clock()
     ledger.mark_started(admitted.session_id, "local:100")
     clock.advance(minutes=1)
     tick(ledger, clock, [running(admitted.session_id, started)])
-    clock.advance(seconds=40)
+    clock.advance(seconds=unseen.total_seconds())
     tick(ledger, clock, [])
-    ref = ServerRef("ada", "", admitted.session_id, "local:100")
+    return admitted.session_id
+
+
+def test_only_a_stop_written_late_corrects_an_earlier_end(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    """A stop written at once, after the service closed the session (a pod of the same name
+    may be running again by then: the hub's belief is not evidence enough), changes nothing."""
+    admitted = closed_by_reconciliation(ledger, catalog, clock, unseen=timedelta(seconds=40))
+    ref = ServerRef("ada", "", admitted, "local:100")
     assert ledger.close_server(ref, EndReason.STOPPED, at=clock.advance(seconds=10)) == []
-    row = ledger.session(admitted.session_id)
+    row = ledger.session(admitted)
     assert row is not None and (row.end_reason, row.gpu_seconds) == ("node-lost", 60)
 
 
@@ -249,15 +259,10 @@ def test_a_server_found_gone_never_moves_an_earlier_end(
 ) -> None:
     """The hub's poll finds a server gone that reconciliation already closed: the hub does not
     know when it died, so reconciliation's end stands."""
-    admitted = ledger.admit(catalog, Request("ada", "", "vision", *H100, "v"))
-    started = clock()
-    ledger.mark_started(admitted.session_id, "local:100")
-    clock.advance(minutes=1)
-    tick(ledger, clock, [running(admitted.session_id, started)])
-    clock.advance(minutes=5)
-    tick(ledger, clock, [])
-    ref = ServerRef("ada", "", admitted.session_id, "local:100")
-    late = {"found_gone": True, "correct_earlier_end": True}
-    assert ledger.close_server(ref, EndReason.STOPPED, **late) == []
-    row = ledger.session(admitted.session_id)
+    admitted = closed_by_reconciliation(ledger, catalog, clock, unseen=timedelta(minutes=5))
+    ref = ServerRef("ada", "", admitted, "local:100")
+    assert (
+        ledger.close_server(ref, EndReason.STOPPED, found_gone=True, correct_earlier_end=True) == []
+    )
+    row = ledger.session(admitted)
     assert row is not None and (row.end_reason, row.gpu_seconds) == ("node-lost", 60)

@@ -36,6 +36,17 @@ from .rules import (
 
 
 @dataclass(frozen=True)
+class BilledTotal:
+    """What closed sessions billed, per team, GPU type and currency."""
+
+    team: str | None
+    gpu_type: str | None
+    currency: str
+    gpu_seconds: int
+    cost: Decimal
+
+
+@dataclass(frozen=True)
 class ServerRef:
     """Which server the hub saw end: whose, and what it carried (its session id, where it ran)."""
 
@@ -280,6 +291,20 @@ class Ledger:
     def open_sessions(self) -> list[UsageSession]:
         with self._reads() as db:
             return list(db.scalars(select(UsageSession).where(UsageSession.ended_at.is_(None))))
+
+    def billed_totals(self) -> list[BilledTotal]:
+        """GPU-seconds and cost of every closed session, per team, GPU type and currency."""
+        u = UsageSession
+        query = (
+            select(u.team, u.gpu_type, u.currency, func.sum(u.gpu_seconds), func.sum(u.cost))
+            .where(u.ended_at.is_not(None), u.started_at.is_not(None))
+            .group_by(u.team, u.gpu_type, u.currency)
+        )
+        with self._reads() as db:
+            return [
+                BilledTotal(team, gpu_type, currency, int(seconds or 0), Decimal(cost or 0))
+                for team, gpu_type, currency, seconds, cost in db.execute(query)
+            ]
 
     def session(self, session_id: int) -> UsageSession | None:
         with self._reads() as db:

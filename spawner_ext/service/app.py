@@ -172,9 +172,11 @@ class StatusHandler(web.RequestHandler):
         self.finish(json.dumps(self.service.status.as_json()))
 
 
-def make_app(service: GPUHubService, prefix: str) -> web.Application:
-    """The status endpoint (public: counts only), the report API (reports_api.py) and the OAuth
-    callback JupyterHub's login returns to."""
+def make_app(
+    service: GPUHubService, prefix: str, *, metrics_user_labels: bool = False
+) -> web.Application:
+    """The status endpoint (public: counts only), the report API and metrics (reports_api.py)
+    and the OAuth callback JupyterHub's login returns to."""
     import os
 
     from jupyterhub.services.auth import HubOAuthCallbackHandler
@@ -185,7 +187,7 @@ def make_app(service: GPUHubService, prefix: str) -> web.Application:
     return web.Application(
         [
             (rf"{prefix}api/v1/status", StatusHandler, {"service": service}),
-            *report_handlers(prefix, service),
+            *report_handlers(prefix, service, metrics_user_labels=metrics_user_labels),
             (rf"{prefix}oauth_callback", HubOAuthCallbackHandler),
         ],
         cookie_secret=os.urandom(32),

@@ -48,6 +48,12 @@ def add_service_command(subparsers: argparse._SubParsersAction[argparse.Argument
         action="store_true",
         help="Kubernetes: do not keep team namespaces' ResourceQuotas in sync with the catalog",
     )
+    service.add_argument(
+        "--metrics-user-labels",
+        action="store_true",
+        help="label gpuhub_gpus_allocated with user names too (off: labels are bounded by the "
+        "catalog's teams and GPU types)",
+    )
     service.set_defaults(run=run_service)
 
 
@@ -103,7 +109,8 @@ async def _serve(
     else:
         runtime = LocalRuntime(lambda: live_servers(api_url))
     service = GPUHubService(store, args.db_url, HubAPI(api_url, token), runtime)
-    server = make_app(service, prefix).listen(port or 0, address=host or "127.0.0.1")
+    app = make_app(service, prefix, metrics_user_labels=args.metrics_user_labels)
+    server = app.listen(port or 0, address=host or "127.0.0.1")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from jupyterhub.services.auth import HubOAuthenticated
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from tornado import web
 
 from ..clock import utcnow
@@ -23,6 +24,7 @@ from ..reports.export import csv_lines, json_document
 from ..reports.query import Dimension, ReportError, UsageQuery, current_month, parse_usage_query
 from ..reports.usage import usage_rows
 from .app import GPUHubService
+from .metrics import exposition, metrics_registry
 from .openapi import OPENAPI
 
 CSV_FLUSH_ROWS = 1000
@@ -192,6 +194,22 @@ class CatalogHandler(APIHandler):
         )
 
 
+class MetricsHandler(APIHandler):
+    """GET metrics: Prometheus exposition (every team's figures: needs custom:gpu-usage:read)."""
+
+    def initialize(self, service: GPUHubService, registry: CollectorRegistry) -> None:  # type: ignore[override]
+        super().initialize(service)
+        self.registry = registry
+
+    def get(self) -> None:
+        if not self.access().everything:
+            raise web.HTTPError(
+                403, "metrics cover every team: scrape with a token that has custom:gpu-usage:read"
+            )
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(exposition(self.registry))
+
+
 class OpenAPIHandler(web.RequestHandler):
     """GET api/v1/openapi.json (public: it describes, it holds no data)."""
 
@@ -200,9 +218,13 @@ class OpenAPIHandler(web.RequestHandler):
         self.finish(json.dumps(OPENAPI))
 
 
-def report_handlers(prefix: str, service: GPUHubService) -> list[Any]:
+def report_handlers(
+    prefix: str, service: GPUHubService, *, metrics_user_labels: bool = False
+) -> list[Any]:
     args = {"service": service}
+    registry = metrics_registry(service, user_labels=metrics_user_labels)
     return [
+        (rf"{prefix}metrics", MetricsHandler, {**args, "registry": registry}),
         (rf"{prefix}api/v1/usage", UsageHandler, args),
         (rf"{prefix}api/v1/allocations", AllocationsHandler, args),
         (rf"{prefix}api/v1/budget", BudgetHandler, args),

@@ -81,6 +81,9 @@ def test_nobody_reads_another_teams_usage(hub: Hub, tokens: dict[str, str]) -> N
         assert anonymous.status_code == 403, (path, anonymous.status_code)
         assert "JupyterHub API token" in anonymous.json()["message"], path
     assert get(hub, "catalog", tokens["ada"]).status_code == 403
+    metrics = f"{hub.url}services/gpu-usage/metrics"
+    for headers in ({}, {"Authorization": f"token {tokens['ada']}"}):
+        assert requests.get(metrics, headers=headers, timeout=30).status_code == 403, headers
 
 
 @pytest.mark.integration
@@ -115,9 +118,15 @@ def test_csv_carries_the_same_rows_as_json(hub: Hub, tokens: dict[str, str]) -> 
         assert response.headers["Content-Type"].startswith("text/csv")
         assert "attachment" in response.headers["Content-Disposition"]
         parsed = list(csv.DictReader(io.StringIO(response.text)))
-        assert [(r["day"], r["user"], float(r["gpu_hours"])) for r in parsed] == [
-            (r["day"], r["user"], r["gpu_hours"]) for r in as_json
-        ]
+        assert [(r["day"], r["user"]) for r in parsed] == [(r["day"], r["user"]) for r in as_json]
+        for line, row in zip(parsed, as_json, strict=True):
+            if row["user"] == "ada":  # stopped: exactly the same figures
+                assert (float(line["gpu_hours"]), float(line["cost"])) == (
+                    row["gpu_hours"],
+                    row["cost"],
+                )
+            else:  # lin's server still runs: billed until the moment of each request
+                assert float(line["gpu_hours"]) == pytest.approx(row["gpu_hours"], abs=0.002)
 
 
 @pytest.mark.integration
@@ -153,3 +162,65 @@ def test_wrong_parameters_get_400_with_the_reason(
 def test_the_openapi_description_is_served(hub: Hub) -> None:
     document = get(hub, "openapi.json", None).json()
     assert set(document["paths"]) == {"/usage", "/allocations", "/budget", "/catalog"}
+
+
+@pytest.fixture
+def prometheus(hub: Hub, tokens: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    """Debian's Prometheus on loopback, scraping the service's metrics every second with the
+    admin's JupyterHub token. Its API URL."""
+    import shutil
+    import subprocess
+    from urllib.parse import urlparse
+
+    from spawner_ext.up import free_port
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus is missing: scripts/bootstrap installs Debian's package")
+    target = urlparse(hub.url).netloc
+    (tmp_path / "token").write_text(tokens["admin"])
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: gpuhub\n"
+        "    metrics_path: /services/gpu-usage/metrics\n"
+        f"    authorization: {{type: Bearer, credentials_file: {tmp_path / 'token'}}}\n"
+        f"    static_configs: [{{targets: ['{target}']}}]\n"
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/api/v1/"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.integration
+def test_prometheus_scrapes_the_allocated_gpus(prometheus: str) -> None:
+    from .conftest import wait_for
+
+    def allocated() -> float | None:
+        try:
+            answer = requests.get(
+                prometheus + "query",
+                params={"query": 'sum(gpuhub_gpus_allocated{team="vision"})'},
+                timeout=5,
+            ).json()
+        except requests.ConnectionError:
+            return None
+        result = answer.get("data", {}).get("result", [])
+        return float(result[0]["value"][1]) if result else None
+
+    assert wait_for("Prometheus to scrape the service", allocated, 60, 1) == 1, "lin's GPU"
+    targets = requests.get(prometheus + "targets", timeout=5).json()["data"]["activeTargets"]
+    assert [t["health"] for t in targets] == ["up"]

@@ -81,3 +81,46 @@ def test_promtool_accepts_the_exposition(service: GPUHubService) -> None:
         [promtool, "check", "metrics"], input=text, capture_output=True, check=False
     )
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
+
+
+def test_the_grafana_dashboard_queries_only_metrics_that_exist(
+    service: GPUHubService, tmp_path: Path
+) -> None:
+    """Every panel's PromQL parses (`promtool check rules`) and names only metrics the service
+    exposes."""
+    import json
+    import re
+
+    import yaml
+
+    dashboard = json.loads((ROOT / "dashboards" / "gpuhub-usage.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exposed = {
+        s.name
+        for f in text_string_to_metric_families(exposition(metrics_registry(service)).decode())
+        for s in f.samples
+    }
+    for expr in exprs:
+        for name in re.findall(r"\bgpuhub_[a-z_]+", expr):
+            assert name in exposed, f"{name} in {expr!r} is not a metric of the service"
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:panel{i}", "expr": e.replace("$team", ".*")}
+                    for i, e in enumerate(exprs)
+                ],
+            }
+        ]
+    }
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    promtool = shutil.which("promtool")
+    assert promtool is not None
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(tmp_path / "rules.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from sqlalchemy import (
     Engine,
     Float,
+    Integer,
     Select,
     and_,
     case,
@@ -37,6 +38,7 @@ from .query import Dimension, UsageQuery
 HOURS = Decimal("0.0001")
 CENTS = Decimal("0.01")
 EPOCH_JULIAN_DAY = 2440587.5
+DAY_SECONDS = 86400
 
 
 @dataclass(frozen=True)
@@ -85,30 +87,33 @@ def columns(by: tuple[Dimension, ...]) -> list[str]:
 
 def usage_rows(engine: Engine, query: UsageQuery, now: datetime) -> Iterator[UsageRow]:
     """The report's rows, streamed from the database in order (team, then the `by` columns)."""
-    statement = usage_statement(engine.dialect.name, query, now)
+    dialect = engine.dialect.name
     reads = engine.execution_options(**{READ_ONLY: True}, stream_results=True, yield_per=1000)
     with reads.connect() as connection:
-        for found in connection.execute(statement):
-            yield _row(found._mapping, query.by)
+        span = 0
+        if Dimension.DAY in query.by:
+            span = int(connection.execute(span_statement(dialect, query, now)).scalar() or 0)
+        for found in connection.execute(usage_statement(dialect, query, now, span)):
+            yield _row(found._mapping, query)
 
 
-def usage_statement(dialect: str, query: UsageQuery, now: datetime) -> Select[Any]:
+def _billed(dialect: str, query: UsageQuery, now: datetime) -> Any:
+    """Each session of the report, with the part of its billed time inside the period, in epoch
+    seconds (`low`, `high`) and whole days from the period's start (`first_day`, `last_day`)."""
     s = UsageSession
     period = query.period
-    now_epoch = now.astimezone(UTC).timestamp()
     start = _epoch(dialect, s.started_at)
     billed_end = case(
-        (s.ended_at.is_(None), literal(now_epoch)),
+        (s.ended_at.is_(None), literal(now.astimezone(UTC).timestamp())),
         (
             and_(s.gpu_count > 0, s.gpu_seconds.is_not(None)),
             start + cast(s.gpu_seconds, Float) / s.gpu_count,
         ),
         else_=_epoch(dialect, s.ended_at),
     )
-    intervals = _intervals(query).subquery("intervals")
-    low = _greatest(dialect, start, intervals.c.low)
-    high = _least(dialect, billed_end, intervals.c.high)
-    seconds = high - low
+    origin = period.start.timestamp()
+    low = _greatest(dialect, start, literal(origin, Float))
+    high = _least(dialect, billed_end, literal(period.end.timestamp(), Float))
     filters = [
         s.started_at.is_not(None),
         s.started_at < period.end,
@@ -118,53 +123,76 @@ def usage_statement(dialect: str, query: UsageQuery, now: datetime) -> Select[An
         filters.append(s.team.in_(query.teams))
     if query.user is not None:
         filters.append(s.user == query.user)
-    groups: list[Any] = [s.team.label("team"), s.currency.label("currency")]
-    if Dimension.DAY in query.by:
-        groups.append(intervals.c.day.label("day"))
-    for dimension, column in (
-        (Dimension.USER, s.user),
-        (Dimension.PROFILE, s.profile),
-        (Dimension.GPU_TYPE, s.gpu_type),
-    ):
-        if dimension in query.by:
-            groups.append(column.label(dimension.value))
-    order = [groups[0], *groups[2:], groups[1]]
     return (
         select(
-            *groups,
-            func.sum(seconds * s.gpu_count).label("gpu_seconds"),
-            func.sum(seconds * cast(s.price_per_hour, Float)).label("price_seconds"),
-            func.count(func.distinct(s.id)).label("sessions"),
+            s.id,
+            s.team,
+            s.currency,
+            s.user,
+            s.profile,
+            s.gpu_type,
+            s.gpu_count,
+            cast(s.price_per_hour, Float).label("price"),
+            low.label("low"),
+            high.label("high"),
+            _floor(dialect, (low - origin) / DAY_SECONDS).label("first_day"),
+            _floor(dialect, (high - origin) / DAY_SECONDS).label("last_day"),
         )
-        .select_from(s)
-        .join(intervals, and_(start < intervals.c.high, billed_end > intervals.c.low))
-        .where(*filters)
-        .group_by(*(g.element for g in groups))
-        .order_by(*(g.element for g in order))
+        .where(*filters, high > low)
+        .subquery("billed")
     )
 
 
-def _intervals(query: UsageQuery) -> Any:
-    """The period, or each of its days: (day, low, high) in epoch seconds."""
-    period = query.period
+def span_statement(dialect: str, query: UsageQuery, now: datetime) -> Select[Any]:
+    """How many day boundaries the longest session of the report crosses."""
+    billed = _billed(dialect, query, now)
+    return select(func.max(billed.c.last_day - billed.c.first_day))
+
+
+def usage_statement(dialect: str, query: UsageQuery, now: datetime, span: int = 0) -> Select[Any]:
+    """The aggregation. Grouped by day, each session is joined with the day offsets 0..`span`
+    it covers (so the work grows with the sessions and their length, not with the period)."""
+    billed = _billed(dialect, query, now)
+    groups: list[Any] = [billed.c.team.label("team"), billed.c.currency.label("currency")]
+    seconds: Any = billed.c.high - billed.c.low
+    source: Any = billed
+    condition = None
     if Dimension.DAY in query.by:
-        spans = [(d, _day_start(d)) for d in period.days()]
-        bounds = [(d, low, low + 86400) for d, low in spans]
-    else:
-        bounds = [(period.since, period.start.timestamp(), period.end.timestamp())]
-    selects = [
-        select(
-            literal(d.isoformat()).label("day"),
-            literal(low, Float).label("low"),
-            literal(high, Float).label("high"),
+        offsets = _offsets(span).subquery("offsets")
+        day = (billed.c.first_day + offsets.c.k).label("day")
+        origin = query.period.start.timestamp()
+        day_low = literal(origin, Float) + day * DAY_SECONDS
+        seconds = _least(dialect, billed.c.high, day_low + DAY_SECONDS) - _greatest(
+            dialect, billed.c.low, day_low
         )
-        for d, low, high in bounds
-    ]
+        source = billed.join(offsets, offsets.c.k <= billed.c.last_day - billed.c.first_day)
+        condition = seconds > 0
+        groups.append(day)
+    for dimension in (Dimension.USER, Dimension.PROFILE, Dimension.GPU_TYPE):
+        if dimension in query.by:
+            groups.append(billed.c[dimension.value].label(dimension.value))
+    order = [groups[0], *groups[2:], groups[1]]
+    statement = select(
+        *groups,
+        func.sum(seconds * billed.c.gpu_count).label("gpu_seconds"),
+        func.sum(seconds * billed.c.price).label("price_seconds"),
+        func.count(func.distinct(billed.c.id)).label("sessions"),
+    ).select_from(source)
+    if condition is not None:
+        statement = statement.where(condition)
+    return statement.group_by(*(g.element for g in groups)).order_by(*(g.element for g in order))
+
+
+def _offsets(span: int) -> Any:
+    selects = [select(literal(k, Integer).label("k")) for k in range(span + 1)]
     return selects[0] if len(selects) == 1 else union_all(*selects)
 
 
-def _day_start(day: date) -> float:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+def _floor(dialect: str, value: Any) -> Any:
+    """Whole days of a non-negative number (SQLite's CAST truncates; PostgreSQL's rounds)."""
+    if dialect == "sqlite":
+        return cast(value, Integer)
+    return cast(func.floor(value), Integer)
 
 
 def _epoch(dialect: str, column: Any) -> Any:
@@ -181,14 +209,17 @@ def _least(dialect: str, a: Any, b: Any) -> Any:
     return func.min(a, b) if dialect == "sqlite" else func.least(a, b)
 
 
-def _row(found: Any, by: tuple[Dimension, ...]) -> UsageRow:
+def _row(found: Any, query: UsageQuery) -> UsageRow:
+    by = query.by
     gpu_seconds = Decimal(repr(float(found["gpu_seconds"] or 0)))
     price_seconds = Decimal(repr(float(found["price_seconds"] or 0)))
     day = found["day"] if Dimension.DAY in by else None
+    if day is not None:
+        day = query.period.since + timedelta(days=int(day))
     return UsageRow(
         team=found["team"],
         currency=found["currency"],
-        day=date.fromisoformat(day) if isinstance(day, str) else day,
+        day=day,
         user=found["user"] if Dimension.USER in by else None,
         profile=found["profile"] if Dimension.PROFILE in by else None,
         gpu_type=found["gpu_type"] if Dimension.GPU_TYPE in by else None,

@@ -144,3 +144,17 @@ def test_columns_follow_the_grouping() -> None:
 def test_a_row_without_culling_data_says_idle_is_unknown() -> None:
     row = UsageRow("vision", "USD", None, None, None, None, Decimal("1"), Decimal("2"), 1)
     assert row.as_json(())["idle_gpu_hours"] is None
+
+
+def test_a_long_session_from_before_the_period_fills_each_day_it_covers(ledger: Ledger) -> None:
+    """12:00 on 28 Nov to 06:00 on 2 Dec, asked for 29 Nov to 2 Dec: whole days in between, and
+    nothing outside the period."""
+    add_session(ledger.engine, "eve", at(28, 12), at(2, 6, month=12), team="nlp", gpus=2)
+    period = Period(date(2026, 11, 29), date(2026, 12, 2))
+    rows = report(ledger, period, Dimension.DAY, teams=("nlp",))
+    assert [(r["day"], r["gpu_hours"]) for r in rows] == [
+        ("2026-11-29", 48.0),
+        ("2026-11-30", 48.0),
+        ("2026-12-01", 48.0),
+    ]
+    assert [r["gpu_hours"] for r in report(ledger, period, teams=("nlp",))] == [144.0]

@@ -95,3 +95,18 @@ async def test_monthly_totals_after_the_migration_match_the_history(tmp_path: Pa
             assert usage.gpu_hours_this_month == expected[plan.key], plan.key
     finally:
         ledger.engine.dispose()
+
+
+def test_reports_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import reports
+
+    assert reports.main(["--rows", "2000", "--backends", "sqlite", "--repeat", "1"]) == 0
+    out, _ = capsys.readouterr()
+    timed = [line for line in out.splitlines() if line.startswith("| sqlite | 2,000 | month")]
+    assert len(timed) == 2
+    (export,) = [
+        line
+        for line in out.splitlines()
+        if line.startswith("| sqlite | 2,000 | ") and "month" not in line
+    ]
+    assert int(export.split(" | ")[2].replace(",", "")) > 0, "the export streamed rows"

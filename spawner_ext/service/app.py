@@ -181,6 +181,7 @@ def make_app(
 
     from jupyterhub.services.auth import HubOAuthCallbackHandler
 
+    from .pages import page_handlers
     from .reports_api import report_handlers
 
     prefix = "/" + prefix.strip("/") + "/"
@@ -189,6 +190,7 @@ def make_app(
             (rf"{prefix}api/v1/status", StatusHandler, {"service": service}),
             *report_handlers(prefix, service, metrics_user_labels=metrics_user_labels),
             (rf"{prefix}oauth_callback", HubOAuthCallbackHandler),
+            *page_handlers(prefix, service),
         ],
         cookie_secret=os.urandom(32),
     )

@@ -1,0 +1,198 @@
+"""The usage page in a real browser (Debian's Chromium driven by Playwright): a team lead sees
+the chart and the table, changes the grouping and downloads the CSV, whose rows are the API's;
+a lead of another team gets 403 for that team; a plain user sees only their own usage; an admin
+sees every team and the catalog's last reload error after a bad edit. Screenshots are saved in
+$GPUHUB_ARTIFACTS (default /tmp/gpuhub-artifacts)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import Hub, needs_local_hub, wait_for
+from .test_spawn_form_browser import CHROMIUM, CHROMIUM_ARGS
+
+ROOT = Path(__file__).parents[2]
+ARTIFACTS = Path(os.environ.get("GPUHUB_ARTIFACTS", "/tmp/gpuhub-artifacts"))
+TIMEOUT_MS = 60_000
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    needs_local_hub()
+    workdir = tmp_path_factory.mktemp("usage-page")
+    (workdir / "catalog.yaml").write_text((ROOT / "hub_config" / "catalog.yaml").read_text())
+    hub = Hub(workdir, "3xh100-80gb", "--config", str(workdir / "catalog.yaml"))
+    try:
+        hub.start()
+        hub.start_server("ada", {"profile": "h100-single"})
+        hub.start_server("grace", {"profile": "h100-single"})
+        hub.start_server("lin", {"profile": "h100-single", "team": "vision"})
+        time.sleep(2)
+        hub.stop_server("ada")
+        hub.stop_server("grace")
+        yield hub
+    finally:
+        hub.cleanup()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing; install it with: scripts/bootstrap system")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def open_usage(page: Any, hub: Hub, user: str, query: str = "") -> Any:
+    """Log in through the hub's form and open the usage page; the page's response."""
+    password = hub.admin_password if user == "admin" else hub.password
+    page.goto(f"{hub.url}hub/login?next=/services/gpu-usage/")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", password)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#gpuhub-usage")
+    response = page.goto(f"{hub.url}services/gpu-usage/{query}") if query else None
+    return response
+
+
+def loaded(page: Any, after: str = "") -> str:
+    """Wait until the page's script has drawn everything once more; its stamp."""
+    page.wait_for_function(
+        "a => document.body.dataset.gpuhubLoaded && document.body.dataset.gpuhubLoaded !== a",
+        arg=after,
+    )
+    stamp: str = page.evaluate("document.body.dataset.gpuhubLoaded")
+    return stamp
+
+
+def table(page: Any, selector: str) -> list[dict[str, str]]:
+    found: list[dict[str, str]] = page.evaluate(
+        """s => {
+          const t = document.querySelector(s);
+          const names = [...t.tHead.rows[0].cells].map(c => c.textContent.replace(/ /g, "_"));
+          return [...t.tBodies[0].rows].filter(r => r.cells.length === names.length)
+            .map(r => Object.fromEntries(names.map((n, i) => [n, r.cells[i].textContent])));
+        }""",
+        selector,
+    )
+    return found
+
+
+def shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"usage-{name}.png"), full_page=True)
+
+
+def test_a_lead_sees_the_chart_and_table_regroups_and_downloads_the_csv(
+    page: Any, hub: Hub
+) -> None:
+    open_usage(page, hub, "ada")
+    stamp = loaded(page)
+    assert page.evaluate("Chart.getChart('gpuhub-chart') !== undefined"), (
+        page.inner_text("#gpuhub-problem") + page.evaluate("String(window.Chart)")[:200]
+    )
+    rows = table(page, "#gpuhub-usage-table")
+    assert [(r["team"], r["user"]) for r in rows] == [("vision", "ada"), ("vision", "lin")]
+    assert "vision" in page.inner_text("#gpuhub-budget") and "2000" in page.inner_text(
+        "#gpuhub-budget"
+    )
+    assert [r["user"] for r in table(page, "#gpuhub-allocations")] == ["lin"]
+    shot(page, "lead")
+    # group by profile and day instead of user, with the keyboard-reachable controls
+    page.uncheck("#gpuhub-by-user")
+    page.check("#gpuhub-by-profile")
+    page.check("#gpuhub-by-day")
+    page.focus("#gpuhub-show")
+    page.keyboard.press("Enter")
+    loaded(page, stamp)
+    rows = table(page, "#gpuhub-usage-table")
+    assert rows and all(set(r) >= {"day", "profile"} and "user" not in r for r in rows)
+    with page.expect_download() as download:
+        page.click("#gpuhub-download-csv")
+    text = Path(download.value.path()).read_text()
+    downloaded = list(csv.DictReader(io.StringIO(text)))
+    shown = [(r["team"], r["day"], r["profile"]) for r in rows]
+    assert [(r["team"], r["day"], r["profile"]) for r in downloaded] == shown
+    api = page.evaluate(
+        "url => fetch(url, {headers: {'X-XSRFToken': gpuhubSettings.xsrf}}).then(r => r.json())",
+        page.get_attribute("#gpuhub-download-json", "href"),
+    )
+    assert [(r["team"], r["day"], r["profile"]) for r in api["rows"]] == shown
+    # sortable: the GPU-hours column, descending after two presses
+    header = page.locator("#gpuhub-usage-table").get_by_role("button", name="gpu hours", exact=True)
+    header.click()
+    header.click()
+    values = [float(r["gpu_hours"]) for r in table(page, "#gpuhub-usage-table")]
+    assert values == sorted(values, reverse=True)
+    shot(page, "lead-by-day")
+
+
+def test_a_lead_of_another_team_gets_403_for_it(page: Any, hub: Hub) -> None:
+    response = open_usage(page, hub, "grace", "?team=vision")
+    assert response.status == 403
+    assert "you may not read the usage of team 'vision'" in page.inner_text("#gpuhub-error")
+    shot(page, "other-lead-403")
+
+
+def test_a_plain_user_sees_only_their_own_usage(page: Any, hub: Hub) -> None:
+    open_usage(page, hub, "lin")
+    loaded(page)
+    assert page.eval_on_selector_all("#gpuhub-team option", "os => os.map(o => o.textContent)") == [
+        "my own usage"
+    ]
+    assert {r["user"] for r in table(page, "#gpuhub-usage-table")} == {"lin"}
+    shot(page, "member")
+
+
+def test_an_admin_sees_every_team_and_the_last_reload_error(page: Any, hub: Hub) -> None:
+    catalog = hub.workdir / "catalog.yaml"
+    good = catalog.read_text()
+    catalog.write_text(good.replace("gpus_per_user: 4", "gpus_per_user: four"))
+    try:
+        wait_for(
+            "the service to notice the bad edit",
+            lambda: hub.api("GET", "/services/gpu-usage").ok,  # the hub still answers
+            10,
+        )
+        time.sleep(4)  # the service checks the file every 2 s
+        open_usage(page, hub, "admin")
+        assert page.locator("#gpuhub-team option").last.inner_text() == "every team"
+        page.select_option("#gpuhub-team", "")
+        stamp = loaded(page)
+        page.click("#gpuhub-show")
+        loaded(page, stamp)
+        teams = {r["team"] for r in table(page, "#gpuhub-usage-table")}
+        assert teams == {"nlp", "vision"}
+        error = page.inner_text("#gpuhub-catalog-error")
+        assert "catalog.yaml:" in error and "gpus_per_user" in error
+        shot(page, "admin-reload-error")
+    finally:
+        catalog.write_text(good)

@@ -139,7 +139,7 @@ def _overlapping(query: UsageQuery) -> Any:
     history (a single OR would read every session started before the period's end)."""
     u = UsageSession
     period = query.period
-    common = [u.started_at.is_not(None), u.started_at < period.end]
+    common = []
     if query.teams is not None:
         common.append(u.team.in_(query.teams))
     if query.user is not None:
@@ -157,8 +157,11 @@ def _overlapping(query: UsageQuery) -> Any:
         u.ended_at,
         u.gpu_seconds,
     )
+    # No condition on started_at here: SQLite's planner would then read (team, started_at),
+    # the team's whole history. Sessions that start after the period (or never started) have
+    # no billed time inside it and are dropped by `high > low`.
     ended = select(*columns).where(*common, u.ended_at > period.start)
-    running = select(*columns).where(*common, u.ended_at.is_(None))
+    running = select(*columns).where(*common, u.ended_at.is_(None), u.started_at < period.end)
     return union_all(ended, running).subquery("sessions").c
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import (
     select,
     union_all,
 )
+from sqlalchemy.sql.elements import ColumnElement
 
 from ..ledger.engine import READ_ONLY
 from ..ledger.models import UsageSession
@@ -139,7 +140,7 @@ def _overlapping(query: UsageQuery) -> Any:
     history (a single OR would read every session started before the period's end)."""
     u = UsageSession
     period = query.period
-    common = []
+    common: list[ColumnElement[bool]] = []
     if query.teams is not None:
         common.append(u.team.in_(query.teams))
     if query.user is not None:

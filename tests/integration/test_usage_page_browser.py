@@ -165,11 +165,15 @@ def test_a_lead_of_another_team_gets_403_for_it(page: Any, hub: Hub) -> None:
 def test_a_plain_user_sees_only_their_own_usage(page: Any, hub: Hub) -> None:
     open_usage(page, hub, "lin")
     loaded(page)
+    shot(page, "member")
+    page.goto(f"{hub.url}hub/home")
+    assert page.locator('a[href$="/services/gpu-usage/"]').count() >= 1, "in the Services menu"
+    page.go_back()
+    loaded(page)
     assert page.eval_on_selector_all("#gpuhub-team option", "os => os.map(o => o.textContent)") == [
         "my own usage"
     ]
     assert {r["user"] for r in table(page, "#gpuhub-usage-table")} == {"lin"}
-    shot(page, "member")
 
 
 def test_an_admin_sees_every_team_and_the_last_reload_error(page: Any, hub: Hub) -> None:

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -344,3 +344,52 @@ def start_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
     finally:
         for hub in hubs:
             hub.cleanup()
+
+
+@contextmanager
+def usage_hub(workdir: Path) -> Iterator[Hub]:
+    """A hub with usage to report, on its own copy of the example catalog (workdir/catalog.yaml,
+    which a test may edit): ada (vision) and grace (nlp) used a GPU for a few seconds and
+    stopped; lin's GPU server (charged to vision) runs on."""
+    needs_local_hub()
+    catalog = workdir / "catalog.yaml"
+    catalog.write_text((Path(__file__).parents[2] / "hub_config" / "catalog.yaml").read_text())
+    hub = Hub(workdir, "3xh100-80gb", "--config", str(catalog))
+    try:
+        hub.start()
+        hub.start_server("ada", {"profile": "h100-single"})
+        hub.start_server("grace", {"profile": "h100-single"})
+        hub.start_server("lin", {"profile": "h100-single", "team": "vision"})
+        time.sleep(2)
+        hub.stop_server("ada")
+        hub.stop_server("grace")
+        yield hub
+    finally:
+        hub.cleanup()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing; install it with: scripts/bootstrap system")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()

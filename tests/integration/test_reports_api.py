@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,28 +13,15 @@ from typing import Any
 import pytest
 import requests
 
-from .conftest import Hub, needs_local_hub
+from .conftest import Hub, usage_hub
 
 ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    needs_local_hub()
-    workdir = tmp_path_factory.mktemp("reports")
-    hub = Hub(workdir, "3xh100-80gb", "--config", str(ROOT / "hub_config" / "catalog.yaml"))
-    try:
-        hub.start()
-        # ada (vision) and grace (nlp) use a GPU for a few seconds; lin's server runs on
-        hub.start_server("ada", {"profile": "h100-single"})
-        hub.start_server("grace", {"profile": "h100-single"})
-        hub.start_server("lin", {"profile": "h100-single", "team": "vision"})
-        time.sleep(2)
-        hub.stop_server("ada")
-        hub.stop_server("grace")
-        yield hub
-    finally:
-        hub.cleanup()
+    with usage_hub(tmp_path_factory.mktemp("reports")) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Hub, needs_local_hub, wait_for
-from .test_spawn_form_browser import CHROMIUM, CHROMIUM_ARGS
+from .conftest import Hub, usage_hub, wait_for
 
 ROOT = Path(__file__).parents[2]
 ARTIFACTS = Path(os.environ.get("GPUHUB_ARTIFACTS", "/tmp/gpuhub-artifacts"))
@@ -28,37 +27,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    needs_local_hub()
-    workdir = tmp_path_factory.mktemp("usage-page")
-    (workdir / "catalog.yaml").write_text((ROOT / "hub_config" / "catalog.yaml").read_text())
-    hub = Hub(workdir, "3xh100-80gb", "--config", str(workdir / "catalog.yaml"))
-    try:
-        hub.start()
-        hub.start_server("ada", {"profile": "h100-single"})
-        hub.start_server("grace", {"profile": "h100-single"})
-        hub.start_server("lin", {"profile": "h100-single", "team": "vision"})
-        time.sleep(2)
-        hub.stop_server("ada")
-        hub.stop_server("grace")
-        yield hub
-    finally:
-        hub.cleanup()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing; install it with: scripts/bootstrap system")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with usage_hub(tmp_path_factory.mktemp("usage-page")) as started:
+        yield started
 
 
 @pytest.fixture

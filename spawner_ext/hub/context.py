@@ -82,42 +82,38 @@ class HubContext:
         `RETRY_SECONDS` until it does; a write that waited is applied as `late` if given (the
         write carries its own times, so a late write bills the same). Lost only if the hub dies
         first; reconciliation then closes the session at its last-seen time."""
-        if self._pending:
-            self._pending.append((what, late or change))
-            if self.flush():
-                return
-        else:
-            try:
-                ledger = self.ledger()
-                if ledger is not None:
-                    change(ledger)
-                return
-            except (DBAPIError, SchemaError) as exc:
-                self._unavailable(what, exc, waiting=1)
-                self._pending.append((what, late or change))
+        waited = bool(self._pending)
+        if not waited and self._apply(what, change, waiting=1):
+            return
+        self._pending.append((what, late or change))
+        if waited and self.flush():
+            return
         self._ensure_retry()
 
     def flush(self) -> bool:
         """Try the pending writes in order; True when none is left."""
         while self._pending:
             what, change = self._pending[0]
-            try:
-                ledger = self.ledger()
-                if ledger is not None:
-                    change(ledger)
-            except (DBAPIError, SchemaError) as exc:
-                self._unavailable(what, exc, waiting=len(self._pending))
+            if not self._apply(what, change, waiting=len(self._pending)):
                 return False
             self._pending.popleft()
         return True
 
-    def _unavailable(self, what: str, exc: Exception, *, waiting: int) -> None:
-        self.log.warning(
-            "gpuhub: billing database unavailable; %d write(s) wait, first the %s: %s",
-            waiting,
-            what,
-            str(exc).splitlines()[0],
-        )
+    def _apply(self, what: str, change: Callable[[Ledger], object], *, waiting: int) -> bool:
+        """Write `change`; False (and a warning naming it) while the database does not answer."""
+        try:
+            ledger = self.ledger()
+            if ledger is not None:
+                change(ledger)
+        except (DBAPIError, SchemaError) as exc:
+            self.log.warning(
+                "gpuhub: billing database unavailable; %d write(s) wait, first the %s: %s",
+                waiting,
+                what,
+                str(exc).splitlines()[0],
+            )
+            return False
+        return True
 
     @property
     def pending_writes(self) -> int:

@@ -360,6 +360,11 @@ class Ledger:
             hours = self._hours_this_month(db, team, now, open_spans)
         return TeamUsage(user=user, holdings=holdings_of(open_spans), gpu_hours_this_month=hours)
 
+    def gpu_hours_this_month(self, team: str) -> Decimal:
+        """The team's GPU-hours this month as its budget counts them (closed and open sessions)."""
+        with self._reads() as db:
+            return self._hours_this_month(db, team, self.clock())
+
     def _open_spans(self, db: Session, team: str) -> list[Span]:
         """The team's admitted, not yet ended GPU sessions (started or not)."""
         rows = db.execute(
@@ -408,10 +413,14 @@ def _new_session(server: Server, **times_and_refs: Any) -> UsageSession:
 
 
 def _close(db: Session, row: UsageSession, at: datetime, reason: EndReason) -> None:
-    """End a session: its bill, and its GPU-seconds added to its team's monthly totals. A
-    session whose stop the service requested ends with that request's reason."""
+    """End a session, or move the end of an ended one later: its bill, and the GPU-seconds it
+    adds to its team's monthly totals (only what they do not count yet, so they stay the sum of
+    the sessions). A session whose stop the service requested ends with that request's reason."""
     if row.stop_reason and row.started_at is not None:
         reason = _reason(row.stop_reason)
+    counted: dict[str, int] = {}
+    if row.started_at is not None and row.ended_at is not None:
+        counted = dict(month_pieces(row.started_at, row.ended_at, row.gpu_count))
     end = max(at, row.started_at) if row.started_at else at
     seconds = billed_seconds(row.started_at, end)
     row.ended_at = end
@@ -421,7 +430,8 @@ def _close(db: Session, row: UsageSession, at: datetime, reason: EndReason) -> N
     if row.team is None or row.started_at is None or row.gpu_count == 0:
         return
     for month, gpu_seconds in month_pieces(row.started_at, end, row.gpu_count):
-        _add_month_usage(db, row.team, month, gpu_seconds)
+        if gpu_seconds > counted.get(month, 0):
+            _add_month_usage(db, row.team, month, gpu_seconds - counted.get(month, 0))
 
 
 def _correct_early_ends(db: Session, which: Any, at: datetime, reason: EndReason) -> list[int]:
@@ -449,28 +459,9 @@ def _correct_early_ends(db: Session, which: Any, at: datetime, reason: EndReason
         )
         end = min(at, next_start) if next_start is not None else at
         if end > row.ended_at:
-            _extend(db, row, end, reason)
+            _close(db, row, end, reason)
             corrected.append(row.id)
     return corrected
-
-
-def _extend(db: Session, row: UsageSession, end: datetime, reason: EndReason) -> None:
-    """Move a closed session's end later, to `end`: its bill, and the GPU-seconds it adds to
-    its team's monthly totals (only the difference, so they stay the sum of the sessions)."""
-    assert row.started_at is not None and row.ended_at is not None
-    before = dict(month_pieces(row.started_at, row.ended_at, row.gpu_count))
-    if row.stop_reason:
-        reason = _reason(row.stop_reason)
-    seconds = billed_seconds(row.started_at, end)
-    row.ended_at = end
-    row.end_reason = reason.value
-    row.gpu_seconds = seconds * row.gpu_count
-    row.cost = session_cost(row.price_per_hour, seconds)
-    if row.team is None or row.gpu_count == 0:
-        return
-    for month, gpu_seconds in month_pieces(row.started_at, end, row.gpu_count):
-        if gpu_seconds > before.get(month, 0):
-            _add_month_usage(db, row.team, month, gpu_seconds - before.get(month, 0))
 
 
 def _add_month_usage(db: Session, team: str, month: str, gpu_seconds: int) -> None:

@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .query import UsageQuery
 
@@ -43,6 +44,16 @@ class Access:
         return "teams " + ", ".join(sorted(self.teams)) + " and your own usage"
 
 
+def refused(access: Access, what: str) -> Forbidden:
+    """The refusal of reading `what` ("the usage of team 'nlp'"), saying what one may read."""
+    return Forbidden(f"you may not read {what}; you may read {access.describe()}")
+
+
+def access_of_model(model: Mapping[str, Any]) -> Access:
+    """The Access of a JupyterHub user model (as HubAuth returns it, with its `scopes`)."""
+    return access_of(model["name"], model.get("scopes") or [])
+
+
 def access_of(user: str, scopes: Iterable[str]) -> Access:
     teams: set[str] = set()
     for scope in scopes:
@@ -62,15 +73,11 @@ def authorize(access: Access, query: UsageQuery) -> UsageQuery:
         if access.teams:
             return replace(query, teams=tuple(sorted(access.teams)))
         if query.user is not None:
-            raise Forbidden(
-                f"you may not read the usage of {query.user!r}; you may read {access.describe()}"
-            )
+            raise refused(access, f"the usage of {query.user!r}")
         return replace(query, user=access.user)
-    refused = [t for t in query.teams if not access.may_read(t)]
-    if refused and not own:
-        raise Forbidden(
-            f"you may not read the usage of team {refused[0]!r}; you may read {access.describe()}"
-        )
+    refused_teams = [t for t in query.teams if not access.may_read(t)]
+    if refused_teams and not own:
+        raise refused(access, f"the usage of team {refused_teams[0]!r}")
     return query
 
 

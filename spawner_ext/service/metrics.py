@@ -15,8 +15,6 @@ from prometheus_client.registry import Collector
 
 from ..clock import utcnow
 from ..ledger.rules import billed_seconds, session_cost
-from ..reports.query import UsageQuery, current_month
-from ..reports.usage import usage_rows
 from .app import GPUHubService
 
 NO_GPU = ""
@@ -144,18 +142,13 @@ class ServiceCollector(Collector):
         yield money
         ratio = GaugeMetricFamily(
             "gpuhub_budget_used_ratio",
-            "GPU-hours used this month / the monthly budget.",
+            "GPU-hours used this month (as budgets count them) / the monthly budget.",
             labels=["team"],
         )
-        month = UsageQuery(tuple(catalog.teams) or None, current_month(now.date()), ())
-        hours: dict[str, float] = defaultdict(float)
-        for row in usage_rows(ledger.engine, month, now):
-            if row.team:
-                hours[row.team] += float(row.gpu_hours)
         for team, entry in sorted(catalog.teams.items()):
             limit = entry.quota.monthly_gpu_hours
-            if limit:
-                ratio.add_metric([team], hours.get(team, 0.0) / float(limit))
+            if limit:  # the number budgets are enforced on (Ledger.gpu_hours_this_month)
+                ratio.add_metric([team], float(ledger.gpu_hours_this_month(team)) / float(limit))
         yield ratio
 
 

@@ -15,7 +15,7 @@ from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
 from ..clock import utcnow
-from ..reports.access import Forbidden, access_of, readable_teams
+from ..reports.access import access_of_model, readable_teams, refused
 from ..reports.query import current_month
 from .app import GPUHubService
 
@@ -50,17 +50,12 @@ class UsagePageHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[m
     @web.authenticated
     def get(self) -> None:
         user = self.get_current_user()
-        access = access_of(user["name"], user.get("scopes") or [])
+        access = access_of_model(user)
         teams = readable_teams(access, self.service.store.catalog.teams)
         asked = self.get_query_argument("team", "")
         if asked and asked not in teams:
             self.set_status(403)
-            message = str(
-                Forbidden(
-                    f"you may not read the usage of team {asked!r}; you may read "
-                    f"{access.describe()}"
-                )
-            )
+            message = str(refused(access, f"the usage of team {asked!r}"))
             self.finish(self.render_page(user, error=message, teams=teams, access=access))
             return
         self.finish(self.render_page(user, error=None, teams=teams, access=access, team=asked))

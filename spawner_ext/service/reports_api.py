@@ -18,7 +18,14 @@ from tornado import web
 from ..clock import utcnow
 from ..ledger.models import UsageSession
 from ..ledger.rules import billed_seconds, session_cost
-from ..reports.access import Access, Forbidden, access_of, authorize, readable_teams
+from ..reports.access import (
+    Access,
+    Forbidden,
+    access_of_model,
+    authorize,
+    readable_teams,
+    refused,
+)
 from ..reports.budget import burn_down
 from ..reports.export import csv_lines, json_document
 from ..reports.query import Dimension, ReportError, UsageQuery, current_month, parse_usage_query
@@ -44,7 +51,7 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
                 "log in to JupyterHub, or send a JupyterHub API token "
                 "(Authorization: token <token>) that may access the gpu-usage service",
             )
-        return access_of(user["name"], user.get("scopes") or [])
+        return access_of_model(user)
 
     def params(self) -> dict[str, list[str]]:
         return {k: [v.decode() for v in vs] for k, vs in self.request.query_arguments.items()}
@@ -152,10 +159,7 @@ class BudgetHandler(APIHandler):
                 400, f"team={team!r} is not a team; teams: {', '.join(self.known_teams())}"
             )
         if not access.may_read(team):
-            raise web.HTTPError(
-                403,
-                f"you may not read the budget of team {team!r}; you may read {access.describe()}",
-            )
+            raise web.HTTPError(403, str(refused(access, f"the budget of team {team!r}")))
         now = utcnow()
         query = UsageQuery((team,), current_month(now.date()), (Dimension.DAY,))
         daily: dict[date, Decimal] = {}

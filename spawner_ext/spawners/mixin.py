@@ -321,8 +321,8 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         finally:
             self.stopping = False
             self.release_resources()
-            # Ran until now: billed until now (and an earlier end reconciliation recorded
-            # is corrected). Already gone: billed until it was last seen running.
+            # Ran until now: billed until now. Already gone: billed until it was last seen
+            # running (and, written late, never moves an end reconciliation recorded).
             self.metering_ended(found_gone=not running)
 
     async def _still_running(self) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 from traitlets.config import Config
 
 from spawner_ext.catalog import load_catalog
+from spawner_ext.hub.home import TEMPLATE_VAR, TEMPLATES, home_servers
 from spawner_ext.service.registration import (
     ACCESS_SCOPE,
     READ_SCOPE,
@@ -45,6 +46,8 @@ def test_register_keeps_the_configs_own_roles_services_and_scopes() -> None:
     c.JupyterHub.services = [{"name": "other", "api_token": "x"}]
     c.JupyterHub.load_roles = [{"name": "user", "scopes": ["self", "access:servers!user"]}]
     c.JupyterHub.custom_scopes = {"custom:other:read": {"description": "theirs"}}
+    c.JupyterHub.template_paths = ["/etc/jupyterhub/templates"]
+    c.JupyterHub.template_vars = {"gpuhub_servers": "theirs", "org": "Example"}
     register(c, registration())
     register(c, registration())  # twice: nothing is added twice
     assert [s["name"] for s in c.JupyterHub.services] == ["other", "gpu-usage"]
@@ -55,3 +58,13 @@ def test_register_keeps_the_configs_own_roles_services_and_scopes() -> None:
     assert set(c.JupyterHub.custom_scopes) == {"custom:other:read", READ_SCOPE}
     (service,) = [s for s in c.JupyterHub.services if s["name"] == "gpu-usage"]
     assert service["oauth_client_allowed_scopes"] == [READ_SCOPE]
+    assert c.JupyterHub.template_paths == ["/etc/jupyterhub/templates", str(TEMPLATES)]
+    assert c.JupyterHub.template_vars == {"gpuhub_servers": "theirs", "org": "Example"}
+
+
+def test_register_extends_the_home_page() -> None:
+    c = Config()
+    register(c, registration())
+    assert c.JupyterHub.template_paths == [str(TEMPLATES)]
+    assert c.JupyterHub.template_vars == {TEMPLATE_VAR: home_servers}
+    assert (TEMPLATES / "home.html").read_text().count('{% extends "templates/home.html" %}') == 1

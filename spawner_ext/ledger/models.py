@@ -126,3 +126,16 @@ class TeamMonthUsage(Base):
     month: Mapped[str] = mapped_column(String(7), primary_key=True)
     """'YYYY-MM'."""
     gpu_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class AdmissionRefusals(Base):
+    """How many GPU spawns were refused, per team, GPU type and reason (gpu-quota, user-cap,
+    budget, billing-unavailable): counters the hub adds to and the service's metrics read."""
+
+    __tablename__ = "admission_refusals"
+
+    team: Mapped[str] = mapped_column(String(63), primary_key=True)
+    gpu_type: Mapped[str] = mapped_column(String(63), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    refusals: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_refused_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -20,7 +20,7 @@ from ..catalog import Catalog
 from ..clock import Clock, utcnow
 from ..policy.admission import Decision, TeamUsage, decide_in
 from .engine import READ_ONLY, check_schema, make_engine
-from .models import EndReason, TeamLock, TeamMonthUsage, UsageSession
+from .models import AdmissionRefusals, EndReason, TeamLock, TeamMonthUsage, UsageSession
 from .reconcile import BY_RECONCILIATION, ClosedSession, RunningServer, Server
 from .rules import (
     Span,
@@ -44,6 +44,16 @@ class BilledTotal:
     currency: str
     gpu_seconds: int
     cost: Decimal
+
+
+@dataclass(frozen=True)
+class RefusalCount:
+    """GPU spawns refused for one team, GPU type and reason, since the ledger was created."""
+
+    team: str
+    gpu_type: str
+    reason: str
+    refusals: int
 
 
 @dataclass(frozen=True)
@@ -310,6 +320,36 @@ class Ledger:
         with self._reads() as db:
             return db.get(UsageSession, session_id)
 
+    # --- refusals ------------------------------------------------------------------------------
+
+    def count_refusal(self, team: str, gpu_type: str, reason: str, at: datetime) -> None:
+        """Add one refused GPU spawn to its counter (the hub calls this once per refusal)."""
+        with self._sessions.begin() as db:
+            dialect = db.get_bind().dialect.name
+            insert = pg_insert if dialect == "postgresql" else sqlite_insert
+            statement = insert(AdmissionRefusals).values(
+                team=team, gpu_type=gpu_type, reason=reason, refusals=1, last_refused_at=at
+            )
+            db.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["team", "gpu_type", "reason"],
+                    set_={
+                        "refusals": AdmissionRefusals.refusals + 1,
+                        # writes arrive in order (HubContext keeps waiting ones in order)
+                        "last_refused_at": statement.excluded.last_refused_at,
+                    },
+                )
+            )
+
+    def refusal_counts(self) -> list[RefusalCount]:
+        """Every refusal counter, ordered by team, GPU type and reason."""
+        r = AdmissionRefusals
+        query = select(r.team, r.gpu_type, r.reason, r.refusals).order_by(
+            r.team, r.gpu_type, r.reason
+        )
+        with self._reads() as db:
+            return [RefusalCount(*row) for row in db.execute(query)]
+
     # --- budgets -------------------------------------------------------------------------------
 
     def over_budget(self, catalog: Catalog) -> list[tuple[str, Decimal, datetime]]:
@@ -476,4 +516,12 @@ def _add_month_usage(db: Session, team: str, month: str, gpu_seconds: int) -> No
     )
 
 
-__all__ = ["Admission", "AdmissionRefused", "Ledger", "Request", "ServerRef", "make_engine"]
+__all__ = [
+    "Admission",
+    "AdmissionRefused",
+    "Ledger",
+    "RefusalCount",
+    "Request",
+    "ServerRef",
+    "make_engine",
+]

@@ -35,7 +35,7 @@ def add_report_command(sub: Any) -> None:
         "--by",
         action="append",
         default=[],
-        help="user, profile, gpu-type or day (repeatable or comma-separated)",
+        help="user, profile, gpu-type, day or session (repeatable or comma-separated)",
     )
     report.add_argument("--format", choices=("table", "csv", "json"), default="table")
     report.add_argument(

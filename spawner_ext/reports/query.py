@@ -28,6 +28,8 @@ class Dimension(enum.StrEnum):
     PROFILE = "profile"
     GPU_TYPE = "gpu_type"
     DAY = "day"
+    SESSION = "session"
+    """One row per ledger session (its id): the raw records a chargeback script reconciles."""
 
 
 ALIASES = {"gpu-type": Dimension.GPU_TYPE}

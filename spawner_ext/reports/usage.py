@@ -57,6 +57,8 @@ class UsageRow:
     sessions: int
     idle_gpu_hours: Decimal | None = None
     """Recorded by GPU-aware culling (planned); None until then."""
+    session: int | None = None
+    """The ledger session's id, when grouped by session."""
 
     def as_json(self, by: tuple[Dimension, ...]) -> dict[str, Any]:
         row: dict[str, Any] = {"team": self.team}
@@ -212,6 +214,8 @@ def usage_statement(dialect: str, query: UsageQuery, now: datetime, span: int = 
     for dimension in (Dimension.USER, Dimension.PROFILE, Dimension.GPU_TYPE):
         if dimension in query.by:
             groups.append(billed.c[dimension.value].label(dimension.value))
+    if Dimension.SESSION in query.by:
+        groups.append(billed.c.id.label("session"))
     order = [groups[0], *groups[2:], groups[1]]
     statement = select(
         *groups,
@@ -264,6 +268,7 @@ def _row(found: Any, query: UsageQuery) -> UsageRow:
         user=found["user"] if Dimension.USER in by else None,
         profile=found["profile"] if Dimension.PROFILE in by else None,
         gpu_type=found["gpu_type"] if Dimension.GPU_TYPE in by else None,
+        session=int(found["session"]) if Dimension.SESSION in by else None,
         gpu_hours=(gpu_seconds / 3600).quantize(HOURS, rounding=ROUND_HALF_UP),
         cost=(price_seconds / 3600).quantize(CENTS, rounding=ROUND_HALF_UP),
         sessions=int(found["sessions"]),

@@ -150,6 +150,14 @@ class ServiceCollector(Collector):
             if limit:  # the number budgets are enforced on (Ledger.gpu_hours_this_month)
                 ratio.add_metric([team], float(ledger.gpu_hours_this_month(team)) / float(limit))
         yield ratio
+        refused = CounterMetricFamily(
+            "gpuhub_admissions_refused",
+            "GPU spawns refused, by reason: gpu-quota, user-cap, budget, billing-unavailable.",
+            labels=["team", "gpu_type", "reason"],
+        )
+        for count in ledger.refusal_counts():
+            refused.add_metric([count.team, count.gpu_type, count.reason], count.refusals)
+        yield refused
 
 
 def metrics_registry(service: GPUHubService, *, user_labels: bool = False) -> CollectorRegistry:

@@ -67,9 +67,11 @@ OPENAPI: dict[str, Any] = {
                         "in": "query",
                         "schema": {
                             "type": "string",
-                            "enum": ["user", "profile", "gpu_type", "day"],
+                            "enum": ["user", "profile", "gpu_type", "day", "session"],
                         },
-                        "description": "Grouping (repeatable or comma-separated).",
+                        "description": "Grouping (repeatable or comma-separated). `session`: "
+                        "one row per ledger session, e.g. `by=session,user,profile` for the "
+                        "raw records of a chargeback.",
                     },
                     {
                         "name": "user",
@@ -125,6 +127,7 @@ OPENAPI: dict[str, Any] = {
                     "user": {"type": "string"},
                     "profile": {"type": "string"},
                     "gpu_type": {"type": "string", "nullable": True},
+                    "session": {"type": "integer", "description": "Ledger session id."},
                     "gpu_hours": {"type": "number"},
                     "cost": {"type": "number"},
                     "currency": {"type": "string"},

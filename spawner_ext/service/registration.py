@@ -1,7 +1,8 @@
 """How a hub registers the gpuhub service: its entry in `c.JupyterHub.services`, the role it
 gets (least privilege: to list servers with their state, and to stop them), the custom scope of
 its usage reports with a role per team for the catalog's `leads` and one for admins, and access
-to the service for every user (their own usage). Pure."""
+to the service for every user (their own usage), and the home page's extension (hub/home.py:
+running servers' GPUs and cost). Pure."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..catalog import Catalog
+from ..hub.home import home_page_config
 
 SERVICE_NAME = "gpu-usage"
 """The service's name: JupyterHub serves it under /services/gpu-usage/."""
@@ -93,8 +95,8 @@ def service_config(
     catalog: Catalog | None = None,
     admin_users: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """`{"services": [...], "load_roles": [...], "custom_scopes": {...}}` to add to
-    JupyterHub's own settings. Roles of `catalog`'s leads are made when the hub starts: a
+    """`{"services": [...], "load_roles": [...], "custom_scopes": {...}, "template_paths":
+    [...], "template_vars": {...}}` to add to JupyterHub's own settings. Roles of `catalog`'s leads are made when the hub starts: a
     change of leads takes a hub restart (JupyterHub loads roles at start only)."""
     service: dict[str, Any] = {
         "name": SERVICE_NAME,
@@ -117,6 +119,7 @@ def service_config(
         "services": [service],
         "load_roles": [role, users, *report_roles(catalog, admin_users)],
         "custom_scopes": dict(CUSTOM_SCOPES),
+        **home_page_config(),
     }
 
 
@@ -135,3 +138,10 @@ def register(c: Any, registration: Mapping[str, Any]) -> None:
         c.JupyterHub[trait] = current
     scopes = dict(c.JupyterHub.custom_scopes) if "custom_scopes" in c.JupyterHub else {}
     c.JupyterHub.custom_scopes = {**registration["custom_scopes"], **scopes}
+    # The config's own templates come first (its home.html, if any, wins); so do its variables.
+    paths = list(c.JupyterHub.template_paths) if "template_paths" in c.JupyterHub else []
+    c.JupyterHub.template_paths = paths + [
+        p for p in registration["template_paths"] if p not in paths
+    ]
+    variables = dict(c.JupyterHub.template_vars) if "template_vars" in c.JupyterHub else {}
+    c.JupyterHub.template_vars = {**registration["template_vars"], **variables}

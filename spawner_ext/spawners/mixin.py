@@ -7,7 +7,7 @@ Subclasses call `await self.plan_spawn()` before creating anything and build fro
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError
@@ -20,6 +20,7 @@ from ..catalog import Catalog
 from ..catalog.store import CatalogStore, CatalogVersion
 from ..clock import utcnow
 from ..hub.context import SETTINGS_KEY, HubContext, context_in
+from ..hub.home import RunningServerView, running_server_view
 from ..hub.usage import RunningServersUsage, UsageSource
 from ..ledger.engine import DEFAULT_URL, SchemaError
 from ..ledger.models import EndReason
@@ -35,6 +36,9 @@ try:  # JupyterHub >= 5.3 (and 6): a policy refusal, logged without a traceback
     from jupyterhub.spawner import SpawnException
 except ImportError:  # pragma: no cover - older JupyterHub
     SpawnException = None
+
+
+BILLING_UNAVAILABLE = "billing-unavailable"
 
 
 def refusal(exc: SpawnRefused, status_code: int = 400) -> web.HTTPError:
@@ -237,6 +241,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
             ledger = self.ledger()
         except web.HTTPError:
             if plan.gpu_count:
+                self.count_refusal(plan, BILLING_UNAVAILABLE)
                 raise
             ledger = None  # a CPU server starts unmetered; reconciliation adopts it later
         if ledger is not None:
@@ -255,9 +260,11 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
                 admission = _admit(ledger, self.catalog_version().catalog, request)
             except AdmissionRefused as exc:
                 reason = exc.decision.reason or "quota"
+                self.count_refusal(plan, reason)
                 raise refusal(SpawnRefused(exc.decision.message, reason=reason)) from None
             except DBAPIError as exc:
                 if plan.gpu_count:
+                    self.count_refusal(plan, BILLING_UNAVAILABLE)
                     raise _billing_unavailable(self, exc) from None
                 self.log.warning("gpuhub: %s starts unmetered: %s", self._log_name, exc)
             else:
@@ -265,6 +272,17 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
                 self.admission_warning = admission.warning
         self.plan = plan
         return plan
+
+    def count_refusal(self, plan: SpawnPlan, reason: str) -> None:
+        """Count a refused GPU spawn for the metrics (written later if the billing database
+        is down, like the billing writes)."""
+        team, gpu_type, at = plan.team, plan.gpu_type_key, utcnow()
+        if team is None or gpu_type is None or not self.ledger_url:
+            return
+        self.context.write(
+            f"refusal of {self._log_name} ({reason})",
+            lambda ledger: ledger.count_refusal(team, gpu_type, reason, at),
+        )
 
     def metering_started(self, runtime_ref: str, at: datetime | None = None) -> None:
         """Billing starts at `at` (default now): the server runs with its GPUs bound. With the
@@ -346,6 +364,38 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         async for event in super().progress():
             yield event
 
+    # --- the hub's home page ----------------------------------------------------------------
+
+    def home_view(self) -> RunningServerView | None:
+        """This server's row on the hub's home page (hub/home.py), None without a summary.
+        Reads the ledger session's start: cost so far is what billing has counted."""
+        summary = self.server_state().summary
+        if summary is None:
+            return None
+        billed_since, note = None, None
+        session = self.usage_session_id
+        try:
+            ledger = self.context.ledger() if session is not None else None
+            found = ledger.session(session) if ledger is not None and session is not None else None
+            billed_since = found.started_at if found is not None and found.ended_at is None else None
+        except (DBAPIError, SchemaError) as exc:
+            self.log.warning("gpuhub: home page without the billing database: %s", exc)
+            note = "the billing database does not answer"
+        if session is None:
+            note = "not metered"
+        started = getattr(getattr(self, "orm_spawner", None), "started", None)
+        if started is not None and started.tzinfo is None:  # JupyterHub keeps naive UTC times
+            started = started.replace(tzinfo=UTC)
+        return running_server_view(
+            self.name,
+            summary,
+            self.catalog_version().catalog,
+            billed_since=billed_since,
+            running_since=started,
+            now=utcnow(),
+            note=note,
+        )
+
     # --- state -----------------------------------------------------------------------------
 
     def server_state(self) -> ServerState:
@@ -403,7 +453,7 @@ def _billing_unavailable(spawner: GPUSpawnerMixin, exc: Exception) -> web.HTTPEr
             "Billing is unavailable right now (the billing database does not answer), so GPU "
             "servers cannot start; running servers are not affected. Try again in a minute, or "
             "start a CPU profile.",
-            reason="billing-unavailable",
+            reason=BILLING_UNAVAILABLE,
         ),
         status_code=503,
     )

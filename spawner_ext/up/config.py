@@ -163,6 +163,8 @@ def hub_config(s: UpSettings) -> dict[str, dict[str, Any]]:
             "services": service["services"],
             "load_roles": service["load_roles"],
             "custom_scopes": service["custom_scopes"],
+            "template_paths": service["template_paths"],
+            "template_vars": service["template_vars"],
         },
         "SharedPasswordAuthenticator": authenticator,
         "GPULocalSpawner": {

@@ -113,6 +113,12 @@ def test_a_billing_outage_fails_gpu_spawns_closed_and_loses_nothing(
         0.5,
     )
     assert adopted[0].runtime_ref == f"local:{lin['state']['pid']}"
+    ledger = Ledger.open(url)
+    try:  # the refusal during the outage was counted once the database was back
+        counted = [(c.team, c.reason, c.refusals) for c in ledger.refusal_counts()]
+    finally:
+        ledger.engine.dispose()
+    assert counted == [("nlp", "billing-unavailable", 1)]
     hub.start_server("grace", {"profile": "h100-single"})  # GPU spawns work again
     hub.stop_server("grace")
     hub.stop_server("lin")

@@ -81,6 +81,12 @@ def test_budget_warns_then_refuses(hub: Hub) -> None:
     message = refused.json()["message"]
     assert "team 'nlp' has used its monthly budget" in message
     assert "GPU servers can start again when it resets on" in message
+    ledger = Ledger.open(f"sqlite:///{hub.state_dir / 'gpuhub-ledger.sqlite'}")
+    try:
+        counted = [(c.team, c.gpu_type, c.reason, c.refusals) for c in ledger.refusal_counts()]
+    finally:
+        ledger.engine.dispose()
+    assert counted == [("nlp", "h100-80gb", "budget", 1)], "the refusal is counted for metrics"
     cpu = hub.start_server("grace", {"profile": "cpu-small"})
     assert cpu["ready"], "CPU servers still start over budget"
     hub.stop_server("grace")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -408,3 +409,25 @@ def test_keep_servers_leaves_servers_and_their_gpus_to_the_next_hub(start_hub: A
     assert after["state"]["gpuhub_devices"] == [H100[0]]
     grace = hub.start_server("grace", {"profile": "h100-single"})
     assert grace["state"]["gpuhub_devices"] == [H100[1]]
+
+
+@pytest.mark.integration
+def test_home_page_shows_each_running_servers_gpus_team_and_cost(hub: Hub) -> None:
+    hub.start_server("ada", {"profile": "h100-single"})
+    try:
+        time.sleep(2)
+        session, _ = hub.login("ada")
+        html = session.get(f"{hub.url}hub/home", timeout=60).content.decode()
+        assert 'id="start"' in html, "JupyterHub's own home page is still there"
+        row = re.search(r'<tr class="gpuhub-running-server" data-server-name="">(.*?)</tr>', html, re.S)
+        assert row is not None, html
+        cells = [c.strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)]
+        assert cells[:4] == ["default", "One H100 80GB", "1 × NVIDIA H100 80GB", "Computer Vision Lab"]
+        assert re.fullmatch(r"\d+ s", cells[4]), cells[4]
+        assert re.fullmatch(r"0\.\d\d USD", cells[5]), cells[5]
+        assert "GPU usage</a> page" in html
+    finally:
+        hub.stop_server("ada")
+    session, _ = hub.login("ada")
+    html = session.get(f"{hub.url}hub/home", timeout=60).content.decode()
+    assert "gpuhub-running-server" not in html, "a stopped server is not listed"

@@ -170,3 +170,19 @@ def test_an_admin_sees_every_team_and_the_last_reload_error(page: Any, hub: Hub)
         shot(page, "admin-reload-error")
     finally:
         catalog.write_text(good)
+
+
+def test_the_home_page_shows_a_running_servers_gpus_and_cost_and_links_the_usage_page(
+    page: Any, hub: Hub
+) -> None:
+    open_usage(page, hub, "lin")
+    page.goto(f"{hub.url}hub/home")
+    row = table(page, "#gpuhub-running")
+    assert [(r["Server"], r["GPUs"], r["Team_charged"]) for r in row] == [
+        ("default", "1 × NVIDIA H100 80GB", "Computer Vision Lab")
+    ]
+    assert row[0]["Cost_so_far"].endswith(" USD"), row
+    assert page.locator("#stop").is_visible(), "JupyterHub's own buttons are still there"
+    page.screenshot(path=str(ARTIFACTS / "home-running-servers.png"), full_page=True)
+    page.get_by_role("link", name="GPU usage", exact=True).first.click()
+    page.wait_for_selector("#gpuhub-usage")

@@ -9,7 +9,7 @@ import pytest
 
 from spawner_ext.catalog import Catalog
 from spawner_ext.ledger.models import EndReason
-from spawner_ext.ledger.store import AdmissionRefused, Ledger, Request, ServerRef
+from spawner_ext.ledger.store import AdmissionRefused, Ledger, RefusalCount, Request, ServerRef
 from tests.ledger.conftest import FakeClock
 
 
@@ -206,3 +206,19 @@ async def test_reads_do_not_wait_for_a_writer_on_sqlite(
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+def test_refusals_are_counted_per_team_gpu_type_and_reason(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    assert ledger.refusal_counts() == []
+    first = clock.now
+    ledger.count_refusal("vision", "h100-80gb", "gpu-quota", first)
+    ledger.count_refusal("vision", "h100-80gb", "gpu-quota", clock.advance(seconds=5))
+    ledger.count_refusal("vision", "h100-80gb", "budget", clock.now)
+    ledger.count_refusal("nlp", "l4-24gb", "billing-unavailable", clock.now)
+    assert ledger.refusal_counts() == [
+        RefusalCount("nlp", "l4-24gb", "billing-unavailable", 1),
+        RefusalCount("vision", "h100-80gb", "budget", 1),
+        RefusalCount("vision", "h100-80gb", "gpu-quota", 2),
+    ]

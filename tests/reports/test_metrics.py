@@ -35,6 +35,8 @@ def service(tmp_path: Path) -> Iterator[GPUHubService]:
     add_session(engine, "ada", now - timedelta(hours=1), None, gpus=2, price="8.20")
     add_session(engine, "lin", now - timedelta(minutes=30), None)
     add_session(engine, "grace", now - timedelta(hours=3), now - timedelta(hours=2), team="nlp")
+    for _ in range(2):
+        made.ledger().count_refusal("vision", "h100-80gb", "gpu-quota", now)
     yield made
     made.ledger().engine.dispose()
 
@@ -62,6 +64,8 @@ def test_allocations_quotas_usage_and_budgets(service: GPUHubService) -> None:
     ratio = found[("gpuhub_budget_used_ratio", (("team", "vision"),))]
     assert ratio == pytest.approx(2.5 / 2000, rel=0.01) or utcnow().day == 1
     assert found[("gpuhub_catalog_reload_ok", ())] == 1
+    refused = (*vision_h100[:1], ("reason", "gpu-quota"), vision_h100[1])
+    assert found[("gpuhub_admissions_refused_total", refused)] == 2
     assert found[("gpuhub_service_tick_failing", ())] == 0
     assert not any("user" in dict(labels) for _, labels in found), "no user names by default"
 

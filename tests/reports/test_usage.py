@@ -119,6 +119,21 @@ def test_a_users_own_report_has_only_their_sessions(history: Ledger) -> None:
     ]
 
 
+def test_by_session_gives_each_sessions_own_part_of_the_period(ledger: Ledger) -> None:
+    """The raw records of a chargeback: one row per session, cut at the period's edges."""
+    engine = ledger.engine
+    edge = add_session(engine, "ada", at(30, 23), at(1, 1, month=12), gpus=2, price="8.20")
+    first = add_session(engine, "bob", at(10, 10), at(10, 12), price="4.10")
+    second = add_session(engine, "bob", at(20, 10), at(20, 11), price="5.00")
+    rows = report(ledger, NOVEMBER, Dimension.SESSION, Dimension.USER)
+    assert [(r["session"], r["user"], r["gpu_hours"], r["cost"], r["sessions"]) for r in rows] == [
+        (edge, "ada", 2.0, 8.2, 1),
+        (first, "bob", 2.0, 8.2, 1),
+        (second, "bob", 1.0, 5.0, 1),
+    ]
+    assert "session" in columns((Dimension.SESSION,))
+
+
 def test_days_sum_to_the_period(history: Ledger) -> None:
     """Splitting is exact: the days of a period add up to the period, to the GPU-second."""
     whole = report(history, NOVEMBER, Dimension.USER)

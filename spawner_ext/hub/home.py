@@ -1,0 +1,129 @@
+"""The hub's home page, extended (not forked): for each of a user's running servers, its GPUs,
+the team charged, how long it has run and what it has cost so far.
+
+JupyterHub renders `templates/home.html` of this package first (`template_paths`); it extends
+JupyterHub's own `home.html` and adds a table from the `gpuhub_servers` template variable, which
+JupyterHub calls with the page's user. `home_page_config()` gives both settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..catalog import Catalog
+from ..ledger.rules import billed_seconds, session_cost
+from ..wire import ServerSummary
+
+TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATE_VAR = "gpuhub_servers"
+
+
+@dataclass(frozen=True)
+class RunningServerView:
+    """One row of the home page's table."""
+
+    server_name: str
+    """'' for the default server."""
+    profile: str
+    """The profile's display name (its slug when the catalog no longer has it)."""
+    gpus: str
+    """E.g. '2 × NVIDIA H100 80GB', or 'CPU only'."""
+    team: str | None
+    """The team charged (its display name); None for a server of no team."""
+    running_for: str | None
+    """E.g. '1 h 05 min'; None while the server has not started."""
+    cost: str | None
+    """Cost so far with its currency, e.g. '8.20 USD'; None when it cannot be told."""
+    note: str | None = None
+    """Why a figure is missing."""
+
+
+def duration_text(seconds: int) -> str:
+    """'45 s', '12 min', '3 h 05 min', '2 d 4 h'."""
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def running_server_view(
+    server_name: str,
+    summary: ServerSummary,
+    catalog: Catalog,
+    *,
+    billed_since: datetime | None,
+    running_since: datetime | None,
+    now: datetime,
+    note: str | None = None,
+) -> RunningServerView:
+    """The row of a running server. `billed_since` is its ledger session's start (None when
+    unmetered or unreadable: no cost shown); `running_since` when the hub started it."""
+    gpu_type = catalog.gpu_types.get(summary.gpu_type) if summary.gpu_type else None
+    if summary.gpu_count and summary.gpu_type:
+        name = gpu_type.display_name if gpu_type else summary.gpu_type
+        gpus = f"{summary.gpu_count} × {name}"
+    else:
+        gpus = "CPU only"
+    team = catalog.teams.get(summary.team) if summary.team else None
+    team_name = (team.display_name or summary.team) if team else summary.team
+    since = billed_since or running_since
+    running_for = duration_text(billed_seconds(since, now)) if since else None
+    cost: str | None = None
+    if billed_since is not None:
+        spent = session_cost(summary.price_per_hour, billed_seconds(billed_since, now))
+        cost = f"{spent.quantize(Decimal('0.01'))} {summary.currency}"
+    elif not summary.gpu_count:
+        cost = "no GPU charge"
+    profile = catalog.profile(summary.profile)
+    return RunningServerView(
+        server_name=server_name,
+        profile=profile.display_name if profile else summary.profile,
+        gpus=gpus,
+        team=team_name,
+        running_for=running_for,
+        cost=cost,
+        note=note if cost is None else None,
+    )
+
+
+class _HasHomeView(Protocol):
+    active: bool
+
+    def home_view(self) -> RunningServerView | None: ...
+
+
+class HomeServers:
+    """The `gpuhub_servers` template variable: a user's running gpuhub servers, read only when
+    a template iterates it (JupyterHub computes template variables for every page)."""
+
+    def __init__(self, user: Any) -> None:
+        self.user = user
+
+    def __iter__(self) -> Iterator[RunningServerView]:
+        spawners = getattr(self.user, "spawners", None) or {}
+        for name in sorted(spawners):
+            spawner: _HasHomeView = spawners[name]
+            if not getattr(spawner, "active", False) or not hasattr(spawner, "home_view"):
+                continue
+            view = spawner.home_view()
+            if view is not None:
+                yield view
+
+
+def home_servers(user: Any) -> HomeServers:
+    return HomeServers(user)
+
+
+def home_page_config() -> dict[str, Any]:
+    """JupyterHub settings that extend its home page: `template_paths`, `template_vars`."""
+    return {"template_paths": [str(TEMPLATES)], "template_vars": {TEMPLATE_VAR: home_servers}}

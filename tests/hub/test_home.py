@@ -1,0 +1,114 @@
+"""The home page's row for a running server (pure) and the template variable that yields them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from spawner_ext.catalog import Catalog, load_catalog
+from spawner_ext.hub.home import (
+    HomeServers,
+    RunningServerView,
+    duration_text,
+    running_server_view,
+)
+from spawner_ext.wire import ServerSummary
+
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+H100 = ServerSummary("vision", "h100-pair", "h100-80gb", 2, Decimal("8.20"), "USD", "abc")
+CPU = ServerSummary(None, "cpu-small", None, 0, Decimal("0"), "USD", "abc")
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load_catalog(Path(__file__).parents[2] / "hub_config" / "catalog.yaml")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0 s"), (59, "59 s"), (60, "1 min"), (3599, "59 min"), (3900, "1 h 05 min"),
+     (47 * 3600 + 59 * 60, "47 h 59 min"), (50 * 3600, "2 d 2 h")],
+)
+def test_durations_read_like_a_person_would_say_them(seconds: int, text: str) -> None:
+    assert duration_text(seconds) == text
+
+
+def test_a_gpu_servers_cost_so_far_is_what_billing_counted(catalog: Catalog) -> None:
+    view = running_server_view(
+        "",
+        H100,
+        catalog,
+        billed_since=NOW - timedelta(minutes=90),
+        running_since=NOW - timedelta(minutes=91),
+        now=NOW,
+    )
+    assert view == RunningServerView(
+        server_name="",
+        profile="h100-pair",  # no such profile in the catalog: its slug
+        gpus="2 × NVIDIA H100 80GB",
+        team="Computer Vision Lab",
+        running_for="1 h 30 min",  # billed from the session's start, not the spawn request
+        cost="12.30 USD",  # 1.5 h at 8.20 an hour (the whole server's price)
+    )
+
+
+def test_without_the_ledger_the_cost_is_unknown_and_says_why(catalog: Catalog) -> None:
+    view = running_server_view(
+        "big",
+        H100,
+        catalog,
+        billed_since=None,
+        running_since=NOW - timedelta(seconds=30),
+        now=NOW,
+        note="the billing database does not answer",
+    )
+    assert (view.running_for, view.cost, view.note) == (
+        "30 s",
+        None,
+        "the billing database does not answer",
+    )
+
+
+def test_a_cpu_server_has_no_gpu_charge(catalog: Catalog) -> None:
+    view = running_server_view(
+        "", CPU, catalog, billed_since=None, running_since=None, now=NOW, note="not metered"
+    )
+    assert (view.gpus, view.team, view.running_for, view.cost, view.note) == (
+        "CPU only",
+        None,
+        None,
+        "no GPU charge",
+        None,
+    )
+
+
+class Spawner:
+    def __init__(self, active: bool, view: RunningServerView | None) -> None:
+        self.active, self.view = active, view
+
+    def home_view(self) -> RunningServerView | None:
+        return self.view
+
+
+class User:
+    def __init__(self, spawners: dict[str, object]) -> None:
+        self.spawners = spawners
+
+
+def test_only_active_gpuhub_servers_are_listed_in_name_order() -> None:
+    a = RunningServerView("a", "p", "CPU only", None, "1 s", "no GPU charge")
+    default = RunningServerView("", "p", "CPU only", None, "1 s", "no GPU charge")
+    user = User(
+        {
+            "a": Spawner(True, a),
+            "": Spawner(True, default),
+            "stopped": Spawner(False, a),
+            "summaryless": Spawner(True, None),
+            "other-spawner": object(),
+        }
+    )
+    assert list(HomeServers(user)) == [default, a]
+    assert list(HomeServers(None)) == []

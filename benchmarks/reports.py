@@ -6,7 +6,8 @@ then times `usage_rows` (the SQL aggregation the API, `gpuhub report` and the me
 the biggest team's month, grouped by user, and by day x user x profile. The floor beside it is
 the cheapest query that reads the same rows: a plain indexed SUM over that team's month.
 Then it streams a CSV export of every team's year, one row per session (by session x user x
-profile x GPU type: the million rows), and prints the process's resident memory after 10,000 rows and at the end (and the peak).
+profile x GPU type: the million rows), and prints the process's resident memory after 10,000
+rows and at the end (and the peak).
 Target: the month's report under 1 s at 1M rows; export memory flat.
 """
 

@@ -20,6 +20,7 @@ from ..wire import ServerSummary
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE_VAR = "gpuhub_servers"
+TIMES = "\N{MULTIPLICATION SIGN}"
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class RunningServerView:
     profile: str
     """The profile's display name (its slug when the catalog no longer has it)."""
     gpus: str
-    """E.g. '2 × NVIDIA H100 80GB', or 'CPU only'."""
+    """E.g. '2 x NVIDIA H100 80GB' (with a multiplication sign, as the spawn form), or
+    'CPU only'."""
     team: str | None
     """The team charged (its display name); None for a server of no team."""
     running_for: str | None
@@ -71,7 +73,7 @@ def running_server_view(
     gpu_type = catalog.gpu_types.get(summary.gpu_type) if summary.gpu_type else None
     if summary.gpu_count and summary.gpu_type:
         name = gpu_type.display_name if gpu_type else summary.gpu_type
-        gpus = f"{summary.gpu_count} × {name}"
+        gpus = f"{summary.gpu_count} {TIMES} {name}"
     else:
         gpus = "CPU only"
     team = catalog.teams.get(summary.team) if summary.team else None

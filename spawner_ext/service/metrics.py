@@ -155,8 +155,8 @@ class ServiceCollector(Collector):
             "GPU spawns refused, by reason: gpu-quota, user-cap, budget, billing-unavailable.",
             labels=["team", "gpu_type", "reason"],
         )
-        for count in ledger.refusal_counts():
-            refused.add_metric([count.team, count.gpu_type, count.reason], count.refusals)
+        for refusal in ledger.refusal_counts():
+            refused.add_metric([refusal.team, refusal.gpu_type, refusal.reason], refusal.refusals)
         yield refused
 
 

@@ -96,8 +96,9 @@ def service_config(
     admin_users: Iterable[str] = (),
 ) -> dict[str, Any]:
     """`{"services": [...], "load_roles": [...], "custom_scopes": {...}, "template_paths":
-    [...], "template_vars": {...}}` to add to JupyterHub's own settings. Roles of `catalog`'s leads are made when the hub starts: a
-    change of leads takes a hub restart (JupyterHub loads roles at start only)."""
+    [...], "template_vars": {...}}` to add to JupyterHub's own settings. Roles of `catalog`'s
+    leads are made when the hub starts: a change of leads takes a hub restart (JupyterHub loads
+    roles at start only)."""
     service: dict[str, Any] = {
         "name": SERVICE_NAME,
         "display": True,

@@ -374,15 +374,17 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
             return None
         billed_since, note = None, None
         session = self.usage_session_id
-        try:
-            ledger = self.context.ledger() if session is not None else None
-            found = ledger.session(session) if ledger is not None and session is not None else None
-            billed_since = found.started_at if found is not None and found.ended_at is None else None
-        except (DBAPIError, SchemaError) as exc:
-            self.log.warning("gpuhub: home page without the billing database: %s", exc)
-            note = "the billing database does not answer"
         if session is None:
             note = "not metered"
+        else:
+            try:
+                ledger = self.context.ledger()
+                found = ledger.session(session) if ledger is not None else None
+            except (DBAPIError, SchemaError) as exc:
+                self.log.warning("gpuhub: home page without the billing database: %s", exc)
+                found, note = None, "the billing database does not answer"
+            if found is not None and found.ended_at is None:
+                billed_since = found.started_at
         started = getattr(getattr(self, "orm_spawner", None), "started", None)
         if started is not None and started.tzinfo is None:  # JupyterHub keeps naive UTC times
             started = started.replace(tzinfo=UTC)

@@ -29,8 +29,15 @@ def catalog() -> Catalog:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0, "0 s"), (59, "59 s"), (60, "1 min"), (3599, "59 min"), (3900, "1 h 05 min"),
-     (47 * 3600 + 59 * 60, "47 h 59 min"), (50 * 3600, "2 d 2 h")],
+    [
+        (0, "0 s"),
+        (59, "59 s"),
+        (60, "1 min"),
+        (3599, "59 min"),
+        (3900, "1 h 05 min"),
+        (47 * 3600 + 59 * 60, "47 h 59 min"),
+        (50 * 3600, "2 d 2 h"),
+    ],
 )
 def test_durations_read_like_a_person_would_say_them(seconds: int, text: str) -> None:
     assert duration_text(seconds) == text
@@ -48,7 +55,7 @@ def test_a_gpu_servers_cost_so_far_is_what_billing_counted(catalog: Catalog) -> 
     assert view == RunningServerView(
         server_name="",
         profile="h100-pair",  # no such profile in the catalog: its slug
-        gpus="2 × NVIDIA H100 80GB",
+        gpus="2 \N{MULTIPLICATION SIGN} NVIDIA H100 80GB",
         team="Computer Vision Lab",
         running_for="1 h 30 min",  # billed from the session's start, not the spawn request
         cost="12.30 USD",  # 1.5 h at 8.20 an hour (the whole server's price)

@@ -419,10 +419,17 @@ def test_home_page_shows_each_running_servers_gpus_team_and_cost(hub: Hub) -> No
         session, _ = hub.login("ada")
         html = session.get(f"{hub.url}hub/home", timeout=60).content.decode()
         assert 'id="start"' in html, "JupyterHub's own home page is still there"
-        row = re.search(r'<tr class="gpuhub-running-server" data-server-name="">(.*?)</tr>', html, re.S)
+        row = re.search(
+            r'<tr class="gpuhub-running-server" data-server-name="">(.*?)</tr>', html, re.S
+        )
         assert row is not None, html
         cells = [c.strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)]
-        assert cells[:4] == ["default", "One H100 80GB", "1 × NVIDIA H100 80GB", "Computer Vision Lab"]
+        assert cells[:4] == [
+            "default",
+            "One H100 80GB",
+            "1 \N{MULTIPLICATION SIGN} NVIDIA H100 80GB",
+            "Computer Vision Lab",
+        ]
         assert re.fullmatch(r"\d+ s", cells[4]), cells[4]
         assert re.fullmatch(r"0\.\d\d USD", cells[5]), cells[5]
         assert "GPU usage</a> page" in html

@@ -179,7 +179,7 @@ def test_the_home_page_shows_a_running_servers_gpus_and_cost_and_links_the_usage
     page.goto(f"{hub.url}hub/home")
     row = table(page, "#gpuhub-running")
     assert [(r["Server"], r["GPUs"], r["Team_charged"]) for r in row] == [
-        ("default", "1 × NVIDIA H100 80GB", "Computer Vision Lab")
+        ("default", "1 \N{MULTIPLICATION SIGN} NVIDIA H100 80GB", "Computer Vision Lab")
     ]
     assert row[0]["Cost_so_far"].endswith(" USD"), row
     assert page.locator("#stop").is_visible(), "JupyterHub's own buttons are still there"

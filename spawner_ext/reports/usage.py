@@ -170,7 +170,10 @@ def _overlapping(query: UsageQuery) -> Any:
     # No condition on started_at here: SQLite's planner would then read (team, started_at),
     # the team's whole history. Sessions that start after the period (or never started) have
     # no billed time inside it and are dropped by `high > low`.
-    ended = select(*columns).where(*common, u.ended_at > period.start)
+    # A spawn that failed before it started was never billed. (Its NULL start must not reach
+    # the arithmetic: PostgreSQL's GREATEST and LEAST skip NULLs, which would bill it for the
+    # whole period.)
+    ended = select(*columns).where(*common, u.ended_at > period.start, u.started_at.is_not(None))
     running = select(*columns).where(*common, u.ended_at.is_(None), u.started_at < period.end)
     return union_all(ended, running).subquery("sessions").c
 

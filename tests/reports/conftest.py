@@ -27,9 +27,14 @@ def add_session(
     gpu_type: str | None = "h100-80gb",
     gpus: int = 1,
     price: str = "4.10",
+    started: bool = True,
 ) -> int:
-    """A started session (closed at `end`, or open), billed as Ledger.close bills it."""
+    """A started session (closed at `end`, or open), billed as Ledger.close bills it; with
+    `started=False` a spawn that failed before it started (requested at `start`, nothing
+    billed)."""
     seconds = billed_seconds(start, end) if end is not None else None
+    if not started:
+        seconds = 0
     row = UsageSession(
         user=user,
         team=team,
@@ -40,10 +45,10 @@ def add_session(
         price_per_hour=Decimal(price),
         currency="USD",
         requested_at=start,
-        started_at=start,
-        last_seen_at=end or start,
+        started_at=start if started else None,
+        last_seen_at=(end or start) if started else None,
         ended_at=end,
-        end_reason="stopped" if end is not None else None,
+        end_reason=("stopped" if started else "failed") if end is not None else None,
         gpu_seconds=None if seconds is None else seconds * gpus,
         cost=None if seconds is None else session_cost(Decimal(price), seconds),
     )

@@ -41,6 +41,9 @@ def history(ledger: Ledger) -> Ledger:
     )
     # whole seconds are billed: 10.4 s counts 10 s
     add_session(engine, "bob", at(21, 10, second=0.5), at(21, 10, second=10.9), price="3600")
+    # spawns that failed before they started: nothing billed, not counted
+    add_session(engine, "bob", at(22, 10), at(22, 11), gpus=4, started=False)
+    add_session(engine, "ada", at(23, 10), at(23, 11), profile="cpu-small", gpus=0, started=False)
     # another team's, and one before the period
     add_session(engine, "grace", at(15, 8), at(15, 9), team="nlp")
     add_session(engine, "ada", at(31, 22, month=10), at(31, 23, month=10))

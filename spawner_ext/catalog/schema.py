@@ -380,6 +380,12 @@ class Culling(Model):
     interval: Duration = Field(
         "1m", validate_default=True, description="How often the culler looks."
     )
+    warn_before: Duration = Field(
+        "10m",
+        validate_default=True,
+        description="How long before stopping an idle server JupyterLab warns its user (with "
+        "a Keep button).",
+    )
 
 
 class Metering(Model):

@@ -6,6 +6,7 @@ a test passes another); `gpu_activity` is pure."""
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,10 +94,8 @@ class Sampler:
     def close(self) -> None:
         if self._initialised:
             self._initialised = False
-            try:
+            with contextlib.suppress(pynvml.NVMLError):
                 self.nvml.nvmlShutdown()
-            except pynvml.NVMLError:
-                pass
 
     def _handles(self) -> list[tuple[str, Any]]:
         """(selector, handle or the NVMLError finding it) for each visible device."""

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
+    Date,
     DateTime,
     Index,
     Integer,
     MetaData,
     Numeric,
     String,
+    Text,
     TypeDecorator,
 )
 from sqlalchemy.engine import Dialect
@@ -139,3 +142,36 @@ class AdmissionRefusals(Base):
     reason: Mapped[str] = mapped_column(String(32), primary_key=True)
     refusals: Mapped[int] = mapped_column(BigInteger, default=0)
     last_refused_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ServerActivity(Base):
+    """The latest activity report of a session's server (the notebook extension's GPU samples)
+    and what the culler decided about it: one row per session, written by the service."""
+
+    __tablename__ = "server_activity"
+
+    session_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reported_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    gpu_activity: Mapped[str] = mapped_column(String(16))
+    """busy, idle, unknown or none (notebook/sampler.py Activity)."""
+    kernel_busy: Mapped[bool] = mapped_column(Boolean, default=False)
+    gpu_idle_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    idle_gpu_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+    kept_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """The last click on Keep in the warning."""
+    samples: Mapped[str] = mapped_column(Text, default="[]")
+    """The latest GPU samples, as JSON."""
+    warning: Mapped[str | None] = mapped_column(String(500))
+    """The culler's warning while the server is about to be stopped; None otherwise."""
+    cull_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cull_reason: Mapped[str | None] = mapped_column(String(32))
+
+
+class IdleGPUDay(Base):
+    """Idle GPU-seconds (waste) of a session per UTC day, for the reports' idle_gpu_hours."""
+
+    __tablename__ = "idle_gpu_days"
+
+    session_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    gpu_seconds: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..wire import ENV_FAKE_NVML_CONFIG
+
 SOURCE = Path(__file__).with_name("fake_nvml.c")
 LIBRARY = "libnvidia-ml.so.1"
-CONFIG_ENV = "GPUHUB_FAKE_NVML_CONFIG"
-"""The variable naming the config file, read by the library."""
 DEFAULT_CACHE = Path.home() / ".cache" / "gpuhub" / "fakenvml"
 
 # NVML return codes a test may make a device or nvmlInit answer.
@@ -166,4 +166,4 @@ def build(cache: Path = DEFAULT_CACHE) -> Path:
 def environment(library_dir: Path, config: Path, base: Mapping[str, str]) -> dict[str, str]:
     """Variables that make a process's pynvml load the fake NVML with `config`."""
     paths = [str(library_dir), *filter(None, base.get("LD_LIBRARY_PATH", "").split(":"))]
-    return {"LD_LIBRARY_PATH": ":".join(paths), CONFIG_ENV: str(config)}
+    return {"LD_LIBRARY_PATH": ":".join(paths), ENV_FAKE_NVML_CONFIG: str(config)}

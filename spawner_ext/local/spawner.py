@@ -18,11 +18,14 @@ from typing import Any
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Unicode
 
+from ..fakenvml import BuildError, build, environment, write_config
 from ..ledger.models import EndReason
+from ..notebook import NOTEBOOK_CONFIG
 from ..policy.request import SpawnRefused
 from ..spawners.mixin import GPUSpawnerMixin, refusal
 from ..wire import ServerState, read_state, server_env
 from .allocator import Allocator, NoFreeGPUs, RestoreError, visible_devices_env
+from .fakegpus import FakeNVMLFiles, fake_nvml_for
 from .inventory import Device
 from .machine import LocalMachine
 from .processes import live_servers, pid_alive, process_start_time
@@ -44,6 +47,15 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
         config=True,
         help="With server_user '', the directory holding one working directory per user. "
         "Default: ~/gpuhub-users of the hub process's user.",
+    )
+
+    fake_nvml_config = Unicode(
+        "",
+        config=True,
+        help="With simulated_gpus: the file the fake NVML (spawner_ext/fakenvml) reads, written "
+        "with the simulated GPUs at first use; servers load the fake libnvidia-ml.so.1 with it, "
+        "so their GPU samples come from it. Edit a GPU's utilization= there to see GPU-aware "
+        "culling work. Empty: servers see no NVML.",
     )
 
     devices: tuple[Device, ...] = ()
@@ -139,11 +151,31 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
 
     def get_env(self) -> dict[str, str]:
         env: dict[str, str] = super().get_env()
+        env["JUPYTER_CONFIG_PATH"] = str(NOTEBOOK_CONFIG)  # enables the notebook extension
+        if self.simulated_gpus and self.fake_nvml_config:
+            env.update(self._fake_nvml_env(env))
         env.update(visible_devices_env(self.devices))
         summary = self.plan.summary if self.plan is not None else None
         uuids = tuple(d.uuid for d in self.devices)
         env.update(server_env(summary, self.server_key, self.usage_session_id, uuids))
         return env
+
+    def _fake_nvml_env(self, env: dict[str, str]) -> dict[str, str]:
+        """The fake NVML for this server: built once, its config written once per hub."""
+        config = Path(self.fake_nvml_config)
+
+        def make() -> FakeNVMLFiles:
+            library = build()
+            catalog = self.catalog_version().catalog
+            write_config(config, fake_nvml_for(self.machine().discovery.devices, catalog))
+            return FakeNVMLFiles(library, config)
+
+        try:
+            files = self.context.part(FakeNVMLFiles, make)
+        except BuildError as exc:
+            self.log.warning("gpuhub: simulated GPUs without a fake NVML: %s", exc)
+            return {}
+        return environment(files.library_dir, files.config, env)
 
     def get_args(self) -> list[str]:
         args: list[str] = super().get_args()

@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..ledger.engine import READ_ONLY
-from ..ledger.models import UsageSession
+from ..ledger.models import IdleGPUDay, ServerActivity, UsageSession
 from .query import Dimension, UsageQuery
 
 HOURS = Decimal("0.0001")
@@ -56,7 +56,8 @@ class UsageRow:
     cost: Decimal
     sessions: int
     idle_gpu_hours: Decimal | None = None
-    """Recorded by GPU-aware culling (planned); None until then."""
+    """GPU-hours the row's GPUs sat idle, by the notebook extension's reports; None when no
+    session of the row was sampled (no extension, or from before it)."""
     session: int | None = None
     """The ledger session's id, when grouped by session."""
 
@@ -193,7 +194,9 @@ def usage_statement(dialect: str, query: UsageQuery, now: datetime, span: int = 
     seconds: Any = billed.c.high - billed.c.low
     source: Any = billed
     condition = None
-    if Dimension.DAY in query.by:
+    by_day = Dimension.DAY in query.by
+    day: Any = None
+    if by_day:
         if dialect == "postgresql":  # each session's own days, and nothing else
             offsets = (
                 func.generate_series(0, billed.c.last_day - billed.c.first_day)
@@ -214,6 +217,7 @@ def usage_statement(dialect: str, query: UsageQuery, now: datetime, span: int = 
         source = billed.join(offsets, joined)
         condition = seconds > 0
         groups.append(day)
+    idle_seconds, source = _with_idle(dialect, query, billed, source, day if by_day else None)
     for dimension in (Dimension.USER, Dimension.PROFILE, Dimension.GPU_TYPE):
         if dimension in query.by:
             groups.append(billed.c[dimension.value].label(dimension.value))
@@ -225,10 +229,41 @@ def usage_statement(dialect: str, query: UsageQuery, now: datetime, span: int = 
         func.sum(seconds * billed.c.gpu_count).label("gpu_seconds"),
         func.sum(seconds * billed.c.price).label("price_seconds"),
         func.count(func.distinct(billed.c.id)).label("sessions"),
+        func.sum(idle_seconds).label("idle_seconds"),
     ).select_from(source)
     if condition is not None:
         statement = statement.where(condition)
     return statement.group_by(*(g.element for g in groups)).order_by(*(g.element for g in order))
+
+
+def _with_idle(dialect: str, query: UsageQuery, billed: Any, source: Any, day: Any) -> Any:
+    """Each row's idle GPU-seconds (waste, recorded per session and UTC day by the activity
+    reports) and the source joined with them: NULL for a session never sampled (no activity
+    row: nothing is known), 0 for one sampled and never idle."""
+    d = IdleGPUDay
+    period = query.period
+    keys: list[Any] = [d.session_id]
+    if day is not None:
+        if dialect == "sqlite":
+            offset = cast(func.julianday(d.day) - func.julianday(period.since.isoformat()), Integer)
+        else:
+            offset = d.day - literal(period.since)
+        keys.append(offset.label("k"))
+    idle = (
+        select(*keys, func.sum(d.gpu_seconds).label("gpu_seconds"))
+        .where(d.day >= period.since, d.day < period.until)
+        .group_by(*keys)
+        .subquery("idle")
+    )
+    sampled = select(ServerActivity.session_id).subquery("sampled")
+    joined = idle.c.session_id == billed.c.id
+    if day is not None:
+        joined = and_(joined, idle.c.k == day.element)
+    source = source.outerjoin(sampled, sampled.c.session_id == billed.c.id).outerjoin(idle, joined)
+    value = case(
+        (sampled.c.session_id.is_(None), None), else_=func.coalesce(idle.c.gpu_seconds, 0)
+    )
+    return value, source
 
 
 def _offsets(span: int) -> Any:
@@ -261,6 +296,8 @@ def _row(found: Any, query: UsageQuery) -> UsageRow:
     by = query.by
     gpu_seconds = Decimal(repr(float(found["gpu_seconds"] or 0)))
     price_seconds = Decimal(repr(float(found["price_seconds"] or 0)))
+    idle = found["idle_seconds"]
+    idle_hours = None if idle is None else (Decimal(int(idle)) / 3600).quantize(HOURS)
     day = found["day"] if Dimension.DAY in by else None
     if day is not None:
         day = query.period.since + timedelta(days=int(day))
@@ -275,4 +312,5 @@ def _row(found: Any, query: UsageQuery) -> UsageRow:
         gpu_hours=(gpu_seconds / 3600).quantize(HOURS, rounding=ROUND_HALF_UP),
         cost=(price_seconds / 3600).quantize(CENTS, rounding=ROUND_HALF_UP),
         sessions=int(found["sessions"]),
+        idle_gpu_hours=idle_hours,
     )

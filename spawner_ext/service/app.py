@@ -1,7 +1,8 @@
 """The gpuhub service: the one process that does hub-wide work. JupyterHub starts it (a managed
 service, `gpuhub service`) with its own API token; it reconciles the billing ledger with what
 really runs, ends servers nobody knows, enforces budgets through the hub's REST API and keeps
-ResourceQuotas in sync, every `metering.reconcile_interval`. It serves its status over HTTP.
+ResourceQuotas in sync, every `metering.reconcile_interval`, and culls idle servers every
+`culling.interval` (culler.py). It serves its status, reports and activity API over HTTP.
 
 Killed at any point, it loses nothing: every tick starts from the ledger and what runs.
 """
@@ -23,6 +24,7 @@ from ..clock import Clock, utcnow
 from ..ledger.engine import SchemaError
 from ..ledger.models import EndReason, UsageSession
 from ..ledger.store import Ledger
+from .culler import Culler
 from .hubapi import HubAPI, HubAPIError, ServerUnknown
 from .metering import Listed, enforce_budgets, reconcile_once, strays
 from .runtimes import Runtime
@@ -78,12 +80,36 @@ class GPUHubService:
         self.clock = clock
         self.status = Status(runtime.name, clock())
         self._ledger: Ledger | None = None
+        self._culler: Culler | None = None
         self._first = True
 
     def ledger(self) -> Ledger:
         if self._ledger is None:
             self._ledger = Ledger.open(self.ledger_url, clock=self.clock)
         return self._ledger
+
+    def culler(self) -> Culler:
+        if self._culler is None:
+            self._culler = Culler(self.hub, self.ledger())
+        return self._culler
+
+    async def cull_safely(self) -> bool:
+        """One culling cycle; a failure (hub, billing database) is logged and tried again."""
+        try:
+            await self.culler().cycle(self.store.catalog, self.clock())
+        except (HubAPIError, DBAPIError, SchemaError, OSError) as exc:
+            log.error("service: culling skipped, trying again next cycle: %s", exc)
+            return False
+        except Exception:
+            log.exception("service: culling failed")
+            return False
+        return True
+
+    async def run_culler(self) -> None:
+        """Cull every `culling.interval` of the catalog in force, until cancelled."""
+        while True:
+            await asyncio.sleep(self.store.catalog.culling.interval.total_seconds())
+            await self.cull_safely()
 
     async def tick(self) -> None:
         """One pass: reconcile, end strays, enforce budgets, sync quotas. A part whose input is
@@ -181,6 +207,7 @@ def make_app(
 
     from jupyterhub.services.auth import HubOAuthCallbackHandler
 
+    from .activity_api import activity_handlers
     from .pages import page_handlers
     from .reports_api import report_handlers
 
@@ -189,6 +216,7 @@ def make_app(
         [
             (rf"{prefix}api/v1/status", StatusHandler, {"service": service}),
             *report_handlers(prefix, service, metrics_user_labels=metrics_user_labels),
+            *activity_handlers(prefix, service),
             (rf"{prefix}oauth_callback", HubOAuthCallbackHandler),
             *page_handlers(prefix, service),
         ],

@@ -54,6 +54,12 @@ def add_service_command(subparsers: argparse._SubParsersAction[argparse.Argument
         help="label gpuhub_gpus_allocated with user names too (off: labels are bounded by the "
         "catalog's teams and GPU types)",
     )
+    service.add_argument(
+        "--no-culling",
+        action="store_true",
+        help="do not cull idle servers (e.g. when stock jupyterhub-idle-culler runs instead, "
+        "with gpuhub's policy as its cull_arbiter_hook); the activity API still records waste",
+    )
     service.set_defaults(run=run_service)
 
 
@@ -117,6 +123,7 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
     tasks = [
         asyncio.create_task(service.run()),
+        *([] if args.no_culling else [asyncio.create_task(service.run_culler())]),
         asyncio.create_task(store.watch()),
         asyncio.create_task(_exit_with_parent(stop)),
     ]

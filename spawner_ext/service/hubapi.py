@@ -4,6 +4,7 @@ Requests run concurrently up to `concurrency` (tornado's client queues the rest)
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -35,13 +36,21 @@ class HubServer:
     state: Mapping[str, Any]
     """Spawner state; empty without the `admin:server_state` scope."""
     last_activity: str | None
+    started: str | None = None
 
 
 class HubAPI:
     def __init__(
-        self, api_url: str, token: str, *, concurrency: int = 10, timeout: float = 30.0
+        self,
+        api_url: str,
+        token: str,
+        *,
+        concurrency: int = 10,
+        timeout: float = 30.0,
+        page_size: int = PAGE_SIZE,
     ) -> None:
         self.api_url = api_url.rstrip("/")
+        self.page_size = page_size
         self._token = token
         self._timeout = timeout
         self._client = AsyncHTTPClient(force_instance=True, max_clients=concurrency)
@@ -74,20 +83,41 @@ class HubAPI:
         return response.code, data
 
     async def users(self, **filters: str) -> AsyncIterator[Mapping[str, Any]]:
-        """Every user matching `filters` (e.g. state="active"), one page of PAGE_SIZE at a time."""
-        offset = 0
+        """Every user matching `filters` (e.g. state="active"), a page at a time: the first
+        page says how many there are, and the other pages are then asked for at once."""
+        first = await self._page(filters, 0)
+        items, pagination = first
+        for user in items:
+            yield user
+        total = int(pagination.get("total") or 0) if pagination else 0
+        if not pagination or not items or not pagination.get("next"):
+            return
+        if total:
+            # the hub may cap the page size (api_page_max_limit): step by what it gave
+            offsets = range(len(items), total, len(items))
+            pages = await asyncio.gather(*(self._page(filters, o) for o in offsets))
+            for more, _ in pages:
+                for user in more:
+                    yield user
+            return
+        offset = int(pagination["next"]["offset"])  # no total given: one page after another
         while True:
-            query = urlencode({**filters, "offset": offset, "limit": PAGE_SIZE})
-            _, page = await self._request("GET", f"/users?{query}", accept=PAGINATION)
-            items = page.get("items", []) if isinstance(page, dict) else page
-            for user in items:
+            more, pagination = await self._page(filters, offset)
+            for user in more:
                 yield user
-            following = (
-                (page.get("_pagination") or {}).get("next") if isinstance(page, dict) else None
-            )
-            if not following or not items:
+            following = (pagination or {}).get("next")
+            if not following or not more:
                 return
             offset = int(following["offset"])
+
+    async def _page(
+        self, filters: Mapping[str, str], offset: int
+    ) -> tuple[list[Mapping[str, Any]], Mapping[str, Any] | None]:
+        query = urlencode({**filters, "offset": offset, "limit": self.page_size})
+        _, page = await self._request("GET", f"/users?{query}", accept=PAGINATION)
+        if isinstance(page, dict):
+            return list(page.get("items", [])), page.get("_pagination") or {}
+        return list(page or []), None
 
     async def running_servers(self) -> list[HubServer]:
         """Every server the hub has running, starting or stopping."""
@@ -102,6 +132,7 @@ class HubAPI:
                         pending=server.get("pending"),
                         state=server.get("state") or {},
                         last_activity=server.get("last_activity"),
+                        started=server.get("started"),
                     )
                 )
         return found

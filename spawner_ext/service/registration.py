@@ -26,6 +26,10 @@ SCOPES = (
 READ_SCOPE = "custom:gpu-usage:read"
 """Read usage reports: unfiltered every team; `!group=<team key>` one team."""
 ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
+SERVER_SCOPES = ("users:activity!user", "access:servers!server")
+"""JupyterHub's default scopes of the `server` role (servers' own tokens)."""
+DEFAULTS = {"user": ["self"], "server": list(SERVER_SCOPES)}
+"""JupyterHub's default roles that get the service's access scope, with their defaults."""
 CUSTOM_SCOPES = {
     READ_SCOPE: {
         "description": "Read GPU usage and cost reports of teams (filter !group=<team> for one)."
@@ -116,9 +120,12 @@ def service_config(
         "services": [SERVICE_NAME],
     }
     users = {"name": "user", "scopes": ["self", ACCESS_SCOPE]}
+    # Servers' own tokens (JUPYTERHUB_API_TOKEN): JupyterHub's defaults, plus reaching this
+    # service, where the notebook extension reports GPU activity and Keep clicks.
+    servers = {"name": "server", "scopes": [*SERVER_SCOPES, ACCESS_SCOPE]}
     return {
         "services": [service],
-        "load_roles": [role, users, *report_roles(catalog, admin_users)],
+        "load_roles": [role, users, servers, *report_roles(catalog, admin_users)],
         "custom_scopes": dict(CUSTOM_SCOPES),
         **home_page_config(),
     }
@@ -126,7 +133,7 @@ def service_config(
 
 def register(c: Any, registration: Mapping[str, Any]) -> None:
     """Add the service, its roles and scopes to a traitlets config `c`, keeping what is there
-    (a `user` role of the config's own gets the service's access scope added)."""
+    (a `user` or `server` role of the config's own gets the service's access scope added)."""
     for trait in ("services", "load_roles"):
         current = [dict(e) for e in c.JupyterHub[trait]] if trait in c.JupyterHub else []
         names = {entry.get("name"): entry for entry in current}
@@ -134,8 +141,8 @@ def register(c: Any, registration: Mapping[str, Any]) -> None:
             mine = names.get(entry["name"])
             if mine is None:
                 current.append(entry)
-            elif entry["name"] == "user" and ACCESS_SCOPE not in mine.get("scopes", []):
-                mine["scopes"] = [*mine.get("scopes", ["self"]), ACCESS_SCOPE]
+            elif entry["name"] in DEFAULTS and ACCESS_SCOPE not in mine.get("scopes", []):
+                mine["scopes"] = [*mine.get("scopes", DEFAULTS[entry["name"]]), ACCESS_SCOPE]
         c.JupyterHub[trait] = current
     scopes = dict(c.JupyterHub.custom_scopes) if "custom_scopes" in c.JupyterHub else {}
     c.JupyterHub.custom_scopes = {**registration["custom_scopes"], **scopes}

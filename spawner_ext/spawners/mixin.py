@@ -29,7 +29,7 @@ from ..policy.identity import Identity, teams_of
 from ..policy.preview import TeamUsage
 from ..policy.request import SpawnPlan, SpawnRefused, resolve_spawn
 from ..service.registration import SERVICE_NAME
-from ..wire import ServerState, ServerSummary, read_state, write_state
+from ..wire import ENV_SERVICE_URL, ServerState, ServerSummary, read_state, write_state
 from .form import form_view, render_form, user_options_from_form
 
 try:  # JupyterHub >= 5.3 (and 6): a policy refusal, logged without a traceback
@@ -84,6 +84,20 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         "default, beside JupyterHub's database; PostgreSQL in production. Create or upgrade its "
         "schema with `gpuhub db upgrade --db-url URL`. Empty: no quotas and no metering.",
     )
+    activity_url = Unicode(
+        config=True,
+        help="URL at which notebook servers reach the gpuhub service to report GPU activity "
+        "(given to them as GPUHUB_SERVICE_URL), ending in /services/gpu-usage/. Default: the "
+        "`url` of the registered gpu-usage service (right when servers run on the hub's "
+        "machine); on Kubernetes set it to an address pods reach, e.g. "
+        "http://hub:8081/services/gpu-usage/ with the service on the hub's pod. Empty: "
+        "servers report nothing and GPU-aware culling has no GPU data.",
+    )
+
+    @default("activity_url")
+    def _activity_url_default(self) -> str:
+        return _service_url(self.config) or ""
+
     simulated_gpus = Unicode(
         "",
         config=True,
@@ -364,6 +378,12 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         async for event in super().progress():
             yield event
 
+    def get_env(self) -> dict[str, str]:
+        env: dict[str, str] = super().get_env()
+        if self.activity_url:
+            env[ENV_SERVICE_URL] = self.activity_url
+        return env
+
     # --- the hub's home page ----------------------------------------------------------------
 
     def home_view(self) -> RunningServerView | None:
@@ -430,11 +450,23 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
     """The server summary loaded from state after a hub restart (the plan itself is not kept)."""
 
 
-def _service_registered(config: Any) -> bool:
+def _services(config: Any) -> list[dict[str, Any]]:
     services = config.JupyterHub.get("services", []) if "JupyterHub" in config else []
     if hasattr(services, "get_value"):  # only appended to: a traitlets LazyConfigValue
         services = services.get_value([])
-    return any(isinstance(s, dict) and s.get("name") == SERVICE_NAME for s in services)
+    return [s for s in services if isinstance(s, dict) and s.get("name") == SERVICE_NAME]
+
+
+def _service_registered(config: Any) -> bool:
+    return bool(_services(config))
+
+
+def _service_url(config: Any) -> str | None:
+    """The registered gpu-usage service's own URL and prefix, if it has a `url`."""
+    for service in _services(config):
+        if service.get("url"):
+            return f"{str(service['url']).rstrip('/')}/services/{SERVICE_NAME}/"
+    return None
 
 
 def _admit(ledger: Ledger, catalog: Catalog, request: Request) -> Admission:

@@ -171,6 +171,7 @@ def hub_config(s: UpSettings) -> dict[str, dict[str, Any]]:
             "catalog_path": str(s.catalog),
             "ledger_url": s.ledger_url,
             "simulated_gpus": s.simulate_gpus,
+            "fake_nvml_config": str(state / "fake-nvml.conf") if s.simulate_gpus else "",
             "server_user": "",
             "user_root": str(state / "users"),
             "cmd": [s.singleuser_command],

@@ -176,3 +176,39 @@ def test_a_long_session_from_before_the_period_fills_each_day_it_covers(ledger: 
         ("2026-12-01", 48.0),
     ]
     assert [r["gpu_hours"] for r in report(ledger, period, teams=("nlp",))] == [144.0]
+
+
+def test_idle_gpu_hours_are_the_recorded_waste_and_unknown_where_nothing_was_sampled(
+    ledger: Ledger,
+) -> None:
+    from sqlalchemy.orm import Session
+
+    from spawner_ext.ledger.models import IdleGPUDay, ServerActivity
+
+    engine = ledger.engine
+    sampled = add_session(engine, "ada", at(30, 22), at(1, 2, month=12), gpus=2)
+    quiet = add_session(engine, "ada", at(20, 10), at(20, 11))  # sampled, never idle
+    add_session(engine, "bob", at(20, 10), at(20, 11))  # never sampled (no extension)
+    with Session(engine) as db, db.begin():
+        for session in (sampled, quiet):
+            db.add(
+                ServerActivity(
+                    session_id=session,
+                    reported_at=at(20, 11),
+                    gpu_activity="idle",
+                    kernel_busy=False,
+                    idle_gpu_seconds=0,
+                    samples="[]",
+                )
+            )
+        db.add(IdleGPUDay(session_id=sampled, day=date(2026, 11, 30), gpu_seconds=3600))
+        db.add(IdleGPUDay(session_id=sampled, day=date(2026, 12, 1), gpu_seconds=7200))
+    rows = report(ledger, NOVEMBER, Dimension.USER)
+    assert [(r["user"], r["idle_gpu_hours"]) for r in rows] == [("ada", 1.0), ("bob", None)]
+    days = report(ledger, Period(date(2026, 11, 30), date(2026, 12, 2)), Dimension.DAY)
+    assert [(r["day"], r["idle_gpu_hours"]) for r in days] == [
+        ("2026-11-30", 1.0),
+        ("2026-12-01", 2.0),
+    ]
+    by_session = report(ledger, NOVEMBER, Dimension.SESSION)
+    assert {r["session"]: r["idle_gpu_hours"] for r in by_session}[quiet] == 0.0

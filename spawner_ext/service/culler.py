@@ -1,0 +1,173 @@
+"""GPU-aware idle culling in the gpuhub service, every `culling.interval`: list the hub's running
+servers (pages at once), read every running session's latest GPU report in one query, decide
+(policy/culling.py) and act concurrently: stop what must go through the hub's REST API, with
+the reason recorded on the session first; keep the warning of what is about to go for the
+server's notebook extension to show; clear it for the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from ..catalog import Catalog
+from ..ledger.activity import ActivityLedger, ActivityRecord, CullWarning
+from ..ledger.models import EndReason, UsageSession
+from ..ledger.store import Ledger
+from ..notebook.sampler import Activity
+from ..policy.culling import (
+    CullAction,
+    CullDecision,
+    ServerActivity,
+    decide_cull,
+    settings_for,
+)
+from .hubapi import HubAPI, HubAPIError, HubServer, ServerUnknown
+
+log = logging.getLogger("gpuhub.culler")
+
+REPORT_FRESH = timedelta(minutes=5)
+"""A GPU report older than this says nothing about now (the extension stopped reporting)."""
+
+
+@dataclass
+class CullerStatus:
+    cycles: int = 0
+    culled: Counter[str] = field(default_factory=Counter)
+    """Servers stopped, per reason."""
+    warned: int = 0
+    last_cycle_at: datetime | None = None
+    last_cycle_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Considered:
+    """One server of a cycle and what was decided."""
+
+    user: str
+    server_name: str
+    session_id: int | None
+    decision: CullDecision
+
+
+def gpu_label(catalog: Catalog, session: UsageSession) -> str:
+    """'1x NVIDIA H100 80GB', or '' for a CPU server."""
+    if not session.gpu_count or not session.gpu_type:
+        return ""
+    known = catalog.gpu_types.get(session.gpu_type)
+    return f"{session.gpu_count}x {known.display_name if known else session.gpu_type}"
+
+
+def activity_of(
+    catalog: Catalog,
+    server: HubServer,
+    session: UsageSession | None,
+    record: ActivityRecord | None,
+    budget_stop_at: datetime | None,
+    now: datetime,
+) -> ServerActivity:
+    """The policy's view of one server, from the hub's listing, its session and its report."""
+    started = (session.started_at if session else None) or _parse(server.started) or now
+    fresh = record is not None and now - record.state.reported_at <= REPORT_FRESH
+    state = record.state if record is not None else None
+    return ServerActivity(
+        started=started,
+        last_activity=_parse(server.last_activity),
+        gpu_count=session.gpu_count if session else 0,
+        gpu_label=gpu_label(catalog, session) if session else "",
+        gpu_busy=bool(fresh and state and state.gpu_activity is Activity.BUSY),
+        gpu_idle_since=state.gpu_idle_since if fresh and state and state.idle else None,
+        kept_at=state.kept_at if state else None,
+        budget_stop_at=budget_stop_at if session and session.gpu_count else None,
+    )
+
+
+def _parse(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def budget_stops(ledger: Ledger, catalog: Catalog) -> dict[str, datetime]:
+    """Team -> when its GPU servers are stopped for its spent budget (teams over budget with a
+    `stop_running_over_budget_after`)."""
+    stops = {}
+    for team, _used, since in ledger.over_budget(catalog):
+        grace = catalog.teams[team].quota.stop_running_over_budget_after
+        if grace is not None:
+            stops[team] = since + grace
+    return stops
+
+
+class Culler:
+    def __init__(self, hub: HubAPI, ledger: Ledger, *, concurrency: int = 10) -> None:
+        self.hub = hub
+        self.ledger = ledger
+        self.activity = ActivityLedger(ledger)
+        self.status = CullerStatus()
+        self._limit = asyncio.Semaphore(concurrency)
+
+    async def cycle(self, catalog: Catalog, now: datetime) -> list[Considered]:
+        """One culling pass over every ready server the hub lists."""
+        started = asyncio.get_running_loop().time()
+        listed = [s for s in await self.hub.running_servers() if s.ready and not s.pending]
+        sessions = {(s.user, s.server_name): s for s in self.ledger.open_sessions()}
+        records = self.activity.records([s.id for s in sessions.values()])
+        stops = budget_stops(self.ledger, catalog)
+        considered = []
+        for server in listed:
+            session = sessions.get((server.user, server.name))
+            record = records.get(session.id) if session else None
+            stop_at = stops.get(session.team or "") if session else None
+            profile = session.profile if session else str(server.state.get("profile", ""))
+            settings = settings_for(catalog, profile, session.gpu_count if session else 0)
+            view = activity_of(catalog, server, session, record, stop_at, now)
+            considered.append(
+                Considered(
+                    server.user,
+                    server.name,
+                    session.id if session else None,
+                    decide_cull(view, settings, now),
+                )
+            )
+        await asyncio.gather(*(self._act(c, records) for c in considered))
+        self.status.cycles += 1
+        self.status.last_cycle_at = now
+        self.status.last_cycle_seconds = asyncio.get_running_loop().time() - started
+        return considered
+
+    async def _act(self, considered: Considered, records: dict[int, ActivityRecord]) -> None:
+        decision, session = considered.decision, considered.session_id
+        record = records.get(session) if session is not None else None
+        if decision.action is CullAction.CULL and decision.reason is not None:
+            if decision.reason is EndReason.BUDGET:
+                return  # the budget stage stops these (service/metering.py)
+            await self._stop(considered, decision.reason)
+        elif decision.action is CullAction.WARN and session is not None and decision.cull_at:
+            reason = decision.reason.value if decision.reason else ""
+            warning = CullWarning(decision.message, decision.cull_at, reason)
+            if record is not None and record.warning != warning:
+                self.activity.warn(session, warning)
+                self.status.warned += 1
+        elif record is not None and record.warning is not None and session is not None:
+            self.activity.warn(session, None)
+
+    async def _stop(self, considered: Considered, reason: EndReason) -> None:
+        who = f"{considered.user}/{considered.server_name}"
+        if considered.session_id is not None:
+            self.ledger.request_stop(considered.session_id, reason)
+        async with self._limit:
+            try:
+                await self.hub.stop_server(considered.user, considered.server_name)
+            except ServerUnknown:
+                return
+            except HubAPIError as exc:
+                log.error("culler: stopping %s failed (%s); trying again next cycle", who, exc)
+                return
+        log.info("culler: stopped %s (%s): %s", who, reason.value, considered.decision.message)
+        self.status.culled[reason.value] += 1

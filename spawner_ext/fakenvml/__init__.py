@@ -89,7 +89,7 @@ def _processes(processes: Sequence[FakeProcess]) -> str:
 def render(config: FakeNVML) -> str:
     """The config file's text for `config` (the format is described in fake_nvml.c)."""
     lines = ["# gpuhub fake NVML (spawner_ext/fakenvml)"]
-    lines += [f"# {_clean(note)}" for note in config.notes]
+    lines += [f"# {note}" for note in config.notes if "\n" not in note and "\r" not in note]
     lines.append(_fields("system", {"driver": config.driver, "fail_init": config.fail_init}))
     for index, gpu in enumerate(config.gpus):
         lines.append(

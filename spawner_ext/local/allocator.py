@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 
+from ..wire import ENV_SIMULATED_DEVICES
 from .inventory import Device, device_order
 
 
@@ -44,7 +45,7 @@ def visible_devices_env(devices: Sequence[Device]) -> dict[str, str]:
     devices by their `MIG-...` uuid. `NVIDIA_VISIBLE_DEVICES` lists uuids for the NVIDIA container
     runtime. No devices: `CUDA_VISIBLE_DEVICES=""` and `NVIDIA_VISIBLE_DEVICES=void`, so a CPU
     server sees no GPU. Simulated devices do not exist, so they hide every real GPU the same way
-    and are named in `GPUHUB_SIMULATED_DEVICES` instead: simulation never hands out a real GPU.
+    and are named in `GPUHUB_SIMULATED_DEVICES` instead (what the fake NVML's samples are of): simulation never hands out a real GPU.
     """
     real = [d for d in devices if not d.simulated]
     simulated = [d for d in devices if d.simulated]
@@ -57,7 +58,7 @@ def visible_devices_env(devices: Sequence[Device]) -> dict[str, str]:
         env["CUDA_VISIBLE_DEVICES"] = ""
         env["NVIDIA_VISIBLE_DEVICES"] = "void"
     if simulated:
-        env["GPUHUB_SIMULATED_DEVICES"] = ",".join(d.uuid for d in simulated)
+        env[ENV_SIMULATED_DEVICES] = ",".join(d.uuid for d in simulated)
     return env
 
 

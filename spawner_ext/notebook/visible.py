@@ -1,12 +1,16 @@
-"""Which GPUs a server holds, from the variables its spawner set: CUDA_VISIBLE_DEVICES (what
-CUDA sees) or NVIDIA_VISIBLE_DEVICES (what the NVIDIA container runtime mounted). Pure."""
+"""Which GPUs a server holds, from the variables its spawner set: GPUHUB_SIMULATED_DEVICES (the
+simulated GPUs of `gpuhub up --simulate-gpus`, which the fake NVML reports), else
+CUDA_VISIBLE_DEVICES (what CUDA sees), else NVIDIA_VISIBLE_DEVICES (what the NVIDIA container
+runtime mounted). Pure."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
+from ..wire import ENV_SIMULATED_DEVICES
+
+VARIABLES = (ENV_SIMULATED_DEVICES, "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
 
 
 @dataclass(frozen=True)
@@ -21,10 +25,11 @@ class Visible:
 
 
 def visible_gpus(env: Mapping[str, str]) -> Visible:
-    """CUDA_VISIBLE_DEVICES wins over NVIDIA_VISIBLE_DEVICES. `none`, `void` or empty: no GPU.
-    Unset: none either (a server the platform gave no GPU has nothing to sample)."""
+    """The first variable set wins (in VARIABLES' order; an empty GPUHUB_SIMULATED_DEVICES is
+    skipped). `none`, `void` or empty: no GPU. Unset: none either (a server the platform gave
+    no GPU has nothing to sample)."""
     for name in VARIABLES:
-        if name not in env:
+        if name not in env or (name == ENV_SIMULATED_DEVICES and not env[name].strip()):
             continue
         value = env[name].strip()
         if value.lower() in ("", "none", "void", "-1"):

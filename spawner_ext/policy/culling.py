@@ -92,9 +92,13 @@ class CullDecision:
 
 
 def _minutes(delta: timedelta) -> str:
-    minutes = max(int(delta.total_seconds() // 60), 0)
+    """'45 seconds', '10 minutes', '3 hours'."""
+    seconds = max(int(delta.total_seconds()), 0)
+    if seconds < 120:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    minutes = seconds // 60
     if minutes < 120:
-        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+        return f"{minutes} minutes"
     return f"{minutes // 60} hours"
 
 

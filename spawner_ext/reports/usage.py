@@ -260,9 +260,7 @@ def _with_idle(dialect: str, query: UsageQuery, billed: Any, source: Any, day: A
     if day is not None:
         joined = and_(joined, idle.c.k == day.element)
     source = source.outerjoin(sampled, sampled.c.session_id == billed.c.id).outerjoin(idle, joined)
-    value = case(
-        (sampled.c.session_id.is_(None), None), else_=func.coalesce(idle.c.gpu_seconds, 0)
-    )
+    value = case((sampled.c.session_id.is_(None), None), else_=func.coalesce(idle.c.gpu_seconds, 0))
     return value, source
 
 

@@ -1,0 +1,190 @@
+"""GPU-aware culling end to end on one machine: a real hub (`gpuhub up` with simulated GPUs),
+the gpuhub service and real jupyterhub-singleuser servers whose notebook extension samples the
+fake NVML (built from spawner_ext/fakenvml/fake_nvml.c) through unmodified pynvml.
+
+ada's GPU idles: she is warned, then culled (culled-gpu-idle in the ledger, waste recorded);
+lin's GPU is busy: kept; grace's GPU idles but her kernel runs a long cell: kept."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from tornado.httpclient import HTTPRequest
+from tornado.ioloop import IOLoop
+from tornado.websocket import websocket_connect
+
+from spawner_ext.fakenvml import FakeGPU, FakeNVML, write_config
+from spawner_ext.ledger.models import IdleGPUDay, ServerActivity, UsageSession
+from spawner_ext.ledger.store import Ledger
+
+from .conftest import Hub, needs_local_hub, wait_for
+
+pytestmark = pytest.mark.integration
+
+GIB = 2**30
+CULLING = """culling:
+  idle_timeout: 1h
+  gpu_idle_timeout: 25s
+  gpu_utilization_percent: 5
+  warn_before: 20s
+  interval: 2s
+"""
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    needs_local_hub()
+    workdir = tmp_path_factory.mktemp("culling")
+    example = (Path(__file__).parents[2] / "hub_config" / "catalog.yaml").read_text()
+    start, end = example.index("culling:"), example.index("kubernetes:")
+    catalog = workdir / "catalog.yaml"
+    catalog.write_text(example[:start] + CULLING + "\n" + example[end:])
+    started = Hub(workdir, "3xh100-80gb", "--config", str(catalog))
+    with started.extra_config.open("a") as config:
+        config.write('c.Spawner.environment = {"GPUHUB_SAMPLE_SECONDS": "1"}\n')
+    try:
+        started.start()
+        yield started
+    finally:
+        started.cleanup()
+
+
+def ledger_of(hub: Hub) -> Ledger:
+    return Ledger.open(f"sqlite:///{hub.state_dir / 'gpuhub-ledger.sqlite'}")
+
+
+def session_of(hub: Hub, user: str) -> UsageSession:
+    ledger = ledger_of(hub)
+    try:
+        with Session(ledger.engine) as db:
+            query = select(UsageSession).where(UsageSession.user == user)
+            return list(db.scalars(query.order_by(UsageSession.id)))[-1]
+    finally:
+        ledger.engine.dispose()
+
+
+def activity_of(hub: Hub, session_id: int) -> tuple[ServerActivity | None, int]:
+    ledger = ledger_of(hub)
+    try:
+        with Session(ledger.engine) as db:
+            row = db.get(ServerActivity, session_id)
+            days = db.scalars(select(IdleGPUDay).where(IdleGPUDay.session_id == session_id))
+            return row, sum(d.gpu_seconds for d in days)
+    finally:
+        ledger.engine.dispose()
+
+
+def lab_status(hub: Hub, user: str) -> dict[str, Any]:
+    """What JupyterLab reads from the server's extension."""
+    response = requests.get(
+        f"{hub.url}user/{user}/gpuhub/status",
+        headers={"Authorization": f"token {hub.token_for(user)}"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def run_long_cell(hub: Hub, user: str, seconds: int) -> None:
+    """Start a kernel on the user's server and send it a cell that sleeps `seconds`."""
+    token = hub.token_for(user)
+    headers = {"Authorization": f"token {token}"}
+    kernel = requests.post(f"{hub.url}user/{user}/api/kernels", headers=headers, timeout=60)
+    assert kernel.status_code == 201, kernel.text
+    kernel_id = kernel.json()["id"]
+    url = f"{hub.url.replace('http', 'ws')}user/{user}/api/kernels/{kernel_id}/channels"
+
+    async def send() -> None:
+        connection = await websocket_connect(HTTPRequest(url, headers=headers))
+        message = {
+            "header": {
+                "msg_id": uuid.uuid4().hex,
+                "msg_type": "execute_request",
+                "username": user,
+                "session": uuid.uuid4().hex,
+                "version": "5.3",
+                "date": "",
+            },
+            "parent_header": {},
+            "metadata": {},
+            "content": {"code": f"import time; time.sleep({seconds})", "silent": False},
+            "channel": "shell",
+        }
+        await connection.write_message(json.dumps(message))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the kernel says it is busy
+            reply = await connection.read_message()
+            if reply is None:
+                break
+            data = json.loads(reply)
+            if data.get("msg_type") == "status" and data["content"]["execution_state"] == "busy":
+                break
+        connection.close()
+
+    IOLoop(make_current=False).run_sync(send)
+
+
+def test_idle_gpus_are_warned_then_culled_busy_ones_and_busy_kernels_kept(hub: Hub) -> None:
+    for user, options in (
+        ("ada", {"profile": "h100-single"}),
+        ("lin", {"profile": "h100-single", "team": "vision"}),
+        ("grace", {"profile": "h100-single"}),
+    ):
+        hub.start_server(user, options)
+    held = {u: hub.server_env(u)["GPUHUB_SIMULATED_DEVICES"] for u in ("ada", "lin", "grace")}
+    assert hub.server_env("ada")["GPUHUB_SERVICE_URL"].endswith("/services/gpu-usage/")
+    config = hub.state_dir / "fake-nvml.conf"
+    gpus = tuple(
+        FakeGPU(u, "NVIDIA H100 80GB", 80 * GIB, utilization=90 if u == held["lin"] else 0)
+        for u in sorted(held.values())
+    )
+    write_config(config, FakeNVML(gpus=gpus))  # lin trains; ada's and grace's GPUs idle
+    run_long_cell(hub, "grace", 600)
+
+    ada = session_of(hub, "ada")
+    grace = session_of(hub, "grace")
+
+    def grace_busy() -> int | None:
+        row, waste = activity_of(hub, grace.id)
+        return waste + 1 if row is not None and row.kernel_busy else None
+
+    waste_before = wait_for("grace's busy kernel reported", grace_busy, 30, 1) - 1
+    warned = wait_for(
+        "ada's warning",
+        lambda: lab_status(hub, "ada").get("warning") or None,
+        60,
+        1,
+    )
+    assert "will be stopped in" in warned["message"], warned
+    assert "its GPU has been idle for" in warned["message"], warned
+    assert warned["reason"] == "culled-gpu-idle"
+    wait_for("lin's GPU busy", lambda: lab_status(hub, "lin")["activity"] == "busy", 30, 1)
+    wait_for("lin's warning gone", lambda: lab_status(hub, "lin")["warning"] is None, 30, 1)
+
+    wait_for("ada's cull", lambda: "" not in hub.user("ada")["servers"], 60, 1)
+    culled = session_of(hub, "ada")
+    assert culled.id == ada.id and culled.end_reason == "culled-gpu-idle", culled.end_reason
+    row, waste = activity_of(hub, ada.id)
+    assert row is not None and waste > 0, "ada's idle GPU-seconds are recorded as waste"
+    # lin's training and grace's long cell: kept, and long past ada's cull time
+    time.sleep(8)
+    assert hub.user("lin")["servers"][""]["ready"], hub.log()
+    assert hub.user("grace")["servers"][""]["ready"], hub.log()
+    for user in ("lin", "grace"):
+        session = session_of(hub, user)
+        assert session.ended_at is None and session.stop_reason is None
+    grace_row, grace_waste = activity_of(hub, grace.id)
+    assert grace_row is not None and grace_row.kernel_busy
+    assert grace_waste == waste_before, "no waste while the kernel computes"
+    for user in ("lin", "grace"):
+        hub.stop_server(user)

@@ -45,7 +45,8 @@ def visible_devices_env(devices: Sequence[Device]) -> dict[str, str]:
     devices by their `MIG-...` uuid. `NVIDIA_VISIBLE_DEVICES` lists uuids for the NVIDIA container
     runtime. No devices: `CUDA_VISIBLE_DEVICES=""` and `NVIDIA_VISIBLE_DEVICES=void`, so a CPU
     server sees no GPU. Simulated devices do not exist, so they hide every real GPU the same way
-    and are named in `GPUHUB_SIMULATED_DEVICES` instead (what the fake NVML's samples are of): simulation never hands out a real GPU.
+    and are named in `GPUHUB_SIMULATED_DEVICES` instead (the fake NVML reports those): simulation
+    never hands out a real GPU.
     """
     real = [d for d in devices if not d.simulated]
     simulated = [d for d in devices if d.simulated]

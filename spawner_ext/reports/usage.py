@@ -244,6 +244,7 @@ def _with_idle(dialect: str, query: UsageQuery, billed: Any, source: Any, day: A
     period = query.period
     keys: list[Any] = [d.session_id]
     if day is not None:
+        offset: Any
         if dialect == "sqlite":
             offset = cast(func.julianday(d.day) - func.julianday(period.since.isoformat()), Integer)
         else:

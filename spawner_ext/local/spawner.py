@@ -20,7 +20,7 @@ from traitlets import Unicode
 
 from ..fakenvml import BuildError, build, environment, write_config
 from ..ledger.models import EndReason
-from ..notebook import NOTEBOOK_CONFIG
+from ..notebook import NOTEBOOK_CONFIG, NOTEBOOK_DATA
 from ..policy.request import SpawnRefused
 from ..spawners.mixin import GPUSpawnerMixin, refusal
 from ..wire import ServerState, read_state, server_env
@@ -152,6 +152,7 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
     def get_env(self) -> dict[str, str]:
         env: dict[str, str] = super().get_env()
         env["JUPYTER_CONFIG_PATH"] = str(NOTEBOOK_CONFIG)  # enables the notebook extension
+        env["JUPYTER_PATH"] = str(NOTEBOOK_DATA)  # where JupyterLab finds the warning
         if self.simulated_gpus and self.fake_nvml_config:
             env.update(self._fake_nvml_env(env))
         env.update(visible_devices_env(self.devices))

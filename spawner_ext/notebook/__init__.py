@@ -5,3 +5,5 @@ from pathlib import Path
 
 NOTEBOOK_CONFIG = Path(__file__).parent / "etc"
 """A Jupyter config directory enabling the extension (for JUPYTER_CONFIG_PATH)."""
+NOTEBOOK_DATA = Path(__file__).parent / "jupyter"
+"""A Jupyter data directory holding the built JupyterLab extension (for JUPYTER_PATH)."""

@@ -8,6 +8,7 @@ lin's GPU is busy: kept; grace's GPU idles but her kernel runs a long cell: kept
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,11 +32,12 @@ from .conftest import Hub, needs_local_hub, wait_for
 pytestmark = pytest.mark.integration
 
 GIB = 2**30
+ARTIFACTS = Path(os.environ.get("GPUHUB_ARTIFACTS", "/tmp/gpuhub-artifacts"))
 CULLING = """culling:
   idle_timeout: 1h
-  gpu_idle_timeout: 25s
+  gpu_idle_timeout: 70s
   gpu_utilization_percent: 5
-  warn_before: 20s
+  warn_before: 60s
   interval: 2s
 """
 
@@ -171,7 +173,7 @@ def test_idle_gpus_are_warned_then_culled_busy_ones_and_busy_kernels_kept(hub: H
     wait_for("lin's GPU busy", lambda: lab_status(hub, "lin")["activity"] == "busy", 30, 1)
     wait_for("lin's warning gone", lambda: lab_status(hub, "lin")["warning"] is None, 30, 1)
 
-    wait_for("ada's cull", lambda: "" not in hub.user("ada")["servers"], 60, 1)
+    wait_for("ada's cull", lambda: "" not in hub.user("ada")["servers"], 120, 1)
     culled = session_of(hub, "ada")
     assert culled.id == ada.id and culled.end_reason == "culled-gpu-idle", culled.end_reason
     row, waste = activity_of(hub, ada.id)
@@ -188,3 +190,31 @@ def test_idle_gpus_are_warned_then_culled_busy_ones_and_busy_kernels_kept(hub: H
     assert grace_waste == waste_before, "no waste while the kernel computes"
     for user in ("lin", "grace"):
         hub.stop_server(user)
+
+
+@pytest.mark.browser
+def test_jupyterlab_warns_and_keep_keeps(hub: Hub, browser: Any) -> None:
+    """The warning in JupyterLab (the labextension built by scripts/bootstrap), and its button."""
+    hub.start_server("ada", {"profile": "h100-single"})
+    session = session_of(hub, "ada")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(90_000)
+    page = context.new_page()
+    try:
+        page.goto(f"{hub.url}hub/login?next=/user/ada/lab")
+        page.fill("input[name=username]", "ada")
+        page.fill("input[name=password]", hub.password)
+        page.keyboard.press("Enter")
+        warning = page.get_by_text("will be stopped in", exact=False)
+        warning.first.wait_for()
+        assert "its GPU has been idle for" in warning.first.inner_text()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "culling-warning.png"))
+        page.get_by_role("button", name="Keep it").first.click()
+        page.get_by_text("Kept: this server will not be stopped", exact=False).first.wait_for()
+        row, _ = activity_of(hub, session.id)
+        assert row is not None and row.kept_at is not None and row.warning is None
+    finally:
+        context.close()
+    assert session_of(hub, "ada").ended_at is None, "kept, not culled"
+    hub.stop_server("ada")

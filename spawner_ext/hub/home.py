@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
@@ -98,10 +98,48 @@ def running_server_view(
     )
 
 
+STOP_REASONS = {
+    "culled-idle": "it had no activity for its idle timeout",
+    "culled-gpu-idle": "its GPUs had been idle for the GPU idle timeout",
+    "max-age": "it had run for the longest time allowed",
+    "budget": "the team's monthly GPU budget was used up",
+}
+"""Why gpuhub stopped a server, for the person who finds it gone."""
+
+
+@dataclass(frozen=True)
+class StoppedNotice:
+    """A server gpuhub stopped (not its user), shown on the home page for a day after."""
+
+    server_name: str
+    ended_at: datetime
+    reason: str
+    message: str
+
+
+def stopped_notice(
+    server_name: str,
+    reason: str | None,
+    ended_at: datetime | None,
+    message: str | None,
+    now: datetime,
+    within: timedelta = timedelta(days=1),
+) -> StoppedNotice | None:
+    """The notice of a session that ended for one of STOP_REASONS within `within` of now (the
+    culler's own message when it left one), else None."""
+    if reason not in STOP_REASONS or ended_at is None or now - ended_at > within:
+        return None
+    what = f"Your server {server_name!r}" if server_name else "Your server"
+    text = message or f"{what} was stopped: {STOP_REASONS[reason]}."
+    return StoppedNotice(server_name, ended_at, reason, text)
+
+
 class _HasHomeView(Protocol):
     active: bool
 
     def home_view(self) -> RunningServerView | None: ...
+
+    def stopped_notice(self) -> StoppedNotice | None: ...
 
 
 class HomeServers:
@@ -111,15 +149,27 @@ class HomeServers:
     def __init__(self, user: Any) -> None:
         self.user = user
 
-    def __iter__(self) -> Iterator[RunningServerView]:
+    def _spawners(self) -> Iterator[_HasHomeView]:
         spawners = getattr(self.user, "spawners", None) or {}
         for name in sorted(spawners):
-            spawner: _HasHomeView = spawners[name]
-            if not getattr(spawner, "active", False) or not hasattr(spawner, "home_view"):
-                continue
-            view = spawner.home_view()
+            spawner = spawners[name]
+            if hasattr(spawner, "home_view"):
+                yield spawner
+
+    def __iter__(self) -> Iterator[RunningServerView]:
+        for spawner in self._spawners():
+            view = spawner.home_view() if getattr(spawner, "active", False) else None
             if view is not None:
                 yield view
+
+    def stopped(self) -> list[StoppedNotice]:
+        """Servers gpuhub stopped in the last day (not running again since)."""
+        found = []
+        for spawner in self._spawners():
+            notice = None if getattr(spawner, "active", False) else spawner.stopped_notice()
+            if notice is not None:
+                found.append(notice)
+        return found
 
 
 def home_servers(user: Any) -> HomeServers:

@@ -136,6 +136,15 @@ class ActivityLedger:
             )
             return {row.session_id: _record(row) for row in rows}
 
+    def stop_message(self, session_id: int) -> str | None:
+        """The culler's message about stopping this session's server, if it left one."""
+        with Session(self.engine) as db:
+            row = db.get(ServerActivity, session_id)
+            session = db.get(UsageSession, session_id)
+            if row is None or session is None or row.cull_reason != session.end_reason:
+                return None
+            return row.warning
+
     def warn(self, session_id: int, warning: CullWarning | None) -> None:
         """Keep the culler's warning for the server's extension to show (None: clear it)."""
         values = (

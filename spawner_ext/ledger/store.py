@@ -320,6 +320,18 @@ class Ledger:
         with self._reads() as db:
             return db.get(UsageSession, session_id)
 
+    def last_session(self, user: str, server_name: str) -> UsageSession | None:
+        """The newest session of a user's server."""
+        u = UsageSession
+        query = (
+            select(u)
+            .where(u.user == user, u.server_name == server_name)
+            .order_by(u.id.desc())
+            .limit(1)
+        )
+        with self._reads() as db:
+            return db.scalars(query).first()
+
     # --- refusals ------------------------------------------------------------------------------
 
     def count_refusal(self, team: str, gpu_type: str, reason: str, at: datetime) -> None:

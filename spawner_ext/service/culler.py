@@ -161,6 +161,10 @@ class Culler:
         who = f"{considered.user}/{considered.server_name}"
         if considered.session_id is not None:
             self.ledger.request_stop(considered.session_id, reason)
+            # what the home page tells the user after the stop
+            at = considered.decision.cull_at or self.ledger.clock()
+            message = considered.decision.message
+            self.activity.warn(considered.session_id, CullWarning(message, at, reason.value))
         async with self._limit:
             try:
                 await self.hub.stop_server(considered.user, considered.server_name)

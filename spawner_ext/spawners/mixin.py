@@ -20,7 +20,8 @@ from ..catalog import Catalog
 from ..catalog.store import CatalogStore, CatalogVersion
 from ..clock import utcnow
 from ..hub.context import SETTINGS_KEY, HubContext, context_in
-from ..hub.home import RunningServerView, running_server_view
+from ..hub.home import RunningServerView, StoppedNotice, running_server_view, stopped_notice
+from ..ledger.activity import ActivityLedger
 from ..hub.usage import RunningServersUsage, UsageSource
 from ..ledger.engine import DEFAULT_URL, SchemaError
 from ..ledger.models import EndReason
@@ -417,6 +418,18 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
             now=utcnow(),
             note=note,
         )
+
+    def stopped_notice(self) -> StoppedNotice | None:
+        """Why gpuhub stopped this server, if it did in the last day (hub/home.py)."""
+        try:
+            ledger = self.context.ledger()
+            last = ledger.last_session(self.user.name, self.name) if ledger else None
+            if ledger is None or last is None:
+                return None
+            message = ActivityLedger(ledger).stop_message(last.id)
+        except (DBAPIError, SchemaError):
+            return None
+        return stopped_notice(self.name, last.end_reason, last.ended_at, message, utcnow())
 
     # --- state -----------------------------------------------------------------------------
 

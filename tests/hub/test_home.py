@@ -14,6 +14,7 @@ from spawner_ext.hub.home import (
     RunningServerView,
     duration_text,
     running_server_view,
+    stopped_notice,
 )
 from spawner_ext.wire import ServerSummary
 
@@ -119,3 +120,16 @@ def test_only_active_gpuhub_servers_are_listed_in_name_order() -> None:
     )
     assert list(HomeServers(user)) == [default, a]
     assert list(HomeServers(None)) == []
+
+
+def test_a_server_gpuhub_stopped_is_explained_for_a_day() -> None:
+    ended = NOW - timedelta(hours=2)
+    notice = stopped_notice("", "culled-gpu-idle", ended, None, NOW)
+    assert notice is not None
+    assert notice.message == (
+        "Your server was stopped: its GPUs had been idle for the GPU idle timeout."
+    )
+    culler = stopped_notice("big", "max-age", ended, "This server was stopped: it ran 3 days.", NOW)
+    assert culler is not None and culler.message == "This server was stopped: it ran 3 days."
+    assert stopped_notice("", "stopped", ended, None, NOW) is None, "the user stopped it"
+    assert stopped_notice("", "culled-idle", NOW - timedelta(days=2), None, NOW) is None

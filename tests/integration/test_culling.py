@@ -178,6 +178,10 @@ def test_idle_gpus_are_warned_then_culled_busy_ones_and_busy_kernels_kept(hub: H
     assert culled.id == ada.id and culled.end_reason == "culled-gpu-idle", culled.end_reason
     row, waste = activity_of(hub, ada.id)
     assert row is not None and waste > 0, "ada's idle GPU-seconds are recorded as waste"
+    browser_session, _ = hub.login("ada")  # JupyterLab is gone: the hub's page says why
+    home = browser_session.get(f"{hub.url}hub/home", timeout=60).text
+    assert 'data-reason="culled-gpu-idle"' in home, home
+    assert "was stopped: its GPU has been idle for" in home
     # lin's training and grace's long cell: kept, and long past ada's cull time
     time.sleep(8)
     assert hub.user("lin")["servers"][""]["ready"], hub.log()

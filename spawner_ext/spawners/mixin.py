@@ -21,8 +21,8 @@ from ..catalog.store import CatalogStore, CatalogVersion
 from ..clock import utcnow
 from ..hub.context import SETTINGS_KEY, HubContext, context_in
 from ..hub.home import RunningServerView, StoppedNotice, running_server_view, stopped_notice
-from ..ledger.activity import ActivityLedger
 from ..hub.usage import RunningServersUsage, UsageSource
+from ..ledger.activity import ActivityLedger
 from ..ledger.engine import DEFAULT_URL, SchemaError
 from ..ledger.models import EndReason
 from ..ledger.store import Admission, AdmissionRefused, Ledger, Request, ServerRef

@@ -320,6 +320,23 @@ class Ledger:
         with self._reads() as db:
             return db.get(UsageSession, session_id)
 
+    def open_session_of(self, user: str, server_name: str) -> UsageSession | None:
+        """The running (started, not ended) session of a user's server; the newest if several."""
+        u = UsageSession
+        query = (
+            select(u)
+            .where(
+                u.user == user,
+                u.server_name == server_name,
+                u.ended_at.is_(None),
+                u.started_at.is_not(None),
+            )
+            .order_by(u.id.desc())
+            .limit(1)
+        )
+        with self._reads() as db:
+            return db.scalars(query).first()
+
     def last_session(self, user: str, server_name: str) -> UsageSession | None:
         """The newest session of a user's server."""
         u = UsageSession

@@ -24,7 +24,7 @@ from ..clock import Clock, utcnow
 from ..ledger.engine import SchemaError
 from ..ledger.models import EndReason, UsageSession
 from ..ledger.store import Ledger
-from .culler import Culler
+from .culler import Culler, CullerStatus
 from .hubapi import HubAPI, HubAPIError, ServerUnknown
 from .metering import Listed, enforce_budgets, reconcile_once, strays
 from .runtimes import Runtime
@@ -92,6 +92,9 @@ class GPUHubService:
         if self._culler is None:
             self._culler = Culler(self.hub, self.ledger())
         return self._culler
+
+    def culler_status(self) -> CullerStatus:
+        return self._culler.status if self._culler is not None else CullerStatus()
 
     async def cull_safely(self) -> bool:
         """One culling cycle; a failure (hub, billing database) is logged and tried again."""

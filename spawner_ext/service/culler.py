@@ -104,6 +104,25 @@ def budget_stops(ledger: Ledger, catalog: Catalog) -> dict[str, datetime]:
     return stops
 
 
+def consider(
+    catalog: Catalog,
+    server: HubServer,
+    session: UsageSession | None,
+    records: dict[int, ActivityRecord],
+    stops: dict[str, datetime],
+    now: datetime,
+) -> Considered:
+    """The decision about one listed server, from its session, report and team's budget."""
+    record = records.get(session.id) if session else None
+    stop_at = stops.get(session.team or "") if session else None
+    profile = session.profile if session else ""
+    settings = settings_for(catalog, profile, session.gpu_count if session else 0)
+    view = activity_of(catalog, server, session, record, stop_at, now)
+    return Considered(
+        server.user, server.name, session.id if session else None, decide_cull(view, settings, now)
+    )
+
+
 class Culler:
     def __init__(self, hub: HubAPI, ledger: Ledger, *, concurrency: int = 10) -> None:
         self.hub = hub
@@ -119,22 +138,10 @@ class Culler:
         sessions = {(s.user, s.server_name): s for s in self.ledger.open_sessions()}
         records = self.activity.records([s.id for s in sessions.values()])
         stops = budget_stops(self.ledger, catalog)
-        considered = []
-        for server in listed:
-            session = sessions.get((server.user, server.name))
-            record = records.get(session.id) if session else None
-            stop_at = stops.get(session.team or "") if session else None
-            profile = session.profile if session else str(server.state.get("profile", ""))
-            settings = settings_for(catalog, profile, session.gpu_count if session else 0)
-            view = activity_of(catalog, server, session, record, stop_at, now)
-            considered.append(
-                Considered(
-                    server.user,
-                    server.name,
-                    session.id if session else None,
-                    decide_cull(view, settings, now),
-                )
-            )
+        considered = [
+            consider(catalog, server, sessions.get((server.user, server.name)), records, stops, now)
+            for server in listed
+        ]
         await asyncio.gather(*(self._act(c, records) for c in considered))
         self.status.cycles += 1
         self.status.last_cycle_at = now
@@ -142,29 +149,15 @@ class Culler:
         return considered
 
     async def _act(self, considered: Considered, records: dict[int, ActivityRecord]) -> None:
-        decision, session = considered.decision, considered.session_id
-        record = records.get(session) if session is not None else None
-        if decision.action is CullAction.CULL and decision.reason is not None:
-            if decision.reason is EndReason.BUDGET:
-                return  # the budget stage stops these (service/metering.py)
-            await self._stop(considered, decision.reason)
-        elif decision.action is CullAction.WARN and session is not None and decision.cull_at:
-            reason = decision.reason.value if decision.reason else ""
-            warning = CullWarning(decision.message, decision.cull_at, reason)
-            if record is not None and record.warning != warning:
-                self.activity.warn(session, warning)
-                self.status.warned += 1
-        elif record is not None and record.warning is not None and session is not None:
-            self.activity.warn(session, None)
+        record = records.get(considered.session_id) if considered.session_id else None
+        reason = record_decision(self.ledger, self.activity, considered, record)
+        if considered.decision.action is CullAction.WARN:
+            self.status.warned += 1
+        if reason is not None:
+            await self._stop(considered, reason)
 
     async def _stop(self, considered: Considered, reason: EndReason) -> None:
         who = f"{considered.user}/{considered.server_name}"
-        if considered.session_id is not None:
-            self.ledger.request_stop(considered.session_id, reason)
-            # what the home page tells the user after the stop
-            at = considered.decision.cull_at or self.ledger.clock()
-            message = considered.decision.message
-            self.activity.warn(considered.session_id, CullWarning(message, at, reason.value))
         async with self._limit:
             try:
                 await self.hub.stop_server(considered.user, considered.server_name)
@@ -175,3 +168,32 @@ class Culler:
                 return
         log.info("culler: stopped %s (%s): %s", who, reason.value, considered.decision.message)
         self.status.culled[reason.value] += 1
+
+
+def record_decision(
+    ledger: Ledger,
+    activity: ActivityLedger,
+    considered: Considered,
+    record: ActivityRecord | None,
+) -> EndReason | None:
+    """Write what a decision means in the ledger: the reason on a session about to be culled
+    (and the message its user reads after), the warning of one about to be, no warning for the
+    rest. Returns the reason to stop the server now, if any (budget stops are the budget
+    stage's, service/metering.py)."""
+    decision, session = considered.decision, considered.session_id
+    if decision.action is CullAction.CULL and decision.reason is not None:
+        if decision.reason is EndReason.BUDGET:
+            return None
+        if session is not None:
+            ledger.request_stop(session, decision.reason)
+            at = decision.cull_at or ledger.clock()
+            activity.warn(session, CullWarning(decision.message, at, decision.reason.value))
+        return decision.reason
+    if decision.action is CullAction.WARN and session is not None and decision.cull_at:
+        reason = decision.reason.value if decision.reason else ""
+        warning = CullWarning(decision.message, decision.cull_at, reason)
+        if record is not None and record.warning != warning:
+            activity.warn(session, warning)
+    elif record is not None and record.warning is not None and session is not None:
+        activity.warn(session, None)
+    return None

@@ -62,6 +62,21 @@ class ServiceCollector(Collector):
             counter = CounterMetricFamily(name, text)
             counter.add_metric([], value)
             yield counter
+        culler = self.service.culler_status()
+        culled = CounterMetricFamily(
+            "gpuhub_culled", "Servers the culler stopped, by reason.", labels=["reason"]
+        )
+        for reason in ("culled-idle", "culled-gpu-idle", "max-age"):
+            culled.add_metric([reason], culler.culled[reason])
+        yield culled
+        warned = CounterMetricFamily("gpuhub_cull_warnings", "Warnings before a cull.")
+        warned.add_metric([], culler.warned)
+        yield warned
+        cycle = GaugeMetricFamily(
+            "gpuhub_cull_cycle_seconds", "How long the last culling cycle took."
+        )
+        cycle.add_metric([], culler.last_cycle_seconds)
+        yield cycle
 
     def _catalog_metrics(self) -> Iterator[Metric]:
         store = self.service.store

@@ -98,16 +98,19 @@ def service_config(
     python: str = sys.executable,
     catalog: Catalog | None = None,
     admin_users: Iterable[str] = (),
+    culling: bool = True,
 ) -> dict[str, Any]:
     """`{"services": [...], "load_roles": [...], "custom_scopes": {...}, "template_paths":
     [...], "template_vars": {...}}` to add to JupyterHub's own settings. Roles of `catalog`'s
     leads are made when the hub starts: a change of leads takes a hub restart (JupyterHub loads
-    roles at start only)."""
+    roles at start only). `culling=False` leaves culling to stock jupyterhub-idle-culler
+    (service/arbiter.py offers it gpuhub's policy)."""
     service: dict[str, Any] = {
         "name": SERVICE_NAME,
         "display": True,
         "url": f"http://127.0.0.1:{port}",
-        "command": service_command(catalog_path, ledger_url, runtime, python),
+        "command": service_command(catalog_path, ledger_url, runtime, python)
+        + ([] if culling else ["--no-culling"]),
         "oauth_client_allowed_scopes": [READ_SCOPE],
         "oauth_no_confirm": True,
     }

@@ -59,6 +59,12 @@ def add_up_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         "state directory takes them over",
     )
     up.add_argument(
+        "--no-culling",
+        action="store_true",
+        help="the gpuhub service culls nothing (run stock jupyterhub-idle-culler instead, with "
+        "spawner_ext.service.arbiter.GPUCullArbiter as its cull_arbiter_hook)",
+    )
+    up.add_argument(
         "--db-url",
         metavar="URL",
         default="",
@@ -136,6 +142,7 @@ def run_up(args: argparse.Namespace) -> int:
         proxy_command=proxy,
         singleuser_command=singleuser,
         keep_servers=args.keep_servers,
+        culling=not args.no_culling,
         extra_config=extra,
         db_url=args.db_url,
     )

@@ -64,6 +64,7 @@ class UpSettings:
     proxy_command: str = "configurable-http-proxy"
     singleuser_command: str = "jupyterhub-singleuser"
     keep_servers: bool = False
+    culling: bool = True
     extra_config: Path | None = None
     db_url: str = ""
     """The billing database given with --db-url (e.g. PostgreSQL); '' for the default."""
@@ -90,6 +91,7 @@ class UpSettings:
             "GPUHUB_PROXY_COMMAND": self.proxy_command,
             "GPUHUB_SINGLEUSER_COMMAND": self.singleuser_command,
             "GPUHUB_KEEP_SERVERS": "1" if self.keep_servers else "",
+            "GPUHUB_NO_CULLING": "" if self.culling else "1",
         }
         if self.extra_config is not None:
             env["GPUHUB_JUPYTERHUB_CONFIG"] = str(self.extra_config)
@@ -129,6 +131,7 @@ class UpSettings:
             proxy_command=env.get("GPUHUB_PROXY_COMMAND") or "configurable-http-proxy",
             singleuser_command=env.get("GPUHUB_SINGLEUSER_COMMAND") or "jupyterhub-singleuser",
             keep_servers=bool(env.get("GPUHUB_KEEP_SERVERS")),
+            culling=not env.get("GPUHUB_NO_CULLING"),
             extra_config=Path(extra).absolute() if extra else None,
             db_url=env.get("GPUHUB_DB_URL", ""),
         )
@@ -148,6 +151,7 @@ def hub_config(s: UpSettings) -> dict[str, dict[str, Any]]:
         port=s.service_port,
         catalog=load_catalog(s.catalog),
         admin_users=admins,
+        culling=s.culling,
     )
     return {
         "JupyterHub": {

@@ -222,3 +222,69 @@ def test_jupyterlab_warns_and_keep_keeps(hub: Hub, browser: Any) -> None:
         context.close()
     assert session_of(hub, "ada").ended_at is None, "kept, not culled"
     hub.stop_server("ada")
+
+
+ARBITER = """\
+from spawner_ext.service.arbiter import GPUCullArbiter
+c.IdleCuller.cull_arbiter_hook = GPUCullArbiter(catalog={catalog!r}, db_url={db_url!r})
+"""
+STOCK_CULLER = """\
+import sys
+c.JupyterHub.services.append({{
+    "name": "idle-culler",
+    "command": [sys.executable, "-m", "jupyterhub_idle_culler", "--timeout=3600",
+                "--cull-every=2", "--config={config}"],
+}})
+c.JupyterHub.load_roles.append({{
+    "name": "idle-culler",
+    "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+    "services": ["idle-culler"],
+}})
+"""
+
+
+@pytest.fixture(scope="module")
+def stock_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """A hub where stock jupyterhub-idle-culler 2 culls, with gpuhub's policy as its arbiter."""
+    needs_local_hub()
+    workdir = tmp_path_factory.mktemp("stock-culler")
+    example = (Path(__file__).parents[2] / "hub_config" / "catalog.yaml").read_text()
+    start, end = example.index("culling:"), example.index("kubernetes:")
+    culling = CULLING.replace("70s", "20s").replace("60s", "10s")
+    catalog = workdir / "catalog.yaml"
+    catalog.write_text(example[:start] + culling + "\n" + example[end:])
+    started = Hub(workdir, "2xh100-80gb", "--config", str(catalog), "--no-culling")
+    arbiter = workdir / "idle_culler_config.py"
+    db_url = f"sqlite:///{started.state_dir / 'gpuhub-ledger.sqlite'}"
+    arbiter.write_text(ARBITER.format(catalog=str(catalog), db_url=db_url))
+    with started.extra_config.open("a") as config:
+        config.write('c.Spawner.environment = {"GPUHUB_SAMPLE_SECONDS": "1"}\n')
+        config.write(STOCK_CULLER.format(config=arbiter))
+    try:
+        started.start()
+        yield started
+    finally:
+        started.cleanup()
+
+
+def test_stock_idle_culler_with_our_arbiter_culls_the_idle_gpu_and_keeps_the_busy_one(
+    stock_hub: Hub,
+) -> None:
+    hub = stock_hub
+    hub.start_server("ada", {"profile": "h100-single"})
+    hub.start_server("lin", {"profile": "h100-single", "team": "vision"})
+    held = {u: hub.server_env(u)["GPUHUB_SIMULATED_DEVICES"] for u in ("ada", "lin")}
+    gpus = tuple(
+        FakeGPU(u, "NVIDIA H100 80GB", 80 * GIB, utilization=90 if u == held["lin"] else 0)
+        for u in sorted(held.values())
+    )
+    write_config(hub.state_dir / "fake-nvml.conf", FakeNVML(gpus=gpus))
+    ada = session_of(hub, "ada")
+    wait_for("the stock culler to cull ada", lambda: "" not in hub.user("ada")["servers"], 90, 1)
+    culled = session_of(hub, "ada")
+    assert culled.id == ada.id and culled.end_reason == "culled-gpu-idle", culled.end_reason
+    assert "idle-culler" in (hub.state_dir / "jupyterhub.log").read_text()
+    time.sleep(5)
+    assert hub.user("lin")["servers"][""]["ready"], "lin's busy GPU is kept"
+    assert session_of(hub, "lin").stop_reason is None
+    hub.stop_server("lin")

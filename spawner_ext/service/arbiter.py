@@ -1,0 +1,63 @@
+"""gpuhub's culling policy for people who keep stock jupyterhub-idle-culler: its
+`cull_arbiter_hook`. In the idle culler's config file:
+
+    from spawner_ext.service.arbiter import GPUCullArbiter
+    c.IdleCuller.cull_arbiter_hook = GPUCullArbiter(
+        catalog="/etc/gpuhub/catalog.yaml", db_url="postgresql+psycopg://...")
+
+and run the gpuhub service with `--no-culling` (it still takes the notebook extension's
+reports). For each server the idle culler considers, the arbiter makes the same decision as
+gpuhub's own culler (policy/culling.py) from the billing ledger, records the reason on the
+session and the warning for JupyterLab, and answers True when the server must go. The idle
+culler's own `--timeout` is then not used: the catalog's `culling` settings are."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from ..catalog.store import CatalogStore
+from ..clock import Clock, utcnow
+from ..ledger.activity import ActivityLedger
+from ..ledger.store import Ledger
+from .culler import budget_stops, consider, record_decision
+from .hubapi import HubServer
+
+
+class GPUCullArbiter:
+    def __init__(self, catalog: str, db_url: str, *, clock: Clock = utcnow) -> None:
+        self.store = CatalogStore(catalog)
+        self.ledger = Ledger.open(db_url, clock=clock)
+        self.activity = ActivityLedger(self.ledger)
+        self.clock = clock
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GPUCullArbiter:
+        return self  # traitlets copies config values; this one holds a database engine
+
+    def __call__(
+        self, *, inactive: timedelta, inactive_limit: int, server: dict[str, Any], **_: Any
+    ) -> bool:
+        """jupyterhub-idle-culler's hook: True to cull `server` (its REST API model)."""
+        self.store.reload()  # reads the file; parses it only when it changed
+        user, _slash, name = str(server.get("full_name") or "").partition("/")
+        if not user:  # JupyterHub < 5 has no full_name: the URL is /user/<name>/<server>/
+            parts = str(server.get("url", "")).strip("/").split("/")
+            user = parts[-2] if len(parts) >= 2 and server.get("name") else parts[-1]
+            name = str(server.get("name") or "")
+        listed = HubServer(
+            user=user,
+            name=name,
+            ready=bool(server.get("ready")),
+            pending=server.get("pending"),
+            state=server.get("state") or {},
+            last_activity=server.get("last_activity"),
+            started=server.get("started"),
+        )
+        now = self.clock()
+        catalog = self.store.catalog
+        session = self.ledger.open_session_of(user, name)
+        records = self.activity.records([session.id]) if session else {}
+        stops = budget_stops(self.ledger, catalog)
+        considered = consider(catalog, listed, session, records, stops, now)
+        record = records.get(session.id) if session else None
+        return record_decision(self.ledger, self.activity, considered, record) is not None

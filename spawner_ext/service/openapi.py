@@ -134,7 +134,8 @@ OPENAPI: dict[str, Any] = {
                     "idle_gpu_hours": {
                         "type": "number",
                         "nullable": True,
-                        "description": "Recorded by GPU-aware culling (planned): null until then.",
+                        "description": "GPU-hours idle (waste) by the notebook extension's "
+                        "reports; null when no session of the row was sampled.",
                     },
                     "sessions": {"type": "integer"},
                 },

@@ -114,15 +114,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"{CYCLES} report cycles per row (fake NVML, stub service); target < {TARGET_PERCENT} %")
     print()
-    print(
-        "| GPUs | CPU ms per cycle | wall ms per cycle | CPU s per hour at 10 s | % of a core at 10 s | % at 1 s |"
-    )
+    header = ["GPUs", "CPU ms per cycle", "wall ms per cycle", "CPU s per hour at 10 s"]
+    header += ["% of a core at 10 s", "% at 1 s"]
+    print("| " + " | ".join(header) + " |")
     print("|---|---|---|---|---|---|")
     for gpus, cpu, wall in rows:
         hourly = cpu * 360
         print(
             f"| {gpus} | {cpu * 1000:.3f} | {wall * 1000:.3f} | {hourly:.2f} | "
-            f"{hourly / 3600 * 100:.4f} | {cpu * 3600 / 3600 * 100:.3f} |"
+            f"{hourly / 3600 * 100:.4f} | {cpu * 100:.3f} |"
         )
     return 0
 

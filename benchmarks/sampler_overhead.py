@@ -108,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         stub.terminate()
         stub.wait(10)
+        if stub.stdout is not None:
+            stub.stdout.close()
     load = os.getloadavg()[0]
     print(
         f"Sampler overhead, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, load {load:.2f}"

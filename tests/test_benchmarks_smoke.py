@@ -110,3 +110,38 @@ def test_reports_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
         if line.startswith("| sqlite | 2,000 | ") and "month" not in line
     ]
     assert int(export.split(" | ")[2].replace(",", "")) > 0, "the export streamed rows"
+
+
+def test_culling_fleet_simulation_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import culling_fleet
+
+    assert culling_fleet.main(["--sessions", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "| gpuhub |" in out and "| stock (1 h Jupyter idle) |" in out
+
+
+def test_a_silent_training_run_survives_gpuhub_but_not_the_stock_rule() -> None:
+    """The simulation feeds decide_cull what the extension reports: a busy GPU is kept."""
+    import random
+
+    from benchmarks import culling_fleet
+
+    run = culling_fleet.silent_training(random.Random(3), culling_fleet.START)
+    assert culling_fleet.run_ours(run)[2] is False, "no busy work lost"
+    assert culling_fleet.run_stock(run)[1:] == (True, True), "stock kills it mid-run"
+
+
+def test_sampler_overhead_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import sampler_overhead
+
+    sampler_overhead.CYCLES = 20
+    assert sampler_overhead.main([]) == 0
+    assert "| 8 |" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_culling_cycle_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import culling_cycle
+
+    assert culling_cycle.main(["--servers", "5", "12"]) == 0
+    assert "| 12 |" in capsys.readouterr().out

@@ -151,6 +151,15 @@ def test_idle_gpus_are_warned_then_culled_busy_ones_and_busy_kernels_kept(hub: H
         for u in sorted(held.values())
     )
     write_config(config, FakeNVML(gpus=gpus))  # lin trains; ada's and grace's GPUs idle
+    # The extension's own polling (and JupyterLab's poll of its status) is not activity.
+    headers = {"Authorization": f"token {hub.token_for('grace')}"}
+    status = f"{hub.url}user/grace/api/status"
+    before = requests.get(status, headers=headers, timeout=30).json()["last_activity"]
+    for _ in range(3):
+        lab_status(hub, "grace")
+        time.sleep(1)
+    after = requests.get(status, headers=headers, timeout=30).json()["last_activity"]
+    assert after == before, "polling and sampling an idle GPU count as no activity"
     run_long_cell(hub, "grace", 600)
 
     ada = session_of(hub, "ada")

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from kubespawner import KubeSpawner
-from traitlets import Bool
+from traitlets import Bool, default
 
 from ..catalog.frozen import thaw
 from ..ledger.models import EndReason
@@ -39,6 +39,12 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
     )
 
     _configured: dict[str, Any] | None = None
+
+    @default("activity_url")
+    def _no_activity_url(self) -> str:
+        # The service's registered url (127.0.0.1 on the hub's pod) is not reachable from
+        # notebook pods: set activity_url to an address they reach (e.g. the hub Service).
+        return ""
 
     async def load_user_options(self) -> None:
         """Called by KubeSpawner first thing in start(): validate, then apply the plan."""

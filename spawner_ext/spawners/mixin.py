@@ -88,11 +88,11 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
     activity_url = Unicode(
         config=True,
         help="URL at which notebook servers reach the gpuhub service to report GPU activity "
-        "(given to them as GPUHUB_SERVICE_URL), ending in /services/gpu-usage/. Default: the "
-        "`url` of the registered gpu-usage service (right when servers run on the hub's "
-        "machine); on Kubernetes set it to an address pods reach, e.g. "
-        "http://hub:8081/services/gpu-usage/ with the service on the hub's pod. Empty: "
-        "servers report nothing and GPU-aware culling has no GPU data.",
+        "(given to them as GPUHUB_SERVICE_URL), ending in /services/gpu-usage/. Default "
+        "(local mode): the `url` of the registered gpu-usage service. GPUKubeSpawner: empty "
+        "by default; set it to an address pods reach, e.g. the proxy's "
+        "http://proxy-public/services/gpu-usage/. Empty: servers report nothing and "
+        "GPU-aware culling has no GPU data (the plain idle timeout and max_age still apply).",
     )
 
     @default("activity_url")

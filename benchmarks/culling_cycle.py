@@ -265,9 +265,7 @@ async def time_stock(bench: Bench) -> list[float]:
     times = []
     for _ in range(REPEAT):
         start = time.perf_counter()
-        await cull_idle(
-            url=bench.api, api_token=bench.token, inactive_limit=3600, logger=logger
-        )
+        await cull_idle(url=bench.api, api_token=bench.token, inactive_limit=3600, logger=logger)
         times.append(time.perf_counter() - start)
     return times
 
@@ -303,7 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = os.getloadavg()[0]
     print(f"Culling cycle, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, load {load:.2f}")
     print(f"median of {REPEAT} cycles; every server active (nothing culled)\n")
-    header = "| servers | gpuhub s | stock idle-culler 2.0 s | stock / gpuhub | gpuhub µs per server "
+    header = (
+        "| servers | gpuhub s | stock idle-culler 2.0 s | stock / gpuhub | gpuhub µs per server "
+    )
     print(header + "| stock µs per server |")
     print("|---|---|---|---|---|---|")
     for servers, ours, stock in rows:

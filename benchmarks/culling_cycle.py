@@ -301,10 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = os.getloadavg()[0]
     print(f"Culling cycle, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, load {load:.2f}")
     print(f"median of {REPEAT} cycles; every server active (nothing culled)\n")
-    header = (
-        "| servers | gpuhub s | stock idle-culler 2.0 s | stock / gpuhub | gpuhub µs per server "
-    )
-    print(header + "| stock µs per server |")
+    header = ["servers", "gpuhub s", "stock idle-culler 2.0 s", "stock / gpuhub"]
+    header += ["gpuhub µs per server", "stock µs per server"]
+    print("| " + " | ".join(header) + " |")
     print("|---|---|---|---|---|---|")
     for servers, ours, stock in rows:
         print(

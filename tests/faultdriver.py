@@ -95,7 +95,7 @@ def run_cycles(
     pause: tuple[float, float] = (15, 30),
 ) -> Outcome:
     """Every worker's cycles at once, while one of `kills` (each returns its recovery time)
-    fires every `pause` seconds, chosen at random."""
+    fires every `pause` seconds: each kind twice first, then chosen at random."""
     outcome = Outcome({name: [] for name in kills}, len(workers) * cycles_per_worker)
     failures: list[BaseException] = []
 
@@ -120,7 +120,9 @@ def run_cycles(
         while time.monotonic() < deadline and any(t.is_alive() for t in threads):
             time.sleep(0.2)
         if any(t.is_alive() for t in threads):
-            name = rng.choice(names)
+            # Each kind at least twice (in turn) before the kinds are chosen at random.
+            fewest = min(names, key=lambda n: len(outcome.kills[n]))
+            name = fewest if len(outcome.kills[fewest]) < 2 else rng.choice(names)
             outcome.kills[name].append(kills[name]())
     for thread in threads:
         thread.join()

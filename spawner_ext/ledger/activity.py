@@ -9,14 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from ..notebook.sampler import Activity
 from ..policy.activity import ActivityReport, ActivityState, IdleSpan, after_report
 from .models import IdleGPUDay, ServerActivity, UsageSession
-from .store import Ledger
+from .store import Ledger, dialect_insert, running_session
 
 
 @dataclass(frozen=True)
@@ -60,17 +58,7 @@ class ActivityLedger:
 
     def open_session(self, db: Session, user: str, server_name: str) -> UsageSession | None:
         """The running session of a user's server (the newest, if reconciliation left two)."""
-        return db.scalars(
-            select(UsageSession)
-            .where(
-                UsageSession.user == user,
-                UsageSession.server_name == server_name,
-                UsageSession.ended_at.is_(None),
-                UsageSession.started_at.is_not(None),
-            )
-            .order_by(UsageSession.id.desc())
-            .limit(1)
-        ).first()
+        return db.scalars(running_session(user, server_name)).first()
 
     def record(
         self,
@@ -161,7 +149,7 @@ class ActivityLedger:
 
 
 def _add_idle(db: Session, session_id: int, spans: Sequence[IdleSpan]) -> None:
-    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+    insert = dialect_insert(db)
     for span in spans:
         statement = insert(IdleGPUDay).values(
             session_id=session_id, day=span.day, gpu_seconds=span.gpu_seconds

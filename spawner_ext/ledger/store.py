@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, Select, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -322,20 +322,8 @@ class Ledger:
 
     def open_session_of(self, user: str, server_name: str) -> UsageSession | None:
         """The running (started, not ended) session of a user's server; the newest if several."""
-        u = UsageSession
-        query = (
-            select(u)
-            .where(
-                u.user == user,
-                u.server_name == server_name,
-                u.ended_at.is_(None),
-                u.started_at.is_not(None),
-            )
-            .order_by(u.id.desc())
-            .limit(1)
-        )
         with self._reads() as db:
-            return db.scalars(query).first()
+            return db.scalars(running_session(user, server_name)).first()
 
     def last_session(self, user: str, server_name: str) -> UsageSession | None:
         """The newest session of a user's server."""
@@ -354,9 +342,7 @@ class Ledger:
     def count_refusal(self, team: str, gpu_type: str, reason: str, at: datetime) -> None:
         """Add one refused GPU spawn to its counter (the hub calls this once per refusal)."""
         with self._sessions.begin() as db:
-            dialect = db.get_bind().dialect.name
-            insert = pg_insert if dialect == "postgresql" else sqlite_insert
-            statement = insert(AdmissionRefusals).values(
+            statement = dialect_insert(db)(AdmissionRefusals).values(
                 team=team, gpu_type=gpu_type, reason=reason, refusals=1, last_refused_at=at
             )
             db.execute(
@@ -533,10 +519,31 @@ def _correct_early_ends(db: Session, which: Any, at: datetime, reason: EndReason
     return corrected
 
 
+def running_session(user: str, server_name: str) -> Select[UsageSession]:
+    """The query of a user's server's running (started, not ended) session, newest first."""
+    u = UsageSession
+    return (
+        select(u)
+        .where(
+            u.user == user,
+            u.server_name == server_name,
+            u.ended_at.is_(None),
+            u.started_at.is_not(None),
+        )
+        .order_by(u.id.desc())
+        .limit(1)
+    )
+
+
+def dialect_insert(db: Session) -> Any:
+    """The INSERT of the session's database, with its ON CONFLICT (PostgreSQL or SQLite)."""
+    return pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
 def _add_month_usage(db: Session, team: str, month: str, gpu_seconds: int) -> None:
-    dialect = db.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(TeamMonthUsage).values(team=team, month=month, gpu_seconds=gpu_seconds)
+    statement = dialect_insert(db)(TeamMonthUsage).values(
+        team=team, month=month, gpu_seconds=gpu_seconds
+    )
     db.execute(
         statement.on_conflict_do_update(
             index_elements=["team", "month"],

@@ -13,7 +13,7 @@ culler's own `--timeout` is then not used: the catalog's `culling` settings are.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..catalog.store import CatalogStore
@@ -23,6 +23,8 @@ from ..ledger.store import Ledger
 from .culler import budget_stops, consider, record_decision
 from .hubapi import HubServer
 
+BUDGET_READ_EVERY = timedelta(seconds=10)
+
 
 class GPUCullArbiter:
     def __init__(self, catalog: str, db_url: str, *, clock: Clock = utcnow) -> None:
@@ -30,9 +32,17 @@ class GPUCullArbiter:
         self.ledger = Ledger.open(db_url, clock=clock)
         self.activity = ActivityLedger(self.ledger)
         self.clock = clock
+        self._stops: tuple[datetime, dict[str, datetime]] | None = None
 
     def __deepcopy__(self, memo: dict[int, Any]) -> GPUCullArbiter:
         return self  # traitlets copies config values; this one holds a database engine
+
+    def _budget_stops(self, now: datetime) -> dict[str, datetime]:
+        """The teams' budget stops, read once per BUDGET_READ_EVERY: the idle culler calls the
+        hook once per server, and reading them is a transaction over every team."""
+        if self._stops is None or now - self._stops[0] >= BUDGET_READ_EVERY:
+            self._stops = (now, budget_stops(self.ledger, self.store.catalog))
+        return self._stops[1]
 
     def __call__(
         self, *, inactive: timedelta, inactive_limit: int, server: dict[str, Any], **_: Any
@@ -44,20 +54,12 @@ class GPUCullArbiter:
             parts = str(server.get("url", "")).strip("/").split("/")
             user = parts[-2] if len(parts) >= 2 and server.get("name") else parts[-1]
             name = str(server.get("name") or "")
-        listed = HubServer(
-            user=user,
-            name=name,
-            ready=bool(server.get("ready")),
-            pending=server.get("pending"),
-            state=server.get("state") or {},
-            last_activity=server.get("last_activity"),
-            started=server.get("started"),
-        )
+        listed = HubServer.from_model(user, name, server)
         now = self.clock()
         catalog = self.store.catalog
         session = self.ledger.open_session_of(user, name)
         records = self.activity.records([session.id]) if session else {}
-        stops = budget_stops(self.ledger, catalog)
+        stops = self._budget_stops(now)
         considered = consider(catalog, listed, session, records, stops, now)
         record = records.get(session.id) if session else None
         return record_decision(self.ledger, self.activity, considered, record) is not None

@@ -38,6 +38,7 @@ class CullerStatus:
     culled: Counter[str] = field(default_factory=Counter)
     """Servers stopped, per reason."""
     warned: int = 0
+    """Servers warned (once per warning: the cycles that rewrite it do not count)."""
     last_cycle_at: datetime | None = None
     last_cycle_seconds: float = 0.0
 
@@ -151,8 +152,8 @@ class Culler:
     async def _act(self, considered: Considered, records: dict[int, ActivityRecord]) -> None:
         record = records.get(considered.session_id) if considered.session_id else None
         reason = record_decision(self.ledger, self.activity, considered, record)
-        if considered.decision.action is CullAction.WARN:
-            self.status.warned += 1
+        if considered.decision.action is CullAction.WARN and record and record.warning is None:
+            self.status.warned += 1  # a server's first warning (later cycles rewrite it)
         if reason is not None:
             await self._stop(considered, reason)
 

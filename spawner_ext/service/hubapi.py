@@ -38,6 +38,19 @@ class HubServer:
     last_activity: str | None
     started: str | None = None
 
+    @classmethod
+    def from_model(cls, user: str, name: str, server: Mapping[str, Any]) -> HubServer:
+        """From the server model of JupyterHub's REST API."""
+        return cls(
+            user=user,
+            name=name,
+            ready=bool(server.get("ready")),
+            pending=server.get("pending"),
+            state=server.get("state") or {},
+            last_activity=server.get("last_activity"),
+            started=server.get("started"),
+        )
+
 
 class HubAPI:
     def __init__(
@@ -124,17 +137,7 @@ class HubAPI:
         found = []
         async for user in self.users(state="active"):
             for name, server in (user.get("servers") or {}).items():
-                found.append(
-                    HubServer(
-                        user=user["name"],
-                        name=name,
-                        ready=bool(server.get("ready")),
-                        pending=server.get("pending"),
-                        state=server.get("state") or {},
-                        last_activity=server.get("last_activity"),
-                        started=server.get("started"),
-                    )
-                )
+                found.append(HubServer.from_model(user["name"], name, server))
         return found
 
     async def stop_server(self, user: str, server_name: str) -> None:

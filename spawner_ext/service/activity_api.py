@@ -10,6 +10,7 @@ alive, which a busy kernel does too; max_age and the budget still stop it."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 from tornado import web
@@ -25,19 +26,19 @@ from .reports_api import APIHandler
 MAX_SAMPLES = 64
 
 
-class ReportError(ValueError):
+class BadReport(ValueError):
     """A report body is wrong; the message says what."""
 
 
 def parse_samples(body: Any) -> list[GPUSample]:
-    """The `gpus` list of a report -> samples, or ReportError."""
+    """The `gpus` list of a report -> samples, or BadReport."""
     gpus = body.get("gpus", []) if isinstance(body, dict) else None
     if not isinstance(gpus, list) or len(gpus) > MAX_SAMPLES:
-        raise ReportError(f"'gpus' must be a list of at most {MAX_SAMPLES} samples")
+        raise BadReport(f"'gpus' must be a list of at most {MAX_SAMPLES} samples")
     samples = []
     for n, item in enumerate(gpus):
         if not isinstance(item, dict):
-            raise ReportError(f"gpus[{n}] must be an object")
+            raise BadReport(f"gpus[{n}] must be an object")
         try:
             utilization = item.get("utilization")
             samples.append(
@@ -53,9 +54,9 @@ def parse_samples(body: Any) -> list[GPUSample]:
                 )
             )
         except KeyError:
-            raise ReportError(f"gpus[{n}] has no 'uuid'") from None
+            raise BadReport(f"gpus[{n}] has no 'uuid'") from None
         except (TypeError, ValueError):
-            raise ReportError(f"gpus[{n}]: utilization, memory and processes are numbers") from None
+            raise BadReport(f"gpus[{n}]: utilization, memory and processes are numbers") from None
     return samples
 
 
@@ -126,14 +127,14 @@ class ActivityHandler(ServerHandler):
         user, server_name = self.owner(body)
         try:
             samples = parse_samples(body)
-        except ReportError as exc:
+        except BadReport as exc:
             raise web.HTTPError(400, str(exc)) from None
         kernel_busy = body.get("kernel_busy", False)
         if not isinstance(kernel_busy, bool):
             raise web.HTTPError(400, "'kernel_busy' must be true or false")
         threshold = self.service.store.catalog.culling.gpu_utilization_percent
         report = ActivityReport(gpu_activity(samples, threshold), kernel_busy)
-        stored = json.dumps([s.__dict__ for s in samples])
+        stored = json.dumps([asdict(s) for s in samples])
         record = ActivityLedger(self.service.ledger()).record(
             user, server_name, report, stored, utcnow(), REPORT_FRESH
         )

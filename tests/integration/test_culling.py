@@ -151,6 +151,19 @@ def test_idle_gpus_are_warned_then_culled_busy_ones_and_busy_kernels_kept(hub: H
         for u in sorted(held.values())
     )
     write_config(config, FakeNVML(gpus=gpus))  # lin trains; ada's and grace's GPUs idle
+    # The activity API as a server calls it: a bad body is 400, a token of no user is 403.
+    activity_url = hub.server_env("ada")["GPUHUB_SERVICE_URL"] + "api/v1/activity"
+    bad = requests.post(
+        activity_url,
+        headers={"Authorization": f"token {hub.token_for('ada')}"},
+        json={"gpus": [{"utilization": 3}]},
+        timeout=30,
+    )
+    assert bad.status_code == 400 and "has no 'uuid'" in bad.json()["message"], bad.text
+    service = requests.post(
+        activity_url, headers={"Authorization": f"token {hub.token}"}, json={}, timeout=30
+    )
+    assert service.status_code == 403, service.text
     # The extension's own polling (and JupyterLab's poll of its status) is not activity.
     headers = {"Authorization": f"token {hub.token_for('grace')}"}
     status = f"{hub.url}user/grace/api/status"

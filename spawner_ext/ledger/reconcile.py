@@ -18,7 +18,10 @@ session of the same user and server name records the same runtime reference (an 
   admitted longer ago than `grace`  -> closed as failed (the hub died mid-spawn)
 - running, claims nothing, and its session was closed by reconciliation, is unknown, or is
   another server's                  -> adopted: a new session, from the server's labels or state,
-                                       starting no earlier than its own closed session ended
+                                       starting no earlier than its own closed session ended,
+                                       nor than any session billed at its runtime reference
+                                       ended (an orphan adopted before, whose session a new
+                                       spawn of the same server closed while it ran on)
 - running, claims nothing, its session was closed by the hub (being stopped)
                                     -> nothing for `grace`; still running after that (the stop
                                        failed), adopted from when that session ended
@@ -148,6 +151,10 @@ def _same_server(server: RunningServer, user: str, server_name: str) -> bool:
     return server.user == user and server.server_name == server_name
 
 
+def _given(moment: datetime | None) -> tuple[datetime, ...]:
+    return () if moment is None else (moment,)
+
+
 def reconcile(
     open_sessions: Sequence[OpenSession],
     running: Sequence[RunningServer],
@@ -159,11 +166,14 @@ def reconcile(
     tick: timedelta = timedelta(0),
     observed_at: datetime | None = None,
     listed: frozenset[tuple[str, str]] = frozenset(),
+    billed_until: Mapping[str, datetime] | None = None,
 ) -> Actions:
     """`closed`: the closed sessions that running servers name; `grace`: how long an admitted
     session may take to start, and a stopped server to go; `observed_at`: when `running` was
     listed. Sessions that started after it are not judged (the list could not show them).
-    `listed`: (user, server name) of the servers the hub lists as active."""
+    `listed`: (user, server name) of the servers the hub lists as active. `billed_until`: per
+    runtime reference of a running server, when the last closed, billed session there ended."""
+    billed_until = billed_until or {}
     by_id = {s.id: s for s in open_sessions}
     by_ref = {s.runtime_ref: s for s in open_sessions if s.runtime_ref}
     claimed: set[int] = set()
@@ -185,10 +195,11 @@ def reconcile(
         own = closed.get(server.session_id or -1)
         if own is not None and not _same_server(server, own.user, own.server_name):
             own = None
+        floor = [server.started_at, *_given(billed_until.get(server.runtime_ref))]
         if own is None:
-            adopt.append(Adopt(server, server.started_at))
+            adopt.append(Adopt(server, max(floor)))
         elif own.reason in BY_RECONCILIATION or now - own.ended_at >= grace:
-            adopt.append(Adopt(server, max(server.started_at, own.ended_at)))
+            adopt.append(Adopt(server, max(*floor, own.ended_at)))
     close: list[Close] = []
     for session in open_sessions:
         if session.id in claimed:

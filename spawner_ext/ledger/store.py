@@ -298,6 +298,24 @@ class Ledger:
                 if ended
             }
 
+    def billed_until(self, runtime_refs: Sequence[str]) -> dict[str, datetime]:
+        """Per runtime reference of `runtime_refs`, when its last closed, billed session ended
+        (an adoption there starts no earlier)."""
+        if not runtime_refs:
+            return {}
+        u = UsageSession
+        query = (
+            select(u.runtime_ref, func.max(u.ended_at))
+            .where(
+                u.runtime_ref.in_(sorted(set(runtime_refs))),
+                u.started_at.is_not(None),
+                u.ended_at.is_not(None),
+            )
+            .group_by(u.runtime_ref)
+        )
+        with self._reads() as db:
+            return {ref: ended for ref, ended in db.execute(query) if ref and ended}
+
     def open_sessions(self) -> list[UsageSession]:
         with self._reads() as db:
             return list(db.scalars(select(UsageSession).where(UsageSession.ended_at.is_(None))))

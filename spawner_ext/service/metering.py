@@ -58,6 +58,7 @@ def reconcile_once(
         grace=grace,
         observed_at=observed_at,
         listed=listed,
+        billed_until=ledger.billed_until([s.runtime_ref for s in running]),
     )
     apply(ledger, actions, observed_at)
     return actions

@@ -213,6 +213,18 @@ def test_sessions_that_started_after_the_observation_are_not_judged() -> None:
     assert actions.close == ()
 
 
+def test_an_adoption_starts_after_every_session_billed_at_its_runtime_reference() -> None:
+    """An orphan names session 7, closed by reconciliation at 12:30; it was adopted since, and
+    a new spawn of the same server closed that adopted session at 12:45 while the orphan ran on.
+    Adopting it again from 12:30 would bill 12:30-12:45 twice."""
+    closed = {7: ended(7, T0 + timedelta(minutes=30), EndReason.RECONCILED)}
+    until = {"gpuhub-vision/jupyter-ada": T0 + timedelta(minutes=45)}
+    actions = reconcile([], [server(7)], closed, T0 + timedelta(hours=1), billed_until=until)
+    assert [a.start for a in actions.adopt] == [T0 + timedelta(minutes=45)]
+    unknown = reconcile([], [server(None)], {}, T0 + timedelta(hours=1), billed_until=until)
+    assert [a.start for a in unknown.adopt] == [T0 + timedelta(minutes=45)]
+
+
 # --- idempotence: reconcile fed its own output ---------------------------------------------
 
 PAIRS = [("ada", ""), ("ada", "train"), ("bob", ""), ("cy", "")]

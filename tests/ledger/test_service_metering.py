@@ -266,3 +266,44 @@ def test_a_server_found_gone_never_moves_an_earlier_end(
     )
     row = ledger.session(admitted)
     assert row is not None and (row.end_reason, row.gpu_seconds) == ("node-lost", 60)
+
+
+def test_an_orphan_whose_adopted_session_is_closed_again_is_billed_once(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    """The hub was killed after starting ada's server and before recording it: the server runs
+    as an orphan that names its first session, which reconciliation closed. The user asks for
+    the server again and again meanwhile; each admission closes the adopted session (the old
+    server cannot still run, the hub thinks), and the orphan is adopted again. However often that
+    happens, the orphan's life is billed once, in sessions that do not overlap (seen in CI)."""
+    first = ledger.admit(
+        catalog,
+        Request("ada", "", "vision", "h100-single", "h100-80gb", 1, Decimal("4.1"), "USD", "v"),
+    )
+    started = clock()
+    ledger.mark_started(first.session_id, "local:100", at=started)
+    orphan = running(first.session_id, started)
+    clock.advance(seconds=30)
+    tick(ledger, clock, [orphan])
+    ledger.close(first.session_id, EndReason.RECONCILED, clock())  # its hub's new life closed it
+    for _ in range(4):
+        clock.advance(seconds=30)
+        tick(ledger, clock, [orphan])  # adopted
+        clock.advance(seconds=30)
+        tick(ledger, clock, [orphan])  # seen
+        again = ledger.admit(
+            catalog,
+            Request("ada", "", "vision", "h100-single", "h100-80gb", 1, Decimal("4.1"), "USD", "v"),
+        )
+        ledger.close(again.session_id, EndReason.FAILED, clock())  # that spawn failed
+    clock.advance(seconds=30)
+    tick(ledger, clock, [orphan])
+    with ledger._reads() as db:
+        lives = sorted(
+            (row.started_at, row.ended_at or clock())
+            for row in db.query(UsageSession)
+            if row.started_at is not None
+        )
+    for (_, end), (start, _) in zip(lives, lives[1:], strict=False):
+        assert end <= start, f"billed twice: {lives}"
+    assert billed(ledger, clock) == int((clock() - started).total_seconds())

@@ -18,8 +18,18 @@ LAB = "share/jupyter/labextensions/@gpuhub/culling-warning"
 
 def test_the_wheel_installs_the_lab_and_server_extensions(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
         capture_output=True,
     )
@@ -28,9 +38,7 @@ def test_the_wheel_installs_the_lab_and_server_extensions(tmp_path: Path) -> Non
         names = set(archive.namelist())
         data = next(n.split("/data/")[0] for n in names if "/data/" in n) + "/data/"
         lab = json.loads(archive.read(f"{data}{LAB}/package.json"))
-        server = json.loads(
-            archive.read(f"{data}etc/jupyter/jupyter_server_config.d/gpuhub.json")
-        )
+        server = json.loads(archive.read(f"{data}etc/jupyter/jupyter_server_config.d/gpuhub.json"))
     assert lab["name"] == "@gpuhub/culling-warning"
     assert lab["jupyterlab"]["_build"]["load"].startswith("static/remoteEntry.")
     assert f"{data}{LAB}/{lab['jupyterlab']['_build']['load']}" in names

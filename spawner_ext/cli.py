@@ -1,14 +1,18 @@
-"""The `gpuhub` command: validate catalogs, print the catalog schema (and more, per subcommand)."""
+"""The `gpuhub` command: validate catalogs, print the catalog schema, migrate a Zero to JupyterHub
+profile list (and more, per subcommand)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import re
 import sys
 from collections.abc import Sequence
 
 from .catalog import CatalogError, load_catalog
 from .catalog.loader import catalog_warnings, read_catalog_text
+from .catalog.migrate import migrate_values
 from .catalog.reference import json_schema, markdown
 from .ledger.engine import DEFAULT_URL
 from .reports.command import add_report_command
@@ -45,6 +49,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     schema.set_defaults(run=_schema)
 
+    migrate = sub.add_parser(
+        "migrate",
+        help="write a catalog made from a Zero to JupyterHub values file's "
+        "singleuser.profileList to standard output; what it cannot tell is a TODO",
+    )
+    migrate.add_argument("values", metavar="VALUES", help="the z2jh values YAML file")
+    migrate.add_argument(
+        "--currency",
+        default="USD",
+        type=_currency,
+        help="ISO 4217 code of the prices you will fill in (default: USD)",
+    )
+    migrate.set_defaults(run=_migrate)
+
     db = sub.add_parser("db", help="manage the billing database")
     db_sub = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)
     upgrade = db_sub.add_parser("upgrade", help="create or upgrade the billing schema")
@@ -77,6 +95,35 @@ def _validate(args: argparse.Namespace) -> int:
             f"{len(catalog.profiles)} profiles)"
         )
     return 1 if failed else 0
+
+
+def _currency(text: str) -> str:
+    if not re.fullmatch(r"[A-Z]{3}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 4217 code such as USD or EUR")
+    return text
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    try:
+        text = read_catalog_text(args.values)
+        migration = migrate_values(text, args.values, currency=args.currency)
+    except CatalogError as exc:
+        print(exc, file=sys.stderr)
+        print("gpuhub migrate: nothing written", file=sys.stderr)
+        return 2
+    sys.stdout.write(migration.text)
+    for note in migration.notes:
+        print(dataclasses.replace(note, message=f"note: {note.message}"), file=sys.stderr)
+    for question in sorted(migration.questions):
+        print(dataclasses.replace(question, message=f"TODO: {question.message}"), file=sys.stderr)
+    if migration.questions:
+        print(
+            f"gpuhub migrate: {len(migration.questions)} question(s) to answer where the output "
+            "says TODO; it does not load until then (check it with gpuhub validate)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:

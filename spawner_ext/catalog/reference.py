@@ -15,7 +15,9 @@ HEADER = """# Catalog reference
 The catalog is one YAML file (`hub_config/catalog.yaml` is an example). Check it with
 `gpuhub validate FILE`; a JSON Schema for editors comes from `gpuhub schema`.
 Durations are written `90s`, `30m`, `12h`, `1h30m`, `7d` or as whole seconds.
-Unknown keys are errors, with the closest valid key suggested.
+Unknown keys are errors, with the closest valid key suggested. Coming from Zero to JupyterHub,
+`gpuhub migrate VALUES.yaml > catalog.yaml` writes a catalog from `singleuser.profileList`
+([migrating from z2jh](../how-to/migrate-from-z2jh.md)).
 """
 
 

@@ -282,13 +282,28 @@ class GPURequest(Model):
         return count
 
 
+GROUPS_NOTE = (
+    "Only members of these JupyterHub groups see {what} and may choose it; group names compare "
+    "case-insensitively, as in 2i2c's profile filter. Absent: everyone. Empty: nobody."
+)
+
+
 class Choice(Model):
-    """One predefined choice of a profile option."""
+    """One predefined choice of a profile option. Its key in `choices` is what the form and
+    `user_options` send."""
 
     display_name: str
     description: str | None = None
     default: StrictBool = False
     kubespawner_override: Override = Field(default_factory=dict)
+    slug: str | None = Field(
+        None,
+        description="Accepted from existing profile lists and ignored, as KubeSpawner ignores "
+        "it: the choice's key identifies it.",
+    )
+    allowed_groups: tuple[str, ...] | None = Field(
+        None, description=GROUPS_NOTE.format(what="the choice")
+    )
 
 
 class UnlistedChoice(Model):
@@ -301,6 +316,9 @@ class UnlistedChoice(Model):
     validation_message: str | None = None
     kubespawner_override: Override = Field(
         default_factory=dict, description="`{value}` in any string is replaced by the user's text."
+    )
+    allowed_groups: tuple[str, ...] | None = Field(
+        None, description=GROUPS_NOTE.format(what="the free-text field")
     )
 
 
@@ -335,7 +353,7 @@ class Profile(Model):
     kubespawner_override: Override = Field(default_factory=dict)
     profile_options: FrozenMap[str, ProfileOption] = Field(default_factory=dict)
     allowed_groups: tuple[str, ...] | None = Field(
-        None, description="Only members of these JupyterHub groups see the profile (as 2i2c's)."
+        None, description=GROUPS_NOTE.format(what="the profile")
     )
     gpu: GPURequest | None = Field(None, description="Absent: a CPU-only profile.")
     allowed_teams: tuple[str, ...] | None = Field(

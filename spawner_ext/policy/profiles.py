@@ -1,17 +1,58 @@
-"""Which profiles a user may start for a team, and why not. Pure."""
+"""Which profiles, and which of their options' choices, a user may start for a team, and why
+not. Pure."""
 
 from __future__ import annotations
 
-from ..catalog import Catalog, Profile
+from collections.abc import Mapping
+
+from ..catalog import Catalog, Profile, ProfileOption
+from ..catalog.frozen import freeze
 from .identity import Identity
+
+
+def in_groups(who: Identity, allowed: tuple[str, ...] | None) -> bool:
+    """True when `allowed` is None (everyone) or `who` is in one of its groups. Names compare
+    case-insensitively, as 2i2c's profile filter (where `allowed_groups` comes from) does."""
+    if allowed is None:
+        return True
+    mine = {group.casefold() for group in who.groups}
+    return any(group.casefold() in mine for group in allowed)
+
+
+def only_for(allowed: tuple[str, ...]) -> str:
+    """`only for members of: a, b` (or `for nobody` when the list is empty)."""
+    return "only for members of: " + ", ".join(allowed) if allowed else "for nobody"
+
+
+def visible_options(profile: Profile, who: Identity) -> Mapping[str, ProfileOption]:
+    """The profile's options as `who` sees them: choices whose `allowed_groups` leave `who` out
+    are gone, and so is the free-text field (`unlisted_choice.enabled` false) when its
+    `allowed_groups` do. An option may be left with nothing to choose; `why_not` says so."""
+    out: dict[str, ProfileOption] = {}
+    for name, option in profile.profile_options.items():
+        choices = {k: c for k, c in option.choices.items() if in_groups(who, c.allowed_groups)}
+        unlisted = option.unlisted_choice
+        if unlisted.enabled and not in_groups(who, unlisted.allowed_groups):
+            unlisted = unlisted.model_copy(update={"enabled": False})
+        if len(choices) == len(option.choices) and unlisted is option.unlisted_choice:
+            out[name] = option
+        else:
+            out[name] = option.model_copy(
+                update={"choices": freeze(choices), "unlisted_choice": unlisted}
+            )
+    return freeze(out)  # type: ignore[no-any-return]
 
 
 def why_not(catalog: Catalog, profile: Profile, who: Identity, team: str | None) -> str | None:
     """None when `who` may start `profile` charged to `team`; otherwise the reason, in words."""
-    if profile.allowed_groups is not None and not who.groups.intersection(profile.allowed_groups):
-        return f"profile {profile.slug!r} is only for members of: " + ", ".join(
-            profile.allowed_groups
-        )
+    if not in_groups(who, profile.allowed_groups):
+        return f"profile {profile.slug!r} is " + only_for(profile.allowed_groups or ())
+    for name, option in visible_options(profile, who).items():
+        if not option.choices and not option.unlisted_choice.enabled:
+            return (
+                f"option {name!r} of profile {profile.slug!r} has no choice open to you (each "
+                "is only for some groups); ask your admin"
+            )
     if team is None:
         if profile.gpu is not None:
             return (

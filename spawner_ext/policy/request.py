@@ -18,7 +18,7 @@ from ..catalog import Catalog, GPUType, Profile, ProfileOption
 from ..catalog.frozen import freeze, thaw
 from ..wire import ServerSummary
 from .identity import Identity, teams_of
-from .profiles import default_profile, visible_profiles, why_not
+from .profiles import default_profile, only_for, visible_options, visible_profiles, why_not
 
 UNLISTED = "--unlisted-choice"
 MAX_UNLISTED_LENGTH = 256
@@ -79,7 +79,7 @@ def resolve_spawn(
     options = _plain_options(user_options)
     team = _team(catalog, who, options.pop("team", None))
     profile = _profile(catalog, who, team, options.pop("profile", None))
-    choices, unlisted = _choices(profile, options)
+    choices, unlisted = _choices(profile, who, options)
     gpu = profile.gpu
     gpu_type = catalog.gpu_types[gpu.type] if gpu else None
     count = gpu.count if gpu else 0
@@ -178,7 +178,9 @@ def _profile(catalog: Catalog, who: Identity, team: str | None, slug: str | None
     return profile
 
 
-def _choices(profile: Profile, options: dict[str, str]) -> tuple[dict[str, str], set[str]]:
+def _choices(
+    profile: Profile, who: Identity, options: dict[str, str]
+) -> tuple[dict[str, str], set[str]]:
     known = set(profile.profile_options)
     for key in options:
         name = key.removesuffix(UNLISTED)
@@ -191,17 +193,37 @@ def _choices(profile: Profile, options: dict[str, str]) -> tuple[dict[str, str],
             )
     choices: dict[str, str] = {}
     unlisted: set[str] = set()
-    for name, option in profile.profile_options.items():
+    for name, option in visible_options(profile, who).items():
+        whole = profile.profile_options[name]
         text = options.get(name + UNLISTED, "")
         if text:
+            if whole.unlisted_choice.enabled and not option.unlisted_choice.enabled:
+                raise SpawnRefused(
+                    f"your own value for option {name!r} of profile {profile.slug!r} is "
+                    + only_for(whole.unlisted_choice.allowed_groups or ())
+                    + "; choose one of: "
+                    + ", ".join(option.choices),
+                    reason="choice-not-allowed",
+                )
             choices[name] = _unlisted_value(profile, name, option, text)
             unlisted.add(name)
         else:
-            choices[name] = _listed_choice(profile, name, option, options.get(name))
+            asked = options.get(name)
+            hidden = whole.choices.get(asked) if asked and asked not in option.choices else None
+            if hidden is not None:
+                raise SpawnRefused(
+                    f"choice {asked!r} of option {name!r} in profile {profile.slug!r} is "
+                    + only_for(hidden.allowed_groups or ())
+                    + "; choose one of: "
+                    + ", ".join(option.choices),
+                    reason="choice-not-allowed",
+                )
+            choices[name] = _listed_choice(profile, name, option, asked)
     return choices, unlisted
 
 
 def _listed_choice(profile: Profile, name: str, option: ProfileOption, key: str | None) -> str:
+    """`key`, checked against the choices `who` may see; the default one when not given."""
     if key is None or key == "":
         default = next((k for k, c in option.choices.items() if c.default), None)
         default = default or next(iter(option.choices), None)

@@ -15,7 +15,7 @@ from ..catalog import Catalog, Profile, ProfileOption
 from ..policy.admission import TeamUsage
 from ..policy.identity import Identity, teams_of
 from ..policy.preview import BudgetPreview, ProfilePreview, budget_preview, profile_preview
-from ..policy.profiles import default_profile, visible_profiles
+from ..policy.profiles import default_profile, visible_options, visible_profiles
 from ..policy.request import UNLISTED
 
 OTHER = "--unlisted-choice"
@@ -47,6 +47,8 @@ class ProfileView:
     previews: tuple[ProfilePreview, ...]
     """One per team of the user that may use the profile (one with team None for no team)."""
     checked: bool
+    options: Mapping[str, ProfileOption] = field(default_factory=dict)
+    """The profile's options as the user sees them: choices not for their groups left out."""
     option_notes: Mapping[str, str] = field(default_factory=dict)
     """Option name -> what it does on this spawner, for options whose choices have no effect
     here (the option is still offered, and validated, so API clients keep working)."""
@@ -124,18 +126,17 @@ def form_view(
     fallback = default_profile(shown)
     chosen = chosen or (fallback.slug if fallback else None)
 
-    def notes(profile: Profile) -> dict[str, str]:
-        found = {
-            name: option_note(option, runtime) for name, option in profile.profile_options.items()
-        }
-        return {name: note for name, note in found.items() if note}
+    def view_of(profile: Profile) -> ProfileView:
+        options = visible_options(profile, who)
+        found = {name: option_note(option, runtime) for name, option in options.items()}
+        notes = {name: note for name, note in found.items() if note}
+        previews = tuple(by_slug[profile.slug])
+        return ProfileView(profile, previews, profile.slug == chosen, options, notes)
 
     return FormView(
         teams=teams,
         selected_team=selected_team,
-        profiles=tuple(
-            ProfileView(p, tuple(by_slug[p.slug]), p.slug == chosen, notes(p)) for p in shown
-        ),
+        profiles=tuple(view_of(p) for p in shown),
         selected_options={k: v for k, v in previous.items() if isinstance(v, str)},
         simulated_gpus=simulated_gpus,
         catalog_version=catalog_version,

@@ -108,8 +108,8 @@ class UsageSession(Base):
 
 
 class TeamLock(Base):
-    """One row per team, locked (SELECT ... FOR UPDATE) while admitting a spawn on PostgreSQL,
-    so concurrent admissions for one team run one after the other."""
+    """One row per team, locked (INSERT ... ON CONFLICT DO UPDATE) while admitting a spawn on
+    PostgreSQL, so concurrent admissions for one team run one after the other."""
 
     __tablename__ = "team_locks"
 

@@ -129,7 +129,7 @@ def _migrate(args: argparse.Namespace) -> int:
 def _db_upgrade(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .ledger.engine import current_revision, head_revision, make_engine, upgrade
+    from .ledger.engine import current_revision, head_revision, make_engine, redacted, upgrade
 
     try:
         upgrade(args.db_url)
@@ -137,9 +137,10 @@ def _db_upgrade(args: argparse.Namespace) -> int:
         revision = current_revision(engine)
         engine.dispose()
     except (SQLAlchemyError, OSError) as exc:
-        print(f"gpuhub db upgrade: cannot upgrade {args.db_url}: {exc}", file=sys.stderr)
+        shown = redacted(args.db_url)
+        print(f"gpuhub db upgrade: cannot upgrade {shown}: {exc}", file=sys.stderr)
         return 1
-    print(f"{args.db_url}: billing schema at {revision} (head {head_revision()})")
+    print(f"{redacted(args.db_url)}: billing schema at {revision} (head {head_revision()})")
     return 0
 
 

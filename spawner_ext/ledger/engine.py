@@ -10,11 +10,21 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 READ_ONLY = "gpuhub_read_only"
 DEFAULT_URL = "sqlite:///gpuhub-ledger.sqlite"
 """A file beside JupyterHub's own jupyterhub.sqlite (both relative to the hub's directory)."""
+
+
+def redacted(url: str) -> str:
+    """`url` with its password hidden, for messages and logs (`postgresql://gpuhub:***@db/x`)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 class SchemaError(RuntimeError):
@@ -72,7 +82,8 @@ def check_schema(engine: Engine, url_for_message: str) -> None:
     if current == head:
         return
     what = "has no ledger schema" if current is None else f"has ledger schema {current}"
+    shown = redacted(url_for_message)
     raise SchemaError(
-        f"the billing database {url_for_message} {what}; this gpuhub needs {head}. "
-        f"Run: gpuhub db upgrade --db-url {url_for_message}"
+        f"the billing database {shown} {what}; this gpuhub needs {head}. "
+        f"Run: gpuhub db upgrade --db-url {shown}"
     )

@@ -156,12 +156,13 @@ def _upgrade_ledger(url: str) -> bool:
     why it failed."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ..ledger.engine import upgrade
+    from ..ledger.engine import redacted, upgrade
 
     try:
         upgrade(url)
     except (SQLAlchemyError, OSError) as exc:
-        print(f"gpuhub up: cannot create the billing database {url}: {exc}", file=sys.stderr)
+        shown = redacted(url)
+        print(f"gpuhub up: cannot create the billing database {shown}: {exc}", file=sys.stderr)
         return False
     return True
 

@@ -222,3 +222,17 @@ def test_refusals_are_counted_per_team_gpu_type_and_reason(
         RefusalCount("vision", "h100-80gb", "budget", 1),
         RefusalCount("vision", "h100-80gb", "gpu-quota", 2),
     ]
+
+
+def test_messages_never_show_a_database_password() -> None:
+    from sqlalchemy import create_engine
+
+    from spawner_ext.ledger.engine import SchemaError, check_schema, redacted
+
+    url = "postgresql+psycopg://gpuhub:s3cret@db.example:5432/gpuhub"
+    assert redacted(url) == "postgresql+psycopg://gpuhub:***@db.example:5432/gpuhub"
+    assert redacted("sqlite:///ledger.sqlite") == "sqlite:///ledger.sqlite"
+    assert redacted("not a url") == "not a url"
+    with pytest.raises(SchemaError) as raised:
+        check_schema(create_engine("sqlite://"), url)
+    assert "s3cret" not in str(raised.value) and "gpuhub:***@db.example" in str(raised.value)

@@ -60,6 +60,18 @@ def add_service_command(subparsers: argparse._SubParsersAction[argparse.Argument
         help="do not cull idle servers (e.g. when stock jupyterhub-idle-culler runs instead, "
         "with gpuhub's policy as its cull_arbiter_hook); the activity API still records waste",
     )
+    service.add_argument(
+        "--ip",
+        metavar="ADDRESS",
+        help="listen on this address (default: the host of JUPYTERHUB_SERVICE_URL); 0.0.0.0 "
+        "when the service's URL names another host, e.g. the hub's Kubernetes Service",
+    )
+    service.add_argument(
+        "--port",
+        type=int,
+        metavar="PORT",
+        help="listen on this port (default: the port of JUPYTERHUB_SERVICE_URL)",
+    )
     service.set_defaults(run=run_service)
 
 
@@ -96,7 +108,9 @@ def run_service(args: argparse.Namespace) -> int:
         return _fail(f"the catalog {args.catalog} is not valid:\n{exc}")
     service_url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:0"))
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/")
-    asyncio.run(_serve(args, store, token, api_url, service_url.hostname, service_url.port, prefix))
+    host = args.ip or service_url.hostname
+    port = args.port if args.port is not None else service_url.port
+    asyncio.run(_serve(args, store, token, api_url, host, port, prefix))
     return 0
 
 

@@ -99,18 +99,25 @@ def service_config(
     catalog: Catalog | None = None,
     admin_users: Iterable[str] = (),
     culling: bool = True,
+    url: str | None = None,
 ) -> dict[str, Any]:
     """`{"services": [...], "load_roles": [...], "custom_scopes": {...}, "template_paths":
     [...], "template_vars": {...}}` to add to JupyterHub's own settings. Roles of `catalog`'s
     leads are made when the hub starts: a change of leads takes a hub restart (JupyterHub loads
     roles at start only). `culling=False` leaves culling to stock jupyterhub-idle-culler
-    (service/arbiter.py offers it gpuhub's policy)."""
+    (service/arbiter.py offers it gpuhub's policy). `url`: where the proxy (and notebook servers)
+    reach the service, when not on this machine (Kubernetes: the hub Service's extra port); the
+    service then listens on every interface of `port`."""
+    command = service_command(catalog_path, ledger_url, runtime, python)
+    if not culling:
+        command.append("--no-culling")
+    if url is not None:
+        command += ["--ip", "0.0.0.0", "--port", str(port)]
     service: dict[str, Any] = {
         "name": SERVICE_NAME,
         "display": True,
-        "url": f"http://127.0.0.1:{port}",
-        "command": service_command(catalog_path, ledger_url, runtime, python)
-        + ([] if culling else ["--no-culling"]),
+        "url": url or f"http://127.0.0.1:{port}",
+        "command": command,
         "oauth_client_allowed_scopes": [READ_SCOPE],
         "oauth_no_confirm": True,
     }

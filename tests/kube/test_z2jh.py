@@ -1,0 +1,106 @@
+"""What `hub.extraConfig` of helm-values/values.yaml does to the chart's config: its settings
+(`custom.gpuhub`), checked with clear errors, and the wiring it adds. The whole path, with the
+chart's own configuration and real Helm, is tests/k8s/test_z2jh_chart.py."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from traitlets.config import Config
+
+from spawner_ext.kube.z2jh import Settings, SettingsError, configure, plan
+
+ROOT = Path(__file__).parents[2]
+CATALOG = str(ROOT / "hub_config" / "catalog.yaml")
+
+
+def test_defaults_are_the_values_files() -> None:
+    assert plan(None) == Settings()
+    assert plan({}) == Settings()
+    assert plan({"servicePort": 10200, "culling": False}) == Settings(
+        service_port=10200, culling=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"ledgerURL": "x"}, "unknown key(s) ledgerURL; the keys are catalogPath, ledgerUrl"),
+        ({"servicePort": "10101"}, "servicePort must be a int, not '10101'"),
+        ({"servicePort": True}, "servicePort must be a int, not True"),
+        ({"servicePort": 70000}, "servicePort must be a port number"),
+        ({"servicePort": 8081}, "8081 is the hub's own port"),
+        ({"culling": "yes"}, "culling must be a bool"),
+        ({"catalogPath": "catalog.yaml"}, "catalogPath must be an absolute path"),
+    ],
+)
+def test_bad_settings_say_which_key_and_what_to_write(
+    settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        plan(settings)
+
+
+def chart_config() -> Config:
+    """What the chart's jupyterhub_config.py has set when hub.extraConfig runs (in part)."""
+    c = Config()
+    c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"
+    c.JupyterHub.services = [{"name": "jupyterhub-idle-culler", "command": ["x"]}]
+    c.JupyterHub.load_roles = []
+    c.Authenticator.admin_users = {"root"}
+    return c
+
+
+def test_configure_wires_the_spawner_the_service_and_the_schema() -> None:
+    c = chart_config()
+    upgraded: list[str] = []
+    env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443", "HOME": "/x"}
+    configure(
+        c,
+        {"catalogPath": CATALOG, "ledgerUrl": "sqlite:////srv/l.sqlite"},
+        hub_host="jhub-hub",
+        environ=env,
+        upgrade=upgraded.append,
+    )
+    assert c.JupyterHub.spawner_class == "gpuhub-kube"
+    assert c.GPUKubeSpawner.catalog_path == CATALOG
+    assert c.GPUKubeSpawner.ledger_url == "sqlite:////srv/l.sqlite"
+    assert c.GPUKubeSpawner.activity_url == "http://jhub-hub:10101/services/gpu-usage/"
+    assert upgraded == ["sqlite:////srv/l.sqlite"]
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    assert "jupyterhub-idle-culler" in services, "the chart's own services are kept"
+    ours = services["gpu-usage"]
+    assert ours["url"] == "http://jhub-hub:10101"
+    assert ours["command"][-4:] == ["--ip", "0.0.0.0", "--port", "10101"]
+    assert ours["environment"] == {
+        "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+        "KUBERNETES_SERVICE_PORT": "443",
+    }
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles["gpu-usage-admin"]["users"] == ["root"]
+    assert "access:services!service=gpu-usage" in roles["server"]["scopes"]
+
+
+def test_a_spawner_of_the_operators_own_is_kept_and_upgrades_can_be_left_out() -> None:
+    c = chart_config()
+    c.JupyterHub.spawner_class = "mypkg.MyGPUKubeSpawner"
+    upgraded: list[str] = []
+    configure(c, {"catalogPath": CATALOG, "upgradeDatabase": False}, upgrade=upgraded.append)
+    assert c.JupyterHub.spawner_class == "mypkg.MyGPUKubeSpawner"
+    assert upgraded == []
+
+
+def test_a_profile_list_in_the_values_is_reported_and_not_used() -> None:
+    c = chart_config()
+    c.KubeSpawner.profile_list = [{"display_name": "Old"}]
+    out = io.StringIO()
+    configure(c, {"catalogPath": CATALOG}, upgrade=lambda url: None, out=out)
+    assert "singleuser.profileList is set" in out.getvalue()
+    assert "gpuhub migrate" in out.getvalue()
+    assert c.KubeSpawner.profile_list == []
+    quiet = io.StringIO()
+    configure(chart_config(), {"catalogPath": CATALOG}, upgrade=lambda url: None, out=quiet)
+    assert quiet.getvalue() == ""

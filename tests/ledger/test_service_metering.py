@@ -3,6 +3,7 @@ after tick, a ledger restored from a backup, and budget stops that fail."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -304,6 +305,6 @@ def test_an_orphan_whose_adopted_session_is_closed_again_is_billed_once(
             for row in db.query(UsageSession)
             if row.started_at is not None
         )
-    for (_, end), (start, _) in zip(lives, lives[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(lives):
         assert end <= start, f"billed twice: {lives}"
     assert billed(ledger, clock) == int((clock() - started).total_seconds())

@@ -94,3 +94,16 @@ def test_generator_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_the_kubernetes_tutorial_shows_the_values_the_chart_tests_use(site: Path) -> None:
+    """The tutorial includes helm-values/values.yaml itself (not a copy that could drift), and
+    that is the file tests/k8s/test_z2jh_chart.py renders the real chart with."""
+    source = (ROOT / "docs" / "tutorials" / "deploy-on-kubernetes.md").read_text()
+    assert "```{literalinclude} ../../helm-values/values.yaml" in source
+    chart_test = (ROOT / "tests" / "k8s" / "test_z2jh_chart.py").read_text()
+    assert 'VALUES / "values.yaml"' in chart_test
+    page = text_of(site / "tutorials" / "deploy-on-kubernetes.html")
+    for line in (ROOT / "helm-values" / "values.yaml").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            assert line.strip() in page, f"the tutorial lacks {line.strip()!r}"

@@ -30,9 +30,16 @@ class Dimension(enum.StrEnum):
     DAY = "day"
     SESSION = "session"
     """One row per ledger session (its id): the raw records a chargeback script reconciles."""
+    END_REASON = "end_reason"
+    """How the sessions ended (stopped, culled-gpu-idle, budget, node-lost, ...; `running` for
+    those still open): what the culler and the budgets stopped, and what it cost."""
 
 
-ALIASES = {"gpu-type": Dimension.GPU_TYPE}
+ALIASES = {
+    "gpu-type": Dimension.GPU_TYPE,
+    "end-reason": Dimension.END_REASON,
+    "reason": Dimension.END_REASON,
+}
 
 
 @dataclass(frozen=True)

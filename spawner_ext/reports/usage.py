@@ -40,6 +40,8 @@ HOURS = Decimal("0.0001")
 CENTS = Decimal("0.01")
 EPOCH_JULIAN_DAY = 2440587.5
 DAY_SECONDS = 86400
+RUNNING = "running"
+"""The end_reason of a session still open."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class UsageRow:
     session of the row was sampled (no extension, or from before it)."""
     session: int | None = None
     """The ledger session's id, when grouped by session."""
+    end_reason: str | None = None
+    """How the row's sessions ended (`running`: not yet), when grouped by end_reason."""
 
     def as_json(self, by: tuple[Dimension, ...]) -> dict[str, Any]:
         row: dict[str, Any] = {"team": self.team}
@@ -133,6 +137,7 @@ def _billed(dialect: str, query: UsageQuery, now: datetime) -> Any:
             s.profile,
             s.gpu_type,
             s.gpu_count,
+            s.end_reason,
             cast(s.price_per_hour, Float).label("price"),
             low.label("low"),
             high.label("high"),
@@ -167,6 +172,7 @@ def _overlapping(query: UsageQuery) -> Any:
         u.started_at,
         u.ended_at,
         u.gpu_seconds,
+        func.coalesce(u.end_reason, literal(RUNNING)).label("end_reason"),
     )
     # No condition on started_at here: SQLite's planner would then read (team, started_at),
     # the team's whole history. Sessions that start after the period (or never started) have
@@ -218,7 +224,7 @@ def usage_statement(dialect: str, query: UsageQuery, now: datetime, span: int = 
         condition = seconds > 0
         groups.append(day)
     idle_seconds, source = _with_idle(dialect, query, billed, source, day if by_day else None)
-    for dimension in (Dimension.USER, Dimension.PROFILE, Dimension.GPU_TYPE):
+    for dimension in (Dimension.USER, Dimension.PROFILE, Dimension.GPU_TYPE, Dimension.END_REASON):
         if dimension in query.by:
             groups.append(billed.c[dimension.value].label(dimension.value))
     if Dimension.SESSION in query.by:
@@ -308,6 +314,7 @@ def _row(found: Any, query: UsageQuery) -> UsageRow:
         profile=found["profile"] if Dimension.PROFILE in by else None,
         gpu_type=found["gpu_type"] if Dimension.GPU_TYPE in by else None,
         session=int(found["session"]) if Dimension.SESSION in by else None,
+        end_reason=found["end_reason"] if Dimension.END_REASON in by else None,
         gpu_hours=(gpu_seconds / 3600).quantize(HOURS, rounding=ROUND_HALF_UP),
         cost=(price_seconds / 3600).quantize(CENTS, rounding=ROUND_HALF_UP),
         sessions=int(found["sessions"]),

@@ -67,11 +67,12 @@ OPENAPI: dict[str, Any] = {
                         "in": "query",
                         "schema": {
                             "type": "string",
-                            "enum": ["user", "profile", "gpu_type", "day", "session"],
+                            "enum": ["user", "profile", "gpu_type", "day", "session", "end_reason"],
                         },
                         "description": "Grouping (repeatable or comma-separated). `session`: "
                         "one row per ledger session, e.g. `by=session,user,profile` for the "
-                        "raw records of a chargeback.",
+                        "raw records of a chargeback. `end_reason`: how the sessions ended "
+                        "(`stopped`, `culled-gpu-idle`, `budget`, ...; `running` if open).",
                     },
                     {
                         "name": "user",
@@ -128,6 +129,7 @@ OPENAPI: dict[str, Any] = {
                     "profile": {"type": "string"},
                     "gpu_type": {"type": "string", "nullable": True},
                     "session": {"type": "integer", "description": "Ledger session id."},
+                    "end_reason": {"type": "string", "description": "How they ended."},
                     "gpu_hours": {"type": "number"},
                     "cost": {"type": "number"},
                     "currency": {"type": "string"},

@@ -28,6 +28,7 @@ def add_session(
     gpus: int = 1,
     price: str = "4.10",
     started: bool = True,
+    reason: str | None = None,
 ) -> int:
     """A started session (closed at `end`, or open), billed as Ledger.close bills it; with
     `started=False` a spawn that failed before it started (requested at `start`, nothing
@@ -48,7 +49,7 @@ def add_session(
         started_at=start if started else None,
         last_seen_at=(end or start) if started else None,
         ended_at=end,
-        end_reason=("stopped" if started else "failed") if end is not None else None,
+        end_reason=reason or ("stopped" if started else "failed") if end is not None else None,
         gpu_seconds=None if seconds is None else seconds * gpus,
         cost=None if seconds is None else session_cost(Decimal(price), seconds),
     )

@@ -137,6 +137,23 @@ def test_by_session_gives_each_sessions_own_part_of_the_period(ledger: Ledger) -
     assert "session" in columns((Dimension.SESSION,))
 
 
+def test_by_end_reason_shows_what_culling_and_budgets_stopped(ledger: Ledger) -> None:
+    engine = ledger.engine
+    add_session(engine, "ada", at(10, 10), at(10, 12), reason="culled-gpu-idle")
+    add_session(engine, "bob", at(11, 10), at(11, 11), reason="culled-gpu-idle")
+    add_session(engine, "bob", at(12, 10), at(12, 13))  # stopped
+    add_session(engine, "lin", at(1, 0, month=12), None)  # still running
+    rows = report(ledger, DECEMBER, Dimension.END_REASON) + report(
+        ledger, NOVEMBER, Dimension.END_REASON
+    )
+    assert [(r["end_reason"], r["gpu_hours"], r["sessions"]) for r in rows] == [
+        ("running", 6.0, 1),
+        ("culled-gpu-idle", 3.0, 2),
+        ("stopped", 3.0, 1),
+    ]
+    assert "end_reason" in columns((Dimension.END_REASON,))
+
+
 def test_days_sum_to_the_period(history: Ledger) -> None:
     """Splitting is exact: the days of a period add up to the period, to the GPU-second."""
     whole = report(history, NOVEMBER, Dimension.USER)

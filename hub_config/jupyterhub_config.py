@@ -10,9 +10,10 @@ config file, loaded last so that its settings win.
 
 import os
 
-from spawner_ext.up import configure
+from spawner_ext.up import configure, drop_shared_admin
 
 c = get_config()  # noqa: F821
 configure(c, os.environ)
 if os.environ.get("GPUHUB_JUPYTERHUB_CONFIG"):
     load_subconfig(os.environ["GPUHUB_JUPYTERHUB_CONFIG"])  # noqa: F821
+    drop_shared_admin(c)

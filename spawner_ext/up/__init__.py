@@ -7,13 +7,21 @@ config.py and banner.py are pure; command.py and supervisor.py touch files, port
 
 from .banner import suggested_users
 from .command import add_up_command, find_program, free_port
-from .config import CONFIG_FILE_TEXT, UpSettings, configure, example_catalog, hub_config
+from .config import (
+    CONFIG_FILE_TEXT,
+    UpSettings,
+    configure,
+    drop_shared_admin,
+    example_catalog,
+    hub_config,
+)
 
 __all__ = [
     "CONFIG_FILE_TEXT",
     "UpSettings",
     "add_up_command",
     "configure",
+    "drop_shared_admin",
     "example_catalog",
     "find_program",
     "free_port",

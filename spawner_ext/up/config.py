@@ -34,12 +34,13 @@ config file, loaded last so that its settings win.
 
 import os
 
-from spawner_ext.up import configure
+from spawner_ext.up import configure, drop_shared_admin
 
 c = get_config()  # noqa: F821
 configure(c, os.environ)
 if os.environ.get("GPUHUB_JUPYTERHUB_CONFIG"):
     load_subconfig(os.environ["GPUHUB_JUPYTERHUB_CONFIG"])  # noqa: F821
+    drop_shared_admin(c)
 '''
 """The JupyterHub config file; `hub_config/jupyterhub_config.py` is a copy (a test keeps it so)."""
 
@@ -199,6 +200,25 @@ def configure(c: Any, env: Mapping[str, str]) -> None:
     for section, traits in hub_config(settings).items():
         for name, value in traits.items():
             c[section][name] = value
+
+
+def drop_shared_admin(c: Any) -> None:
+    """After a further config file: if it chose another authenticator (OAuth, PAM, ...), the
+    shared-password admin (ADMIN_USER) is nobody there, so it loses its usage-report role; a
+    user of that name at the identity provider must not inherit it. (A subconfig merges into
+    `c` and cannot remove roles itself.)"""
+    authenticator = str(c.JupyterHub.get("authenticator_class", ""))
+    if authenticator.endswith("SharedPasswordAuthenticator"):
+        return
+    roles = []
+    for role in c.JupyterHub.get("load_roles", []):
+        if role.get("name") == "gpu-usage-admin" and ADMIN_USER in role.get("users", []):
+            users = [u for u in role["users"] if u != ADMIN_USER]
+            if not users:
+                continue
+            role = {**role, "users": users}
+        roles.append(role)
+    c.JupyterHub.load_roles = roles
 
 
 def _url_host(ip: str) -> str:

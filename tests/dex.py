@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,3 +222,24 @@ def running_dex(workdir: Path, client: DexClient, users: Iterable[DexUser]) -> I
         yield dex
     finally:
         dex.stop()
+
+
+def log_in_in_browser(
+    page: Any,
+    hub_url: str,
+    dex: Dex,
+    user: DexUser,
+    screenshot: Callable[[Any, str], None],
+    step: str,
+) -> None:
+    """From the hub's login page through Dex's login form (Playwright `page`), until the browser
+    is back on the hub; `screenshot(page, name)` at the hub's login page and Dex's form."""
+    page.goto(f"{hub_url}hub/login")
+    screenshot(page, f"{step}-1-hub-login")
+    page.click("text=Sign in with Dex")
+    page.wait_for_url(f"{dex.issuer}/auth/local/login**")
+    page.fill("input[name=login]", user.email)
+    page.fill("input[name=password]", PASSWORD)
+    screenshot(page, f"{step}-2-dex-login")
+    page.click("#submit-login")
+    page.wait_for_url(f"{hub_url}hub/**")

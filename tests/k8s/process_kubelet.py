@@ -368,12 +368,55 @@ class RunningPod:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class Devices:
+    """What the NVIDIA device plugin and container toolkit give a pod here: the node's GPUs, as
+    a fake NVML (spawner_ext/fakenvml, compiled with gcc) whose config file tests may rewrite
+    (`fake-nvml.conf` in the kubelet's directory), and for each container with an
+    `nvidia.com/gpu` limit, that many GPUs of its own, named in NVIDIA_VISIBLE_DEVICES by UUID.
+    Without gcc pods get no GPUs (as on a node without the device plugin)."""
+
+    def __init__(self, node: str, manifest: Json, root: Path) -> None:
+        from spawner_ext import fakenvml
+
+        count = int(manifest.get("status", {}).get("capacity", {}).get("nvidia.com/gpu", 0) or 0)
+        product = manifest["metadata"].get("labels", {}).get("nvidia.com/gpu.product", "GPU")
+        self.uuids = [f"GPU-{node}-{index}" for index in range(count)]
+        self.free = list(self.uuids)
+        self.held: dict[str, list[str]] = {}
+        self.config = root / "fake-nvml.conf"
+        self.env: dict[str, str] = {}
+        if not count:
+            return
+        try:
+            library = fakenvml.build()
+        except fakenvml.BuildError as error:
+            log.warning("no GPUs for pods: %s", error)
+            return
+        gpus = tuple(
+            fakenvml.FakeGPU(uuid, product.replace("-", " "), 24 * 2**30) for uuid in self.uuids
+        )
+        fakenvml.write_config(self.config, fakenvml.FakeNVML(gpus))
+        self.env = fakenvml.environment(library, self.config, os.environ)
+
+    def allocate(self, uid: str, container: Json) -> dict[str, str]:
+        limits = container.get("resources", {}).get("limits", {})
+        wanted = int(limits.get("nvidia.com/gpu", 0) or 0)
+        if not wanted or not self.env or len(self.free) < wanted:
+            return {}
+        self.held[uid] = [self.free.pop(0) for _ in range(wanted)]
+        return {**self.env, "NVIDIA_VISIBLE_DEVICES": ",".join(self.held[uid])}
+
+    def release(self, uid: str) -> None:
+        self.free.extend(self.held.pop(uid, []))
+
+
 class Kubelet:
     def __init__(self, api: Api, manifest: Json, pod_cidr: str, root: Path) -> None:
         self.api = api
         self.manifest = manifest
         self.node = manifest["metadata"]["name"]
         self.root = root
+        self.devices = Devices(self.node, manifest, root)
         self.pods: dict[str, RunningPod] = {}
         # The first address of the range is left out; the rest are handed out in order.
         self.free_ips = (
@@ -496,7 +539,8 @@ class Kubelet:
         self.pods[running.uid] = running
         container = pod["spec"]["containers"][0]
         refs = await self.fetch_refs(running.namespace, container)
-        env = container_env(pod, container, running.ip, refs)
+        env = {**container_env(pod, container, running.ip, refs)}
+        env.update(self.devices.allocate(running.uid, container))
         argv = container_argv(container, env, running.ip)
         # A directory of its own as working directory and HOME; the container's workingDir is a
         # path inside an image we do not have, so it is not used.
@@ -592,6 +636,7 @@ class Kubelet:
                     log.warning("deleting %s/%s: %s", running.namespace, running.name, error)
         if self.pods.pop(running.uid, None) is running and running.ip:
             self.released_ips.append(running.ip)
+        self.devices.release(running.uid)
         log.info("stopped %s/%s", running.namespace, running.name)
 
     async def shutdown(self) -> None:

@@ -98,10 +98,12 @@ c.GPUKubeSpawner.ledger_url = {ledger_url!r}
 """
 
 SERVICE = """\
+from spawner_ext.catalog import load_catalog
 from spawner_ext.service.registration import register, service_config
 register(c, service_config(
     {catalog!r}, {ledger_url!r}, "kubernetes", port={port},
     environment={{"KUBECONFIG": {kubeconfig!r}, "PYTHONUNBUFFERED": "1"}},
+    catalog=load_catalog({catalog!r}),  # the roles of its teams' leads
 ))
 """
 

@@ -221,6 +221,12 @@ def test_1_a_data_scientist_runs_a_cell_on_a_gpu_and_sees_it_billed(
     page.wait_for_selector("#gpuhub-usage-table tbody tr")
     shot(page, "1-5-usage-page")
     assert "mira" in page.inner_text("#gpuhub-usage-table")
+    # The figures the page shows, as its API gives them to the browser: the ledger's seconds.
+    answer = page.goto(f"{hub.url}services/gpu-usage/api/v1/usage?by=user,session")
+    assert answer is not None and answer.ok
+    (row,) = answer.json()["rows"]
+    assert (row["user"], row["session"]) == ("mira", session.id)
+    assert row["gpu_hours"] == round(session.gpu_seconds / 3600, 4)
 
 
 def test_2_a_second_member_asking_for_more_than_is_left_is_told_who_holds_it(

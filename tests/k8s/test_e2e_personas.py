@@ -15,6 +15,7 @@ Screenshots of each step go to $GPUHUB_ARTIFACTS (e2e-*.png)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -25,7 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hub import K8sHub, delete_namespaces, ensure_namespace
+from hub import HubError, K8sHub, delete_namespaces, ensure_namespace
 from testbed import ControlPlane, ProcessKubelet
 
 from spawner_ext.ledger.store import Ledger
@@ -167,6 +168,41 @@ def open_lab(page: Any, hub: K8sHub, user: str) -> None:
     page.wait_for_selector("#jp-main-dock-panel", timeout=TIMEOUT_MS)
 
 
+def run_a_cell(page: Any, code: str) -> None:
+    """A new notebook from the launcher; once its kernel is idle, `code` in its first cell, run.
+    (On a loaded machine the kernel may start after the first keystrokes: wait for it.)"""
+    page.click(".jp-LauncherCard[data-category='Notebook']")
+    page.wait_for_selector(
+        ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=TIMEOUT_MS
+    )
+    editor = page.locator(".jp-Notebook .jp-Cell .cm-content").first
+    editor.click()
+    page.keyboard.type(code)
+    try:
+        page.wait_for_function(
+            "code => document.querySelector('.jp-Notebook .jp-Cell .cm-content')"
+            "?.textContent === code",
+            arg=code,
+            timeout=TIMEOUT_MS,
+        )
+        page.keyboard.press("Shift+Enter")
+        page.wait_for_selector(".jp-Notebook .jp-OutputArea-output", timeout=TIMEOUT_MS)
+    except Exception:
+        shot(page, "failed-cell")
+        raise
+
+
+@pytest.fixture(autouse=True)
+def no_server_left(bed: tuple[K8sHub, Dex]) -> Iterator[None]:
+    """A scenario that fails midway leaves nothing running into the next."""
+    yield
+    hub, _ = bed
+    for user in USERS:
+        with contextlib.suppress(HubError):  # a user who never logged in
+            if hub.server(user.name) is not None:
+                hub.stop_server(user.name)
+
+
 def ledger_sessions(hub: K8sHub, user: str) -> list[Any]:
     assert hub.ledger_url
     ledger = Ledger.open(hub.ledger_url)
@@ -195,10 +231,7 @@ def test_1_a_data_scientist_runs_a_cell_on_a_gpu_and_sees_it_billed(
     start_on_form(page, "l4-single")
     open_lab(page, hub, "mira")
     # A notebook, one cell.
-    page.click(".jp-LauncherCard[data-category='Notebook']")
-    page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
-    page.keyboard.type("print(6 * 7, 'from', __import__('os').environ['JUPYTERHUB_USER'])")
-    page.keyboard.press("Shift+Enter")
+    run_a_cell(page, "print(6 * 7, 'from', __import__('os').environ['JUPYTERHUB_USER'])")
     page.wait_for_selector("text=42 from mira", timeout=TIMEOUT_MS)
     shot(page, "1-3-jupyterlab-cell")
     pod = hub.server("mira")

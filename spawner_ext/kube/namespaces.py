@@ -1,6 +1,6 @@
-"""Team namespaces and their ResourceQuota backstops, made once per hub: concurrent first spawns
-into a namespace share one creation, retried on API timeouts like KubeSpawner's own requests, so a
-spawn storm neither races nor times out on it."""
+"""Team namespaces, their ResourceQuota backstops and NetworkPolicies, made once per hub:
+concurrent first spawns into a namespace share one creation, retried on API timeouts like
+KubeSpawner's own requests, so a spawn storm neither races nor times out on it."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from kubespawner.objects import make_namespace
 
 from ..catalog import Catalog
 from ..wire import team_object_labels
+from .netpol import HubPeers, sync_network_policy, team_network_policy
 from .quotas import sync_quota, team_quota_manifests
 
 REMEMBER_SECONDS = 60.0
@@ -39,9 +40,12 @@ class TeamNamespaces:
         catalog: Catalog,
         *,
         manage_quota: bool,
+        isolate: tuple[Any, HubPeers] | None,
         request_timeout: float,
         retry_timeout: float,
     ) -> None:
+        """Make `namespace` (and its quota, and its NetworkPolicy when `isolate` gives the
+        NetworkingV1Api and the hub's peers) once; later calls wait for the same making."""
         found = self._ready.get(namespace)
         now = self._clock()
         if found is not None:
@@ -51,7 +55,16 @@ class TeamNamespaces:
                 found = None
         if found is None:
             task = asyncio.get_running_loop().create_task(
-                _make(api, namespace, team, catalog, manage_quota, request_timeout, retry_timeout)
+                _make(
+                    api,
+                    namespace,
+                    team,
+                    catalog,
+                    manage_quota,
+                    isolate,
+                    request_timeout,
+                    retry_timeout,
+                )
             )
             self._ready[namespace] = (task, now)
         else:
@@ -65,6 +78,7 @@ async def _make(
     team: str,
     catalog: Catalog,
     manage_quota: bool,
+    isolate: tuple[Any, HubPeers] | None,
     request_timeout: float,
     retry_timeout: float,
 ) -> None:
@@ -77,6 +91,10 @@ async def _make(
     quota = team_quota_manifests(catalog).get(namespace)
     if manage_quota and quota is not None:
         await asyncio.wait_for(sync_quota(api, quota), retry_timeout)
+    if isolate is not None:
+        networking, peers = isolate
+        policy = team_network_policy(namespace, team, peers)
+        await asyncio.wait_for(sync_network_policy(networking, policy), retry_timeout)
 
 
 async def _attempt(api: Any, manifest: Any, seconds: float) -> bool:

@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from kubespawner import KubeSpawner
-from traitlets import Bool, default
+from kubespawner.clients import shared_client
+from traitlets import Bool, Int, List, default
 
 from ..catalog.frozen import thaw
 from ..ledger.models import EndReason
 from ..spawners.mixin import GPUSpawnerMixin
 from .namespaces import TeamNamespaces
+from .netpol import HubPeers
 from .placement import apply_placement, placement
 from .progress import explain
 from .serialize import from_manifest, to_manifest
@@ -36,6 +38,25 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         "with the catalog (when the hub makes the namespace, and every reconciliation tick of "
         "the gpuhub service), so the API server refuses pods over quota even if the hub's "
         "admission were bypassed.",
+    )
+
+    manage_network_policies = Bool(
+        True,
+        config=True,
+        help="Keep a NetworkPolicy (gpuhub-singleuser) in each team namespace, isolating its "
+        "notebook pods as z2jh's singleuser.networkPolicy isolates the ones in the hub's "
+        "namespace: connections in only from the hub's and the proxy's pods (labelled "
+        "hub.jupyter.org/network-access-singleuser, as z2jh labels them) in the hub's namespace; "
+        "out only to the hub (hub_ports), the proxy, DNS and non-private addresses. Needs a "
+        "network plugin that enforces NetworkPolicies.",
+    )
+
+    hub_ports = List(
+        Int(),
+        [8081],
+        config=True,
+        help="Ports of the hub's pod that notebook pods in team namespaces may connect to "
+        "(the hub API; the z2jh configuration adds the gpuhub service's port).",
     )
 
     _configured: dict[str, Any] | None = None
@@ -63,9 +84,23 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
                 plan.team or "",
                 self.catalog_version().catalog,
                 manage_quota=self.manage_resource_quotas,
+                isolate=self._isolation(),
                 request_timeout=self.k8s_api_request_timeout,
                 retry_timeout=self.k8s_api_request_retry_timeout,
             )
+
+    def _isolation(self) -> tuple[Any, HubPeers] | None:
+        """What a team namespace's NetworkPolicy needs, or None when they are not managed."""
+        if not self.manage_network_policies:
+            return None
+        peers = HubPeers(
+            # The configured namespace: the hub's (this spawn put the team's in its place).
+            namespace=(self._configured or {}).get("namespace", self.namespace),
+            hub_ports=tuple(self.hub_ports),
+            notebook_port=self.port,
+            pod_component=self.component_label,
+        )
+        return shared_client("NetworkingV1Api"), peers
 
     def _start_from_configured(self, overrides: dict[str, Any]) -> None:
         """Put back every setting an earlier spawn overrode, and give the settings this spawn

@@ -118,6 +118,8 @@ def configure(
     c.GPUKubeSpawner.catalog_path = planned.catalog_path
     c.GPUKubeSpawner.ledger_url = planned.ledger_url
     c.GPUKubeSpawner.activity_url = f"{url}/services/{SERVICE_NAME}/"
+    # Team namespaces' NetworkPolicies let notebook pods reach the hub API and the service.
+    c.GPUKubeSpawner.hub_ports = [8081, planned.service_port]
     if planned.upgrade_database:
         (upgrade or upgrade_ledger)(planned.ledger_url)
     admins = c.Authenticator.admin_users if "admin_users" in c.Authenticator else set()

@@ -26,16 +26,3 @@ def teams_of(catalog: Catalog, who: Identity) -> tuple[str, ...]:
             if who.name in team.users or who.groups.intersection(team.groups)
         )
     )
-
-
-def teams_led_by(catalog: Catalog, who: Identity) -> tuple[str, ...]:
-    """Keys of the teams `who` leads, sorted. Admins lead every team."""
-    return tuple(
-        sorted(
-            key
-            for key, team in catalog.teams.items()
-            if who.admin
-            or who.name in team.leads.users
-            or who.groups.intersection(team.leads.groups)
-        )
-    )

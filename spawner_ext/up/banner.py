@@ -34,17 +34,28 @@ def banner(s: UpSettings, catalog: Catalog, url: str, log_file: Path, gpus: str)
     """What `gpuhub up` prints once the hub answers: where, how to log in, what it runs on."""
     users = suggested_users(catalog)
     width = max(len(name) for name, _ in users)
+    if s.extra_config is None:
+        login = [
+            "Log in with any user name and this password (a new one at every start):",
+            f"  Password: {s.password}",
+        ]
+    else:  # it may set another authenticator: only the hub knows which, once it has read it
+        login = [
+            f"Log in as {s.extra_config} sets up. If it keeps gpuhub's shared-password login,",
+            f"use any user name and this password (a new one at every start): {s.password}",
+        ]
     lines = [
         "",
         f"gpuhub is running at {url}",
         "",
-        "Log in with any user name and this password (a new one at every start):",
-        f"  Password: {s.password}",
+        *login,
         "",
         "User names from the catalog:",
         *(f"  {name:<{width}}  {what}" for name, what in users),
     ]
     if s.admin_password:
+        if s.extra_config is not None:
+            lines += ["", "With the shared-password login:"]
         lines += [
             "",
             f"Admin: user name {ADMIN_USER!r}, password: {s.admin_password}",

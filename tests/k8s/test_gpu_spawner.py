@@ -423,6 +423,16 @@ def test_team_namespaces_are_created_and_used(
         f"/api/v1/namespaces/{pool.namespace('nlp')}/resourcequotas/gpuhub-gpus"
     )
     assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "2"}
+    policy = control_plane.api.get(
+        f"/apis/networking.k8s.io/v1/namespaces/{pool.namespace('nlp')}"
+        "/networkpolicies/gpuhub-singleuser"
+    )
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"component": "singleuser-server"}}
+    [ingress] = policy["spec"]["ingress"]
+    assert ingress["from"][0]["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": pool.namespace("hub")}
+    }
+    assert ingress["ports"] == [{"port": 8888, "protocol": "TCP"}]
     assert pod_of(control_plane, gpu)["metadata"]["namespace"] == pool.namespace("nlp")
     cpu_pod = pod_of(control_plane, cpu)
     assert "nvidia.com/gpu" not in cpu_pod["spec"]["containers"][0].get("resources", {}).get(

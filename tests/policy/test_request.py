@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from spawner_ext.catalog import load_catalog, parse_catalog
-from spawner_ext.policy.identity import Identity, teams_led_by, teams_of
+from spawner_ext.policy.identity import Identity, teams_of
 from spawner_ext.policy.profiles import visible_profiles
 from spawner_ext.policy.request import SpawnRefused, resolve_spawn
 
@@ -30,13 +30,6 @@ def test_teams_by_group_and_by_name() -> None:
     assert teams_of(CATALOG, BOTH) == ("nlp", "vision")
     assert teams_of(CATALOG, TUTOR) == ("teaching",)
     assert teams_of(CATALOG, NOBODY) == ()
-
-
-def test_leads() -> None:
-    assert teams_led_by(CATALOG, ADA) == ("vision",)
-    assert teams_led_by(CATALOG, Identity("t", frozenset({"teachers"}))) == ("teaching",)
-    assert teams_led_by(CATALOG, Identity("root", admin=True)) == ("nlp", "teaching", "vision")
-    assert teams_led_by(CATALOG, STUDENT) == ()
 
 
 @pytest.mark.parametrize(

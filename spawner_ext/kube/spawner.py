@@ -95,7 +95,7 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
             return None
         peers = HubPeers(
             # The configured namespace: the hub's (this spawn put the team's in its place).
-            namespace=(self._configured or {}).get("namespace", self.namespace),
+            namespace=str((self._configured or {}).get("namespace", self.namespace)),
             hub_ports=tuple(self.hub_ports),
             notebook_port=self.port,
             pod_component=self.component_label,

@@ -41,8 +41,9 @@ def banner(s: UpSettings, catalog: Catalog, url: str, log_file: Path, gpus: str)
         ]
     else:  # it may set another authenticator: only the hub knows which, once it has read it
         login = [
-            f"Log in as {s.extra_config} sets up. If it keeps gpuhub's shared-password login,",
-            f"use any user name and this password (a new one at every start): {s.password}",
+            f"Log in as {s.extra_config} sets up. If it keeps gpuhub's shared-password login:",
+            "any user name and this password (a new one at every start):",
+            f"  Password: {s.password}",
         ]
     lines = [
         "",
@@ -54,10 +55,9 @@ def banner(s: UpSettings, catalog: Catalog, url: str, log_file: Path, gpus: str)
         *(f"  {name:<{width}}  {what}" for name, what in users),
     ]
     if s.admin_password:
-        if s.extra_config is not None:
-            lines += ["", "With the shared-password login:"]
         lines += [
             "",
+            *(["With the shared-password login:"] if s.extra_config is not None else []),
             f"Admin: user name {ADMIN_USER!r}, password: {s.admin_password}",
             f"  (admin page: {url}hub/admin)",
         ]

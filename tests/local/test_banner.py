@@ -35,5 +35,6 @@ def test_a_further_config_may_log_in_another_way_and_the_banner_says_so() -> Non
     )
     assert "Log in as /etc/oidc.py sets up" in text
     assert "If it keeps gpuhub's shared-password login" in text
+    assert "\n  Password: pw-users-123\n" in text, "one line of its own, as scripts read it"
     assert "Log in with any user name and this password" not in text
     assert text.index("With the shared-password login:") < text.index("Admin: user name")

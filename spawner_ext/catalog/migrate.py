@@ -20,7 +20,6 @@ import yaml
 from pydantic import BaseModel
 from slugify import slugify
 
-from ..policy.request import merge_overrides
 from .loader import kubespawner_settings, parse_catalog
 from .override_gpus import (
     GPU_LABELS,
@@ -30,6 +29,7 @@ from .override_gpus import (
     gpus_asked,
     without_gpus,
 )
+from .overrides import merge_overrides
 from .problems import CatalogError, Problem, format_path
 from .references import suggest
 from .schema import NAME_PATTERN, Choice, Profile, ProfileOption, UnlistedChoice

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..catalog import Catalog, GPUType, Profile, ProfileOption
 from ..catalog.frozen import freeze, thaw
+from ..catalog.overrides import merge_overrides
 from ..wire import ServerSummary
 from .identity import Identity, teams_of
 from .profiles import default_profile, only_for, visible_options, visible_profiles, why_not
@@ -270,17 +271,6 @@ def _overrides(profile: Profile, choices: dict[str, str], unlisted: set[str]) ->
             layer = thaw(option.choices[choices[name]].kubespawner_override)
         merged = merge_overrides(merged, layer)
     return merged
-
-
-def merge_overrides(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
-    """Later layers win; mappings merge recursively (as KubeSpawner merges dict settings)."""
-    out = dict(base)
-    for key, value in layer.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge_overrides(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _substitute(value: Any, text: str) -> Any:

@@ -7,9 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes_asyncio.client.rest import ApiException
-
 from ..wire import team_object_labels
+from .converge import converge
 
 POLICY_NAME = "gpuhub-singleuser"
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
@@ -110,29 +109,14 @@ async def sync_network_policy(api: Any, manifest: dict[str, Any]) -> str | None:
     """Create or replace the policy so its spec is `manifest`'s; what changed, or None.
     `api` is a NetworkingV1Api. The policy is the hub's: a changed spec is put back (to allow
     more, add a NetworkPolicy of your own beside it; policies add up)."""
-    namespace = manifest["metadata"]["namespace"]
-    try:
-        current = await api.read_namespaced_network_policy(POLICY_NAME, namespace)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        try:
-            await api.create_namespaced_network_policy(namespace, manifest)
-        except ApiException as create_exc:
-            if create_exc.status == 409:  # a concurrent sync created it
-                return None
-            raise
-        return f"{namespace}: created NetworkPolicy {POLICY_NAME}"
-    if _spec_of(api, current) == manifest["spec"]:
+    done = await converge(
+        api, "network_policy", manifest, lambda current: _spec_of(api, current) == manifest["spec"]
+    )
+    if done is None:
         return None
-    manifest = {**manifest, "metadata": {**manifest["metadata"]}}
-    manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
-    try:
-        await api.replace_namespaced_network_policy(POLICY_NAME, namespace, manifest)
-    except ApiException as exc:
-        if exc.status == 409:  # changed meanwhile; the next sync looks again
-            return None
-        raise
+    namespace = manifest["metadata"]["namespace"]
+    if done[0] == "created":
+        return f"{namespace}: created NetworkPolicy {POLICY_NAME}"
     return f"{namespace}: NetworkPolicy {POLICY_NAME} put back as the hub has it"
 
 

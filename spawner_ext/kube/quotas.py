@@ -12,6 +12,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from ..catalog import Catalog
 from ..policy.request import namespace_of
 from ..wire import team_object_labels
+from .converge import converge
 
 QUOTA_NAME = "gpuhub-gpus"
 
@@ -43,31 +44,17 @@ def team_quota_manifests(catalog: Catalog) -> dict[str, dict[str, Any]]:
 async def sync_quota(api: Any, manifest: dict[str, Any]) -> str | None:
     """Create or update one namespace's quota to match `manifest`; what changed, or None.
     Raises ApiException 404 when the namespace does not exist."""
-    namespace = manifest["metadata"]["namespace"]
     hard = manifest["spec"]["hard"]
-    try:
-        current = await api.read_namespaced_resource_quota(QUOTA_NAME, namespace)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        try:
-            await api.create_namespaced_resource_quota(namespace, manifest)
-        except ApiException as create_exc:
-            if create_exc.status == 409:  # a concurrent sync created it
-                return None
-            raise
-        return f"{namespace}: created {hard}"
-    if dict(current.spec.hard or {}) == hard:
+    done = await converge(
+        api, "resource_quota", manifest, lambda current: dict(current.spec.hard or {}) == hard
+    )
+    if done is None:
         return None
-    manifest = {**manifest, "metadata": {**manifest["metadata"]}}
-    manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
-    try:
-        await api.replace_namespaced_resource_quota(QUOTA_NAME, namespace, manifest)
-    except ApiException as exc:
-        if exc.status == 409:  # changed meanwhile; the next sync looks again
-            return None
-        raise
-    return f"{namespace}: {dict(current.spec.hard or {})} -> {hard}"
+    outcome, previous = done
+    namespace = manifest["metadata"]["namespace"]
+    if outcome == "created":
+        return f"{namespace}: created {hard}"
+    return f"{namespace}: {dict(previous.spec.hard or {})} -> {hard}"
 
 
 async def sync_quotas(api: Any, catalog: Catalog) -> list[str]:

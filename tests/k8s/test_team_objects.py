@@ -1,5 +1,6 @@
-"""A team namespace's NetworkPolicy against a real API server: created, left alone when it is as
-the hub has it (the stored policy read back equals the manifest), put back when changed by hand."""
+"""A team namespace's NetworkPolicy and ResourceQuota against a real API server: created, left
+alone when they are as the hub has them (the stored object read back matches the manifest),
+replaced when they differ."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from kubernetes_asyncio import client, config
 from testbed import ControlPlane
 
 from spawner_ext.kube.netpol import POLICY_NAME, HubPeers, sync_network_policy, team_network_policy
+from spawner_ext.kube.quotas import QUOTA_NAME, sync_quota
 
 pytestmark = pytest.mark.k8s
 
@@ -38,3 +40,30 @@ async def test_sync_creates_keeps_and_puts_back_the_policy(
         assert control_plane.api.get(path)["spec"]["ingress"] == [{}]
         assert "put back" in (await sync_network_policy(api, manifest) or "")
         assert control_plane.api.get(path)["spec"] == manifest["spec"]
+
+
+async def test_sync_creates_keeps_and_updates_the_quota(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    def quota(gpus: str) -> dict[str, object]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": QUOTA_NAME, "namespace": namespace},
+            "spec": {"hard": {"requests.nvidia.com/gpu": gpus}},
+        }
+
+    path = f"/api/v1/namespaces/{namespace}/resourcequotas/{QUOTA_NAME}"
+    api_client = await config.new_client_from_config(config_file=str(control_plane.kubeconfig))
+    async with api_client:
+        api = client.CoreV1Api(api_client)
+        created = await sync_quota(api, quota("2"))
+        assert created == f"{namespace}: created {{'requests.nvidia.com/gpu': '2'}}"
+        version = control_plane.api.get(path)["metadata"]["resourceVersion"]
+        assert await sync_quota(api, quota("2")) is None
+        assert control_plane.api.get(path)["metadata"]["resourceVersion"] == version
+        changed = await sync_quota(api, quota("3"))
+        assert changed == (
+            f"{namespace}: {{'requests.nvidia.com/gpu': '2'}} -> {{'requests.nvidia.com/gpu': '3'}}"
+        )
+        assert control_plane.api.get(path)["spec"]["hard"] == {"requests.nvidia.com/gpu": "3"}

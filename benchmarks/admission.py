@@ -37,8 +37,8 @@ from sqlalchemy.orm import Session
 
 from spawner_ext.catalog import Catalog, parse_catalog
 from spawner_ext.catalog.loader import read_catalog_text
+from spawner_ext.end_reason import EndReason
 from spawner_ext.ledger.engine import upgrade
-from spawner_ext.ledger.models import EndReason
 from spawner_ext.ledger.rules import month_start
 from spawner_ext.ledger.store import AdmissionRefused, Ledger, Request
 

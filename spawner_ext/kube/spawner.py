@@ -19,7 +19,7 @@ from kubespawner.clients import shared_client
 from traitlets import Bool, Int, List, default
 
 from ..catalog.frozen import thaw
-from ..ledger.models import EndReason
+from ..end_reason import EndReason
 from ..spawners.mixin import GPUSpawnerMixin
 from .namespaces import TeamNamespaces
 from .netpol import HubPeers

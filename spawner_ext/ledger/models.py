@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -49,19 +48,6 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class EndReason(enum.StrEnum):
-    """Why a usage session ended."""
-
-    STOPPED = "stopped"  # by the user or an admin
-    CULLED_IDLE = "culled-idle"
-    CULLED_GPU_IDLE = "culled-gpu-idle"
-    MAX_AGE = "max-age"
-    BUDGET = "budget"
-    FAILED = "failed"  # never started
-    NODE_LOST = "node-lost"  # its pod vanished behind the hub's back
-    RECONCILED = "reconciled"  # found gone by reconciliation (e.g. after a hub crash)
 
 
 class Base(DeclarativeBase):

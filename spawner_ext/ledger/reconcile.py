@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from ..end_reason import EndReason
 from ..wire import ServerSummary
-from .models import EndReason
 from .rules import reconcile_end
 
 

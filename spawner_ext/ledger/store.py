@@ -18,9 +18,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..catalog import Catalog
 from ..clock import Clock, utcnow
+from ..end_reason import EndReason
 from ..policy.admission import Decision, TeamUsage, decide_in
 from .engine import READ_ONLY, check_schema, make_engine
-from .models import AdmissionRefusals, EndReason, TeamLock, TeamMonthUsage, UsageSession
+from .models import AdmissionRefusals, TeamLock, TeamMonthUsage, UsageSession
 from .reconcile import BY_RECONCILIATION, ClosedSession, RunningServer, Server
 from .rules import (
     Span,

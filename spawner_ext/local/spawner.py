@@ -18,8 +18,8 @@ from typing import Any
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Unicode
 
+from ..end_reason import EndReason
 from ..fakenvml import BuildError, build, environment, write_config
-from ..ledger.models import EndReason
 from ..notebook import NOTEBOOK_CONFIG, NOTEBOOK_DATA
 from ..policy.request import SpawnRefused
 from ..spawners.mixin import GPUSpawnerMixin, refusal

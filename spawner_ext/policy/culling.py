@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ..catalog import Catalog
-from ..ledger.models import EndReason
+from ..end_reason import EndReason
 
 
 @dataclass(frozen=True)

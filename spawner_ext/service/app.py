@@ -10,19 +10,18 @@ Killed at any point, it loses nothing: every tick starts from the ledger and wha
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
-from tornado import web
 
 from ..catalog.store import CatalogStore
 from ..clock import Clock, utcnow
+from ..end_reason import EndReason
 from ..ledger.engine import SchemaError
-from ..ledger.models import EndReason, UsageSession
+from ..ledger.models import UsageSession
 from ..ledger.store import Ledger
 from .culler import Culler, CullerStatus
 from .hubapi import HubAPI, HubAPIError, ServerUnknown
@@ -188,40 +187,3 @@ class GPUHubService:
         self.hub.close()
         if self._ledger is not None:
             self._ledger.engine.dispose()
-
-
-class StatusHandler(web.RequestHandler):
-    """GET api/v1/status: when the service last ticked and what it did (no user data)."""
-
-    def initialize(self, service: GPUHubService) -> None:
-        self.service = service
-
-    def get(self) -> None:
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(self.service.status.as_json()))
-
-
-def make_app(
-    service: GPUHubService, prefix: str, *, metrics_user_labels: bool = False
-) -> web.Application:
-    """The status endpoint (public: counts only), the report API and metrics (reports_api.py)
-    and the OAuth callback JupyterHub's login returns to."""
-    import os
-
-    from jupyterhub.services.auth import HubOAuthCallbackHandler
-
-    from .activity_api import activity_handlers
-    from .pages import page_handlers
-    from .reports_api import report_handlers
-
-    prefix = "/" + prefix.strip("/") + "/"
-    return web.Application(
-        [
-            (rf"{prefix}api/v1/status", StatusHandler, {"service": service}),
-            *report_handlers(prefix, service, metrics_user_labels=metrics_user_labels),
-            *activity_handlers(prefix, service),
-            (rf"{prefix}oauth_callback", HubOAuthCallbackHandler),
-            *page_handlers(prefix, service),
-        ],
-        cookie_secret=os.urandom(32),
-    )

@@ -15,10 +15,11 @@ from ..catalog import CatalogError
 from ..catalog.store import CatalogStore
 from ..ledger.engine import DEFAULT_URL
 from ..local.processes import live_servers
-from .app import GPUHubService, make_app
+from ..wire import SERVICE_NAME
+from .app import GPUHubService
 from .hubapi import HubAPI
-from .registration import SERVICE_NAME
 from .runtimes import KubeRuntime, LocalRuntime, Runtime, kube_api_client
+from .web import make_app
 
 RUNTIMES = ("local", "kubernetes")
 PARENT_CHECK_SECONDS = 1.0

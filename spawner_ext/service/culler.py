@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from ..catalog import Catalog
+from ..end_reason import EndReason
 from ..ledger.activity import ActivityLedger, ActivityRecord, CullWarning
-from ..ledger.models import EndReason, UsageSession
+from ..ledger.models import UsageSession
 from ..ledger.store import Ledger
 from ..notebook.sampler import Activity
 from ..policy.culling import (

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ..catalog import Catalog
-from ..ledger.models import EndReason, UsageSession
+from ..end_reason import EndReason
+from ..ledger.models import UsageSession
 from ..ledger.reconcile import Actions, OpenSession, RunningServer, reconcile
 from ..ledger.rules import over_budget_grace_over
 from ..ledger.store import Ledger

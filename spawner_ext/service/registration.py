@@ -12,9 +12,8 @@ from typing import Any
 
 from ..catalog import Catalog
 from ..hub.home import home_page_config
+from ..wire import SERVICE_NAME
 
-SERVICE_NAME = "gpu-usage"
-"""The service's name: JupyterHub serves it under /services/gpu-usage/."""
 ROLE_NAME = "gpuhub-service"
 SCOPES = (
     "list:users",  # page through the users with running servers

@@ -19,18 +19,24 @@ from traitlets.config import LoggingConfigurable
 from ..catalog import Catalog
 from ..catalog.store import CatalogStore, CatalogVersion
 from ..clock import utcnow
+from ..end_reason import EndReason
 from ..hub.context import SETTINGS_KEY, HubContext, context_in
 from ..hub.home import RunningServerView, StoppedNotice, running_server_view, stopped_notice
 from ..hub.usage import RunningServersUsage, UsageSource
 from ..ledger.activity import ActivityLedger
 from ..ledger.engine import DEFAULT_URL, SchemaError
-from ..ledger.models import EndReason
 from ..ledger.store import Admission, AdmissionRefused, Ledger, Request, ServerRef
 from ..policy.identity import Identity, teams_of
 from ..policy.preview import TeamUsage
 from ..policy.request import SpawnPlan, SpawnRefused, resolve_spawn
-from ..service.registration import SERVICE_NAME
-from ..wire import ENV_SERVICE_URL, ServerState, ServerSummary, read_state, write_state
+from ..wire import (
+    ENV_SERVICE_URL,
+    SERVICE_NAME,
+    ServerState,
+    ServerSummary,
+    read_state,
+    write_state,
+)
 from .form import form_view, render_form, user_options_from_form
 
 try:  # JupyterHub >= 5.3 (and 6): a policy refusal, logged without a traceback

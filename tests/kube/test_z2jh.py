@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from traitlets.config import Config
 
-from spawner_ext.kube.z2jh import Settings, SettingsError, configure, plan
+from spawner_ext.z2jh import Settings, SettingsError, configure, plan
 
 ROOT = Path(__file__).parents[2]
 CATALOG = str(ROOT / "hub_config" / "catalog.yaml")

@@ -9,8 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from spawner_ext.catalog import Catalog
+from spawner_ext.end_reason import EndReason
 from spawner_ext.ledger.activity import ActivityLedger, CullWarning
-from spawner_ext.ledger.models import EndReason, IdleGPUDay
+from spawner_ext.ledger.models import IdleGPUDay
 from spawner_ext.ledger.store import Ledger
 from spawner_ext.notebook.sampler import Activity
 from spawner_ext.policy.activity import ActivityReport

@@ -10,8 +10,8 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from spawner_ext.end_reason import EndReason
 from spawner_ext.kube.observer import running_pods
-from spawner_ext.ledger.models import EndReason
 from spawner_ext.ledger.reconcile import (
     Actions,
     Close,

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from spawner_ext.catalog import Catalog
-from spawner_ext.ledger.models import EndReason, TeamMonthUsage, UsageSession
+from spawner_ext.end_reason import EndReason
+from spawner_ext.ledger.models import TeamMonthUsage, UsageSession
 from spawner_ext.ledger.reconcile import RunningServer
 from spawner_ext.ledger.store import Ledger, Request, ServerRef
 from spawner_ext.service.metering import Listed, enforce_budgets, reconcile_once, strays

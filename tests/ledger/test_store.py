@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from spawner_ext.catalog import Catalog
-from spawner_ext.ledger.models import EndReason
+from spawner_ext.end_reason import EndReason
 from spawner_ext.ledger.store import AdmissionRefused, Ledger, RefusalCount, Request, ServerRef
 from tests.ledger.conftest import FakeClock
 

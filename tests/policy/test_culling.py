@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from spawner_ext.catalog import load_catalog
-from spawner_ext.ledger.models import EndReason
+from spawner_ext.end_reason import EndReason
 from spawner_ext.policy.culling import (
     CullAction,
     CullSettings,

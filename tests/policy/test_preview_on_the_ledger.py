@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from spawner_ext.catalog import Catalog, load_catalog
+from spawner_ext.end_reason import EndReason
 from spawner_ext.ledger.engine import upgrade
-from spawner_ext.ledger.models import EndReason
 from spawner_ext.ledger.store import AdmissionRefused, Ledger, Request
 from spawner_ext.policy.admission import Holding
 from spawner_ext.policy.preview import profile_preview

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from spawner_ext.ledger.models import EndReason
+from spawner_ext.end_reason import EndReason
 from spawner_ext.spawners.mixin import GPUSpawnerMixin
 
 

@@ -16,9 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from ..catalog import load_catalog
-from ..ledger.engine import upgrade as upgrade_ledger
-from ..service.registration import SERVICE_NAME, register, service_config
+from .catalog import load_catalog
+from .ledger.engine import upgrade as upgrade_ledger
+from .service.registration import register, service_config
+from .wire import SERVICE_NAME
 
 SPAWNER = "gpuhub-kube"
 Z2JH_SPAWNER = "kubespawner.KubeSpawner"

@@ -1,0 +1,44 @@
+"""The service's web application: its route table, built from the handler modules, each handed
+the service. The handler modules import `GPUHubService` from app.py; app.py imports none of them."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from jupyterhub.services.auth import HubOAuthCallbackHandler
+from tornado import web
+
+from .activity_api import activity_handlers
+from .app import GPUHubService
+from .pages import page_handlers
+from .reports_api import report_handlers
+
+
+class StatusHandler(web.RequestHandler):
+    """GET api/v1/status: when the service last ticked and what it did (no user data)."""
+
+    def initialize(self, service: GPUHubService) -> None:
+        self.service = service
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(self.service.status.as_json()))
+
+
+def make_app(
+    service: GPUHubService, prefix: str, *, metrics_user_labels: bool = False
+) -> web.Application:
+    """The status endpoint (public: counts only), the report API and metrics (reports_api.py)
+    and the OAuth callback JupyterHub's login returns to."""
+    prefix = "/" + prefix.strip("/") + "/"
+    return web.Application(
+        [
+            (rf"{prefix}api/v1/status", StatusHandler, {"service": service}),
+            *report_handlers(prefix, service, metrics_user_labels=metrics_user_labels),
+            *activity_handlers(prefix, service),
+            (rf"{prefix}oauth_callback", HubOAuthCallbackHandler),
+            *page_handlers(prefix, service),
+        ],
+        cookie_secret=os.urandom(32),
+    )

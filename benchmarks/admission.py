@@ -38,9 +38,10 @@ from sqlalchemy.orm import Session
 from spawner_ext.catalog import Catalog, parse_catalog
 from spawner_ext.catalog.loader import read_catalog_text
 from spawner_ext.end_reason import EndReason
+from spawner_ext.ledger.admission import AdmissionRefused, Request
 from spawner_ext.ledger.engine import upgrade
 from spawner_ext.ledger.rules import month_start
-from spawner_ext.ledger.store import AdmissionRefused, Ledger, Request
+from spawner_ext.ledger.store import Ledger
 
 ROOT = Path(__file__).parents[1]
 EXAMPLE_CATALOG = ROOT / "hub_config" / "catalog.yaml"

@@ -13,8 +13,9 @@ import pytest
 
 from benchmarks import admission
 from spawner_ext.catalog import load_catalog
+from spawner_ext.ledger.admission import Request
 from spawner_ext.ledger.engine import upgrade
-from spawner_ext.ledger.store import Ledger, Request
+from spawner_ext.ledger.store import Ledger
 
 
 def test_admission_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -117,7 +118,9 @@ def test_culling_fleet_simulation_runs(capsys: pytest.CaptureFixture[str]) -> No
 
     assert culling_fleet.main(["--sessions", "60"]) == 0
     out = capsys.readouterr().out
-    assert "| gpuhub |" in out and "| stock (1 h Jupyter idle) |" in out
+    assert "| gpuhub |" in out
+    for stock in culling_fleet.STOCK:
+        assert f"| {stock.label} |" in out and f"gpuhub / {stock.label}:" in out
 
 
 def test_a_silent_training_run_survives_gpuhub_but_not_the_stock_rule() -> None:
@@ -128,7 +131,25 @@ def test_a_silent_training_run_survives_gpuhub_but_not_the_stock_rule() -> None:
 
     run = culling_fleet.silent_training(random.Random(3), culling_fleet.START)
     assert culling_fleet.run_ours(run)[2] is False, "no busy work lost"
-    assert culling_fleet.run_stock(run)[1:] == (True, True), "stock kills it mid-run"
+    for stock in culling_fleet.STOCK:
+        assert culling_fleet.run_stock(run, stock)[1:] == (True, True), stock.label
+
+
+def test_stock_culls_as_idle_culler_decides() -> None:
+    """The stock rule is jupyterhub-idle-culler's: inactive >= --timeout, or age >= --max-age
+    (0: none), looked at only on the multiples of --cull-every since the trace's start."""
+    from benchmarks import culling_fleet
+    from benchmarks.culling_fleet import START, Session, StockSettings, run_stock
+
+    days = 4 * 24 * 60
+    polled = [m % 5 == 0 for m in range(days)]  # an open tab, never idle for an hour
+    tab = Session("tab", START, 1, polled, [False] * days, [False] * days, [False] * days)
+    assert run_stock(tab, culling_fleet.STOCK_Z2JH) == (days, False, False), "no max age"
+    assert run_stock(tab, culling_fleet.STOCK_MATCHED)[:2] == (3 * 24 * 60, True)
+
+    idle = Session("idle", START + culling_fleet.MINUTE * 3, 1, [False] * 200, *[[False] * 200] * 3)
+    every_10 = StockSettings("every 10 min", timeout=60, every=10, max_age=0)
+    assert run_stock(idle, every_10)[:2] == (67, True), "the first cycle on the clock after 1 h"
 
 
 def test_sampler_overhead_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:

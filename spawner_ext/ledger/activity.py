@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 from ..notebook.sampler import Activity
 from ..policy.activity import ActivityReport, ActivityState, IdleSpan, after_report
 from .models import IdleGPUDay, ServerActivity, UsageSession
-from .store import Ledger, dialect_insert, running_session
+from .sessions import dialect_insert, running_session
+from .store import Ledger
 
 
 @dataclass(frozen=True)

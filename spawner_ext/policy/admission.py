@@ -1,6 +1,6 @@
 """May this server start? The one admission decision, asked by the ledger when a server is
 about to start and by the form's preview about a profile a person might pick. Pure: no I/O here;
-the callers gather the team's usage (ledger/store.py, hub/usage.py) and act on the answer."""
+the callers gather the team's usage (ledger/admission.py, hub/usage.py) and act on the answer."""
 
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def decide_in(
     now: datetime,
 ) -> Decision:
     """`decide` for `usage.user` with the team's quota and the GPU type's name from `catalog`:
-    what admission (ledger/store.py) and the form's preview (preview.py) both ask."""
+    what admission (ledger/admission.py) and the form's preview (preview.py) both ask."""
     known = catalog.gpu_types.get(gpu_type or "")
     return decide(
         team,

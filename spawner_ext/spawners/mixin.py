@@ -24,8 +24,10 @@ from ..hub.context import SETTINGS_KEY, HubContext, context_in
 from ..hub.home import RunningServerView, StoppedNotice, running_server_view, stopped_notice
 from ..hub.usage import RunningServersUsage, UsageSource
 from ..ledger.activity import ActivityLedger
+from ..ledger.admission import Admission, AdmissionRefused, Request
 from ..ledger.engine import DEFAULT_URL, SchemaError
-from ..ledger.store import Admission, AdmissionRefused, Ledger, Request, ServerRef
+from ..ledger.sessions import ServerRef
+from ..ledger.store import Ledger
 from ..policy.identity import Identity, teams_of
 from ..policy.preview import TeamUsage
 from ..policy.request import SpawnPlan, SpawnRefused, resolve_spawn

@@ -9,9 +9,11 @@ from decimal import Decimal
 
 from spawner_ext.catalog import Catalog
 from spawner_ext.end_reason import EndReason
+from spawner_ext.ledger.admission import Request
 from spawner_ext.ledger.models import TeamMonthUsage, UsageSession
 from spawner_ext.ledger.reconcile import RunningServer
-from spawner_ext.ledger.store import Ledger, Request, ServerRef
+from spawner_ext.ledger.sessions import ServerRef
+from spawner_ext.ledger.store import Ledger
 from spawner_ext.service.metering import Listed, enforce_budgets, reconcile_once, strays
 from tests.ledger.conftest import FakeClock
 

@@ -9,7 +9,9 @@ import pytest
 
 from spawner_ext.catalog import Catalog
 from spawner_ext.end_reason import EndReason
-from spawner_ext.ledger.store import AdmissionRefused, Ledger, RefusalCount, Request, ServerRef
+from spawner_ext.ledger.admission import AdmissionRefused, RefusalCount, Request
+from spawner_ext.ledger.sessions import ServerRef
+from spawner_ext.ledger.store import Ledger
 from tests.ledger.conftest import FakeClock
 
 

@@ -13,8 +13,9 @@ import pytest
 
 from spawner_ext.catalog import Catalog, load_catalog
 from spawner_ext.end_reason import EndReason
+from spawner_ext.ledger.admission import AdmissionRefused, Request
 from spawner_ext.ledger.engine import upgrade
-from spawner_ext.ledger.store import AdmissionRefused, Ledger, Request
+from spawner_ext.ledger.store import Ledger
 from spawner_ext.policy.admission import Holding
 from spawner_ext.policy.preview import profile_preview
 from tests.ledger.conftest import FakeClock

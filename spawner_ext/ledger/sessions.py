@@ -6,7 +6,7 @@ sessions. Admission (quota, cap, budget and their locks) is in admission.py.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -134,6 +134,41 @@ class SessionLog(LedgerBase):
                 row.stop_reason = reason.value
                 row.stop_requested_at = self.clock()
             return True
+
+    def withdraw_stop(self, session_id: int, reasons: Collection[EndReason]) -> bool:
+        """The service no longer asks for this session's server to stop (Keep was clicked, its
+        GPU is busy again): forget a request made for one of `reasons`, so that the session
+        ends with what really ends it. False if there was no such request (or it is closed)."""
+        with self._sessions.begin() as db:
+            result = db.execute(
+                update(UsageSession)
+                .where(
+                    UsageSession.id == session_id,
+                    UsageSession.ended_at.is_(None),
+                    UsageSession.stop_reason.in_([r.value for r in reasons]),
+                )
+                .values(stop_reason=None, stop_requested_at=None)
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    def withdraw_budget_stops(self, still_stopping: Collection[str]) -> list[int]:
+        """Budget stops of teams not in `still_stopping` (under budget again, a budget raised,
+        the grace period not over by the catalog in force) are no longer asked for: forgotten
+        on their open sessions, which end as `stopped` if their user stops them. Returns those
+        sessions."""
+        u = UsageSession
+        which = (
+            u.ended_at.is_(None)
+            & (u.stop_reason == EndReason.BUDGET.value)
+            & u.team.not_in(sorted(still_stopping))
+        )
+        with self._sessions.begin() as db:
+            ids = list(db.scalars(select(u.id).where(which)))
+            if ids:
+                db.execute(
+                    update(u).where(u.id.in_(ids)).values(stop_reason=None, stop_requested_at=None)
+                )
+            return ids
 
     def seen(self, session_ids: Sequence[int], at: datetime | None = None) -> None:
         """Record that these sessions' servers were seen running at `at`."""

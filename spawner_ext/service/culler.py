@@ -29,6 +29,9 @@ from .hubapi import HubAPI, HubAPIError, HubServer, ServerUnknown
 
 log = logging.getLogger("gpuhub.culler")
 
+CULL_REASONS = frozenset({EndReason.CULLED_IDLE, EndReason.CULLED_GPU_IDLE, EndReason.MAX_AGE})
+"""The stop reasons the culler asks for (budget stops are metering's)."""
+
 REPORT_FRESH = timedelta(minutes=5)
 """A GPU report older than this says nothing about now (the extension stopped reporting)."""
 
@@ -52,6 +55,8 @@ class Considered:
     server_name: str
     session_id: int | None
     decision: CullDecision
+    stop_requested: str | None = None
+    """The reason of a stop the service asked for earlier and the server has not ended yet."""
 
 
 def gpu_label(catalog: Catalog, session: UsageSession) -> str:
@@ -121,7 +126,11 @@ def consider(
     settings = settings_for(catalog, profile, session.gpu_count if session else 0)
     view = activity_of(catalog, server, session, record, stop_at, now)
     return Considered(
-        server.user, server.name, session.id if session else None, decide_cull(view, settings, now)
+        server.user,
+        server.name,
+        session.id if session else None,
+        decide_cull(view, settings, now),
+        session.stop_reason if session else None,
     )
 
 
@@ -180,9 +189,13 @@ def record_decision(
 ) -> EndReason | None:
     """Write what a decision means in the ledger: the reason on a session about to be culled
     (and the message its user reads after), the warning of one about to be, no warning for the
-    rest. Returns the reason to stop the server now, if any (budget stops are the budget
-    stage's, service/metering.py)."""
+    rest; a cull asked for earlier (whose stop failed) and no longer decided (kept, busy again)
+    is withdrawn, so the session ends with what really ends it. Returns the reason to stop the
+    server now, if any (budget stops are the budget stage's, service/metering.py)."""
     decision, session = considered.decision, considered.session_id
+    culling = decision.action is CullAction.CULL and decision.reason is not None
+    if session is not None and not culling and considered.stop_requested in CULL_REASONS:
+        ledger.withdraw_stop(session, CULL_REASONS)
     if decision.action is CullAction.CULL and decision.reason is not None:
         if decision.reason is EndReason.BUDGET:
             return None

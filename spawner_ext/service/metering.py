@@ -126,14 +126,19 @@ Stop = Callable[[UsageSession], Awaitable[None]]
 async def enforce_budgets(ledger: Ledger, catalog: Catalog, stop: Stop) -> list[int]:
     """Ask for the running GPU servers of teams over budget whose grace period is over to stop.
     Each session records the request (reason `budget`) and stays open, so it is billed until its
-    server is really gone; a stop that fails is asked again on the next tick. Returns the
-    sessions asked for."""
+    server is really gone; a stop that fails is asked again on the next tick. A team no longer
+    stopping (under budget again, its budget raised) has its requests withdrawn, so a server
+    its user stops later ends as `stopped`. Returns the sessions asked for."""
     asked = []
     now = ledger.clock()
-    for team, used, since in ledger.over_budget(catalog):
-        quota = catalog.teams[team].quota
-        if not over_budget_grace_over(quota, used, since, now):
-            continue
+    stopping = {
+        team: used
+        for team, used, since in ledger.over_budget(catalog)
+        if over_budget_grace_over(catalog.teams[team].quota, used, since, now)
+    }
+    for withdrawn in ledger.withdraw_budget_stops(stopping):
+        log.info("metering: session %s is no longer stopped for its budget", withdrawn)
+    for team, used in stopping.items():
         for session in ledger.open_gpu_sessions(team):
             if not ledger.request_stop(session.id, EndReason.BUDGET):
                 continue

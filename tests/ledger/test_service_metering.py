@@ -14,6 +14,8 @@ from spawner_ext.ledger.models import TeamMonthUsage, UsageSession
 from spawner_ext.ledger.reconcile import RunningServer
 from spawner_ext.ledger.sessions import ServerRef
 from spawner_ext.ledger.store import Ledger
+from spawner_ext.service.culler import Culler
+from spawner_ext.service.hubapi import HubAPIError, HubServer
 from spawner_ext.service.metering import Listed, enforce_budgets, reconcile_once, strays
 from tests.ledger.conftest import FakeClock
 
@@ -311,3 +313,82 @@ def test_an_orphan_whose_adopted_session_is_closed_again_is_billed_once(
     for (_, end), (start, _) in itertools.pairwise(lives):
         assert end <= start, f"billed twice: {lives}"
     assert billed(ledger, clock) == int((clock() - started).total_seconds())
+
+
+class FlakyHub:
+    """The hub as the culler sees it: one running server, whose stops fail while `failing`."""
+
+    def __init__(self, last_activity: datetime) -> None:
+        self.last_activity = last_activity
+        self.failing = True
+        self.stops: list[str] = []
+
+    async def running_servers(self) -> list[HubServer]:
+        active = self.last_activity.isoformat()
+        return [HubServer("ada", "", True, None, {}, active, active)]
+
+    async def stop_server(self, user: str, name: str) -> None:
+        self.stops.append(user)
+        if self.failing:
+            raise HubAPIError("the hub does not answer")
+
+
+async def test_a_cull_whose_stop_failed_then_kept_then_stopped_by_its_user_ends_as_stopped(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    """Breaking `record_decision`'s withdrawal made this end as culled-idle."""
+    admitted = ledger.admit(catalog, Request("ada", "", "vision", *H100, "v"))
+    ledger.mark_started(admitted.session_id, "local:100")
+    hub = FlakyHub(last_activity=clock())
+    culler = Culler(hub, ledger)  # type: ignore[arg-type]
+    clock.advance(hours=1, seconds=5)  # idle_timeout 1h is over
+    await culler.cycle(catalog, clock())
+    assert hub.stops == ["ada"], "asked to stop, and the hub failed"
+    row = ledger.session(admitted.session_id)
+    assert row is not None and row.stop_reason == "culled-idle" and row.ended_at is None
+    clock.advance(seconds=20)
+    assert culler.activity.keep("ada", "", clock()) is not None  # Keep in JupyterLab
+    await culler.cycle(catalog, clock())
+    assert hub.stops == ["ada"], "kept: not asked again"
+    row = ledger.session(admitted.session_id)
+    assert row is not None and row.stop_reason is None, "the abandoned request is withdrawn"
+    clock.advance(minutes=5)  # ada stops her server herself
+    ledger.close_server(ServerRef("ada", "", admitted.session_id, "local:100"), EndReason.STOPPED)
+    row = ledger.session(admitted.session_id)
+    assert row is not None and row.end_reason == "stopped"
+    assert row.gpu_seconds == 3600 + 5 + 20 + 300
+
+
+async def test_a_budget_stop_withdrawn_when_the_budget_is_raised_ends_as_stopped(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    """Breaking `withdraw_budget_stops` (not called) made this end as budget."""
+    clock.now = clock.now.replace(day=1, hour=0)
+    big = ledger.admit(
+        catalog,
+        Request("ada", "", "vision", "h100-quad", "h100-80gb", 4, Decimal("16.4"), "USD", "v"),
+    )
+    ledger.mark_started(big.session_id, "local:100")
+
+    async def failing_stop(session: UsageSession) -> None:
+        raise RuntimeError("the hub does not answer")
+
+    clock.advance(hours=500)  # 2000 GPU-hours: over budget from now
+    assert await enforce_budgets(ledger, catalog, failing_stop) == []
+    clock.advance(hours=2)  # the grace period is over
+    assert await enforce_budgets(ledger, catalog, failing_stop) == [big.session_id]
+    row = ledger.session(big.session_id)
+    assert row is not None and row.stop_reason == "budget"
+    vision = catalog.teams["vision"]
+    raised_quota = vision.quota.model_copy(update={"monthly_gpu_hours": Decimal(5000)})
+    teams = {**catalog.teams, "vision": vision.model_copy(update={"quota": raised_quota})}
+    raised = catalog.model_copy(update={"teams": teams})
+    clock.advance(seconds=30)
+    assert await enforce_budgets(ledger, raised, failing_stop) == []
+    row = ledger.session(big.session_id)
+    assert row is not None and row.stop_reason is None
+    clock.advance(seconds=30)
+    ledger.close_server(ServerRef("ada", "", big.session_id, "local:100"), EndReason.STOPPED)
+    row = ledger.session(big.session_id)
+    assert row is not None and row.end_reason == "stopped"
+    assert row.gpu_seconds == 4 * (3600 * 502 + 60)

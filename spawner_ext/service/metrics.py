@@ -1,42 +1,85 @@
 """Prometheus metrics of the gpuhub service, at /services/gpu-usage/metrics. Computed at scrape
 time from the ledger, the catalog and the service's own status, in a registry of the service's
 own (no process-global metrics). Label sets are bounded by the catalog: team, GPU type,
-currency; user names only when the operator asks (`gpuhub service --metrics-user-labels`)."""
+currency; user names only when the operator asks (`gpuhub service --metrics-user-labels`).
+
+Every `_total` counter only goes up within a service process, whatever reconciliation or a
+restored ledger does to the figures behind it (Prometheus reads any decrease as a counter
+reset): GPU-seconds and cost count closed sessions only, whose bill is final; running servers'
+figures so far are gauges (`gpuhub_running_*`), since reconciliation may still close a session
+earlier than the last scrape saw it run. And the collector never exports a counter lower than
+it exported before (`never_less`), should the ledger's figures go down (a restore from backup).
+"""
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
+from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..clock import utcnow
 from ..ledger.rules import billed_seconds, session_cost
 from .app import GPUHubService
 
 NO_GPU = ""
 """The gpu_type label of sessions without a GPU type (CPU servers)."""
 
+Labels = tuple[str, ...]
+
+
+def never_less(
+    exported: Mapping[Labels, float], found: Mapping[Labels, float]
+) -> dict[Labels, float]:
+    """What a counter exports now, per label set: what is found now, but never less than what
+    was exported before; a label set exported before and no longer found keeps its last value
+    (a series that vanished and came back lower would read as a reset too). Sorted by labels."""
+    return {
+        key: max(found.get(key, 0.0), exported.get(key, 0.0))
+        for key in sorted(exported.keys() | found.keys())
+    }
+
 
 class ServiceCollector(Collector):
+    """The service's metrics. Remembers what each counter exported (its high-water marks) for as
+    long as it lives: build one per service process (web.make_app does) and keep it."""
+
     def __init__(self, service: GPUHubService, *, user_labels: bool = False) -> None:
         self.service = service
         self.user_labels = user_labels
+        self._exported: dict[str, dict[Labels, float]] = {}
+        self._lock = threading.Lock()  # one scrape at a time reads and moves the marks
 
     def collect(self) -> Iterator[Metric]:
-        now = utcnow()
-        yield from self._service_metrics(now)
-        yield from self._catalog_metrics()
-        yield from self._ledger_metrics(now)
+        with self._lock:
+            now = self.service.clock()
+            metrics = [
+                *self._service_metrics(now),
+                *self._catalog_metrics(),
+                *self._ledger_metrics(now),
+            ]
+        yield from metrics
+
+    def _counter(
+        self, name: str, documentation: str, labels: list[str], found: Mapping[Labels, float]
+    ) -> CounterMetricFamily:
+        """A counter family of `found`, never lower than this collector exported it before."""
+        values = never_less(self._exported.get(name, {}), found)
+        self._exported[name] = values
+        family = CounterMetricFamily(name, documentation, labels=labels)
+        for key, value in values.items():
+            family.add_metric(list(key), value)
+        return family
 
     def _service_metrics(self, now: datetime) -> Iterator[Metric]:
         status = self.service.status
-        ticks = CounterMetricFamily("gpuhub_service_ticks", "Successful service ticks.")
-        ticks.add_metric([], status.ticks)
-        yield ticks
+        yield self._counter(
+            "gpuhub_service_ticks", "Successful service ticks.", [], {(): status.ticks}
+        )
         lag = GaugeMetricFamily(
             "gpuhub_reconcile_lag_seconds",
             "Seconds since the last successful reconciliation tick (since the service started "
@@ -59,19 +102,17 @@ class ServiceCollector(Collector):
             ),
             ("gpuhub_budget_stops", status.budget_stops, "Stops asked for teams over budget."),
         ):
-            counter = CounterMetricFamily(name, text)
-            counter.add_metric([], value)
-            yield counter
+            yield self._counter(name, text, [], {(): value})
         culler = self.service.culler_status()
-        culled = CounterMetricFamily(
-            "gpuhub_culled", "Servers the culler stopped, by reason.", labels=["reason"]
+        yield self._counter(
+            "gpuhub_culled",
+            "Servers the culler stopped, by reason.",
+            ["reason"],
+            {(r,): culler.culled[r] for r in ("culled-idle", "culled-gpu-idle", "max-age")},
         )
-        for reason in ("culled-idle", "culled-gpu-idle", "max-age"):
-            culled.add_metric([reason], culler.culled[reason])
-        yield culled
-        warned = CounterMetricFamily("gpuhub_cull_warnings", "Warnings before a cull.")
-        warned.add_metric([], culler.warned)
-        yield warned
+        yield self._counter(
+            "gpuhub_cull_warnings", "Warnings before a cull.", [], {(): culler.warned}
+        )
         cycle = GaugeMetricFamily(
             "gpuhub_cull_cycle_seconds", "How long the last culling cycle took."
         )
@@ -117,23 +158,32 @@ class ServiceCollector(Collector):
     def _ledger_metrics(self, now: datetime) -> Iterator[Metric]:
         ledger = self.service.ledger()
         catalog = self.service.store.catalog
-        allocated: dict[tuple[str, ...], int] = defaultdict(int)
-        seconds: dict[tuple[str, str], float] = defaultdict(float)
-        cost: dict[tuple[str, str], float] = defaultdict(float)
+        allocated: dict[Labels, int] = defaultdict(int)
+        running_seconds: dict[Labels, int] = defaultdict(int)
+        running_cost: dict[Labels, Decimal] = defaultdict(Decimal)
         for s in ledger.open_sessions():
             if s.started_at is None:
                 continue
             team, gpu_type = s.team or "", s.gpu_type or NO_GPU
-            key: tuple[str, ...] = (
-                (team, gpu_type, s.user) if self.user_labels else (team, gpu_type)
-            )
+            key: Labels = (team, gpu_type, s.user) if self.user_labels else (team, gpu_type)
             allocated[key] += s.gpu_count
-            running = billed_seconds(s.started_at, now)
-            seconds[(team, gpu_type)] += running * s.gpu_count
-            cost[(team, s.currency)] += float(session_cost(s.price_per_hour, running))
+            so_far = billed_seconds(s.started_at, now)
+            running_seconds[(team, gpu_type)] += so_far * s.gpu_count
+            running_cost[(team, s.currency)] += session_cost(s.price_per_hour, so_far)
+        # The counters' series exist (at 0) before their first session closes, for every label
+        # set the catalog's quotas or a running server name: increase() counts from there.
+        closed_seconds: dict[Labels, int] = dict.fromkeys(running_seconds, 0)
+        closed_cost: dict[Labels, Decimal] = dict.fromkeys(running_cost, Decimal(0))
+        for team, entry in catalog.teams.items():
+            for gpu_type in entry.quota.gpus:
+                closed_seconds.setdefault((team, gpu_type), 0)
+            closed_cost.setdefault((team, catalog.metering.currency), Decimal(0))
         for total in ledger.billed_totals():
-            seconds[(total.team or "", total.gpu_type or NO_GPU)] += total.gpu_seconds
-            cost[(total.team or "", total.currency)] += float(total.cost)
+            seconds_key = (total.team or "", total.gpu_type or NO_GPU)
+            closed_seconds[seconds_key] = closed_seconds.get(seconds_key, 0) + total.gpu_seconds
+            cost_key = (total.team or "", total.currency)
+            closed_cost[cost_key] = closed_cost.get(cost_key, Decimal(0)) + total.cost
+
         labels = ["team", "gpu_type", "user"] if self.user_labels else ["team", "gpu_type"]
         gpus = GaugeMetricFamily(
             "gpuhub_gpus_allocated", "GPUs held by running servers.", labels=labels
@@ -141,20 +191,38 @@ class ServiceCollector(Collector):
         for key, count in sorted(allocated.items()):
             gpus.add_metric(list(key), count)
         yield gpus
-        used = CounterMetricFamily(
+        used = self._counter(
             "gpuhub_gpu_seconds",
-            "GPU-seconds billed (running servers until now).",
+            "GPU-seconds billed to closed sessions (running servers: gpuhub_running_gpu_seconds).",
+            ["team", "gpu_type"],
+            {key: float(value) for key, value in closed_seconds.items()},
+        )
+        yield used
+        # the running gauges have the counters' label sets (0 where nothing runs), so that
+        # counter + gauge is the total so far for every series
+        running_used = GaugeMetricFamily(
+            "gpuhub_running_gpu_seconds",
+            "GPU-seconds of running servers so far (from their start until the scrape).",
             labels=["team", "gpu_type"],
         )
-        for key, value in sorted(seconds.items()):
-            used.add_metric(list(key), value)
-        yield used
-        money = CounterMetricFamily(
-            "gpuhub_cost", "Cost billed (running servers until now).", labels=["team", "currency"]
+        for key in self._exported[used.name]:
+            running_used.add_metric(list(key), running_seconds.get(key, 0))
+        yield running_used
+        money = self._counter(
+            "gpuhub_cost",
+            "Cost billed to closed sessions (running servers: gpuhub_running_cost).",
+            ["team", "currency"],
+            {key: float(value) for key, value in closed_cost.items()},
         )
-        for key, value in sorted(cost.items()):
-            money.add_metric(list(key), value)
         yield money
+        running_money = GaugeMetricFamily(
+            "gpuhub_running_cost",
+            "Cost of running servers so far (from their start until the scrape).",
+            labels=["team", "currency"],
+        )
+        for key in self._exported[money.name]:
+            running_money.add_metric(list(key), float(running_cost.get(key, Decimal(0))))
+        yield running_money
         ratio = GaugeMetricFamily(
             "gpuhub_budget_used_ratio",
             "GPU-hours used this month (as budgets count them) / the monthly budget.",
@@ -165,17 +233,17 @@ class ServiceCollector(Collector):
             if limit:  # the number budgets are enforced on (Ledger.gpu_hours_this_month)
                 ratio.add_metric([team], float(ledger.gpu_hours_this_month(team)) / float(limit))
         yield ratio
-        refused = CounterMetricFamily(
+        yield self._counter(
             "gpuhub_admissions_refused",
             "GPU spawns refused, by reason: gpu-quota, user-cap, budget, billing-unavailable.",
-            labels=["team", "gpu_type", "reason"],
+            ["team", "gpu_type", "reason"],
+            {(r.team, r.gpu_type, r.reason): r.refusals for r in ledger.refusal_counts()},
         )
-        for refusal in ledger.refusal_counts():
-            refused.add_metric([refusal.team, refusal.gpu_type, refusal.reason], refusal.refusals)
-        yield refused
 
 
 def metrics_registry(service: GPUHubService, *, user_labels: bool = False) -> CollectorRegistry:
+    """The service's registry. Build it once per process and serve that one (its collector
+    keeps the counters' high-water marks)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServiceCollector(service, user_labels=user_labels))
     return registry

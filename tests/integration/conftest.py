@@ -1,6 +1,7 @@
 """A real hub for integration tests: `gpuhub up` as a subprocess with simulated GPUs, a temporary
 state directory, free ports, and an API token service (added with --jupyterhub-config) so tests
-can drive JupyterHub's REST API. Every process it started is ended afterwards, even on failure."""
+can drive JupyterHub's REST API; and a real Prometheus scraping its service's metrics. Every
+process it started is ended afterwards, even on failure."""
 
 from __future__ import annotations
 
@@ -366,3 +367,61 @@ def usage_hub(workdir: Path) -> Iterator[Hub]:
         yield hub
     finally:
         hub.cleanup()
+
+
+class Prometheus:
+    """A Prometheus server's HTTP API."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def query(self, expr: str) -> float | None:
+        """The value of an instant query with one series (None: no series, or not up yet)."""
+        try:
+            answer = requests.get(self.url + "query", params={"query": expr}, timeout=5).json()
+        except requests.ConnectionError:
+            return None
+        assert answer.get("status") == "success", (expr, answer)
+        result = answer["data"]["result"]
+        assert len(result) <= 1, (expr, result)
+        return float(result[0]["value"][1]) if result else None
+
+
+@contextmanager
+def prometheus(hub: Hub, token: str, workdir: Path, interval: str = "1s") -> Iterator[Prometheus]:
+    """Debian's Prometheus (scripts/bootstrap installs it) on loopback with its storage in
+    `workdir`, scraping the hub's gpuhub service metrics every `interval` with `token` (one that
+    may read every team's usage, e.g. the admin's)."""
+    import shutil
+    from urllib.parse import urlparse
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus is missing: scripts/bootstrap installs Debian's package")
+    (workdir / "token").write_text(token)
+    (workdir / "prometheus.yml").write_text(
+        f"global: {{scrape_interval: {interval}, scrape_timeout: {interval}}}\n"
+        "scrape_configs:\n"
+        "  - job_name: gpuhub\n"
+        "    metrics_path: /services/gpu-usage/metrics\n"
+        f"    authorization: {{type: Bearer, credentials_file: {workdir / 'token'}}}\n"
+        f"    static_configs: [{{targets: ['{urlparse(hub.url).netloc}']}}]\n"
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        server = Prometheus(f"http://127.0.0.1:{port}/api/v1/")
+        wait_for("Prometheus to scrape the service", lambda: server.query("up") == 1, 60, 0.5)
+        yield server
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

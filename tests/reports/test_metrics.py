@@ -1,12 +1,15 @@
 """The service's Prometheus metrics from a real ledger and catalog: the figures, bounded labels
-(no user names unless asked), and `promtool check metrics` (Debian's prometheus package) accepts
-the exposition."""
+(no user names unless asked), counters that never go down (a session reconciliation closes
+earlier than a scrape saw it run, a ledger restored from an older backup), and `promtool check
+metrics` (Debian's prometheus package) accepts the exposition."""
 
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,19 +20,32 @@ from spawner_ext.catalog.store import CatalogStore
 from spawner_ext.clock import utcnow
 from spawner_ext.ledger.engine import upgrade
 from spawner_ext.service.app import GPUHubService
-from spawner_ext.service.metrics import exposition, metrics_registry
+from spawner_ext.service.metering import reconcile_once
+from spawner_ext.service.metrics import exposition, metrics_registry, never_less
 from spawner_ext.service.runtimes import LocalRuntime
+from tests.ledger.conftest import FakeClock
 from tests.reports.conftest import add_session
 
 ROOT = Path(__file__).parents[2]
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[GPUHubService]:
+def new_service(tmp_path: Path, clock: FakeClock | None = None) -> GPUHubService:
+    """A service on a fresh SQLite ledger (tmp_path/ledger.sqlite) and the example catalog."""
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     upgrade(url)
     store = CatalogStore(ROOT / "hub_config" / "catalog.yaml")
-    made = GPUHubService(store, url, hub=None, runtime=LocalRuntime(list))  # type: ignore[arg-type]
+    return GPUHubService(
+        store,
+        url,
+        hub=None,  # type: ignore[arg-type]
+        runtime=LocalRuntime(list),
+        clock=clock or utcnow,
+    )
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[GPUHubService]:
+    made = new_service(tmp_path)
     now = utcnow()
     engine = made.ledger().engine
     add_session(engine, "ada", now - timedelta(hours=1), None, gpus=2, price="8.20")
@@ -59,8 +75,15 @@ def test_allocations_quotas_usage_and_budgets(service: GPUHubService) -> None:
     assert found[("gpuhub_cost_total", (("currency", "USD"), ("team", "nlp")))] == pytest.approx(
         4.1
     )
-    # 2 GPUs for an hour and one for half an hour (within a second of the scrape)
-    assert found[("gpuhub_gpu_seconds_total", vision_h100)] == pytest.approx(2 * 3600 + 1800, abs=3)
+    # vision's servers run: not billed yet (the counter is at 0, not absent); so far, 2 GPUs for
+    # an hour and one for half an hour (within a second of the scrape)
+    assert found[("gpuhub_gpu_seconds_total", vision_h100)] == 0
+    running = found[("gpuhub_running_gpu_seconds", vision_h100)]
+    assert running == pytest.approx(2 * 3600 + 1800, abs=3)
+    vision_usd = (("currency", "USD"), ("team", "vision"))
+    assert found[("gpuhub_cost_total", vision_usd)] == 0
+    assert found[("gpuhub_running_cost", vision_usd)] == pytest.approx(8.2 + 4.1 / 2, abs=0.01)
+    assert found[("gpuhub_running_gpu_seconds", nlp)] == 0, "the counters' label sets"
     ratio = found[("gpuhub_budget_used_ratio", (("team", "vision"),))]
     assert ratio == pytest.approx(2.5 / 2000, rel=0.01) or utcnow().day == 1
     assert found[("gpuhub_catalog_reload_ok", ())] == 1
@@ -90,8 +113,8 @@ def test_promtool_accepts_the_exposition(service: GPUHubService) -> None:
 def test_the_grafana_dashboard_queries_only_metrics_that_exist(
     service: GPUHubService, tmp_path: Path
 ) -> None:
-    """Every panel's PromQL parses (`promtool check rules`) and names only metrics the service
-    exposes."""
+    """Every panel's PromQL parses (`promtool check rules`), names only metrics the service
+    exposes, and takes counters (only) through rate() or increase()."""
     import json
     import re
 
@@ -107,6 +130,9 @@ def test_the_grafana_dashboard_queries_only_metrics_that_exist(
     for expr in exprs:
         for name in re.findall(r"\bgpuhub_[a-z_]+", expr):
             assert name in exposed, f"{name} in {expr!r} is not a metric of the service"
+            # a counter's value means nothing on a graph: its rate or increase does
+            counted = re.search(rf"\b(rate|increase)\({name}\b", expr)
+            assert bool(counted) == name.endswith("_total"), f"{name} in {expr!r}"
     rules = {
         "groups": [
             {
@@ -128,3 +154,121 @@ def test_the_grafana_dashboard_queries_only_metrics_that_exist(
         check=False,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def assert_no_counter_went_down(before: Samples, after: Samples) -> None:
+    for (name, labels), value in before.items():
+        if name.endswith("_total"):
+            assert (name, labels) in after, f"{name}{dict(labels)} vanished"
+            assert after[(name, labels)] >= value, f"{name}{dict(labels)} went down"
+
+
+@pytest.mark.parametrize(
+    ("exported", "found", "exports"),
+    [
+        ({}, {("a",): 1.0}, {("a",): 1.0}),  # first scrape: as found
+        ({("a",): 1.0}, {("a",): 3.0}, {("a",): 3.0}),  # up: as found
+        ({("a",): 3.0}, {("a",): 1.0}, {("a",): 3.0}),  # down (a restore): held
+        ({("a",): 3.0}, {}, {("a",): 3.0}),  # gone from the ledger: held, not dropped
+        ({("b",): 1.0}, {("a",): 0.0}, {("a",): 0.0, ("b",): 1.0}),  # sorted by labels
+    ],
+)
+def test_a_counter_exports_never_less_than_before(
+    exported: dict[tuple[str, ...], float],
+    found: dict[tuple[str, ...], float],
+    exports: dict[tuple[str, ...], float],
+) -> None:
+    assert never_less(exported, found) == exports
+    assert list(never_less(exported, found)) == sorted(exports)
+
+
+def test_a_session_closed_earlier_than_a_scrape_saw_it_run_lowers_no_counter(
+    tmp_path: Path,
+) -> None:
+    """The measured bug: a server killed 10 s after its start ran on in the metrics until the
+    hub noticed (31 s); reconciliation then closed its session at its last sighting, and the
+    GPU-seconds counter fell from 31 to 10. Now only the running gauge goes down."""
+    clock = FakeClock(utcnow().replace(microsecond=0))
+    service = new_service(tmp_path, clock)
+    registry = metrics_registry(service)
+    ledger = service.ledger()
+    start = clock.now
+    session = add_session(ledger.engine, "ada", start, None)  # vision, 1 H100 at 4.10 an hour
+    ledger.seen([session], start + timedelta(seconds=10))  # last seen; then killed
+    clock.advance(seconds=31)
+    before = samples(exposition(registry).decode())
+    vision_h100 = (("gpu_type", "h100-80gb"), ("team", "vision"))
+    vision_usd = (("currency", "USD"), ("team", "vision"))
+    assert before[("gpuhub_gpu_seconds_total", vision_h100)] == 0
+    assert before[("gpuhub_running_gpu_seconds", vision_h100)] == 31
+    assert before[("gpuhub_cost_total", vision_usd)] == 0
+    assert before[("gpuhub_running_cost", vision_usd)] == pytest.approx(0.035, abs=0.001)
+
+    reconcile_once(ledger, [], observed_at=clock.now, tick=timedelta(seconds=1))
+    closed = ledger.session(session)
+    assert closed is not None and closed.ended_at == start + timedelta(seconds=10)
+    after = samples(exposition(registry).decode())
+    assert after[("gpuhub_gpu_seconds_total", vision_h100)] == 10, "the ledger's bill"
+    assert after[("gpuhub_cost_total", vision_usd)] == pytest.approx(0.011, abs=0.001)
+    assert after[("gpuhub_running_gpu_seconds", vision_h100)] == 0
+    assert after[("gpuhub_running_cost", vision_usd)] == 0
+    assert after[("gpuhub_reconcile_closed_total", ())] == 0, "the service's own: no tick ran"
+    assert_no_counter_went_down(before, after)
+
+
+def copy_database(source: Path, target: Path) -> None:
+    """Copy one SQLite database into another, as `sqlite3 target '.restore source'` does (every
+    connection to the target sees the copied content)."""
+    with closing(sqlite3.connect(source)) as copied, closing(sqlite3.connect(target)) as into:
+        copied.backup(into)
+
+
+def test_a_ledger_restored_from_an_older_backup_lowers_no_counter(tmp_path: Path) -> None:
+    """The restore takes a closed session and refusals out of the ledger: this process keeps
+    exporting what it exported (a new process would start from the ledger's figures, as after
+    any restart), and the counters follow the ledger again once it has billed past them."""
+    clock = FakeClock(utcnow().replace(microsecond=0))
+    service = new_service(tmp_path, clock)
+    registry = metrics_registry(service)
+    ledger = service.ledger()
+    live, backup = tmp_path / "ledger.sqlite", tmp_path / "backup.sqlite"
+    now = clock.now
+    add_session(
+        ledger.engine, "grace", now - timedelta(hours=3), now - timedelta(hours=2), team="nlp"
+    )
+    ledger.count_refusal("vision", "h100-80gb", "gpu-quota", now)
+    copy_database(live, backup)
+    add_session(ledger.engine, "ada", now - timedelta(hours=1), now - timedelta(minutes=30))
+    for reason in ("gpu-quota", "gpu-quota", "budget"):
+        ledger.count_refusal("vision", "h100-80gb", reason, now)
+    before = samples(exposition(registry).decode())
+    vision_h100 = (("gpu_type", "h100-80gb"), ("team", "vision"))
+    vision_usd = (("currency", "USD"), ("team", "vision"))
+    refused = "gpuhub_admissions_refused_total"
+
+    def refusals(reason: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return (refused, (("gpu_type", "h100-80gb"), ("reason", reason), ("team", "vision")))
+
+    assert before[("gpuhub_gpu_seconds_total", vision_h100)] == 1800
+    assert before[refusals("gpu-quota")] == 3 and before[refusals("budget")] == 1
+
+    copy_database(backup, live)
+    assert [t.team for t in ledger.billed_totals()] == ["nlp"], "the restore took ada's out"
+    after = samples(exposition(registry).decode())
+    assert_no_counter_went_down(before, after)
+    assert after[("gpuhub_gpu_seconds_total", vision_h100)] == 1800
+    assert after[("gpuhub_cost_total", vision_usd)] == pytest.approx(2.05)
+    assert after[refusals("gpu-quota")] == 3
+    assert after[refusals("budget")] == 1, "gone from the ledger, still exported"
+    fresh = samples(exposition(metrics_registry(service)).decode())
+    assert fresh[("gpuhub_gpu_seconds_total", vision_h100)] == 0, "a new process: the ledger"
+    assert (refusals("budget")) not in fresh
+
+    clock.advance(minutes=50)
+    add_session(ledger.engine, "lin", now, now + timedelta(minutes=45))
+    caught_up = samples(exposition(registry).decode())
+    assert_no_counter_went_down(after, caught_up)
+    assert caught_up[("gpuhub_gpu_seconds_total", vision_h100)] == 2700, "the ledger's again"

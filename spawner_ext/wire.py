@@ -9,6 +9,7 @@ Every reader is total: a value another version (or a person) wrote wrongly reads
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -80,7 +81,8 @@ class ServerState:
     """gpuhub's part of a spawner's state in JupyterHub's database."""
 
     summary: ServerSummary | None = None
-    session_id: int | None = None
+    session: str | None = None
+    """The key of its ledger session (wire-safe; see `read_session`)."""
     devices: tuple[str, ...] = ()
     """UUIDs of the local GPUs (or MIG devices) the server holds."""
     runtime_ref: str | None = None
@@ -92,7 +94,7 @@ class PodRecord:
     """What a notebook pod says about itself."""
 
     summary: ServerSummary | None
-    session_id: int | None
+    session: str | None
     user: str
     server_name: str
 
@@ -102,7 +104,7 @@ class ServerEnv:
     """What a local server's environment says about it (read from /proc after a hub restart)."""
 
     server_key: str
-    session_id: int | None
+    session: str | None
     devices: tuple[str, ...]
     summary: ServerSummary | None = None
     hub_api_url: str = ""
@@ -129,6 +131,21 @@ def _int(value: Any) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
     return None
+
+
+_SESSION_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,35}")
+
+
+def read_session(value: Any) -> str | None:
+    """A ledger session's key as a label, state or environment carries it: a UUID's 32 hex
+    digits, or (written before session keys) a positive integer id; None when malformed."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value) if value > 0 else None
+    if not isinstance(value, str) or not _SESSION_KEY.fullmatch(value):
+        return None
+    return None if value.isdigit() and int(value) == 0 else value
 
 
 def _decimal(value: Any) -> Decimal | None:
@@ -187,8 +204,8 @@ def write_state(state: ServerState) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if state.summary is not None:
         out[STATE_PLAN] = write_summary(state.summary)
-    if state.session_id is not None:
-        out[STATE_SESSION] = state.session_id
+    if state.session is not None:
+        out[STATE_SESSION] = state.session
     if state.devices:
         out[STATE_DEVICES] = list(state.devices)
     if state.runtime_ref:
@@ -202,10 +219,9 @@ def read_state(state: Mapping[str, Any] | None) -> ServerState:
     uuids = (
         tuple(d for d in devices if isinstance(d, str) and d) if isinstance(devices, list) else ()
     )
-    session = _int(state.get(STATE_SESSION))
     return ServerState(
         summary=read_summary(state.get(STATE_PLAN)),
-        session_id=session if session and session > 0 else None,
+        session=read_session(state.get(STATE_SESSION)),
         devices=uuids,
         runtime_ref=_text(state.get(STATE_RUNTIME_REF)) or None,
     )
@@ -233,10 +249,10 @@ def summary_labels(summary: ServerSummary) -> dict[str, str]:
     }
 
 
-def pod_labels(summary: ServerSummary, session_id: int | None) -> dict[str, str]:
+def pod_labels(summary: ServerSummary, session: str | None) -> dict[str, str]:
     labels = summary_labels(summary)
-    if session_id is not None:
-        labels[SESSION_LABEL] = str(session_id)
+    if session is not None:
+        labels[SESSION_LABEL] = session
     return labels
 
 
@@ -254,7 +270,6 @@ def read_pod(labels: Mapping[str, str] | None, annotations: Mapping[str, str] | 
     """A notebook pod's labels and annotations, as `pod_labels`/`pod_annotations` wrote them
     (KubeSpawner's own `hub.jupyter.org/` annotations name the user where ours are missing)."""
     labels, notes = labels or {}, annotations or {}
-    session = _int(labels.get(SESSION_LABEL))
     summary = read_summary(
         {
             "team": _from_label(labels.get(TEAM_LABEL)),
@@ -268,7 +283,7 @@ def read_pod(labels: Mapping[str, str] | None, annotations: Mapping[str, str] | 
     )
     return PodRecord(
         summary=summary,
-        session_id=session if session and session > 0 else None,
+        session=read_session(labels.get(SESSION_LABEL)),
         user=notes.get(USER_ANNOTATION) or notes.get("hub.jupyter.org/username", ""),
         server_name=notes.get(SERVER_NAME_ANNOTATION, notes.get("hub.jupyter.org/servername", "")),
     )
@@ -283,11 +298,11 @@ def team_object_labels(team: str) -> dict[str, str]:
 
 
 def server_env(
-    summary: ServerSummary | None, server_key: str, session_id: int | None, devices: tuple[str, ...]
+    summary: ServerSummary | None, server_key: str, session: str | None, devices: tuple[str, ...]
 ) -> dict[str, str]:
     env = {
         ENV_SERVER: server_key,
-        ENV_SESSION: "" if session_id is None else str(session_id),
+        ENV_SESSION: session or "",
         ENV_DEVICES: ",".join(devices),
     }
     if summary is not None:
@@ -308,7 +323,6 @@ def read_server_env(environ: Mapping[str, str]) -> ServerEnv | None:
     key = environ.get(ENV_SERVER)
     if not key or "/" not in key:
         return None
-    session = _int(environ.get(ENV_SESSION))
     devices = tuple(d for d in environ.get(ENV_DEVICES, "").split(",") if d)
     try:
         summary = read_summary(json.loads(environ.get(ENV_SUMMARY) or "null"))
@@ -316,7 +330,7 @@ def read_server_env(environ: Mapping[str, str]) -> ServerEnv | None:
         summary = None
     return ServerEnv(
         key,
-        session if session and session > 0 else None,
+        read_session(environ.get(ENV_SESSION)),
         devices,
         summary,
         environ.get(HUB_API_URL, ""),

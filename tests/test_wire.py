@@ -14,6 +14,11 @@ from spawner_ext import wire
 from spawner_ext.wire import ServerState, ServerSummary
 
 keys = st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True)
+sessions = st.one_of(
+    st.none(),
+    st.uuids().map(lambda u: u.hex),  # as the ledger makes them
+    st.integers(1, 2**31).map(str),  # written before session keys: an integer id
+)
 
 
 @st.composite
@@ -30,17 +35,17 @@ def summaries(draw: st.DrawFn) -> ServerSummary:
     )
 
 
-@given(summaries(), st.one_of(st.none(), st.integers(1, 2**31)), st.lists(keys, max_size=4))
+@given(summaries(), sessions, st.lists(keys, max_size=4))
 def test_spawner_state_round_trips(
-    summary: ServerSummary, session: int | None, devices: list[str]
+    summary: ServerSummary, session: str | None, devices: list[str]
 ) -> None:
     state = ServerState(summary, session, tuple(devices), runtime_ref="local:42")
     assert wire.read_state(wire.write_state(state)) == state
 
 
-@given(summaries(), st.one_of(st.none(), st.integers(1, 2**31)), keys, st.text(max_size=20))
+@given(summaries(), sessions, keys, st.text(max_size=20))
 def test_pod_labels_and_annotations_round_trip(
-    summary: ServerSummary, session: int | None, user: str, server_name: str
+    summary: ServerSummary, session: str | None, user: str, server_name: str
 ) -> None:
     record = wire.read_pod(
         wire.pod_labels(summary, session), wire.pod_annotations(summary, user, server_name)
@@ -48,9 +53,9 @@ def test_pod_labels_and_annotations_round_trip(
     assert record == wire.PodRecord(summary, session, user, server_name)
 
 
-@given(summaries(), st.one_of(st.none(), st.integers(1, 2**31)), st.lists(keys, max_size=4))
+@given(summaries(), sessions, st.lists(keys, max_size=4))
 def test_server_environment_round_trips(
-    summary: ServerSummary, session: int | None, devices: list[str]
+    summary: ServerSummary, session: str | None, devices: list[str]
 ) -> None:
     env = wire.server_env(summary, "ada/train", session, tuple(devices))
     assert wire.read_server_env(env) == wire.ServerEnv(
@@ -63,7 +68,7 @@ def test_server_environment_round_trips(
     [
         None,
         {},
-        {"gpuhub": "nonsense", "gpuhub_session": "x", "gpuhub_devices": "GPU-1"},
+        {"gpuhub": "nonsense", "gpuhub_session": "x y", "gpuhub_devices": "GPU-1"},
         {"gpuhub": {"profile": "p", "gpu_count": -1}},
         {"gpuhub": {"profile": "p", "gpu_count": 1, "gpu_type": None}},  # GPUs of no type
         {"gpuhub": {"profile": "p", "gpu_count": True}},
@@ -73,19 +78,25 @@ def test_server_environment_round_trips(
 )
 def test_malformed_state_reads_as_unknown(state: dict[str, Any] | None) -> None:
     read = wire.read_state(state)
-    assert read.summary is None and read.session_id is None
+    assert read.summary is None and read.session is None
 
 
 def test_an_older_state_without_currency_or_version_still_reads() -> None:
     read = wire.read_state({"gpuhub": {"profile": "cpu", "gpu_count": 0}, "gpuhub_session": 7})
     assert read.summary == ServerSummary(None, "cpu", None, 0, Decimal(0), "USD", "")
-    assert read.session_id == 7
+    assert read.session == "7", "an integer session id from before session keys"
+
+
+def test_an_older_pods_integer_session_label_still_reads() -> None:
+    labels = {"gpuhub.io/profile": "cpu", "gpuhub.io/gpu-count": "0", "gpuhub.io/session": "42"}
+    assert wire.read_pod(labels, {}).session == "42"
+    assert wire.read_pod({**labels, "gpuhub.io/session": "0"}, {}).session is None
 
 
 def test_a_pod_named_by_kubespawner_alone_reads_its_user() -> None:
     labels = {"gpuhub.io/profile": "cpu", "gpuhub.io/gpu-count": "0", "gpuhub.io/gpu-type": "none"}
     record = wire.read_pod(labels, {"hub.jupyter.org/username": "ada"})
-    assert record.user == "ada" and record.session_id is None
+    assert record.user == "ada" and record.session is None
     assert record.summary is not None and record.summary.team is None
 
 

@@ -29,7 +29,7 @@ def running_pods(pods: Iterable[Mapping[str, Any]]) -> list[RunningServer]:
                 record.summary,
                 user=record.user,
                 server_name=record.server_name,
-                session_id=record.session_id,
+                session=record.session,
                 started_at=_time(start),
                 runtime_ref=f"{meta.get('namespace')}/{meta.get('name')}",
             )

@@ -28,9 +28,7 @@ class PodPlacement:
     env: Mapping[str, str]
 
 
-def placement(
-    plan: SpawnPlan, server_name: str = "", session_id: int | None = None
-) -> PodPlacement:
+def placement(plan: SpawnPlan, server_name: str = "", session: str | None = None) -> PodPlacement:
     """The GPU placement of a plan, and the labels and annotations that name the server and its
     ledger session. A CPU-only plan hides the node's GPUs from the container."""
     gpu_type = plan.gpu_type
@@ -50,7 +48,7 @@ def placement(
         limits=limits,
         node_selector=selector,
         tolerations=tolerations,
-        labels=pod_labels(plan.summary, session_id),
+        labels=pod_labels(plan.summary, session),
         annotations=pod_annotations(plan.summary, plan.user, server_name),
         env=env,
     )

@@ -117,7 +117,7 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         pod = await super().get_pod_manifest()
         if self.plan is None:
             return pod
-        where = placement(self.plan, self.name, self.usage_session_id)
+        where = placement(self.plan, self.name, self.usage_session)
         manifest = apply_placement(to_manifest(pod), where)
         return from_manifest(manifest, "V1Pod")
 

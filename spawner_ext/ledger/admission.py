@@ -41,6 +41,9 @@ class AdmissionRefused(Exception):
 @dataclass(frozen=True)
 class Admission:
     session_id: int
+    """The ledger's own id of the session (for the ledger's callers in this process)."""
+    session: str
+    """Its key, what the server carries (wire.py)."""
     warning: str | None
 
 
@@ -70,7 +73,7 @@ class AdmissionEngine(LedgerBase):
             row = new_session(request, requested_at=now, catalog_version=request.catalog_version)
             db.add(row)
             db.flush()
-            return Admission(row.id, warning)
+            return Admission(row.id, row.uid, warning)
 
     def _decide(self, db: Session, catalog: Catalog, request: Request, now: datetime) -> Decision:
         """The admission decision on the team's usage read in this (locked) transaction: the

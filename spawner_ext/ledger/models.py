@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -50,6 +51,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def new_session_key() -> str:
+    """A usage session's key: 32 hex digits of a random UUID (a valid Kubernetes label value)."""
+    return uuid.uuid4().hex
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
@@ -60,6 +66,14 @@ class UsageSession(Base):
     __tablename__ = "usage_sessions"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    """The ledger's own key (joins, ordering); never leaves the ledger's database."""
+    uid: Mapped[str] = mapped_column(String(36), default=new_session_key)
+    """The session's key outside the ledger (pod labels, spawner state, a server's environment):
+    a random UUID that no restore and no other install repeats (a session from before 0007:
+    its id as text)."""
+    install: Mapped[str | None] = mapped_column(String(63))
+    """The install (hub and service) the session belongs to; None: from before installs were
+    told apart, every install's."""
     user: Mapped[str] = mapped_column(String(255))
     team: Mapped[str | None] = mapped_column(String(63))
     server_name: Mapped[str] = mapped_column(String(255), default="")
@@ -90,6 +104,8 @@ class UsageSession(Base):
         Index("ix_usage_sessions_user_server", "user", "server_name", "ended_at"),
         Index("ix_usage_sessions_started", "team", "started_at"),
         Index("ix_usage_sessions_runtime_ref", "runtime_ref", "ended_at"),
+        Index("ix_usage_sessions_uid", "uid", unique=True),
+        Index("ix_usage_sessions_install", "install", "ended_at"),
     )
 
 

@@ -1,9 +1,10 @@
 """Reconciliation: compare the ledger's open sessions with the servers really running, and say
 what to record. Pure; the gpuhub service gathers the inputs and applies the result.
 
-A running server *claims* an open session when the session is its own: the id it carries names
-a session of the same user and server name, or (the id is unknown, stale or reused) an open
-session of the same user and server name records the same runtime reference (an adopted one).
+A running server *claims* an open session when the session is its own: the session key it
+carries names a session of the same user and server name, or (the key is unknown, or names
+another server's session) an open session of the same user and server name records the same
+runtime reference (an adopted one). Actions name sessions by the ledger's own ids.
 
 - claimed, started                  -> seen now (billing goes on; a later loss costs < one tick)
 - claimed, never marked started     -> started at the server's own start (the hub died between
@@ -45,6 +46,8 @@ from .rules import reconcile_end
 @dataclass(frozen=True)
 class OpenSession:
     id: int
+    uid: str
+    """The key servers carry (wire.py)."""
     requested_at: datetime
     started_at: datetime | None
     last_seen_at: datetime | None
@@ -57,7 +60,7 @@ class OpenSession:
 class ClosedSession:
     """A closed session that a running server names."""
 
-    id: int
+    uid: str
     ended_at: datetime
     reason: EndReason
     user: str
@@ -83,7 +86,8 @@ class Server:
 class RunningServer(Server):
     """A server seen running, described by its labels and annotations (or spawner state)."""
 
-    session_id: int | None
+    session: str | None
+    """The key of the session it carries (None: none, or unreadable)."""
     started_at: datetime
     runtime_ref: str
 
@@ -94,7 +98,7 @@ class RunningServer(Server):
         *,
         user: str,
         server_name: str,
-        session_id: int | None,
+        session: str | None,
         started_at: datetime,
         runtime_ref: str,
     ) -> RunningServer:
@@ -107,7 +111,7 @@ class RunningServer(Server):
             gpu_count=summary.gpu_count,
             price_per_hour=summary.price_per_hour,
             currency=summary.currency,
-            session_id=session_id,
+            session=session,
             started_at=started_at,
             runtime_ref=runtime_ref,
         )
@@ -124,7 +128,8 @@ class Close:
 class Start:
     """A session whose server runs but whose start was never recorded."""
 
-    session_id: int
+    session: str
+    """Its key (Ledger.mark_started takes keys, as the hub records starts by them)."""
     at: datetime
     runtime_ref: str
 
@@ -158,7 +163,7 @@ def _given(moment: datetime | None) -> tuple[datetime, ...]:
 def reconcile(
     open_sessions: Sequence[OpenSession],
     running: Sequence[RunningServer],
-    closed: Mapping[int, ClosedSession],
+    closed: Mapping[str, ClosedSession],
     now: datetime,
     *,
     lost_reason: EndReason = EndReason.NODE_LOST,
@@ -168,20 +173,21 @@ def reconcile(
     listed: frozenset[tuple[str, str]] = frozenset(),
     billed_until: Mapping[str, datetime] | None = None,
 ) -> Actions:
-    """`closed`: the closed sessions that running servers name; `grace`: how long an admitted
-    session may take to start, and a stopped server to go; `observed_at`: when `running` was
-    listed. Sessions that started after it are not judged (the list could not show them).
+    """`closed`: the closed sessions that running servers name, by key; `grace`: how long an
+    admitted session may take to start, and a stopped server to go; `observed_at`: when
+    `running` was listed. Sessions that started after it are not judged (the list could not
+    show them).
     `listed`: (user, server name) of the servers the hub lists as active. `billed_until`: per
     runtime reference of a running server, when the last closed, billed session there ended."""
     billed_until = billed_until or {}
-    by_id = {s.id: s for s in open_sessions}
+    by_key = {s.uid: s for s in open_sessions}
     by_ref = {s.runtime_ref: s for s in open_sessions if s.runtime_ref}
     claimed: set[int] = set()
     seen: list[int] = []
     starts: list[Start] = []
     adopt: list[Adopt] = []
     for server in running:
-        session = by_id.get(server.session_id or -1)
+        session = by_key.get(server.session) if server.session else None
         if session is None or not _same_server(server, session.user, session.server_name):
             session = by_ref.get(server.runtime_ref)
             if session is not None and not _same_server(server, session.user, session.server_name):
@@ -190,9 +196,9 @@ def reconcile(
             claimed.add(session.id)
             seen.append(session.id)
             if session.started_at is None:
-                starts.append(Start(session.id, server.started_at, server.runtime_ref))
+                starts.append(Start(session.uid, server.started_at, server.runtime_ref))
             continue
-        own = closed.get(server.session_id or -1)
+        own = closed.get(server.session) if server.session else None
         if own is not None and not _same_server(server, own.user, own.server_name):
             own = None
         floor = [server.started_at, *_given(billed_until.get(server.runtime_ref))]

@@ -37,11 +37,11 @@ class BilledTotal:
 
 @dataclass(frozen=True)
 class ServerRef:
-    """Which server the hub saw end: whose, and what it carried (its session id, where it ran)."""
+    """Which server the hub saw end: whose, and what it carried (its session key, where it ran)."""
 
     user: str
     server_name: str
-    session_id: int | None
+    session: str | None
     runtime_ref: str | None
 
 
@@ -57,16 +57,17 @@ class SessionLog(LedgerBase):
     start, run and end."""
 
     def mark_started(
-        self, session_id: int, runtime_ref: str | None = None, at: datetime | None = None
+        self, session: str, runtime_ref: str | None = None, at: datetime | None = None
     ) -> None:
-        """Billing starts at `at` (default now): the server runs with its GPUs bound. A session
-        already started (reconciliation saw its server first) keeps its earlier start."""
+        """Billing starts at `at` (default now) for the session of key `session`: the server
+        runs with its GPUs bound. A session already started (reconciliation saw its server
+        first) keeps its earlier start."""
         now = at or self.clock()
         with self._sessions.begin() as db:
             db.execute(
                 update(UsageSession)
                 .where(
-                    UsageSession.id == session_id,
+                    UsageSession.uid == session,
                     UsageSession.ended_at.is_(None),
                     UsageSession.started_at.is_(None),
                 )
@@ -89,9 +90,10 @@ class SessionLog(LedgerBase):
         at: datetime | None = None,
         correct_earlier_end: bool = False,
     ) -> list[int]:
-        """The hub saw this server end: close its open sessions, the one whose id it carries
+        """The hub saw this server end: close its open sessions, the one whose key it carries
         and one reconciliation adopted for it (same runtime reference), but never a session of
-        another server that happens to have that id (ids restart when a backup is restored).
+        another server (the key and the runtime reference are only trusted for this user and
+        server name).
 
         Billing ends at `at` (default now): the hub saw the server run until then. With
         `correct_earlier_end` (the hub's stop record waited out a billing-database outage, and
@@ -106,7 +108,7 @@ class SessionLog(LedgerBase):
         Idempotent; returns the ids closed or corrected."""
         now = at or self.clock()
         mine = (UsageSession.user == server.user) & (UsageSession.server_name == server.server_name)
-        which = UsageSession.id == (server.session_id or -1)
+        which = UsageSession.uid == (server.session or "")
         if server.runtime_ref:
             which = which | (UsageSession.runtime_ref == server.runtime_ref)
         with self._sessions.begin() as db:
@@ -196,19 +198,19 @@ class SessionLog(LedgerBase):
             db.flush()
             return row.id
 
-    def closed(self, session_ids: Sequence[int]) -> dict[int, ClosedSession]:
-        """Those of `session_ids` that are closed."""
-        if not session_ids:
+    def closed(self, sessions: Sequence[str]) -> dict[str, ClosedSession]:
+        """Those of the sessions of keys `sessions` that are closed, by key."""
+        if not sessions:
             return {}
         with self._reads() as db:
             rows = db.execute(
                 select(
-                    UsageSession.id,
+                    UsageSession.uid,
                     UsageSession.ended_at,
                     UsageSession.end_reason,
                     UsageSession.user,
                     UsageSession.server_name,
-                ).where(UsageSession.id.in_(session_ids), UsageSession.ended_at.is_not(None))
+                ).where(UsageSession.uid.in_(sessions), UsageSession.ended_at.is_not(None))
             )
             return {
                 sid: ClosedSession(sid, ended, end_reason_of(why), user, name)
@@ -251,6 +253,14 @@ class SessionLog(LedgerBase):
                 BilledTotal(team, gpu_type, currency, int(seconds or 0), Decimal(cost or 0))
                 for team, gpu_type, currency, seconds, cost in db.execute(query)
             ]
+
+    def session_of(self, user: str, server_name: str, session: str) -> UsageSession | None:
+        """The session of key `session`, if it is this user's server's (a key another server
+        carries, e.g. in a state restored from elsewhere, finds nothing)."""
+        u = UsageSession
+        query = select(u).where(u.uid == session, u.user == user, u.server_name == server_name)
+        with self._reads() as db:
+            return db.scalars(query).first()
 
     def session(self, session_id: int) -> UsageSession | None:
         with self._reads() as db:

@@ -36,7 +36,7 @@ def running_from_states(
                 ours.summary,
                 user=user,
                 server_name=server_name,
-                session_id=ours.session_id,
+                session=ours.session,
                 started_at=started(pid) or utcnow(),
                 runtime_ref=f"local:{pid}",
             )
@@ -59,7 +59,7 @@ def orphans(
                 server.summary,
                 user=server.user,
                 server_name=server.server_name,
-                session_id=server.session_id,
+                session=server.session,
                 started_at=started(pid) or utcnow(),
                 runtime_ref=f"local:{pid}",
             )

@@ -158,7 +158,7 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
         env.update(visible_devices_env(self.devices))
         summary = self.plan.summary if self.plan is not None else None
         uuids = tuple(d.uuid for d in self.devices)
-        env.update(server_env(summary, self.server_key, self.usage_session_id, uuids))
+        env.update(server_env(summary, self.server_key, self.usage_session, uuids))
         return env
 
     def _fake_nvml_env(self, env: dict[str, str]) -> dict[str, str]:

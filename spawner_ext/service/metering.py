@@ -24,6 +24,7 @@ def open_sessions(ledger: Ledger) -> list[OpenSession]:
     return [
         OpenSession(
             s.id,
+            s.uid,
             s.requested_at,
             s.started_at,
             s.last_seen_at,
@@ -48,7 +49,7 @@ def reconcile_once(
     """Decide (ledger/reconcile.py) and record. `running` was listed at `observed_at`, before
     the ledger is read here, so a session admitted meanwhile is not judged; `listed` are the
     servers the hub lists as active."""
-    named = [s.session_id for s in running if s.session_id is not None]
+    named = [s.session for s in running if s.session is not None]
     actions = reconcile(
         open_sessions(ledger),
         running,
@@ -69,11 +70,11 @@ def apply(ledger: Ledger, actions: Actions, observed_at: datetime) -> None:
     for start in actions.start:
         log.warning(
             "metering: session %s runs (%s) but its start was never recorded; billed from %s",
-            start.session_id,
+            start.session,
             start.runtime_ref,
             start.at,
         )
-        ledger.mark_started(start.session_id, start.runtime_ref, at=start.at)
+        ledger.mark_started(start.session, start.runtime_ref, at=start.at)
     ledger.seen(actions.seen, observed_at)
     for close in actions.close:
         log.warning(

@@ -144,8 +144,8 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
 
     plan: SpawnPlan | None = None
     """The plan of the current (or last) spawn; None before the first one."""
-    usage_session_id: int | None = None
-    """The ledger session of the current server (billing), if metering is on."""
+    usage_session: str | None = None
+    """The key of the current server's ledger session (billing), if metering is on."""
     admission_warning: str | None = None
     runtime_ref: str | None = None
     """Where the current server runs (`namespace/pod`, `local:<pid>`), once it started."""
@@ -258,7 +258,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         """Validate this spawn's user_options, admit it against the team's quotas and budget
         (opening its ledger session), and keep the plan. Call before creating anything."""
         plan = self.resolve(self.user_options)
-        self.usage_session_id = None
+        self.usage_session = None
         self.runtime_ref = None
         try:
             ledger = self.ledger()
@@ -291,7 +291,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
                     raise _billing_unavailable(self, exc) from None
                 self.log.warning("gpuhub: %s starts unmetered: %s", self._log_name, exc)
             else:
-                self.usage_session_id = admission.session_id
+                self.usage_session = admission.session
                 self.admission_warning = admission.warning
         self.plan = plan
         return plan
@@ -312,7 +312,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         billing database down, the write waits in the hub's context and is retried (with this
         start time)."""
         self.runtime_ref = runtime_ref
-        session, at = self.usage_session_id, at or utcnow()
+        session, at = self.usage_session, at or utcnow()
         if session is None or not self.ledger_url:
             return
         self.context.write(
@@ -328,10 +328,10 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         while the hub was down). Closes the session this server carries and any session the
         service adopted for it; a reason the service asked for (budget, culling) wins. The
         session id is kept until here, whatever clear_state does."""
-        server = ServerRef(self.user.name, self.name, self.usage_session_id, self.runtime_ref)
-        self.usage_session_id = None
+        server = ServerRef(self.user.name, self.name, self.usage_session, self.runtime_ref)
+        self.usage_session = None
         self.runtime_ref = None
-        if not self.ledger_url or (server.session_id is None and server.runtime_ref is None):
+        if not self.ledger_url or (server.session is None and server.runtime_ref is None):
             return
         at = utcnow()
         self.context.write(
@@ -402,13 +402,17 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         if summary is None:
             return None
         billed_since, note = None, None
-        session = self.usage_session_id
+        session = self.usage_session
         if session is None:
             note = "not metered"
         else:
             try:
                 ledger = self.context.ledger()
-                found = ledger.session(session) if ledger is not None else None
+                found = (
+                    ledger.session_of(self.user.name, self.name, session)
+                    if ledger is not None
+                    else None
+                )
             except (DBAPIError, SchemaError) as exc:
                 self.log.warning("gpuhub: home page without the billing database: %s", exc)
                 found, note = None, "the billing database does not answer"
@@ -445,7 +449,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         """gpuhub's part of this spawner's state (see wire.py)."""
         summary = self.plan.summary if self.plan is not None else self.restored_summary
         return ServerState(
-            summary=summary, session_id=self.usage_session_id, runtime_ref=self.runtime_ref
+            summary=summary, session=self.usage_session, runtime_ref=self.runtime_ref
         )
 
     def get_state(self) -> dict[str, Any]:
@@ -457,14 +461,14 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         super().load_state(state)
         ours = read_state(state)
         self.restored_summary = ours.summary
-        self.usage_session_id = ours.session_id
+        self.usage_session = ours.session
         self.runtime_ref = ours.runtime_ref
 
     def clear_state(self) -> None:
         super().clear_state()
         self.plan = None
         self.restored_summary = None
-        # usage_session_id and runtime_ref stay: LocalProcessSpawner.poll() clears state when it
+        # usage_session and runtime_ref stay: LocalProcessSpawner.poll() clears state when it
         # finds the process gone, before the session is closed; metering_ended() drops them.
 
     restored_summary: ServerSummary | None = None

@@ -188,9 +188,11 @@ def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def session_row(ledger: Ledger, session_id: int) -> UsageSession:
-    row = ledger.session(session_id)
-    assert row is not None, f"no ledger session {session_id}"
+def session_row(ledger: Ledger, session: str) -> UsageSession:
+    """The ledger session of key `session` (what pods and spawner states carry)."""
+    with Session(ledger.engine) as db:
+        row = db.scalars(select(UsageSession).where(UsageSession.uid == session)).first()
+    assert row is not None, f"no ledger session {session}"
     return row
 
 
@@ -203,11 +205,11 @@ def sessions_of(ledger: Ledger, user: str) -> list[UsageSession]:
         )
 
 
-def session_id(pod: Json) -> int:
-    return int(pod["metadata"]["labels"]["gpuhub.io/session"])
+def session_id(pod: Json) -> str:
+    return str(pod["metadata"]["labels"]["gpuhub.io/session"])
 
 
-def wait_seen_after(hub: K8sHub, ledger: Ledger, sid: int, after: datetime) -> UsageSession:
+def wait_seen_after(hub: K8sHub, ledger: Ledger, sid: str, after: datetime) -> UsageSession:
     """Wait until reconciliation has seen the session's server running later than `after`."""
 
     def seen() -> UsageSession | None:
@@ -218,7 +220,7 @@ def wait_seen_after(hub: K8sHub, ledger: Ledger, sid: int, after: datetime) -> U
     return found
 
 
-def wait_closed(hub: K8sHub, ledger: Ledger, sid: int, timeout: float = 60) -> UsageSession:
+def wait_closed(hub: K8sHub, ledger: Ledger, sid: str, timeout: float = 60) -> UsageSession:
     def closed() -> UsageSession | None:
         row = session_row(ledger, sid)
         return row if row.ended_at is not None else None
@@ -261,7 +263,7 @@ def test_gpu_pods_land_only_on_nodes_of_their_gpu_type(
         assert labels["gpuhub.io/profile"] == profile
         assert labels["gpuhub.io/gpu-type"] == gpu_type
         assert labels["gpuhub.io/gpu-count"] == "1"
-        assert int(labels["gpuhub.io/session"]) == model["state"]["gpuhub_session"]
+        assert labels["gpuhub.io/session"] == model["state"]["gpuhub_session"]
         assert pod["metadata"]["annotations"]["gpuhub.io/user"] == user
         container = pod["spec"]["containers"][0]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"

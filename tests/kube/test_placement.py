@@ -54,7 +54,7 @@ CASES = {
 def test_pod_manifest_matches_golden(case: str) -> None:
     who, options, extra = CASES[case]
     plan = resolve_spawn(CATALOG, who, options, catalog_version="0123456789ab")
-    manifest = apply_placement(base_pod(**extra), placement(plan, "", session_id=42))
+    manifest = apply_placement(base_pod(**extra), placement(plan, "", session="42"))
     path = GOLDEN / f"{case}.yaml"
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(yaml.safe_dump(manifest, sort_keys=True))

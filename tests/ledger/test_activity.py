@@ -24,7 +24,7 @@ GAP = timedelta(minutes=5)
 
 def running(ledger: Ledger, catalog: Catalog, count: int = 2) -> int:
     admitted = ledger.admit(catalog, request(count=count, price="8.20"))
-    ledger.mark_started(admitted.session_id, "local:1")
+    ledger.mark_started(admitted.session, "local:1")
     return admitted.session_id
 
 

@@ -50,6 +50,8 @@ def test_from_previous_schema_keeps_data(db_url: str) -> None:
     (row,) = ledger.open_sessions()
     assert row.user == "ada"
     assert row.last_seen_at == started, "open sessions were last seen when they started"
+    assert row.uid == str(row.id), "a session from before keys keeps its id as its key"
+    assert row.install is None
     ledger.engine.dispose()
 
 

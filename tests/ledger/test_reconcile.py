@@ -39,7 +39,7 @@ def server(
         gpu_count=1,
         price_per_hour=Decimal("4.1"),
         currency="USD",
-        session_id=session_id,
+        session=None if session_id is None else str(session_id),
         started_at=started,
         runtime_ref=ref,
     )
@@ -54,11 +54,11 @@ def opened(
     user: str = "ada",
     ref: str | None = "gpuhub-vision/jupyter-ada",
 ) -> OpenSession:
-    return OpenSession(sid, requested, started, seen, user, "", ref if started else None)
+    return OpenSession(sid, str(sid), requested, started, seen, user, "", ref if started else None)
 
 
 def ended(sid: int, at: datetime, reason: EndReason, user: str = "ada") -> ClosedSession:
-    return ClosedSession(sid, at, reason, user, "")
+    return ClosedSession(str(sid), at, reason, user, "")
 
 
 def test_running_sessions_are_seen_and_lost_ones_closed_at_last_seen() -> None:
@@ -81,18 +81,18 @@ def test_adoption_never_bills_twice() -> None:
     closed_at = T0 + timedelta(minutes=30)
     stopping_since = T0 + timedelta(minutes=59)
     closed = {
-        7: ended(7, closed_at, EndReason.NODE_LOST),
-        8: ended(8, stopping_since, EndReason.STOPPED),
+        "7": ended(7, closed_at, EndReason.NODE_LOST),
+        "8": ended(8, stopping_since, EndReason.STOPPED),
     }
     servers = [server(7), server(None, ref="a"), server(8, ref="b")]
     actions = reconcile([], servers, closed, T0 + timedelta(hours=1))
-    starts = {a.server.session_id: a.start for a in actions.adopt}
-    assert starts == {7: closed_at, None: T0}, "session 8 is being stopped by the hub"
+    starts = {a.server.session: a.start for a in actions.adopt}
+    assert starts == {"7": closed_at, None: T0}, "session 8 is being stopped by the hub"
 
 
 def test_a_server_whose_stop_failed_is_billed_again_from_its_close() -> None:
     stopped_at = T0 + timedelta(minutes=30)
-    closed = {8: ended(8, stopped_at, EndReason.STOPPED)}
+    closed = {"8": ended(8, stopped_at, EndReason.STOPPED)}
     soon = reconcile([], [server(8)], closed, stopped_at + timedelta(minutes=9))
     assert soon.adopt == ()
     later = reconcile([], [server(8)], closed, stopped_at + timedelta(minutes=10))
@@ -121,7 +121,7 @@ def test_a_running_server_whose_start_was_never_recorded_starts_billing_at_its_o
         [admitted], [server(3, T0 + timedelta(seconds=40))], {}, T0 + timedelta(minutes=1)
     )
     assert actions.seen == (3,)
-    assert actions.start == (Start(3, T0 + timedelta(seconds=40), "gpuhub-vision/jupyter-ada"),)
+    assert actions.start == (Start("3", T0 + timedelta(seconds=40), "gpuhub-vision/jupyter-ada"),)
 
 
 def test_a_server_unseen_for_less_than_a_tick_is_not_closed() -> None:
@@ -173,7 +173,7 @@ def test_pods_observed_from_manifests() -> None:
     pending = {"metadata": {"labels": {}}, "status": {"phase": "Pending"}}
     deleting = {**pod, "metadata": {**pod["metadata"], "deletionTimestamp": "x"}}
     (found,) = running_pods([pod, pending, deleting])
-    assert found.session_id == 12
+    assert found.session == "12"
     assert (found.user, found.server_name, found.gpu_count) == ("ada", "train", 4)
     assert found.price_per_hour == Decimal("16.4")
     assert found.started_at == T0
@@ -201,8 +201,8 @@ def test_local_processes_observed_from_spawner_states() -> None:
         ("cy", "", {"pid": 0}),
     ]
     found = running_from_states(states, alive=lambda pid: pid == 10, started=lambda pid: T0)
-    assert [(s.user, s.session_id, s.gpu_type, s.runtime_ref) for s in found] == [
-        ("ada", 3, "l4", "local:10")
+    assert [(s.user, s.session, s.gpu_type, s.runtime_ref) for s in found] == [
+        ("ada", "3", "l4", "local:10")
     ]
 
 
@@ -217,7 +217,7 @@ def test_an_adoption_starts_after_every_session_billed_at_its_runtime_reference(
     """An orphan names session 7, closed by reconciliation at 12:30; it was adopted since, and
     a new spawn of the same server closed that adopted session at 12:45 while the orphan ran on.
     Adopting it again from 12:30 would bill 12:30-12:45 twice."""
-    closed = {7: ended(7, T0 + timedelta(minutes=30), EndReason.RECONCILED)}
+    closed = {"7": ended(7, T0 + timedelta(minutes=30), EndReason.RECONCILED)}
     until = {"gpuhub-vision/jupyter-ada": T0 + timedelta(minutes=45)}
     actions = reconcile([], [server(7)], closed, T0 + timedelta(hours=1), billed_until=until)
     assert [a.start for a in actions.adopt] == [T0 + timedelta(minutes=45)]
@@ -240,23 +240,30 @@ class Book:
 
     def apply(self, actions: Actions, running: list[RunningServer], now: datetime) -> None:
         for start in actions.start:
-            s = self.open[start.session_id]
+            (s,) = (o for o in self.open.values() if o.uid == start.session)
             self.open[s.id] = replace(s, started_at=start.at, runtime_ref=start.runtime_ref)
         for sid in actions.seen:
             self.open[sid] = replace(self.open[sid], last_seen_at=now)
         for close in actions.close:
             s = self.open.pop(close.session_id)
-            self.closed[s.id] = ClosedSession(s.id, close.at, close.reason, s.user, s.server_name)
+            self.closed[s.id] = ClosedSession(s.uid, close.at, close.reason, s.user, s.server_name)
         for adopt in actions.adopt:
             sid = max([*self.open, *self.closed, 0]) + 1
             srv = adopt.server
             self.open[sid] = OpenSession(
-                sid, adopt.start, adopt.start, now, srv.user, srv.server_name, srv.runtime_ref
+                sid,
+                str(sid),
+                adopt.start,
+                adopt.start,
+                now,
+                srv.user,
+                srv.server_name,
+                srv.runtime_ref,
             )
 
     def tick(self, running: list[RunningServer], now: datetime) -> Actions:
-        named = {s.session_id for s in running}
-        closed = {sid: c for sid, c in self.closed.items() if sid in named}
+        named = {s.session for s in running}
+        closed = {c.uid: c for c in self.closed.values() if c.uid in named}
         actions = reconcile(
             list(self.open.values()), running, closed, now, grace=timedelta(0), tick=timedelta(0)
         )
@@ -281,17 +288,19 @@ def disagreements(draw: st.DrawFn) -> tuple[Book, list[RunningServer]]:
         ref = draw(st.sampled_from([f"pod/{user}-{name}", "pod/elsewhere", None]))
         started = draw(st.sampled_from([T0, None]))
         if draw(st.booleans()):
-            book.open[sid] = OpenSession(sid, T0, started, started, user, name, ref)
+            book.open[sid] = OpenSession(sid, str(sid), T0, started, started, user, name, ref)
         else:
             reason = draw(st.sampled_from(list(EndReason)))
-            book.closed[sid] = ClosedSession(sid, T0 + timedelta(minutes=5), reason, user, name)
+            book.closed[sid] = ClosedSession(
+                str(sid), T0 + timedelta(minutes=5), reason, user, name
+            )
     return book, running
 
 
 def claims(session: OpenSession, srv: RunningServer) -> bool:
     mine = (session.user, session.server_name) == (srv.user, srv.server_name)
     return (mine and srv.runtime_ref in (session.runtime_ref, None)) or (
-        mine and session.id == srv.session_id
+        mine and session.uid == srv.session
     )
 
 

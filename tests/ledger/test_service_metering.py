@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from spawner_ext.catalog import Catalog
 from spawner_ext.end_reason import EndReason
-from spawner_ext.ledger.admission import Request
+from spawner_ext.ledger.admission import Admission, Request
 from spawner_ext.ledger.models import TeamMonthUsage, UsageSession
 from spawner_ext.ledger.reconcile import RunningServer
 from spawner_ext.ledger.sessions import ServerRef
@@ -22,7 +22,7 @@ from tests.ledger.conftest import FakeClock
 TICK = timedelta(seconds=30)
 
 
-def running(session_id: int | None, started: datetime, ref: str = "local:100") -> RunningServer:
+def running(session: str | None, started: datetime, ref: str = "local:100") -> RunningServer:
     return RunningServer(
         user="ada",
         server_name="",
@@ -32,7 +32,7 @@ def running(session_id: int | None, started: datetime, ref: str = "local:100") -
         gpu_count=1,
         price_per_hour=Decimal("4.1"),
         currency="USD",
-        session_id=session_id,
+        session=session,
         started_at=started,
         runtime_ref=ref,
     )
@@ -58,7 +58,7 @@ def test_a_server_with_an_unknown_session_is_adopted_once(ledger: Ledger, clock:
     """The ledger was restored from a backup older than the server's session (id 99)."""
     started = clock()
     clock.advance(hours=1)
-    server = running(99, started)
+    server = running("99", started)
     for _ in range(6):
         tick(ledger, clock, [server])
         clock.advance(seconds=30)
@@ -67,7 +67,7 @@ def test_a_server_with_an_unknown_session_is_adopted_once(ledger: Ledger, clock:
     true_seconds = int((clock() - started).total_seconds())
     assert billed(ledger, clock) == true_seconds, "billed exactly its running time, once"
     # The hub stops it: the adopted session closes with it, by its runtime reference.
-    ledger.close_server(ServerRef("ada", "", 99, "local:100"), EndReason.STOPPED)
+    ledger.close_server(ServerRef("ada", "", "99", "local:100"), EndReason.STOPPED)
     assert ledger.open_sessions() == []
     assert billed(ledger, clock) == true_seconds
 
@@ -79,11 +79,11 @@ def test_a_reused_session_id_never_closes_another_users_session(
         catalog,
         Request("bob", "", "vision", "h100-single", "h100-80gb", 1, Decimal("4.1"), "USD", "v"),
     )
-    ledger.mark_started(bob.session_id, "local:200")
-    ada = running(bob.session_id, clock() - timedelta(minutes=5))  # ada's stale id is bob's
+    ledger.mark_started(bob.session, "local:200")
+    ada = running(bob.session, clock() - timedelta(minutes=5))  # ada's stale id is bob's
     bobs = RunningServer(**{**ada.__dict__, "user": "bob", "runtime_ref": "local:200"})
     tick(ledger, clock, [ada, bobs])
-    assert ledger.close_server(ServerRef("ada", "", bob.session_id, None), EndReason.STOPPED) == []
+    assert ledger.close_server(ServerRef("ada", "", bob.session, None), EndReason.STOPPED) == []
     row = ledger.session(bob.session_id)
     assert row is not None and row.ended_at is None
     assert len(ledger.open_sessions()) == 2
@@ -98,19 +98,19 @@ def test_a_crash_between_start_and_recording_it_is_billed_from_the_servers_start
     )
     started = clock() + timedelta(seconds=20)
     clock.advance(minutes=3)
-    tick(ledger, clock, [running(admitted.session_id, started)])
+    tick(ledger, clock, [running(admitted.session, started)])
     row = ledger.session(admitted.session_id)
     assert row is not None and row.started_at == started and row.runtime_ref == "local:100"
     # The hub's own late write does not move the start.
-    ledger.mark_started(admitted.session_id, "local:100")
+    ledger.mark_started(admitted.session, "local:100")
     again = ledger.session(admitted.session_id)
     assert again is not None and again.started_at == started
 
 
 def test_strays_are_servers_the_hub_does_not_list(clock: FakeClock) -> None:
-    old = running(1, clock() - timedelta(hours=1), "local:1")
-    young = running(2, clock() - timedelta(seconds=5), "local:2")
-    listed_elsewhere = running(3, clock() - timedelta(hours=1), "local:3")
+    old = running("1", clock() - timedelta(hours=1), "local:1")
+    young = running("2", clock() - timedelta(seconds=5), "local:2")
+    listed_elsewhere = running("3", clock() - timedelta(hours=1), "local:3")
     listed = [Listed("ada", "", "local:3")]
     grace = timedelta(minutes=10)
     assert strays([old, young, listed_elsewhere], listed, clock(), grace) == [old]
@@ -127,11 +127,11 @@ async def test_a_budget_stop_that_fails_is_asked_again_and_billed_until_gone(
         catalog,
         Request("ada", "", "vision", "h100-quad", "h100-80gb", 4, Decimal("16.4"), "USD", "v"),
     )
-    ledger.mark_started(big.session_id, "local:100")
+    ledger.mark_started(big.session, "local:100")
     cpu = ledger.admit(
         catalog, Request("bob", "", "vision", "cpu-small", None, 0, Decimal(0), "USD", "v")
     )
-    ledger.mark_started(cpu.session_id, "local:101")
+    ledger.mark_started(cpu.session, "local:101")
     asked: list[str] = []
     attempts = iter([RuntimeError("the hub does not answer"), None])
 
@@ -152,7 +152,7 @@ async def test_a_budget_stop_that_fails_is_asked_again_and_billed_until_gone(
     assert await enforce_budgets(ledger, catalog, stop) == [big.session_id]
     assert asked == ["ada", "ada"], "asked again after the failure; CPU servers are left alone"
     clock.advance(seconds=40)  # the hub's stop completes: its spawner closes the session
-    ledger.close_server(ServerRef("ada", "", big.session_id, "local:100"), EndReason.STOPPED)
+    ledger.close_server(ServerRef("ada", "", big.session, "local:100"), EndReason.STOPPED)
     row = ledger.session(big.session_id)
     assert row is not None
     assert row.end_reason == "budget"
@@ -174,11 +174,11 @@ def stop_during_an_outage(
     write and the service's next tick race."""
     admitted = ledger.admit(catalog, Request("ada", "", "vision", *H100, "v"))
     started = clock()
-    ledger.mark_started(admitted.session_id, "local:100")
+    ledger.mark_started(admitted.session, "local:100")
     clock.advance(minutes=5)
-    tick(ledger, clock, [running(admitted.session_id, started)])
+    tick(ledger, clock, [running(admitted.session, started)])
     stopped_at = clock.advance(seconds=8)
-    ref = ServerRef("ada", "", admitted.session_id, "local:100")
+    ref = ServerRef("ada", "", admitted.session, "local:100")
     clock.advance(seconds=60)
     if service_first:
         tick(ledger, clock, [])  # gone and no longer listed: closed at its last-seen time
@@ -216,16 +216,16 @@ def test_a_late_stop_never_bills_into_the_servers_next_session(
     again (a new session) before the hub's late stop record arrived."""
     first = ledger.admit(catalog, Request("ada", "", "vision", *H100, "v"))
     started = clock()
-    ledger.mark_started(first.session_id, "local:100")
+    ledger.mark_started(first.session, "local:100")
     clock.advance(minutes=1)
-    tick(ledger, clock, [running(first.session_id, started)])
+    tick(ledger, clock, [running(first.session, started)])
     clock.advance(seconds=40)
     tick(ledger, clock, [])  # closed at 60 s
     admitted_again = clock.advance(seconds=2)
     second = ledger.admit(catalog, Request("ada", "", "vision", *H100, "v"))
-    ledger.mark_started(second.session_id, "local:200", at=clock.advance(seconds=5))
+    ledger.mark_started(second.session, "local:200", at=clock.advance(seconds=5))
     late = clock.advance(seconds=30)
-    ref = ServerRef("ada", "", first.session_id, "local:100")
+    ref = ServerRef("ada", "", first.session, "local:100")
     closed = ledger.close_server(ref, EndReason.STOPPED, at=late, correct_earlier_end=True)
     assert closed == [first.session_id]
     row = ledger.session(first.session_id)
@@ -235,17 +235,17 @@ def test_a_late_stop_never_bills_into_the_servers_next_session(
 
 def closed_by_reconciliation(
     ledger: Ledger, catalog: Catalog, clock: FakeClock, *, unseen: timedelta
-) -> int:
+) -> Admission:
     """ada's server runs a minute, seen by a tick; a tick `unseen` later finds it gone and
-    closes its session at 60 s. Its session id."""
+    closes its session at 60 s. Its admission."""
     admitted = ledger.admit(catalog, Request("ada", "", "vision", *H100, "v"))
     started = clock()
-    ledger.mark_started(admitted.session_id, "local:100")
+    ledger.mark_started(admitted.session, "local:100")
     clock.advance(minutes=1)
-    tick(ledger, clock, [running(admitted.session_id, started)])
+    tick(ledger, clock, [running(admitted.session, started)])
     clock.advance(seconds=unseen.total_seconds())
     tick(ledger, clock, [])
-    return admitted.session_id
+    return admitted
 
 
 def test_only_a_stop_written_late_corrects_an_earlier_end(
@@ -254,9 +254,9 @@ def test_only_a_stop_written_late_corrects_an_earlier_end(
     """A stop written at once, after the service closed the session (a pod of the same name
     may be running again by then: the hub's belief is not evidence enough), changes nothing."""
     admitted = closed_by_reconciliation(ledger, catalog, clock, unseen=timedelta(seconds=40))
-    ref = ServerRef("ada", "", admitted, "local:100")
+    ref = ServerRef("ada", "", admitted.session, "local:100")
     assert ledger.close_server(ref, EndReason.STOPPED, at=clock.advance(seconds=10)) == []
-    row = ledger.session(admitted)
+    row = ledger.session(admitted.session_id)
     assert row is not None and (row.end_reason, row.gpu_seconds) == ("node-lost", 60)
 
 
@@ -266,11 +266,11 @@ def test_a_server_found_gone_never_moves_an_earlier_end(
     """The hub's poll finds a server gone that reconciliation already closed: the hub does not
     know when it died, so reconciliation's end stands."""
     admitted = closed_by_reconciliation(ledger, catalog, clock, unseen=timedelta(minutes=5))
-    ref = ServerRef("ada", "", admitted, "local:100")
+    ref = ServerRef("ada", "", admitted.session, "local:100")
     assert (
         ledger.close_server(ref, EndReason.STOPPED, found_gone=True, correct_earlier_end=True) == []
     )
-    row = ledger.session(admitted)
+    row = ledger.session(admitted.session_id)
     assert row is not None and (row.end_reason, row.gpu_seconds) == ("node-lost", 60)
 
 
@@ -287,8 +287,8 @@ def test_an_orphan_whose_adopted_session_is_closed_again_is_billed_once(
         Request("ada", "", "vision", "h100-single", "h100-80gb", 1, Decimal("4.1"), "USD", "v"),
     )
     started = clock()
-    ledger.mark_started(first.session_id, "local:100", at=started)
-    orphan = running(first.session_id, started)
+    ledger.mark_started(first.session, "local:100", at=started)
+    orphan = running(first.session, started)
     clock.advance(seconds=30)
     tick(ledger, clock, [orphan])
     ledger.close(first.session_id, EndReason.RECONCILED, clock())  # its hub's new life closed it
@@ -338,7 +338,7 @@ async def test_a_cull_whose_stop_failed_then_kept_then_stopped_by_its_user_ends_
 ) -> None:
     """Breaking `record_decision`'s withdrawal made this end as culled-idle."""
     admitted = ledger.admit(catalog, Request("ada", "", "vision", *H100, "v"))
-    ledger.mark_started(admitted.session_id, "local:100")
+    ledger.mark_started(admitted.session, "local:100")
     hub = FlakyHub(last_activity=clock())
     culler = Culler(hub, ledger)  # type: ignore[arg-type]
     clock.advance(hours=1, seconds=5)  # idle_timeout 1h is over
@@ -353,7 +353,7 @@ async def test_a_cull_whose_stop_failed_then_kept_then_stopped_by_its_user_ends_
     row = ledger.session(admitted.session_id)
     assert row is not None and row.stop_reason is None, "the abandoned request is withdrawn"
     clock.advance(minutes=5)  # ada stops her server herself
-    ledger.close_server(ServerRef("ada", "", admitted.session_id, "local:100"), EndReason.STOPPED)
+    ledger.close_server(ServerRef("ada", "", admitted.session, "local:100"), EndReason.STOPPED)
     row = ledger.session(admitted.session_id)
     assert row is not None and row.end_reason == "stopped"
     assert row.gpu_seconds == 3600 + 5 + 20 + 300
@@ -368,7 +368,7 @@ async def test_a_budget_stop_withdrawn_when_the_budget_is_raised_ends_as_stopped
         catalog,
         Request("ada", "", "vision", "h100-quad", "h100-80gb", 4, Decimal("16.4"), "USD", "v"),
     )
-    ledger.mark_started(big.session_id, "local:100")
+    ledger.mark_started(big.session, "local:100")
 
     async def failing_stop(session: UsageSession) -> None:
         raise RuntimeError("the hub does not answer")
@@ -388,7 +388,7 @@ async def test_a_budget_stop_withdrawn_when_the_budget_is_raised_ends_as_stopped
     row = ledger.session(big.session_id)
     assert row is not None and row.stop_reason is None
     clock.advance(seconds=30)
-    ledger.close_server(ServerRef("ada", "", big.session_id, "local:100"), EndReason.STOPPED)
+    ledger.close_server(ServerRef("ada", "", big.session, "local:100"), EndReason.STOPPED)
     row = ledger.session(big.session_id)
     assert row is not None and row.end_reason == "stopped"
     assert row.gpu_seconds == 4 * (3600 * 502 + 60)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import threading
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +33,7 @@ def request(
 def test_session_billing(ledger: Ledger, catalog: Catalog, clock: FakeClock) -> None:
     admitted = ledger.admit(catalog, request(count=2, price="8.20"))
     clock.advance(seconds=30)  # pod scheduling and image pull are not billed
-    ledger.mark_started(admitted.session_id, "gpuhub-vision/jupyter-ada")
+    ledger.mark_started(admitted.session, "gpuhub-vision/jupyter-ada")
     clock.advance(hours=1, seconds=15)
     ledger.close(admitted.session_id, EndReason.STOPPED)
     ledger.close(admitted.session_id, EndReason.CULLED_IDLE)  # idempotent
@@ -64,11 +67,11 @@ def test_quota_refusal_names_holders(ledger: Ledger, catalog: Catalog) -> None:
 
 async def test_usage_and_price_snapshot(ledger: Ledger, catalog: Catalog, clock: FakeClock) -> None:
     first = ledger.admit(catalog, request(price="4.10"))
-    ledger.mark_started(first.session_id)
+    ledger.mark_started(first.session)
     clock.advance(hours=1)
     # The admin raises the price mid-session: the running session keeps its price.
     second = ledger.admit(catalog, request(user="bob", price="5.00"))
-    ledger.mark_started(second.session_id)
+    ledger.mark_started(second.session)
     clock.advance(hours=1)
     usage = await ledger.team_usage(catalog, "vision", "ada")
     assert usage.gpus_in_use == {"h100-80gb": 2}
@@ -94,7 +97,7 @@ def test_budget_blocks_new_gpu_servers(ledger: Ledger, catalog: Catalog, clock: 
                 price="0.30",
             ),
         )
-        ledger.mark_started(s.session_id)
+        ledger.mark_started(s.session)
         sessions.append(s.session_id)
     clock.advance(hours=30)
     for sid in sessions:
@@ -130,7 +133,7 @@ def test_starting_a_server_again_closes_its_stale_session(
     ledger: Ledger, catalog: Catalog, clock: FakeClock
 ) -> None:
     old = ledger.admit(catalog, request())
-    ledger.mark_started(old.session_id)
+    ledger.mark_started(old.session)
     clock.advance(minutes=10)
     ledger.seen([old.session_id])
     clock.advance(minutes=10)
@@ -180,11 +183,11 @@ def test_a_server_found_gone_is_billed_until_last_seen(
     ledger: Ledger, catalog: Catalog, clock: FakeClock
 ) -> None:
     admitted = ledger.admit(catalog, request())
-    ledger.mark_started(admitted.session_id)
+    ledger.mark_started(admitted.session)
     clock.advance(minutes=20)
     ledger.seen([admitted.session_id])
     clock.advance(hours=3)  # e.g. the hub was down while the server died
-    ref = ServerRef("ada", "", admitted.session_id, None)
+    ref = ServerRef("ada", "", admitted.session, None)
     assert ledger.close_server(ref, EndReason.NODE_LOST, found_gone=True) == [admitted.session_id]
     row = ledger.session(admitted.session_id)
     assert row is not None
@@ -238,3 +241,34 @@ def test_messages_never_show_a_database_password() -> None:
     with pytest.raises(SchemaError) as raised:
         check_schema(create_engine("sqlite://"), url)
     assert "s3cret" not in str(raised.value) and "gpuhub:***@db.example" in str(raised.value)
+
+
+def test_session_keys_never_repeat_after_a_restore_from_a_backup(
+    ledger: Ledger, catalog: Catalog, tmp_path: Path
+) -> None:
+    """Integer ids are handed out again after a restore (SQLite here: the file copied back);
+    the keys that servers carry are not, so no server names another's session."""
+    if ledger.engine.dialect.name != "sqlite":
+        pytest.skip("restores the SQLite file")
+    live = Path(str(ledger.engine.url.database))
+    first = ledger.admit(catalog, request("ada"))
+    backup = tmp_path / "backup.sqlite"
+    shutil.copy(live, backup)
+    lost = ledger.admit(catalog, request("bob"))  # begins after the backup: lost by the restore
+    ledger.engine.dispose()
+    shutil.copy(backup, live)
+    again = ledger.admit(catalog, request("cy"))
+    assert again.session_id == lost.session_id, "the integer id is handed out again"
+    assert again.session != lost.session
+    assert len({first.session, lost.session, again.session}) == 3
+    assert re.fullmatch(r"[0-9a-f]{32}", again.session)
+
+
+def test_a_session_is_found_by_its_key_only_for_its_own_server(
+    ledger: Ledger, catalog: Catalog
+) -> None:
+    admitted = ledger.admit(catalog, request("ada"))
+    found = ledger.session_of("ada", "", admitted.session)
+    assert found is not None and found.id == admitted.session_id
+    assert ledger.session_of("bob", "", admitted.session) is None
+    assert ledger.session_of("ada", "other", admitted.session) is None

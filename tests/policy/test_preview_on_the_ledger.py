@@ -73,7 +73,7 @@ async def test_the_ledgers_usage_carries_holdings_and_hours(
         request = Request(
             user, server, "vision", "h100-single", "h100-80gb", count, Decimal("4.10"), "USD", "a"
         )
-        ledger.mark_started(ledger.admit(catalog, request).session_id)
+        ledger.mark_started(ledger.admit(catalog, request).session)
     clock.advance(hours=2)
     usage = await ledger.team_usage(catalog, "vision", "ada")
     assert usage.holdings == (Holding("ada", "h100-80gb", 3), Holding("bob", "h100-80gb", 1))
@@ -94,7 +94,7 @@ async def test_preview_and_admission_agree_on_the_ledger(
         assert await preview_then_admit(ledger, catalog, f"s{n}") is None
     assert await preview_then_admit(ledger, catalog, "s14") == "gpu-quota"
     for session in ledger.open_sessions():
-        ledger.mark_started(session.id)
+        ledger.mark_started(session.uid)
     clock.advance(hours=22)  # 14 slices x 22 h = 308 GPU-hours
     for session in ledger.open_sessions():
         ledger.close(session.id, EndReason.STOPPED)

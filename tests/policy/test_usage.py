@@ -20,7 +20,7 @@ def state(team: str | None, gpu_type: str | None, count: int, **extra: Any) -> d
         price_per_hour=Decimal("4.10") * count,
         currency="USD",
     )
-    return {**extra, **write_state(ServerState(summary=summary, session_id=7))}
+    return {**extra, **write_state(ServerState(summary=summary, session="7"))}
 
 
 STATES = [

@@ -1,5 +1,6 @@
-"""JupyterHub configuration of `gpuhub up` (local mode): GPULocalSpawner, a shared password,
-SQLite and configurable-http-proxy, every setting read from GPUHUB_* environment variables.
+"""JupyterHub configuration of `gpuhub up` (local mode): GPULocalSpawner, a shared password (or
+a password per user), SQLite and configurable-http-proxy, every setting read from GPUHUB_*
+environment variables.
 
 `gpuhub up` writes this file into its state directory and runs `jupyterhub -f` on it. To run
 JupyterHub yourself with it instead, e.g.:

@@ -30,6 +30,9 @@ SERVICE_ENV = (
     "KUBECONFIG",  # outside a cluster (the tests)
     "PGPASSWORD",  # a PostgreSQL billing database's password, from a Secret via hub.extraEnv
     "POD_NAMESPACE",
+    # The secret of the service's logins, from the Secret gpuhub-service (helm-values/gpuhub/)
+    # via hub.extraEnv: the same at every start, so a restart logs no usage-page reader out.
+    "GPUHUB_SERVICE_COOKIE_SECRET",
 )
 """The hub's environment variables the gpuhub service needs too (JupyterHub gives a managed
 service a bare environment)."""

@@ -33,13 +33,20 @@ log = logging.getLogger("gpuhub.service")
 
 @dataclass
 class Status:
-    """What the service reports about its ticks (served at api/v1/status)."""
+    """What the service reports about its ticks. `as_json` is the public status (api/v1/status:
+    counts and times only); `detail_json` adds the last failed tick's message for admins
+    (api/v1/status/detail), since a database's or the hub's error can name hosts and users."""
 
     runtime: str
     started_at: datetime
     ticks: int = 0
     last_tick_at: datetime | None = None
+    failed_ticks: int = 0
+    """Ticks that failed since the service started."""
+    failing_since: datetime | None = None
+    """When the ticks started failing; None while the last tick succeeded."""
     last_error: str | None = None
+    """The last failed tick's error (its first line); None once a tick succeeds. Admins only."""
     adopted: int = 0
     closed: int = 0
     strays_ended: int = 0
@@ -51,12 +58,17 @@ class Status:
             "started_at": self.started_at.isoformat(),
             "ticks": self.ticks,
             "last_tick_at": self.last_tick_at.isoformat() if self.last_tick_at else None,
-            "last_error": self.last_error,
+            "failing": self.failing_since is not None,
+            "failing_since": self.failing_since.isoformat() if self.failing_since else None,
+            "failed_ticks": self.failed_ticks,
             "adopted": self.adopted,
             "closed": self.closed,
             "strays_ended": self.strays_ended,
             "budget_stops": self.budget_stops,
         }
+
+    def detail_json(self) -> dict[str, Any]:
+        return {**self.as_json(), "last_error": self.last_error}
 
 
 class GPUHubService:
@@ -168,6 +180,7 @@ class GPUHubService:
             return False
         self.status.ticks += 1
         self.status.last_tick_at = self.clock()
+        self.status.failing_since = None
         self.status.last_error = None
         return True
 
@@ -175,6 +188,9 @@ class GPUHubService:
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         if message != self.status.last_error:
             log.error("service: tick skipped, trying again next tick: %s", message)
+        self.status.failed_ticks += 1
+        if self.status.failing_since is None:
+            self.status.failing_since = self.clock()
         self.status.last_error = message
 
     async def run(self) -> None:

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from urllib.parse import urlparse
 
 from ..catalog import CatalogError
@@ -16,6 +17,7 @@ from ..catalog.store import CatalogStore
 from ..ledger.engine import DEFAULT_URL
 from ..local.processes import live_servers
 from ..wire import SERVICE_NAME
+from . import cookie_secret
 from .app import GPUHubService
 from .hubapi import HubAPI
 from .runtimes import KubeRuntime, LocalRuntime, Runtime, kube_api_client
@@ -60,6 +62,13 @@ def add_service_command(subparsers: argparse._SubParsersAction[argparse.Argument
         action="store_true",
         help="do not cull idle servers (e.g. when stock jupyterhub-idle-culler runs instead, "
         "with gpuhub's policy as its cull_arbiter_hook); the activity API still records waste",
+    )
+    service.add_argument(
+        "--cookie-secret-file",
+        metavar="FILE",
+        help="the secret that signs usage-page logins, as hex digits; made (mode 0600, random) "
+        f"if missing, so a restart logs nobody out. {cookie_secret.ENV} wins over it; without "
+        "either, a new secret at every start logs every reader out",
     )
     service.add_argument(
         "--ip",
@@ -107,11 +116,23 @@ def run_service(args: argparse.Namespace) -> int:
         store = CatalogStore(args.catalog, log=logging.getLogger("gpuhub.catalog"))
     except CatalogError as exc:
         return _fail(f"the catalog {args.catalog} is not valid:\n{exc}")
+    path = Path(args.cookie_secret_file) if args.cookie_secret_file else None
+    try:
+        secret = cookie_secret.load(path, os.environ)
+    except cookie_secret.CookieSecretError as exc:
+        return _fail(str(exc))
+    if secret is None:
+        logging.getLogger("gpuhub.service").warning(
+            "gpuhub service: no --cookie-secret-file nor %s: readers of the usage page log in "
+            "again after every restart of the service",
+            cookie_secret.ENV,
+        )
+        secret = os.urandom(cookie_secret.SECRET_BYTES)
     service_url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:0"))
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/")
     host = args.ip or service_url.hostname
     port = args.port if args.port is not None else service_url.port
-    asyncio.run(_serve(args, store, token, api_url, host, port, prefix))
+    asyncio.run(_serve(args, store, token, api_url, host, port, prefix, secret))
     return 0
 
 
@@ -123,6 +144,7 @@ async def _serve(
     host: str | None,
     port: int | None,
     prefix: str,
+    secret: bytes,
 ) -> None:
     runtime: Runtime
     if args.runtime == "kubernetes":
@@ -130,7 +152,9 @@ async def _serve(
     else:
         runtime = LocalRuntime(lambda: live_servers(api_url))
     service = GPUHubService(store, args.db_url, HubAPI(api_url, token), runtime)
-    app = make_app(service, prefix, metrics_user_labels=args.metrics_user_labels)
+    app = make_app(
+        service, prefix, cookie_secret=secret, metrics_user_labels=args.metrics_user_labels
+    )
     server = app.listen(port or 0, address=host or "127.0.0.1")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

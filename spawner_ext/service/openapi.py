@@ -112,6 +112,25 @@ OPENAPI: dict[str, Any] = {
                 "responses": _ok("Catalog", "The catalog's status."),
             }
         },
+        "/status": {
+            "get": {
+                "summary": "The service's ticks: counts and times only (public, no login)",
+                "responses": {
+                    "200": {
+                        "description": "The service's status.",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Status"}}
+                        },
+                    }
+                },
+            }
+        },
+        "/status/detail": {
+            "get": {
+                "summary": "The service's status with its last failed tick's error (admins)",
+                "responses": _ok("StatusDetail", "The status and the last error."),
+            }
+        },
     },
     "components": {
         "schemas": {
@@ -196,6 +215,43 @@ OPENAPI: dict[str, Any] = {
                     },
                     "runs_out_on": {"type": "string", "format": "date", "nullable": True},
                 },
+            },
+            "Status": {
+                "type": "object",
+                "properties": {
+                    "runtime": {"type": "string", "enum": ["local", "kubernetes"]},
+                    "started_at": {"type": "string", "format": "date-time"},
+                    "ticks": {"type": "integer", "description": "Successful ticks."},
+                    "last_tick_at": {"type": "string", "format": "date-time", "nullable": True},
+                    "failing": {"type": "boolean", "description": "The last tick failed."},
+                    "failing_since": {
+                        "type": "string",
+                        "format": "date-time",
+                        "nullable": True,
+                        "description": "The first of the failed ticks since the last good one.",
+                    },
+                    "failed_ticks": {"type": "integer", "description": "Failed ticks."},
+                    "adopted": {"type": "integer"},
+                    "closed": {"type": "integer"},
+                    "strays_ended": {"type": "integer"},
+                    "budget_stops": {"type": "integer"},
+                },
+            },
+            "StatusDetail": {
+                "allOf": [
+                    {"$ref": "#/components/schemas/Status"},
+                    {
+                        "type": "object",
+                        "properties": {
+                            "last_error": {
+                                "type": "string",
+                                "nullable": True,
+                                "description": "The last failed tick's error, first line; "
+                                "null once a tick succeeds.",
+                            }
+                        },
+                    },
+                ]
             },
             "Catalog": {
                 "type": "object",

@@ -70,14 +70,21 @@ def report_roles(catalog: Catalog | None, admin_users: Iterable[str]) -> list[di
 
 
 def service_command(
-    catalog_path: str, ledger_url: str, runtime: str, python: str = sys.executable
+    catalog_path: str,
+    ledger_url: str,
+    runtime: str,
+    python: str = sys.executable,
+    *,
+    cookie_secret_file: str | None = None,
 ) -> list[str]:
     """`gpuhub service` with the hub's own Python (so it runs whatever gpuhub the hub has)."""
+    secret = ["--cookie-secret-file", cookie_secret_file] if cookie_secret_file else []
     return [
         python,
         "-m",
         "spawner_ext",
         "service",
+        *secret,
         "--catalog",
         catalog_path,
         "--db-url",
@@ -99,6 +106,7 @@ def service_config(
     admin_users: Iterable[str] = (),
     culling: bool = True,
     url: str | None = None,
+    cookie_secret_file: str | None = None,
 ) -> dict[str, Any]:
     """`{"services": [...], "load_roles": [...], "custom_scopes": {...}, "template_paths":
     [...], "template_vars": {...}}` to add to JupyterHub's own settings. Roles of `catalog`'s
@@ -106,8 +114,13 @@ def service_config(
     roles at start only). `culling=False` leaves culling to stock jupyterhub-idle-culler
     (service/arbiter.py offers it gpuhub's policy). `url`: where the proxy (and notebook servers)
     reach the service, when not on this machine (Kubernetes: the hub Service's extra port); the
-    service then listens on every interface of `port`."""
-    command = service_command(catalog_path, ledger_url, runtime, python)
+    service then listens on every interface of `port`. `cookie_secret_file`: where the service
+    keeps the secret of its logins (made at its first start), so that its restarts log nobody
+    out; on Kubernetes the secret comes in GPUHUB_SERVICE_COOKIE_SECRET (`environment`)
+    instead."""
+    command = service_command(
+        catalog_path, ledger_url, runtime, python, cookie_secret_file=cookie_secret_file
+    )
     if not culling:
         command.append("--no-culling")
     if url is not None:

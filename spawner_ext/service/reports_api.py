@@ -1,7 +1,8 @@
 """The service's report API under /services/gpu-usage/api/v1/: usage (JSON, or CSV streamed in
-constant memory), live allocations, a team's budget burn-down, the catalog's status and an
-OpenAPI description. Authenticated by JupyterHub (OAuth in the browser, or a JupyterHub API
-token in `Authorization: token ...`); what each asker may read is reports/access.py."""
+constant memory), live allocations, a team's budget burn-down, the catalog's status, the
+service's status with its last error (admins) and an OpenAPI description. Authenticated by
+JupyterHub (OAuth in the browser, or a JupyterHub API token in `Authorization: token ...`);
+what each asker may read is reports/access.py."""
 
 from __future__ import annotations
 
@@ -198,6 +199,18 @@ class CatalogHandler(APIHandler):
         )
 
 
+class StatusDetailHandler(APIHandler):
+    """GET api/v1/status/detail: the public status plus the last failed tick's error (admins:
+    a database's or the hub's message can name hosts and users)."""
+
+    def get(self) -> None:
+        if not self.access().everything:
+            raise web.HTTPError(
+                403, "the service's errors are for admins (every team); api/v1/status is public"
+            )
+        self.write_json(self.service.status.detail_json())
+
+
 class MetricsHandler(APIHandler):
     """GET metrics: Prometheus exposition (every team's figures: needs custom:gpu-usage:read)."""
 
@@ -233,5 +246,6 @@ def report_handlers(
         (rf"{prefix}api/v1/allocations", AllocationsHandler, args),
         (rf"{prefix}api/v1/budget", BudgetHandler, args),
         (rf"{prefix}api/v1/catalog", CatalogHandler, args),
+        (rf"{prefix}api/v1/status/detail", StatusDetailHandler, args),
         (rf"{prefix}api/v1/openapi.json", OpenAPIHandler),
     ]

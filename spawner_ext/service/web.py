@@ -4,7 +4,6 @@ the service. The handler modules import `GPUHubService` from app.py; app.py impo
 from __future__ import annotations
 
 import json
-import os
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler
 from tornado import web
@@ -16,7 +15,9 @@ from .reports_api import report_handlers
 
 
 class StatusHandler(web.RequestHandler):
-    """GET api/v1/status: when the service last ticked and what it did (no user data)."""
+    """GET api/v1/status: when the service last ticked, what it did, and whether its ticks fail
+    (counts and times only: no user data, no error messages; admins read those at
+    api/v1/status/detail)."""
 
     def initialize(self, service: GPUHubService) -> None:
         self.service = service
@@ -27,10 +28,15 @@ class StatusHandler(web.RequestHandler):
 
 
 def make_app(
-    service: GPUHubService, prefix: str, *, metrics_user_labels: bool = False
+    service: GPUHubService,
+    prefix: str,
+    *,
+    cookie_secret: bytes,
+    metrics_user_labels: bool = False,
 ) -> web.Application:
     """The status endpoint (public: counts only), the report API and metrics (reports_api.py)
-    and the OAuth callback JupyterHub's login returns to."""
+    and the OAuth callback JupyterHub's login returns to. `cookie_secret` signs the logins
+    (cookie_secret.py: the same across restarts, or every reader logs in again)."""
     prefix = "/" + prefix.strip("/") + "/"
     return web.Application(
         [
@@ -40,5 +46,5 @@ def make_app(
             (rf"{prefix}oauth_callback", HubOAuthCallbackHandler),
             *page_handlers(prefix, service),
         ],
-        cookie_secret=os.urandom(32),
+        cookie_secret=cookie_secret,
     )

@@ -1,6 +1,6 @@
 """`gpuhub up`: the whole platform on one machine with one command. It validates the catalog, then
-runs JupyterHub with GPULocalSpawner, a shared password, SQLite and configurable-http-proxy, all
-kept in one state directory, and stops them on Ctrl-C or SIGTERM.
+runs JupyterHub with GPULocalSpawner, a shared password (or each user's own, passwords.py), SQLite
+and configurable-http-proxy, all kept in one state directory, and stops them on Ctrl-C or SIGTERM.
 
 config.py and banner.py are pure; command.py and supervisor.py touch files, ports and processes.
 """

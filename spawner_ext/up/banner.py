@@ -33,18 +33,28 @@ def suggested_users(catalog: Catalog) -> list[tuple[str, str]]:
 def banner(s: UpSettings, catalog: Catalog, url: str, log_file: Path, gpus: str) -> str:
     """What `gpuhub up` prints once the hub answers: where, how to log in, what it runs on."""
     users = suggested_users(catalog)
+    if s.passwords_file is not None:  # nobody else logs in
+        users[-1] = ("others in the file", users[-1][1])
     width = max(len(name) for name, _ in users)
-    if s.extra_config is None:
+    if s.passwords_file is not None:
+        way, verb = "password-file login", "Log in as"
         login = [
-            "Log in with any user name and this password (a new one at every start):",
-            f"  Password: {s.password}",
+            f"a user named in {s.passwords_file}, with that user's own password; no other",
+            "name can log in.",
         ]
-    else:  # it may set another authenticator: only the hub knows which, once it has read it
+    else:
+        way, verb = "shared-password login", "Log in with"
         login = [
-            f"Log in as {s.extra_config} sets up. If it keeps gpuhub's shared-password login:",
             "any user name and this password (a new one at every start):",
             f"  Password: {s.password}",
+            f"Anyone who has this password can log in as any user but {ADMIN_USER!r}, team leads",
+            "included (they read their teams' usage and cost). To give each person a password",
+            "of their own, start with --passwords FILE (one `name: password` line per user).",
         ]
+    if s.extra_config is None:
+        login[0] = f"{verb} {login[0]}"
+    else:  # it may set another authenticator: only the hub knows which, once it has read it
+        login.insert(0, f"Log in as {s.extra_config} sets up. If it keeps gpuhub's {way}:")
     lines = [
         "",
         f"gpuhub is running at {url}",
@@ -54,11 +64,20 @@ def banner(s: UpSettings, catalog: Catalog, url: str, log_file: Path, gpus: str)
         "User names from the catalog:",
         *(f"  {name:<{width}}  {what}" for name, what in users),
     ]
+    admin = []
     if s.admin_password:
+        admin = [
+            f"Admin: user name {ADMIN_USER!r}, password: {s.admin_password}",
+            f"  (for {ADMIN_USER!r} only: whoever has it administers the hub and reads every "
+            "team's usage)",
+        ]
+    elif s.passwords_file is not None:
+        admin = [f"Admin: user name {ADMIN_USER!r}, with its password in {s.passwords_file}"]
+    if admin:
         lines += [
             "",
-            *(["With the shared-password login:"] if s.extra_config is not None else []),
-            f"Admin: user name {ADMIN_USER!r}, password: {s.admin_password}",
+            *([f"With the {way}:"] if s.extra_config is not None else []),
+            *admin,
             f"  (admin page: {url}hub/admin)",
         ]
     lines += [

@@ -11,7 +11,15 @@ import sys
 from pathlib import Path
 
 from ..catalog import Catalog, CatalogError, load_catalog
-from .config import DEFAULT_PORT, DEFAULT_STATE_DIR, UpSettings, example_catalog
+from ..service import cookie_secret
+from .config import (
+    ADMIN_USER,
+    DEFAULT_PORT,
+    DEFAULT_STATE_DIR,
+    SERVICE_COOKIE_SECRET,
+    UpSettings,
+    example_catalog,
+)
 from .supervisor import Supervisor
 
 
@@ -21,7 +29,8 @@ def add_up_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         "up",
         help="run the platform on this machine: JupyterHub, proxy and GPU-pinned servers",
         description="Validate the catalog, then run JupyterHub on this machine with the local "
-        "GPU spawner, a shared password printed at start, SQLite and configurable-http-proxy. "
+        "GPU spawner, a shared password printed at start (anyone who has it can log in as any "
+        "user; --passwords gives each user their own), SQLite and configurable-http-proxy. "
         "Stops on Ctrl-C or SIGTERM.",
     )
     up.add_argument(
@@ -39,6 +48,13 @@ def add_up_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         default="",
         help="pretend this machine has these GPUs, e.g. 4xh100-80gb,2xl4 (types are catalog "
         "gpu_types keys); default: the real GPUs NVML finds",
+    )
+    up.add_argument(
+        "--passwords",
+        metavar="FILE",
+        help="a password for each user instead of the shared one: a YAML file of `name: "
+        "password` lines (8+ characters each, file mode 0600); only the users it names log in, "
+        "and 'admin' with the admin password printed at start unless the file names it",
     )
     up.add_argument(
         "--jupyterhub-config",
@@ -96,6 +112,19 @@ def run_up(args: argparse.Namespace) -> int:
         extra = Path(args.jupyterhub_config).absolute()
         if not extra.is_file():
             return _bad_args(f"--jupyterhub-config {args.jupyterhub_config}: no such file")
+    passwords: Path | None = None
+    admin_password = secrets.token_urlsafe(32)
+    if args.passwords:
+        from .passwords import PasswordFileError, read_passwords
+
+        passwords = Path(args.passwords).absolute()
+        try:
+            users = read_passwords(passwords)
+        except PasswordFileError as exc:
+            print(exc, file=sys.stderr)
+            return _bad_args(f"--passwords {args.passwords} cannot be used; nothing started")
+        if ADMIN_USER in users:
+            admin_password = ""  # the file's password for admin, not a generated one
     try:
         catalog = load_catalog(catalog_path)
     except CatalogError as exc:
@@ -110,6 +139,11 @@ def run_up(args: argparse.Namespace) -> int:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         return _bad_args(f"--state-dir {args.state_dir}: cannot create it ({exc.strerror})")
+    try:  # made now (the service would make it), so a bad one is said here, not in the log
+        cookie_secret.load(state_dir / SERVICE_COOKIE_SECRET, {})
+    except cookie_secret.CookieSecretError as exc:
+        print(f"gpuhub up: {exc}", file=sys.stderr)
+        return 1
     proxy = find_program("configurable-http-proxy")
     singleuser = find_program("jupyterhub-singleuser")
     if proxy is None or singleuser is None:
@@ -131,8 +165,8 @@ def run_up(args: argparse.Namespace) -> int:
     settings = UpSettings(
         catalog=catalog_path.absolute(),
         state_dir=state_dir,
-        password=secrets.token_urlsafe(12),
-        admin_password=secrets.token_urlsafe(32),
+        password="" if passwords else secrets.token_urlsafe(12),
+        admin_password=admin_password,
         ip=args.ip,
         port=args.port,
         hub_port=_hub_port(state_dir),
@@ -145,6 +179,7 @@ def run_up(args: argparse.Namespace) -> int:
         culling=not args.no_culling,
         extra_config=extra,
         db_url=args.db_url,
+        passwords_file=passwords,
     )
     if not _upgrade_ledger(settings.ledger_url):
         return 1

@@ -17,13 +17,18 @@ DEFAULT_PROXY_API_PORT = 8001
 DEFAULT_SERVICE_PORT = 8002
 DEFAULT_STATE_DIR = ".gpuhub"
 ADMIN_USER = "admin"
+SHARED_PASSWORD_AUTHENTICATOR = "jupyterhub.authenticators.shared.SharedPasswordAuthenticator"
+PASSWORD_FILE_AUTHENTICATOR = "spawner_ext.up.passwords.PasswordFileAuthenticator"
+SERVICE_COOKIE_SECRET = "gpuhub-service-cookie-secret"
+"""The gpuhub service's cookie secret, in the state directory (made at its first start)."""
 READY_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 60.0
 LOG_TAIL_LINES = 30
 
 CONFIG_FILE_TEXT = '''\
-"""JupyterHub configuration of `gpuhub up` (local mode): GPULocalSpawner, a shared password,
-SQLite and configurable-http-proxy, every setting read from GPUHUB_* environment variables.
+"""JupyterHub configuration of `gpuhub up` (local mode): GPULocalSpawner, a shared password (or
+a password per user), SQLite and configurable-http-proxy, every setting read from GPUHUB_*
+environment variables.
 
 `gpuhub up` writes this file into its state directory and runs `jupyterhub -f` on it. To run
 JupyterHub yourself with it instead, e.g.:
@@ -55,6 +60,7 @@ class UpSettings:
     catalog: Path
     state_dir: Path
     password: str
+    """The shared password ('' with `passwords_file`)."""
     admin_password: str = ""
     ip: str = "127.0.0.1"
     port: int = DEFAULT_PORT
@@ -69,6 +75,8 @@ class UpSettings:
     extra_config: Path | None = None
     db_url: str = ""
     """The billing database given with --db-url (e.g. PostgreSQL); '' for the default."""
+    passwords_file: Path | None = None
+    """--passwords: each user's own password, instead of the shared one."""
 
     @property
     def ledger_url(self) -> str:
@@ -98,6 +106,8 @@ class UpSettings:
             env["GPUHUB_JUPYTERHUB_CONFIG"] = str(self.extra_config)
         if self.db_url:
             env["GPUHUB_DB_URL"] = self.db_url
+        if self.passwords_file is not None:
+            env["GPUHUB_PASSWORDS_FILE"] = str(self.passwords_file)
         return env
 
     @classmethod
@@ -105,9 +115,11 @@ class UpSettings:
         """Read the GPUHUB_* variables; unset ones take `gpuhub up`'s defaults. Raises ValueError
         naming the variable that is missing or wrong."""
         password = env.get("GPUHUB_PASSWORD", "")
-        if len(password) < 8:
+        passwords = env.get("GPUHUB_PASSWORDS_FILE")
+        if len(password) < 8 and not passwords:
             raise ValueError(
-                "set GPUHUB_PASSWORD to the password users log in with (8 characters or more)"
+                "set GPUHUB_PASSWORD to the password users log in with (8 characters or more), "
+                "or GPUHUB_PASSWORDS_FILE to a file of each user's own password"
             )
 
         def port(name: str, default: int) -> int:
@@ -135,16 +147,28 @@ class UpSettings:
             culling=not env.get("GPUHUB_NO_CULLING"),
             extra_config=Path(extra).absolute() if extra else None,
             db_url=env.get("GPUHUB_DB_URL", ""),
+            passwords_file=Path(passwords).absolute() if passwords else None,
         )
 
 
 def hub_config(s: UpSettings) -> dict[str, dict[str, Any]]:
     """JupyterHub settings, as {class name: {trait: value}}, for the local mode of `s`."""
     state = s.state_dir
-    authenticator: dict[str, Any] = {"user_password": s.password, "allow_all": True}
-    admins = {ADMIN_USER} if s.admin_password else set()
+    authenticator: dict[str, Any] = {"allow_all": True}
+    if s.passwords_file is not None:
+        # The file's users, each with their own password; `admin` is the file's or else logs in
+        # with the admin password.
+        authenticator_class, section = PASSWORD_FILE_AUTHENTICATOR, "PasswordFileAuthenticator"
+        authenticator["passwords_file"] = str(s.passwords_file)
+        admins = {ADMIN_USER}
+    else:
+        authenticator_class, section = SHARED_PASSWORD_AUTHENTICATOR, "SharedPasswordAuthenticator"
+        authenticator["user_password"] = s.password
+        admins = {ADMIN_USER} if s.admin_password else set()
     if admins:
-        authenticator.update(admin_password=s.admin_password, admin_users=admins)
+        authenticator["admin_users"] = admins
+    if s.admin_password:
+        authenticator["admin_password"] = s.admin_password
     service = service_config(
         str(s.catalog),
         s.ledger_url,
@@ -153,6 +177,7 @@ def hub_config(s: UpSettings) -> dict[str, dict[str, Any]]:
         catalog=load_catalog(s.catalog),
         admin_users=admins,
         culling=s.culling,
+        cookie_secret_file=str(state / SERVICE_COOKIE_SECRET),
     )
     return {
         "JupyterHub": {
@@ -162,7 +187,7 @@ def hub_config(s: UpSettings) -> dict[str, dict[str, Any]]:
             "db_url": f"sqlite:///{state / 'jupyterhub.sqlite'}",
             "cookie_secret_file": str(state / "jupyterhub_cookie_secret"),
             "pid_file": str(state / "jupyterhub.pid"),
-            "authenticator_class": "jupyterhub.authenticators.shared.SharedPasswordAuthenticator",
+            "authenticator_class": authenticator_class,
             "spawner_class": "spawner_ext.local.spawner.GPULocalSpawner",
             "cleanup_servers": not s.keep_servers,
             "services": service["services"],
@@ -171,7 +196,7 @@ def hub_config(s: UpSettings) -> dict[str, dict[str, Any]]:
             "template_paths": service["template_paths"],
             "template_vars": service["template_vars"],
         },
-        "SharedPasswordAuthenticator": authenticator,
+        section: authenticator,
         "GPULocalSpawner": {
             "catalog_path": str(s.catalog),
             "ledger_url": s.ledger_url,
@@ -203,12 +228,13 @@ def configure(c: Any, env: Mapping[str, str]) -> None:
 
 
 def drop_shared_admin(c: Any) -> None:
-    """After a further config file: if it chose another authenticator (OAuth, PAM, ...), the
-    shared-password admin (ADMIN_USER) is nobody there, so it loses its usage-report role; a
-    user of that name at the identity provider must not inherit it. (A subconfig merges into
-    `c` and cannot remove roles itself.)"""
+    """After a further config file: if it chose another authenticator (OAuth, PAM, ...) than
+    gpuhub up's (the shared password, or the passwords file), the admin of those (ADMIN_USER)
+    is nobody there, so it loses its usage-report role; a user of that name at the identity
+    provider must not inherit it. (A subconfig merges into `c` and cannot remove roles
+    itself.)"""
     authenticator = str(c.JupyterHub.get("authenticator_class", ""))
-    if authenticator.endswith("SharedPasswordAuthenticator"):
+    if authenticator.endswith(("SharedPasswordAuthenticator", "PasswordFileAuthenticator")):
         return
     roles = []
     for role in c.JupyterHub.get("load_roles", []):

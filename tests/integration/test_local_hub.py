@@ -88,6 +88,20 @@ def test_invalid_catalog_prints_its_problems_and_starts_nothing(tmp_path: Path) 
     assert not (tmp_path / "s").exists()
 
 
+def test_a_bad_passwords_file_names_file_and_line_and_starts_nothing(tmp_path: Path) -> None:
+    passwords = tmp_path / "passwords.yaml"
+    passwords.write_text("ada: ada-has-her-own\nlin: short\n")
+    passwords.chmod(0o600)
+    result = gpuhub_up(
+        "--passwords", str(passwords), "--state-dir", str(tmp_path / "s"), cwd=tmp_path
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"{passwords}:2:6: lin: the password has 5 characters; use 8 or more" in result.stderr
+    assert "short" not in result.stderr, "the password is not shown"
+    assert "nothing started" in result.stderr
+    assert not (tmp_path / "s").exists()
+
+
 def test_shipped_example_and_config_are_the_repository_files() -> None:
     assert example_catalog().read_bytes() == (ROOT / "hub_config" / "catalog.yaml").read_bytes()
     assert (ROOT / "hub_config" / "jupyterhub_config.py").read_text() == CONFIG_FILE_TEXT
@@ -440,3 +454,33 @@ def test_keep_servers_leaves_servers_and_their_gpus_to_the_next_hub(start_hub: A
     assert after["state"]["gpuhub_devices"] == [H100[0]]
     grace = hub.start_server("grace", {"profile": "h100-single"})
     assert grace["state"]["gpuhub_devices"] == [H100[1]]
+
+
+@pytest.mark.integration
+def test_with_passwords_each_user_logs_in_with_their_own_only(
+    start_hub: Any, tmp_path: Path
+) -> None:
+    """`gpuhub up --passwords FILE`: no shared password is printed; the users the file names
+    log in with their own password, not another's; other names cannot log in; admin keeps the
+    printed admin password."""
+    passwords = tmp_path / "passwords.yaml"
+    passwords.write_text("ada: ada-has-her-own\nlin: lin-has-his-own\n")
+    passwords.chmod(0o600)
+    hub: Hub = start_hub(SIMULATED, "--passwords", str(passwords))
+    output = "".join(hub.output)
+    assert hub.password == "" and "Password:" not in output
+    assert f"a user named in {passwords}, with that user's own password" in output
+    _, response = hub.login("ada", "ada-has-her-own")
+    assert response.status_code == 200 and response.url == f"{hub.url}hub/spawn"
+    for name, password in [
+        ("ada", "lin-has-his-own"),  # another user's password
+        ("lin", "ada-has-her-own"),
+        ("zed", "ada-has-her-own"),  # a name the file does not have
+        ("admin", "ada-has-her-own"),
+    ]:
+        _, response = hub.login(name, password)
+        assert response.status_code == 403, (name, password)
+    _, response = hub.login("admin", hub.admin_password)
+    assert response.status_code == 200
+    assert hub.user("admin")["admin"] is True
+    assert hub.user("ada")["admin"] is False

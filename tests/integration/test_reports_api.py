@@ -65,11 +65,12 @@ def test_nobody_reads_another_teams_usage(hub: Hub, tokens: dict[str, str]) -> N
     assert get(hub, "usage?user=ada", tokens["lin"]).status_code == 403
     allocations = get(hub, "allocations", tokens["grace"]).json()["allocations"]
     assert allocations == [], "lin's running server is vision's, not nlp's"
-    for path in ("usage", "allocations", "budget?team=vision", "catalog"):
+    for path in ("usage", "allocations", "budget?team=vision", "catalog", "status/detail"):
         anonymous = get(hub, path, None)
         assert anonymous.status_code == 403, (path, anonymous.status_code)
         assert "JupyterHub API token" in anonymous.json()["message"], path
     assert get(hub, "catalog", tokens["ada"]).status_code == 403
+    assert get(hub, "status/detail", tokens["ada"]).status_code == 403
     metrics = f"{hub.url}services/gpu-usage/metrics"
     for headers in ({}, {"Authorization": f"token {tokens['ada']}"}):
         assert requests.get(metrics, headers=headers, timeout=30).status_code == 403, headers
@@ -93,6 +94,8 @@ def test_an_admin_reads_every_team_and_the_catalog(hub: Hub, tokens: dict[str, s
     status = get(hub, "catalog", tokens["admin"]).json()
     assert len(status["version"]) == 12 and status["last_error"] is None
     assert status["teams"] == ["nlp", "teaching", "vision"]
+    detail = get(hub, "status/detail", tokens["admin"]).json()
+    assert detail["runtime"] == "local" and detail["last_error"] is None
 
 
 @pytest.mark.integration
@@ -150,7 +153,14 @@ def test_wrong_parameters_get_400_with_the_reason(
 @pytest.mark.integration
 def test_the_openapi_description_is_served(hub: Hub) -> None:
     document = get(hub, "openapi.json", None).json()
-    assert set(document["paths"]) == {"/usage", "/allocations", "/budget", "/catalog"}
+    assert set(document["paths"]) == {
+        "/usage",
+        "/allocations",
+        "/budget",
+        "/catalog",
+        "/status",
+        "/status/detail",
+    }
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The gpuhub service with a real hub and real servers: it runs as the hub's managed service and
-reports its ticks; a ledger restored from an older backup while servers run is made true again in
-one tick; a budget stop whose first attempt fails is asked again and billed until the server is
-really gone."""
+reports its ticks; its restart logs no usage-page reader out; a ledger restored from an older
+backup while servers run is made true again in one tick; a budget stop whose first attempt fails
+is asked again and billed until the server is really gone."""
 
 from __future__ import annotations
 
@@ -84,7 +84,9 @@ def status(hub: Hub) -> dict[str, Any]:
 @pytest.mark.integration
 def test_the_service_runs_under_the_hub_and_reports_its_ticks(hub: Hub) -> None:
     first = wait_for("a tick", lambda: (s := status(hub))["ticks"] and s, 60)
-    assert first["runtime"] == "local" and first["last_error"] is None
+    assert first["runtime"] == "local" and first["failing"] is False
+    assert (first["failing_since"], first["failed_ticks"]) == (None, 0)
+    assert "last_error" not in first, "the public status has counts and times, no messages"
     wait_for("more ticks", lambda: status(hub)["ticks"] > first["ticks"], 30)
     services = hub.api("GET", "/services").json()
     assert "gpu-usage" in services
@@ -223,3 +225,30 @@ def test_a_server_that_died_before_its_stop_is_billed_until_it_was_last_seen(hub
     assert session.ended_at is not None and session.team == "nlp"
     assert session.ended_at.timestamp() <= killed + 0.5, "not billed while it was dead"
     assert session.ended_at.timestamp() >= killed - TICK - 2, "billed until last seen"
+
+
+@pytest.mark.integration
+def test_a_usage_page_reader_stays_logged_in_when_the_service_restarts(hub: Hub) -> None:
+    """The service's cookie secret is kept in the state directory: a restarted service still
+    knows the login of a reader who logged in (through the hub's OAuth) before."""
+    import os
+    import signal
+    from datetime import UTC, datetime
+
+    from tests.faultdriver import service_pid, service_ticked_since
+
+    session, response = hub.login("ada")
+    assert response.status_code == 200, response.text
+    page = session.get(f"{hub.url}services/gpu-usage/", timeout=60)
+    assert page.status_code == 200 and page.url == f"{hub.url}services/gpu-usage/", page.url
+    allocations = f"{hub.url}services/gpu-usage/api/v1/allocations"
+    assert session.get(allocations, timeout=30).status_code == 200
+    secret = hub.state_dir / "gpuhub-service-cookie-secret"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    pid = wait_for("the gpuhub service", lambda: service_pid(hub.state_dir), 60)
+    moment = datetime.now(UTC).isoformat()
+    os.kill(pid, signal.SIGTERM)
+    wait_for("a new service to tick", lambda: service_ticked_since(hub.url, moment), 120, 0.5)
+    assert service_pid(hub.state_dir) != pid
+    again = session.get(allocations, timeout=30)
+    assert again.status_code == 200, f"logged out by the restart: {again.text}"

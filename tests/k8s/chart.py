@@ -151,7 +151,8 @@ sys.exit(hub.returncode)
 
 
 class ChartHub:
-    """The chart's hub (and a proxy), run from Helm's rendering, against a test ControlPlane."""
+    """The chart's hub (and a proxy), run from Helm's rendering, against a test ControlPlane.
+    `rendered`: the z2jh chart's documents and helm-values/gpuhub/'s (its Secret)."""
 
     def __init__(
         self,
@@ -201,7 +202,9 @@ class ChartHub:
             yaml.safe_dump(kubeconfig_document(plane.server, plane.ca_file, kube_token))
         )
         deployment = find(rendered, "Deployment", "hub")
-        env = container_env(deployment, {"hub": secret}, namespace)
+        # Every Secret rendered (the chart's hub Secret, gpuhub's cookie secret), by name.
+        secrets = {d["metadata"]["name"]: secret_data(d) for d in rendered if d["kind"] == "Secret"}
+        env = container_env(deployment, secrets, namespace)
         env.update(
             KUBECONFIG=str(kubeconfig),
             HUB_SERVICE_HOST="127.0.0.1",

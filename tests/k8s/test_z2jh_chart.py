@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import secrets
 import sqlite3
 from collections.abc import Iterator
@@ -102,9 +103,9 @@ def render(helm_bin: Path, home: Path, namespace: str, *extra: str) -> list[dict
 
 
 def render_gpuhub(
-    helm_bin: Path, home: Path, namespace: str, catalog: Path
+    helm_bin: Path, home: Path, namespace: str, catalog: Path, *extra: str
 ) -> list[dict[str, Any]]:
-    args = ["template", "gpuhub", str(GPUHUB_CHART), "--namespace", namespace]
+    args = ["template", "gpuhub", str(GPUHUB_CHART), "--namespace", namespace, *extra]
     return documents(helm(helm_bin, *args, "--set-file", f"catalog={catalog}", home=home))
 
 
@@ -154,6 +155,49 @@ def test_the_rendered_manifests_are_accepted_by_the_api_server(
     assert 10101 in [p["port"] for p in service["spec"]["ports"]]
     values = yaml.safe_load(secret_data(find(rendered, "Secret", "hub"))["values.yaml"])
     assert values["cull"]["enabled"] is False
+    # The service's cookie secret: the gpuhub release's Secret, in the hub's environment.
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    ref = env["GPUHUB_SERVICE_COOKIE_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("gpuhub-service", "cookie-secret")
+    secret = secret_data(find(rendered, "Secret", "gpuhub-service"))["cookie-secret"]
+    assert re.fullmatch("[0-9a-f]{64}", secret), secret
+
+
+def test_the_service_cookie_secret_may_be_given_and_a_bad_one_is_refused(
+    helm_bin: Path, helm_home: Path, tmp_path: Path
+) -> None:
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text("x: 1\n")
+    given = "0123456789abcdef" * 4
+    rendered = render_gpuhub(
+        helm_bin, helm_home, "jhub", catalog, "--set-string", f"serviceCookieSecret={given}"
+    )
+    assert secret_data(find(rendered, "Secret", "gpuhub-service"))["cookie-secret"] == given
+    with pytest.raises(ChartError, match="serviceCookieSecret must be 64 or more hex digits"):
+        render_gpuhub(
+            helm_bin, helm_home, "jhub", catalog, "--set-string", "serviceCookieSecret=abc"
+        )
+
+
+def test_the_service_cookie_secret_is_made_once_and_kept_across_upgrades(
+    helm_bin: Path, helm_home: Path, control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """`helm install`, then `helm upgrade` against the real API server: the Secret's value is
+    generated once, then read back (`lookup`), so an upgrade logs nobody out."""
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text((VALUES.parent / "hub_config" / "catalog.yaml").read_text())
+    release = f"gpuhub-{namespace}"
+    cluster = ["--namespace", namespace, "--kubeconfig", str(control_plane.kubeconfig)]
+    chart = [str(GPUHUB_CHART), *cluster, "--set-file", f"catalog={catalog}"]
+    path = f"/api/v1/namespaces/{namespace}/secrets/gpuhub-service"
+    try:
+        helm(helm_bin, "install", release, *chart, home=helm_home)
+        first = secret_data(control_plane.api.get(path))["cookie-secret"]
+        assert re.fullmatch("[0-9a-f]{64}", first), first
+        helm(helm_bin, "upgrade", release, *chart, home=helm_home)
+        assert secret_data(control_plane.api.get(path))["cookie-secret"] == first
+    finally:
+        helm(helm_bin, "uninstall", release, *cluster, home=helm_home)
 
 
 # --- the chart's own hub configuration, run ---------------------------------------------------
@@ -237,7 +281,7 @@ c.JupyterHub.load_roles.append({{
     hub = ChartHub(
         control_plane,
         workdir,
-        rendered,
+        [*rendered, *gpuhub],
         namespace=namespace,
         catalog=catalog,
         kube_token=service_account_token(control_plane, namespace, "hub"),
@@ -282,6 +326,10 @@ def test_the_charts_hub_runs_gpuhub(chart_hub: ChartHub) -> None:
         ),
     )
     assert status["runtime"] == "kubernetes"
+    assert status["failing"] is False and "last_error" not in status, "counts and times only"
+    # The Secret's cookie secret reached the service through the hub (z2jh.py): no warning
+    # that every restart logs usage-page readers out.
+    assert "log in again after every restart" not in chart_hub.log(400)
 
 
 def test_a_gpu_server_spawns_through_the_charts_hub_and_is_billed(chart_hub: ChartHub) -> None:

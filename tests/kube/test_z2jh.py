@@ -57,7 +57,12 @@ def chart_config() -> Config:
 def test_configure_wires_the_spawner_the_service_and_the_schema() -> None:
     c = chart_config()
     upgraded: list[str] = []
-    env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443", "HOME": "/x"}
+    env = {
+        "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+        "KUBERNETES_SERVICE_PORT": "443",
+        "HOME": "/x",
+        "GPUHUB_SERVICE_COOKIE_SECRET": "ab" * 32,
+    }
     configure(
         c,
         {"catalogPath": CATALOG, "ledgerUrl": "sqlite:////srv/l.sqlite"},
@@ -78,6 +83,7 @@ def test_configure_wires_the_spawner_the_service_and_the_schema() -> None:
     assert ours["environment"] == {
         "KUBERNETES_SERVICE_HOST": "10.0.0.1",
         "KUBERNETES_SERVICE_PORT": "443",
+        "GPUHUB_SERVICE_COOKIE_SECRET": "ab" * 32,  # from the Secret: logins outlive restarts
     }
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert roles["gpu-usage-admin"]["users"] == ["root"]

@@ -1,11 +1,16 @@
-"""`gpuhub up` with a further config file that logs in some other way: its shared-password admin
-is nobody there, so nobody inherits that admin's usage-report role by name."""
+"""`gpuhub up`'s JupyterHub settings: with --passwords, each user's own password (the file's
+authenticator) instead of the shared one; the service's cookie secret kept in the state
+directory; and with a further config file that logs in some other way, its admin is nobody
+there, so nobody inherits that admin's usage-report role by name."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from traitlets.config import Config
 
-from spawner_ext.up import drop_shared_admin
+from spawner_ext.up import UpSettings, drop_shared_admin, example_catalog, hub_config
 
 
 def config(authenticator: str) -> Config:
@@ -39,3 +44,54 @@ def test_the_shared_password_keeps_it_and_other_admins_stay() -> None:
     pam.JupyterHub.load_roles[1]["users"] = ["admin", "root"]
     drop_shared_admin(pam)
     assert pam.JupyterHub.load_roles[1]["users"] == ["root"]
+
+
+def test_the_password_file_keeps_it_too() -> None:
+    kept = config("spawner_ext.up.passwords.PasswordFileAuthenticator")
+    drop_shared_admin(kept)
+    assert [r["name"] for r in kept.JupyterHub.load_roles] == ["gpuhub-service", "gpu-usage-admin"]
+
+
+def settings(tmp_path: Path, **changes: str) -> UpSettings:
+    env = {
+        "GPUHUB_CATALOG": str(example_catalog()),
+        "GPUHUB_STATE_DIR": str(tmp_path / "state"),
+        "GPUHUB_ADMIN_PASSWORD": "a" * 40,
+        **changes,
+    }
+    return UpSettings.from_env(env)
+
+
+def test_the_shared_password_by_default(tmp_path: Path) -> None:
+    config = hub_config(settings(tmp_path, GPUHUB_PASSWORD="shared-password"))
+    assert config["JupyterHub"]["authenticator_class"].endswith(".SharedPasswordAuthenticator")
+    assert config["SharedPasswordAuthenticator"]["user_password"] == "shared-password"
+    assert "PasswordFileAuthenticator" not in config
+
+
+def test_a_passwords_file_replaces_the_shared_password(tmp_path: Path) -> None:
+    file = tmp_path / "pw.yaml"
+    s = settings(tmp_path, GPUHUB_PASSWORDS_FILE=str(file))
+    assert (s.password, s.passwords_file) == ("", file)
+    assert UpSettings.from_env(s.to_env()) == s
+    config = hub_config(s)
+    assert config["JupyterHub"]["authenticator_class"] == (
+        "spawner_ext.up.passwords.PasswordFileAuthenticator"
+    )
+    assert config["PasswordFileAuthenticator"] == {
+        "allow_all": True,  # only the file's users (and admin) can log in
+        "passwords_file": str(file),
+        "admin_users": {"admin"},
+        "admin_password": "a" * 40,
+    }
+    assert "SharedPasswordAuthenticator" not in config
+    with pytest.raises(ValueError, match="or GPUHUB_PASSWORDS_FILE"):
+        settings(tmp_path)
+
+
+def test_the_services_cookie_secret_lives_in_the_state_directory(tmp_path: Path) -> None:
+    config = hub_config(settings(tmp_path, GPUHUB_PASSWORD="shared-password"))
+    (service,) = config["JupyterHub"]["services"]
+    command = service["command"]
+    index = command.index("--cookie-secret-file")
+    assert command[index + 1] == str(tmp_path / "state" / "gpuhub-service-cookie-secret")

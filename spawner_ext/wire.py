@@ -19,6 +19,8 @@ PREFIX = "gpuhub.io/"
 SESSION_LABEL = f"{PREFIX}session"
 """Label of the ledger session of a notebook pod; pods with it are the ones reconciled."""
 TEAM_LABEL = f"{PREFIX}team"
+INSTALL_LABEL = f"{PREFIX}install"
+"""The install (hub and service) that made an object (spawner_ext/install.py)."""
 PROFILE_LABEL = f"{PREFIX}profile"
 GPU_TYPE_LABEL = f"{PREFIX}gpu-type"
 GPU_COUNT_LABEL = f"{PREFIX}gpu-count"
@@ -97,6 +99,8 @@ class PodRecord:
     session: str | None
     user: str
     server_name: str
+    install: str | None = None
+    """The install that made the pod; None on a pod from before installs were told apart."""
 
 
 @dataclass(frozen=True)
@@ -249,8 +253,8 @@ def summary_labels(summary: ServerSummary) -> dict[str, str]:
     }
 
 
-def pod_labels(summary: ServerSummary, session: str | None) -> dict[str, str]:
-    labels = summary_labels(summary)
+def pod_labels(summary: ServerSummary, session: str | None, install: str) -> dict[str, str]:
+    labels = {**summary_labels(summary), **install_labels(install)}
     if session is not None:
         labels[SESSION_LABEL] = session
     return labels
@@ -286,12 +290,24 @@ def read_pod(labels: Mapping[str, str] | None, annotations: Mapping[str, str] | 
         session=read_session(labels.get(SESSION_LABEL)),
         user=notes.get(USER_ANNOTATION) or notes.get("hub.jupyter.org/username", ""),
         server_name=notes.get(SERVER_NAME_ANNOTATION, notes.get("hub.jupyter.org/servername", "")),
+        install=labels.get(INSTALL_LABEL) or None,
     )
 
 
-def team_object_labels(team: str) -> dict[str, str]:
-    """Labels of what gpuhub makes for a team (its namespace, its ResourceQuota)."""
-    return {TEAM_LABEL: team, **MANAGED_BY}
+def team_object_labels(team: str, install: str) -> dict[str, str]:
+    """Labels of what gpuhub makes for a team (its namespace, its ResourceQuota, its
+    NetworkPolicy): whose, and which install made it."""
+    return {TEAM_LABEL: team, **install_labels(install), **MANAGED_BY}
+
+
+def install_labels(install: str) -> dict[str, str]:
+    """The label naming the install that made an object."""
+    return {INSTALL_LABEL: install}
+
+
+def install_of(labels: Mapping[str, str] | None) -> str | None:
+    """The install named by an object's labels; None when it names none (made before)."""
+    return (labels or {}).get(INSTALL_LABEL) or None
 
 
 # --- local servers' environment ---------------------------------------------------------------

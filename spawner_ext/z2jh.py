@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from .catalog import load_catalog
+from .install import InstallError, checked_install, default_install
 from .ledger.engine import upgrade as upgrade_ledger
 from .service.registration import register, service_config
 from .wire import SERVICE_NAME
@@ -53,6 +54,8 @@ class Settings:
     culling: bool = True
     upgrade_database: bool = True
     """Create or upgrade the ledger's schema when the hub starts (one hub replica)."""
+    install: str | None = None
+    """The install's name (spawner_ext/install.py); None: the hub's namespace (and release)."""
 
 
 KEYS = {
@@ -61,6 +64,7 @@ KEYS = {
     "servicePort": ("service_port", int),
     "culling": ("culling", bool),
     "upgradeDatabase": ("upgrade_database", bool),
+    "install": ("install", str),
 }
 
 
@@ -87,6 +91,11 @@ def plan(settings: Mapping[str, Any] | None) -> Settings:
         )
     if planned.service_port == 8081:
         raise SettingsError("custom.gpuhub.servicePort 8081 is the hub's own port; choose another")
+    if planned.install is not None:
+        try:
+            checked_install(planned.install)
+        except InstallError as exc:
+            raise SettingsError(f"custom.gpuhub.install: {exc}") from None
     if not planned.catalog_path.startswith("/"):
         raise SettingsError(
             f"custom.gpuhub.catalogPath must be an absolute path, not {planned.catalog_path!r}"
@@ -119,6 +128,8 @@ def configure(
         )
         c.KubeSpawner.profile_list = []
     url = f"http://{hub_host}:{planned.service_port}"
+    install = planned.install or default_install(environ)
+    c.GPUKubeSpawner.install = install
     c.GPUKubeSpawner.catalog_path = planned.catalog_path
     c.GPUKubeSpawner.ledger_url = planned.ledger_url
     c.GPUKubeSpawner.activity_url = f"{url}/services/{SERVICE_NAME}/"
@@ -139,6 +150,7 @@ def configure(
             catalog=load_catalog(planned.catalog_path),
             admin_users=admins,
             culling=planned.culling,
+            install=install,
         ),
     )
     return planned

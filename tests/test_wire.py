@@ -48,9 +48,9 @@ def test_pod_labels_and_annotations_round_trip(
     summary: ServerSummary, session: str | None, user: str, server_name: str
 ) -> None:
     record = wire.read_pod(
-        wire.pod_labels(summary, session), wire.pod_annotations(summary, user, server_name)
+        wire.pod_labels(summary, session, "prod"), wire.pod_annotations(summary, user, server_name)
     )
-    assert record == wire.PodRecord(summary, session, user, server_name)
+    assert record == wire.PodRecord(summary, session, user, server_name, "prod")
 
 
 @given(summaries(), sessions, st.lists(keys, max_size=4))

@@ -430,8 +430,10 @@ class Kubernetes(Model):
 
     namespace_template: str | None = Field(
         None,
-        description="Namespace of a team's pods, with `{team}` replaced by the team's key, e.g. "
-        "`gpuhub-{team}`. Absent: the hub's namespace for everyone.",
+        description="Namespace of a team's pods, with `{team}` replaced by the team's key and "
+        "`{install}` by the install's name, e.g. `gpuhub-{team}`. Several installs (hubs) on "
+        "one cluster need `{install}` in it (e.g. `gpuhub-{install}-{team}`): a team namespace "
+        "another install made is never used. Absent: the hub's namespace for everyone.",
     )
 
     @field_validator("namespace_template")

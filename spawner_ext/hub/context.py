@@ -39,11 +39,13 @@ class HubContext:
         catalog_path: str | Path,
         ledger_url: str,
         *,
+        install: str | None = None,
         log: logging.Logger | None = None,
         reload_interval: float = RELOAD_INTERVAL_SECONDS,
     ) -> None:
         self.catalog_path = str(Path(catalog_path).absolute())
         self.ledger_url = ledger_url
+        self.install = install
         self.log = log or logging.getLogger("gpuhub")
         self.reload_interval = reload_interval
         self._store: CatalogStore | None = None
@@ -68,7 +70,7 @@ class HubContext:
         if not self.ledger_url:
             return None
         if self._ledger is None:
-            self._ledger = Ledger.open(self.ledger_url)
+            self._ledger = Ledger.open(self.ledger_url, install=self.install)
         return self._ledger
 
     def write(
@@ -176,15 +178,23 @@ def context_in(
     catalog_path: str,
     ledger_url: str,
     log: logging.Logger | None = None,
+    install: str | None = None,
 ) -> HubContext:
     """The hub's HubContext, kept in its application `settings`; made on first call. Raises
     ValueError when spawners of one hub are configured with different catalogs or ledgers."""
     found = settings.get(SETTINGS_KEY)
     if found is None:
-        found = settings[SETTINGS_KEY] = HubContext(catalog_path, ledger_url, log=log)
-    if not isinstance(found, HubContext) or not found.matches(catalog_path, ledger_url):
+        found = settings[SETTINGS_KEY] = HubContext(
+            catalog_path, ledger_url, install=install, log=log
+        )
+    if (
+        not isinstance(found, HubContext)
+        or not found.matches(catalog_path, ledger_url)
+        or found.install != install
+    ):
         raise ValueError(
-            "gpuhub: every spawner of one hub must use the same catalog_path and ledger_url "
+            "gpuhub: every spawner of one hub must use the same catalog_path, ledger_url and "
+            "install "
             f"(found {getattr(found, 'catalog_path', found)!r} and {catalog_path!r})"
         )
     return found

@@ -8,7 +8,9 @@ from typing import Any, Literal
 
 from kubernetes_asyncio.client.rest import ApiException
 
-Outcome = Literal["created", "replaced"]
+from ..wire import install_of
+
+Outcome = Literal["created", "replaced", "foreign"]
 
 
 async def converge(
@@ -16,9 +18,11 @@ async def converge(
 ) -> tuple[Outcome, Any] | None:
     """Make the object of `manifest` (`kind` as in the client's method names: `resource_quota`,
     `network_policy`) as the manifest says. `matches(current)` tells whether the stored one
-    already is. Returns ("created", None), ("replaced", the object as it was), or None when
-    nothing was written: it already matched, or a concurrent writer won (the next sync looks
-    again). Raises ApiException 404 when the namespace does not exist."""
+    already is. Returns ("created", None), ("replaced", the object as it was), ("foreign", the
+    object) when another install made it (its `gpuhub.io/install` label names another: left
+    alone; one without the label, made before installs were told apart, is this install's), or
+    None when nothing was written: it already matched, or a concurrent writer won (the next sync
+    looks again). Raises ApiException 404 when the namespace does not exist."""
     name = manifest["metadata"]["name"]
     namespace = manifest["metadata"]["namespace"]
     try:
@@ -33,6 +37,9 @@ async def converge(
                 return None
             raise
         return "created", None
+    owner = install_of(current.metadata.labels)
+    if owner is not None and owner != install_of(manifest["metadata"].get("labels")):
+        return "foreign", current
     if matches(current):
         return None
     manifest = {**manifest, "metadata": {**manifest["metadata"]}}

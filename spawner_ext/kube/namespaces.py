@@ -15,13 +15,26 @@ from kubernetes_asyncio.client.rest import ApiException
 from kubespawner.objects import make_namespace
 
 from ..catalog import Catalog
-from ..wire import team_object_labels
+from ..wire import install_of, team_object_labels
 from .netpol import HubPeers, sync_network_policy, team_network_policy
 from .quotas import sync_quota, team_quota_manifests
 
 REMEMBER_SECONDS = 60.0
 """How long a made namespace is taken as existing without asking (one is deleted by hand now
 and then; the next spawn after this makes it again)."""
+
+
+class ForeignNamespace(Exception):
+    """The team's namespace was made by another install: this one never uses it."""
+
+    def __init__(self, namespace: str, owner: str, install: str) -> None:
+        super().__init__(
+            f"The namespace {namespace} belongs to the gpuhub install '{owner}', not to this "
+            f"hub's ('{install}'). Several hubs on one cluster need their own team namespaces: "
+            "put {install} in the catalog's kubernetes.namespace_template "
+            "(e.g. gpuhub-{install}-{team})."
+        )
+        self.namespace = namespace
 
 
 class TeamNamespaces:
@@ -39,13 +52,15 @@ class TeamNamespaces:
         team: str,
         catalog: Catalog,
         *,
+        install: str,
         manage_quota: bool,
         isolate: tuple[Any, HubPeers] | None,
         request_timeout: float,
         retry_timeout: float,
     ) -> None:
         """Make `namespace` (and its quota, and its NetworkPolicy when `isolate` gives the
-        NetworkingV1Api and the hub's peers) once; later calls wait for the same making."""
+        NetworkingV1Api and the hub's peers) once; later calls wait for the same making.
+        Raises ForeignNamespace when another install made it."""
         found = self._ready.get(namespace)
         now = self._clock()
         if found is not None:
@@ -60,6 +75,7 @@ class TeamNamespaces:
                     namespace,
                     team,
                     catalog,
+                    install,
                     manage_quota,
                     isolate,
                     request_timeout,
@@ -77,18 +93,22 @@ async def _make(
     namespace: str,
     team: str,
     catalog: Catalog,
+    install: str,
     manage_quota: bool,
     isolate: tuple[Any, HubPeers] | None,
     request_timeout: float,
     retry_timeout: float,
 ) -> None:
-    manifest = make_namespace(namespace, labels=team_object_labels(team))
+    manifest = make_namespace(namespace, labels=team_object_labels(team, install))
     await exponential_backoff(
         partial(_attempt, api, manifest, request_timeout),
         f"could not create the team namespace {namespace}",
         timeout=retry_timeout,
     )
-    quota = team_quota_manifests(catalog).get(namespace)
+    owner = install_of((await api.read_namespace(namespace)).metadata.labels)
+    if owner is not None and owner != install:
+        raise ForeignNamespace(namespace, owner, install)
+    quota = team_quota_manifests(catalog, install).get(namespace)
     if manage_quota and quota is not None:
         await asyncio.wait_for(sync_quota(api, quota), retry_timeout)
     if isolate is not None:

@@ -29,6 +29,8 @@ class HubPeers:
     """The port notebook servers listen on (KubeSpawner's `port`)."""
     pod_component: str
     """The `component` label of notebook pods (KubeSpawner's `component_label`)."""
+    install: str
+    """The hub's install (spawner_ext/install.py), on the policy's labels."""
 
 
 def team_network_policy(namespace: str, team: str, peers: HubPeers) -> dict[str, Any]:
@@ -51,7 +53,7 @@ def team_network_policy(namespace: str, team: str, peers: HubPeers) -> dict[str,
         "metadata": {
             "name": POLICY_NAME,
             "namespace": namespace,
-            "labels": team_object_labels(team),
+            "labels": team_object_labels(team, peers.install),
         },
         "spec": {
             "podSelector": {"matchLabels": {"component": peers.pod_component}},
@@ -117,6 +119,8 @@ async def sync_network_policy(api: Any, manifest: dict[str, Any]) -> str | None:
     namespace = manifest["metadata"]["namespace"]
     if done[0] == "created":
         return f"{namespace}: created NetworkPolicy {POLICY_NAME}"
+    if done[0] == "foreign":
+        return f"{namespace}: NetworkPolicy {POLICY_NAME} is another install's; left alone"
     return f"{namespace}: NetworkPolicy {POLICY_NAME} put back as the hub has it"
 
 

@@ -1,10 +1,11 @@
-"""Which notebook pods run now, for reconciliation: pods labelled with a ledger session, in every
-namespace (team namespaces included), read from the API server. A pod that lost its session label
-is still listed (and adopted by reconciliation)."""
+"""Which notebook pods run now, for reconciliation: pods labelled with a gpuhub profile, in every
+namespace (team namespaces included), read from the API server, and of those the install's own.
+A pod that lost its session label is still listed (and adopted by reconciliation)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,9 +13,46 @@ from ..ledger.reconcile import RunningServer
 from ..wire import PROFILE_LABEL, read_pod
 
 
+@dataclass(frozen=True)
+class Pods:
+    """The running notebook pods an install sees, split by whose they are."""
+
+    ours: list[RunningServer]
+    foreign: list[str]
+    """`namespace/pod` of pods another install made (never billed, stopped or deleted)."""
+    unclaimed: list[str]
+    """Pods from before installs were told apart that the hub does not list: not ours to
+    bill or delete (another install's hub may list them)."""
+
+
+def pods_of_install(
+    pods: Iterable[Mapping[str, Any]], install: str, listed: Collection[str]
+) -> Pods:
+    """Pure: of the running notebook pods, this install's: those labelled with it, and those
+    labelled with no install (made before installs were told apart) that its hub lists at
+    `namespace/pod` (`listed`)."""
+    ours: list[RunningServer] = []
+    foreign: list[str] = []
+    unclaimed: list[str] = []
+    for server, owner in _running(pods):
+        if owner == install or (owner is None and server.runtime_ref in listed):
+            ours.append(server)
+        elif owner is None:
+            unclaimed.append(server.runtime_ref)
+        else:
+            foreign.append(server.runtime_ref)
+    return Pods(ours, foreign, unclaimed)
+
+
 def running_pods(pods: Iterable[Mapping[str, Any]]) -> list[RunningServer]:
-    """Pure: pod manifests (as the API serves them) -> the Running ones as RunningServers.
-    A pod whose labels do not describe a server (edited by hand, another version) is skipped."""
+    """Pure: pod manifests (as the API serves them) -> the Running ones as RunningServers,
+    whatever install made them."""
+    return [server for server, _owner in _running(pods)]
+
+
+def _running(pods: Iterable[Mapping[str, Any]]) -> list[tuple[RunningServer, str | None]]:
+    """The Running pods as RunningServers, with the install each names (None: none). A pod
+    whose labels do not describe a server (edited by hand, another version) is skipped."""
     found = []
     for pod in pods:
         meta, status = pod.get("metadata") or {}, pod.get("status") or {}
@@ -24,16 +62,15 @@ def running_pods(pods: Iterable[Mapping[str, Any]]) -> list[RunningServer]:
         if record.summary is None:
             continue
         start = status.get("startTime") or meta.get("creationTimestamp")
-        found.append(
-            RunningServer.of(
-                record.summary,
-                user=record.user,
-                server_name=record.server_name,
-                session=record.session,
-                started_at=_time(start),
-                runtime_ref=f"{meta.get('namespace')}/{meta.get('name')}",
-            )
+        server = RunningServer.of(
+            record.summary,
+            user=record.user,
+            server_name=record.server_name,
+            session=record.session,
+            started_at=_time(start),
+            runtime_ref=f"{meta.get('namespace')}/{meta.get('name')}",
         )
+        found.append((server, record.install))
     return found
 
 
@@ -51,11 +88,13 @@ class PodObserver:
     def __init__(self, api: Any) -> None:
         self._api = api
 
-    async def running(self) -> list[RunningServer]:
+    async def running(self, install: str, listed: Collection[str]) -> Pods:
+        """The running notebook pods, split by install (`listed`: `namespace/pod` of the
+        servers the install's hub lists)."""
         from .serialize import to_manifest
 
         pods = await self._api.list_pod_for_all_namespaces(label_selector=PROFILE_LABEL)
-        return running_pods(to_manifest(pod) for pod in pods.items)
+        return pods_of_install((to_manifest(pod) for pod in pods.items), install, listed)
 
     async def stop(self, runtime_ref: str) -> None:
         """Delete a server's pod (JupyterHub notices on its next poll)."""

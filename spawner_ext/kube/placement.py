@@ -28,9 +28,11 @@ class PodPlacement:
     env: Mapping[str, str]
 
 
-def placement(plan: SpawnPlan, server_name: str = "", session: str | None = None) -> PodPlacement:
-    """The GPU placement of a plan, and the labels and annotations that name the server and its
-    ledger session. A CPU-only plan hides the node's GPUs from the container."""
+def placement(
+    plan: SpawnPlan, install: str, server_name: str = "", session: str | None = None
+) -> PodPlacement:
+    """The GPU placement of a plan, and the labels and annotations that name the server, its
+    install and its ledger session. A CPU-only plan hides the node's GPUs from the container."""
     gpu_type = plan.gpu_type
     if gpu_type is None:
         limits: dict[str, str] = {}
@@ -48,7 +50,7 @@ def placement(plan: SpawnPlan, server_name: str = "", session: str | None = None
         limits=limits,
         node_selector=selector,
         tolerations=tolerations,
-        labels=pod_labels(plan.summary, session),
+        labels=pod_labels(plan.summary, session, install),
         annotations=pod_annotations(plan.summary, plan.user, server_name),
         env=env,
     )

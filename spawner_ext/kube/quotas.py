@@ -17,12 +17,12 @@ from .converge import converge
 QUOTA_NAME = "gpuhub-gpus"
 
 
-def team_quota_manifests(catalog: Catalog) -> dict[str, dict[str, Any]]:
+def team_quota_manifests(catalog: Catalog, install: str) -> dict[str, dict[str, Any]]:
     """Namespace -> ResourceQuota manifest, for every team that has its own namespace. GPU types
     sharing a resource (two models both `nvidia.com/gpu`) share one limit: the sum."""
     out: dict[str, dict[str, Any]] = {}
     for key, team in catalog.teams.items():
-        namespace = namespace_of(catalog, key)
+        namespace = namespace_of(catalog, key, install)
         if namespace is None:
             continue
         hard: Counter[str] = Counter()
@@ -34,7 +34,7 @@ def team_quota_manifests(catalog: Catalog) -> dict[str, dict[str, Any]]:
             "metadata": {
                 "name": QUOTA_NAME,
                 "namespace": namespace,
-                "labels": team_object_labels(key),
+                "labels": team_object_labels(key, install),
             },
             "spec": {"hard": {name: str(n) for name, n in sorted(hard.items())}},
         }
@@ -54,14 +54,16 @@ async def sync_quota(api: Any, manifest: dict[str, Any]) -> str | None:
     namespace = manifest["metadata"]["namespace"]
     if outcome == "created":
         return f"{namespace}: created {hard}"
+    if outcome == "foreign":
+        return f"{namespace}: the ResourceQuota is another install's; left alone"
     return f"{namespace}: {dict(previous.spec.hard or {})} -> {hard}"
 
 
-async def sync_quotas(api: Any, catalog: Catalog) -> list[str]:
+async def sync_quotas(api: Any, catalog: Catalog, install: str) -> list[str]:
     """Every team namespace's quota, as the catalog says; what changed. Namespaces that do not
     exist (yet, or any more) are skipped: the hub makes them on the next spawn into them."""
     changed = []
-    for manifest in team_quota_manifests(catalog).values():
+    for manifest in team_quota_manifests(catalog, install).values():
         try:
             change = await sync_quota(api, manifest)
         except ApiException as exc:

@@ -20,8 +20,10 @@ from traitlets import Bool, Int, List, default
 
 from ..catalog.frozen import thaw
 from ..end_reason import EndReason
-from ..spawners.mixin import GPUSpawnerMixin
-from .namespaces import TeamNamespaces
+from ..policy.request import SpawnRefused
+from ..spawners.mixin import GPUSpawnerMixin, refusal
+from ..wire import install_labels
+from .namespaces import ForeignNamespace, TeamNamespaces
 from .netpol import HubPeers
 from .placement import apply_placement, placement
 from .progress import explain
@@ -77,17 +79,27 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         self._apply_overrides(overrides)
         self.dns_name = self.dns_name_template.format(namespace=self.namespace, name=self.pod_name)
         if plan.namespace and not self.enable_user_namespaces:
-            namespaces = self.context.part(TeamNamespaces, TeamNamespaces)
+            await self._ensure_namespace(plan.namespace, plan.team or "")
+
+    async def _ensure_namespace(self, namespace: str, team: str) -> None:
+        """Make the team's namespace (once per hub); one another install made refuses the
+        spawn with what to change."""
+        namespaces = self.context.part(TeamNamespaces, TeamNamespaces)
+        try:
             await namespaces.ensure(
                 self.api,
-                plan.namespace,
-                plan.team or "",
+                namespace,
+                team,
                 self.catalog_version().catalog,
+                install=self.install,
                 manage_quota=self.manage_resource_quotas,
                 isolate=self._isolation(),
                 request_timeout=self.k8s_api_request_timeout,
                 retry_timeout=self.k8s_api_request_retry_timeout,
             )
+        except ForeignNamespace as exc:
+            self.log.error("gpuhub: %s", exc)
+            raise refusal(SpawnRefused(str(exc), reason="namespace")) from None
 
     def _isolation(self) -> tuple[Any, HubPeers] | None:
         """What a team namespace's NetworkPolicy needs, or None when they are not managed."""
@@ -99,6 +111,7 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
             hub_ports=tuple(self.hub_ports),
             notebook_port=self.port,
             pod_component=self.component_label,
+            install=self.install,
         )
         return shared_client("NetworkingV1Api"), peers
 
@@ -117,9 +130,16 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         pod = await super().get_pod_manifest()
         if self.plan is None:
             return pod
-        where = placement(self.plan, self.name, self.usage_session)
+        where = placement(self.plan, self.install, self.name, self.usage_session)
         manifest = apply_placement(to_manifest(pod), where)
         return from_manifest(manifest, "V1Pod")
+
+    def get_pvc_manifest(self) -> Any:
+        """KubeSpawner's PVC, labelled with the install that made it (a PVC of the same name
+        is reused: team namespaces are per install, see ForeignNamespace)."""
+        pvc = super().get_pvc_manifest()
+        pvc.metadata.labels = {**(pvc.metadata.labels or {}), **install_labels(self.install)}
+        return pvc
 
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
         async for event in super().progress():

@@ -56,10 +56,12 @@ def _record(row: ServerActivity) -> ActivityRecord:
 class ActivityLedger:
     def __init__(self, ledger: Ledger) -> None:
         self.engine = ledger.engine
+        self.install = ledger.install
 
     def open_session(self, db: Session, user: str, server_name: str) -> UsageSession | None:
-        """The running session of a user's server (the newest, if reconciliation left two)."""
-        return db.scalars(running_session(user, server_name)).first()
+        """The running session of a user's server (the newest, if reconciliation left two), of
+        the ledger handle's install."""
+        return db.scalars(running_session(user, server_name, self.install)).first()
 
     def record(
         self,

@@ -19,7 +19,7 @@ from .base import LedgerBase
 from .models import AdmissionRefusals, TeamLock, TeamMonthUsage, UsageSession
 from .reconcile import Server
 from .rules import Span, gpu_seconds_between, holdings_of, month_key, month_start
-from .sessions import close_row, dialect_insert, new_session
+from .sessions import close_row, dialect_insert, new_session, of_install
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,12 @@ class AdmissionEngine(LedgerBase):
                 if not decision.admitted:
                     raise AdmissionRefused(decision)
                 warning = decision.warning
-            row = new_session(request, requested_at=now, catalog_version=request.catalog_version)
+            row = new_session(
+                request,
+                requested_at=now,
+                catalog_version=request.catalog_version,
+                install=self.install,
+            )
             db.add(row)
             db.flush()
             return Admission(row.id, row.uid, warning)
@@ -109,6 +114,7 @@ class AdmissionEngine(LedgerBase):
                 UsageSession.user == user,
                 UsageSession.server_name == server_name,
                 UsageSession.ended_at.is_(None),
+                of_install(self.install),
             )
         ).all()
         for row in stale:

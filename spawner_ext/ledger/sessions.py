@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -107,7 +107,11 @@ class SessionLog(LedgerBase):
         A reason the gpuhub service asked the stop for (budget, culling) wins over `stopped`.
         Idempotent; returns the ids closed or corrected."""
         now = at or self.clock()
-        mine = (UsageSession.user == server.user) & (UsageSession.server_name == server.server_name)
+        mine = (
+            (UsageSession.user == server.user)
+            & (UsageSession.server_name == server.server_name)
+            & of_install(self.install)
+        )
         which = UsageSession.uid == (server.session or "")
         if server.runtime_ref:
             which = which | (UsageSession.runtime_ref == server.runtime_ref)
@@ -183,8 +187,9 @@ class SessionLog(LedgerBase):
                 .values(last_seen_at=at or self.clock())
             )
 
-    def adopt(self, server: RunningServer, start: datetime) -> int:
-        """Open a started session for a running server the ledger has no open session for."""
+    def adopt(self, server: RunningServer, start: datetime) -> str:
+        """Open a started session (of this handle's install) for a running server the ledger
+        has no open session for; its key."""
         with self._sessions.begin() as db:
             row = new_session(
                 server,
@@ -193,10 +198,11 @@ class SessionLog(LedgerBase):
                 last_seen_at=self.clock(),
                 runtime_ref=server.runtime_ref,
                 catalog_version="",
+                install=self.install,
             )
             db.add(row)
             db.flush()
-            return row.id
+            return row.uid
 
     def closed(self, sessions: Sequence[str]) -> dict[str, ClosedSession]:
         """Those of the sessions of keys `sessions` that are closed, by key."""
@@ -237,8 +243,12 @@ class SessionLog(LedgerBase):
             return {ref: ended for ref, ended in db.execute(query) if ref and ended}
 
     def open_sessions(self) -> list[UsageSession]:
+        """The install's open sessions (see `install`)."""
+        query = select(UsageSession).where(
+            UsageSession.ended_at.is_(None), of_install(self.install)
+        )
         with self._reads() as db:
-            return list(db.scalars(select(UsageSession).where(UsageSession.ended_at.is_(None))))
+            return list(db.scalars(query))
 
     def billed_totals(self) -> list[BilledTotal]:
         """GPU-seconds and cost of every closed session, per team, GPU type and currency."""
@@ -269,14 +279,14 @@ class SessionLog(LedgerBase):
     def open_session_of(self, user: str, server_name: str) -> UsageSession | None:
         """The running (started, not ended) session of a user's server; the newest if several."""
         with self._reads() as db:
-            return db.scalars(running_session(user, server_name)).first()
+            return db.scalars(running_session(user, server_name, self.install)).first()
 
     def last_session(self, user: str, server_name: str) -> UsageSession | None:
         """The newest session of a user's server."""
         u = UsageSession
         query = (
             select(u)
-            .where(u.user == user, u.server_name == server_name)
+            .where(u.user == user, u.server_name == server_name, of_install(self.install))
             .order_by(u.id.desc())
             .limit(1)
         )
@@ -284,6 +294,7 @@ class SessionLog(LedgerBase):
             return db.scalars(query).first()
 
     def open_gpu_sessions(self, team: str) -> list[UsageSession]:
+        """The team's open GPU sessions of this install."""
         with self._reads() as db:
             return list(
                 db.scalars(
@@ -291,9 +302,18 @@ class SessionLog(LedgerBase):
                         UsageSession.team == team,
                         UsageSession.ended_at.is_(None),
                         UsageSession.gpu_count > 0,
+                        of_install(self.install),
                     )
                 )
             )
+
+
+def of_install(install: str | None) -> Any:
+    """The condition 'a session of `install`': its own and those from before installs were
+    told apart (NULL); every session when `install` is None."""
+    if install is None:
+        return true()
+    return (UsageSession.install == install) | UsageSession.install.is_(None)
 
 
 def new_session(server: Server, **times_and_refs: Any) -> UsageSession:
@@ -363,7 +383,9 @@ def _correct_early_ends(db: Session, which: Any, at: datetime, reason: EndReason
     return corrected
 
 
-def running_session(user: str, server_name: str) -> Select[UsageSession]:
+def running_session(
+    user: str, server_name: str, install: str | None = None
+) -> Select[UsageSession]:
     """The query of a user's server's running (started, not ended) session, newest first."""
     u = UsageSession
     return (
@@ -373,6 +395,7 @@ def running_session(user: str, server_name: str) -> Select[UsageSession]:
             u.server_name == server_name,
             u.ended_at.is_(None),
             u.started_at.is_not(None),
+            of_install(install),
         )
         .order_by(u.id.desc())
         .limit(1)

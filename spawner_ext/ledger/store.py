@@ -13,12 +13,13 @@ class Ledger(AdmissionEngine, SessionLog):
     """The billing ledger at one database URL: admit spawns, record their sessions' lives."""
 
     @classmethod
-    def open(cls, url: str, *, clock: Clock = utcnow) -> Ledger:
-        """Open the ledger at `url`; raises SchemaError if its schema is missing or old."""
+    def open(cls, url: str, *, clock: Clock = utcnow, install: str | None = None) -> Ledger:
+        """Open the ledger at `url`, for `install`'s sessions (None: all); raises SchemaError if
+        its schema is missing or old."""
         engine = make_engine(url)
         try:
             check_schema(engine, url)
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, clock=clock)
+        return cls(engine, clock=clock, install=install)

@@ -17,6 +17,7 @@ from typing import Any
 from ..catalog import Catalog, GPUType, Profile, ProfileOption
 from ..catalog.frozen import freeze, thaw
 from ..catalog.overrides import merge_overrides
+from ..install import LOCAL
 from ..wire import ServerSummary
 from .identity import Identity, teams_of
 from .profiles import default_profile, only_for, visible_options, visible_profiles, why_not
@@ -74,9 +75,15 @@ class SpawnPlan:
 
 
 def resolve_spawn(
-    catalog: Catalog, who: Identity, user_options: Any, *, catalog_version: str = ""
+    catalog: Catalog,
+    who: Identity,
+    user_options: Any,
+    *,
+    catalog_version: str = "",
+    install: str = LOCAL,
 ) -> SpawnPlan:
-    """Validate `user_options` against the catalog for `who`. Raises SpawnRefused."""
+    """Validate `user_options` against the catalog for `who`, for a server of `install`.
+    Raises SpawnRefused."""
     options = _plain_options(user_options)
     team = _team(catalog, who, options.pop("team", None))
     profile = _profile(catalog, who, team, options.pop("profile", None))
@@ -101,21 +108,23 @@ def resolve_spawn(
         idle_timeout=profile.idle_timeout or culling.idle_timeout,
         gpu_idle_timeout=(profile.gpu_idle_timeout or culling.gpu_idle_timeout) if gpu else None,
         max_age=profile.max_age or culling.max_age,
-        namespace=namespace_of(catalog, team),
+        namespace=namespace_of(catalog, team, install),
         catalog_version=catalog_version,
     )
 
 
-def namespace_of(catalog: Catalog, team: str | None) -> str | None:
-    """The team's namespace: its own `namespace`, else the catalog's template, else None (the
-    spawner's configured namespace)."""
+def namespace_of(catalog: Catalog, team: str | None, install: str) -> str | None:
+    """The team's namespace: its own `namespace`, else the catalog's template (`{team}` and
+    `{install}` filled in), else None (the spawner's configured namespace)."""
     if team is None:
         return None
     own = catalog.teams[team].namespace
     if own:
         return own
     template = catalog.kubernetes.namespace_template
-    return template.replace("{team}", team) if template else None
+    if not template:
+        return None
+    return template.replace("{team}", team).replace("{install}", install)
 
 
 def _plain_options(user_options: Any) -> dict[str, str]:

@@ -82,8 +82,12 @@ class GPUHubService:
         hub: HubAPI,
         runtime: Runtime,
         *,
+        install: str | None = None,
         clock: Clock = utcnow,
     ) -> None:
+        """`install`: the install whose sessions this service reconciles, budget-stops and
+        culls (None: every session in the ledger, as before installs were told apart)."""
+        self.install = install
         self.store = store
         self.ledger_url = ledger_url
         self.hub = hub
@@ -96,7 +100,7 @@ class GPUHubService:
 
     def ledger(self) -> Ledger:
         if self._ledger is None:
-            self._ledger = Ledger.open(self.ledger_url, clock=self.clock)
+            self._ledger = Ledger.open(self.ledger_url, clock=self.clock, install=self.install)
         return self._ledger
 
     def culler(self) -> Culler:

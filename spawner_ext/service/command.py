@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from ..catalog import CatalogError
 from ..catalog.store import CatalogStore
+from ..install import InstallError, checked_install, default_install
 from ..ledger.engine import DEFAULT_URL
 from ..local.processes import live_servers
 from ..wire import SERVICE_NAME
@@ -45,6 +46,13 @@ def add_service_command(subparsers: argparse._SubParsersAction[argparse.Argument
         choices=RUNTIMES,
         required=True,
         help="where servers run: local processes (gpuhub up) or Kubernetes pods",
+    )
+    service.add_argument(
+        "--install",
+        metavar="NAME",
+        help="the install whose servers and sessions this service minds (its hub's "
+        "c.GPUSpawnerMixin.install; default as the hub's: the namespace, and Helm release when "
+        "it differs, from POD_NAMESPACE and HELM_RELEASE_NAME; else 'local')",
     )
     service.add_argument(
         "--no-resource-quotas",
@@ -116,6 +124,10 @@ def run_service(args: argparse.Namespace) -> int:
         store = CatalogStore(args.catalog, log=logging.getLogger("gpuhub.catalog"))
     except CatalogError as exc:
         return _fail(f"the catalog {args.catalog} is not valid:\n{exc}")
+    try:
+        install = checked_install(args.install or default_install(os.environ))
+    except InstallError as exc:
+        return _fail(f"--install: {exc}")
     path = Path(args.cookie_secret_file) if args.cookie_secret_file else None
     try:
         secret = cookie_secret.load(path, os.environ)
@@ -132,7 +144,7 @@ def run_service(args: argparse.Namespace) -> int:
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/")
     host = args.ip or service_url.hostname
     port = args.port if args.port is not None else service_url.port
-    asyncio.run(_serve(args, store, token, api_url, host, port, prefix, secret))
+    asyncio.run(_serve(args, store, token, api_url, host, port, prefix, secret, install))
     return 0
 
 
@@ -145,13 +157,16 @@ async def _serve(
     port: int | None,
     prefix: str,
     secret: bytes,
+    install: str,
 ) -> None:
     runtime: Runtime
     if args.runtime == "kubernetes":
-        runtime = KubeRuntime(await kube_api_client(), manage_quotas=not args.no_resource_quotas)
+        runtime = KubeRuntime(
+            await kube_api_client(), install, manage_quotas=not args.no_resource_quotas
+        )
     else:
         runtime = LocalRuntime(lambda: live_servers(api_url))
-    service = GPUHubService(store, args.db_url, HubAPI(api_url, token), runtime)
+    service = GPUHubService(store, args.db_url, HubAPI(api_url, token), runtime, install=install)
     app = make_app(
         service, prefix, cookie_secret=secret, metrics_user_labels=args.metrics_user_labels
     )

@@ -46,9 +46,10 @@ def reconcile_once(
     grace: timedelta = timedelta(minutes=10),
     listed: frozenset[tuple[str, str]] = frozenset(),
 ) -> Actions:
-    """Decide (ledger/reconcile.py) and record. `running` was listed at `observed_at`, before
-    the ledger is read here, so a session admitted meanwhile is not judged; `listed` are the
-    servers the hub lists as active."""
+    """Decide (ledger/reconcile.py) and record, for the sessions of the ledger handle's install.
+    `running` (that install's servers) was listed at `observed_at`, before the ledger is read
+    here, so a session admitted meanwhile is not judged; `listed` are the servers the hub lists
+    as active."""
     named = [s.session for s in running if s.session is not None]
     actions = reconcile(
         open_sessions(ledger),
@@ -125,7 +126,8 @@ Stop = Callable[[UsageSession], Awaitable[None]]
 
 
 async def enforce_budgets(ledger: Ledger, catalog: Catalog, stop: Stop) -> list[int]:
-    """Ask for the running GPU servers of teams over budget whose grace period is over to stop.
+    """Ask for the running GPU servers (of the ledger handle's install) of teams over budget
+    whose grace period is over to stop.
     Each session records the request (reason `budget`) and stays open, so it is billed until its
     server is really gone; a stop that fails is asked again on the next tick. A team no longer
     stopping (under budget again, its budget raised) has its requests withdrawn, so a server

@@ -76,9 +76,11 @@ def service_command(
     python: str = sys.executable,
     *,
     cookie_secret_file: str | None = None,
+    install: str | None = None,
 ) -> list[str]:
     """`gpuhub service` with the hub's own Python (so it runs whatever gpuhub the hub has)."""
     secret = ["--cookie-secret-file", cookie_secret_file] if cookie_secret_file else []
+    secret += ["--install", install] if install else []
     return [
         python,
         "-m",
@@ -107,6 +109,7 @@ def service_config(
     culling: bool = True,
     url: str | None = None,
     cookie_secret_file: str | None = None,
+    install: str | None = None,
 ) -> dict[str, Any]:
     """`{"services": [...], "load_roles": [...], "custom_scopes": {...}, "template_paths":
     [...], "template_vars": {...}}` to add to JupyterHub's own settings. Roles of `catalog`'s
@@ -117,9 +120,15 @@ def service_config(
     service then listens on every interface of `port`. `cookie_secret_file`: where the service
     keeps the secret of its logins (made at its first start), so that its restarts log nobody
     out; on Kubernetes the secret comes in GPUHUB_SERVICE_COOKIE_SECRET (`environment`)
-    instead."""
+    instead. `install`: the hub's install name (its spawner's `install`), which the service
+    minds only the servers and sessions of."""
     command = service_command(
-        catalog_path, ledger_url, runtime, python, cookie_secret_file=cookie_secret_file
+        catalog_path,
+        ledger_url,
+        runtime,
+        python,
+        cookie_secret_file=cookie_secret_file,
+        install=install,
     )
     if not culling:
         command.append("--no-culling")

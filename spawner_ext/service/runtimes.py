@@ -64,14 +64,33 @@ class LocalRuntime:
 class KubeRuntime:
     name = "kubernetes"
 
-    def __init__(self, api: Any, *, manage_quotas: bool = True) -> None:
+    def __init__(self, api: Any, install: str, *, manage_quotas: bool = True) -> None:
         self._api = api
+        self.install = install
         self._manage_quotas = manage_quotas
+        self._told: set[str] = set()
 
     async def running(self, listed: Sequence[HubServer]) -> list[RunningServer]:
+        """This install's running pods (the ones it labelled, and unlabelled ones its hub
+        lists); others' are logged once each and left alone."""
         from ..kube.observer import PodObserver
 
-        return await PodObserver(self._api).running()
+        refs = {ref for s in listed if (ref := self.runtime_ref(s))}
+        pods = await PodObserver(self._api).running(self.install, refs)
+        for ref in pods.foreign:
+            self._tell(ref, f"gpuhub: pod {ref} is another install's; left alone")
+        for ref in pods.unclaimed:
+            self._tell(
+                ref,
+                f"gpuhub: pod {ref} carries no install label and this hub does not list it; "
+                "left alone (not billed, not ended)",
+            )
+        return pods.ours
+
+    def _tell(self, ref: str, message: str) -> None:
+        if ref not in self._told:
+            self._told.add(ref)
+            log.info(message)
 
     def runtime_ref(self, server: HubServer) -> str | None:
         ours = read_state(server.state).runtime_ref
@@ -90,7 +109,7 @@ class KubeRuntime:
 
         if not self._manage_quotas:
             return
-        for change in await sync_quotas(self._api, catalog):
+        for change in await sync_quotas(self._api, catalog, self.install):
             log.info("gpuhub: ResourceQuota %s", change)
 
 

@@ -6,6 +6,7 @@ Subclasses call `await self.plan_spawn()` before creating anything and build fro
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import DBAPIError
 from tornado import web
 from traitlets import Any as AnyTrait
-from traitlets import Instance, Unicode, default
+from traitlets import Instance, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from ..catalog import Catalog
@@ -23,6 +24,7 @@ from ..end_reason import EndReason
 from ..hub.context import SETTINGS_KEY, HubContext, context_in
 from ..hub.home import RunningServerView, StoppedNotice, running_server_view, stopped_notice
 from ..hub.usage import RunningServersUsage, UsageSource
+from ..install import InstallError, checked_install, default_install
 from ..ledger.activity import ActivityLedger
 from ..ledger.admission import Admission, AdmissionRefused, Request
 from ..ledger.engine import DEFAULT_URL, SchemaError
@@ -93,6 +95,27 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         "default, beside JupyterHub's database; PostgreSQL in production. Create or upgrade its "
         "schema with `gpuhub db upgrade --db-url URL`. Empty: no quotas and no metering.",
     )
+    install = Unicode(
+        config=True,
+        help="This hub's install name (with its gpuhub service): on every pod, team namespace, "
+        "ResourceQuota and NetworkPolicy it makes (label gpuhub.io/install) and every ledger "
+        "session it opens, so several hubs can share a cluster or a billing database without "
+        "billing or stopping each other's servers. 1-40 lowercase letters, digits and '-'. "
+        "Default: the hub's namespace (and Helm release, when it differs) on Kubernetes, "
+        "`local` elsewhere. The gpuhub service must be given the same (`--install`).",
+    )
+
+    @default("install")
+    def _install_default(self) -> str:
+        return default_install(os.environ)
+
+    @validate("install")
+    def _install_valid(self, proposal: Any) -> str:
+        try:
+            return checked_install(str(proposal["value"]))
+        except InstallError as exc:
+            raise TraitError(f"c.{type(self).__name__}.install: {exc}") from None
+
     activity_url = Unicode(
         config=True,
         help="URL at which notebook servers reach the gpuhub service to report GPU activity "
@@ -132,7 +155,9 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         if settings is None:
             settings = {}
         fresh = SETTINGS_KEY not in settings
-        context = context_in(settings, self.catalog_path, self.ledger_url, self.log)
+        context = context_in(
+            settings, self.catalog_path, self.ledger_url, self.log, install=self.install
+        )
         if fresh and self.ledger_url and not _service_registered(self.config):
             self.log.warning(
                 "gpuhub: no '%s' service in c.JupyterHub.services: nothing reconciles billing "
@@ -248,7 +273,11 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         version = self.catalog_version()
         try:
             return resolve_spawn(
-                version.catalog, self.identity(), user_options, catalog_version=version.version
+                version.catalog,
+                self.identity(),
+                user_options,
+                catalog_version=version.version,
+                install=self.install,
             )
         except SpawnRefused as exc:
             self.log.info("Refused spawn of %s: %s (%s)", self._log_name, exc.message, exc.reason)

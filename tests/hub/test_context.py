@@ -40,7 +40,7 @@ def test_one_context_per_hub_settings() -> None:
     first = context_in(settings, CATALOG, "")
     assert context_in(settings, CATALOG, "") is first
     assert context_in({}, CATALOG, "") is not first, "another hub, another context"
-    with pytest.raises(ValueError, match="same catalog_path and ledger_url"):
+    with pytest.raises(ValueError, match="same catalog_path, ledger_url and install"):
         context_in(settings, CATALOG, "sqlite:///other.sqlite")
 
 

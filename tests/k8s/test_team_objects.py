@@ -14,7 +14,11 @@ from spawner_ext.kube.quotas import QUOTA_NAME, sync_quota
 pytestmark = pytest.mark.k8s
 
 PEERS = HubPeers(
-    namespace="jhub", hub_ports=(8081, 10101), notebook_port=8888, pod_component="singleuser-server"
+    namespace="jhub",
+    hub_ports=(8081, 10101),
+    notebook_port=8888,
+    pod_component="singleuser-server",
+    install="jhub",
 )
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 from spawner_ext.kube.netpol import HubPeers, team_network_policy
 
 PEERS = HubPeers(
-    namespace="jhub", hub_ports=(8081, 10101), notebook_port=8888, pod_component="singleuser-server"
+    namespace="jhub",
+    hub_ports=(8081, 10101),
+    notebook_port=8888,
+    pod_component="singleuser-server",
+    install="jhub",
 )
 
 

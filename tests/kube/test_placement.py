@@ -54,7 +54,7 @@ CASES = {
 def test_pod_manifest_matches_golden(case: str) -> None:
     who, options, extra = CASES[case]
     plan = resolve_spawn(CATALOG, who, options, catalog_version="0123456789ab")
-    manifest = apply_placement(base_pod(**extra), placement(plan, "", session="42"))
+    manifest = apply_placement(base_pod(**extra), placement(plan, "jhub", "", session="42"))
     path = GOLDEN / f"{case}.yaml"
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(yaml.safe_dump(manifest, sort_keys=True))
@@ -63,7 +63,7 @@ def test_pod_manifest_matches_golden(case: str) -> None:
 
 def test_gpu_pod_facts() -> None:
     plan = resolve_spawn(CATALOG, LIN, {"profile": "h100-quad"})
-    manifest = apply_placement(base_pod(), placement(plan))
+    manifest = apply_placement(base_pod(), placement(plan, "jhub"))
     container = manifest["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
     assert manifest["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
@@ -76,7 +76,7 @@ def test_gpu_pod_facts() -> None:
 def test_cpu_pod_never_sees_gpus() -> None:
     plan = resolve_spawn(CATALOG, ADA, {"profile": "cpu-small"})
     manifest = apply_placement(
-        base_pod(extra_resource_limits={"nvidia.com/gpu": "1"}), placement(plan)
+        base_pod(extra_resource_limits={"nvidia.com/gpu": "1"}), placement(plan, "jhub")
     )
     container = manifest["spec"]["containers"][0]
     assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"} in container["env"]
@@ -86,7 +86,7 @@ def test_cpu_pod_never_sees_gpus() -> None:
 
 def test_mig_resource_name() -> None:
     plan = resolve_spawn(CATALOG, SAM, {"profile": "mig-slice"})
-    manifest = apply_placement(base_pod(), placement(plan))
+    manifest = apply_placement(base_pod(), placement(plan, "jhub"))
     limits = manifest["spec"]["containers"][0]["resources"]["limits"]
     assert limits == {"nvidia.com/mig-1g.10gb": "1"}
 
@@ -94,5 +94,5 @@ def test_mig_resource_name() -> None:
 def test_apply_placement_does_not_touch_its_input() -> None:
     pod = base_pod()
     before = yaml.safe_dump(pod)
-    apply_placement(pod, placement(resolve_spawn(CATALOG, LIN, {"profile": "h100-quad"})))
+    apply_placement(pod, placement(resolve_spawn(CATALOG, LIN, {"profile": "h100-quad"}), "jhub"))
     assert yaml.safe_dump(pod) == before

@@ -11,7 +11,7 @@ CATALOG = load_catalog(Path(__file__).parents[2] / "hub_config" / "catalog.yaml"
 
 
 def test_one_quota_per_team_namespace() -> None:
-    quotas = team_quota_manifests(CATALOG)
+    quotas = team_quota_manifests(CATALOG, "jhub")
     assert sorted(quotas) == ["gpuhub-nlp", "gpuhub-teaching", "gpuhub-vision"]
     # vision: h100 8 + a100 8 + l4 4 share nvidia.com/gpu; MIG slices have their own resource.
     assert quotas["gpuhub-vision"]["spec"]["hard"] == {
@@ -23,4 +23,4 @@ def test_one_quota_per_team_namespace() -> None:
 
 def test_no_namespaces_no_quotas() -> None:
     catalog = parse_catalog("teams: {a: {quota: {gpus: {}}}}\nprofiles: []\n")
-    assert team_quota_manifests(catalog) == {}
+    assert team_quota_manifests(catalog, "jhub") == {}

@@ -272,3 +272,27 @@ def test_a_session_is_found_by_its_key_only_for_its_own_server(
     assert found is not None and found.id == admitted.session_id
     assert ledger.session_of("bob", "", admitted.session) is None
     assert ledger.session_of("ada", "other", admitted.session) is None
+
+
+def test_installs_sharing_a_ledger_each_mind_their_own_sessions(
+    ledger: Ledger, catalog: Catalog
+) -> None:
+    """Two hubs on one database, each with a server ada/'' of its own, and a session from a
+    hub of before installs: neither closes, reads nor budget-stops the other's."""
+    prod = Ledger(ledger.engine, clock=ledger.clock, install="prod")
+    staging = Ledger(ledger.engine, clock=ledger.clock, install="staging")
+    older = ledger.admit(catalog, request("bob"))  # no install: every install's
+    ours = prod.admit(catalog, request("ada"))
+    theirs = staging.admit(catalog, request("ada"))  # would close prod's as stale if shared
+    assert {s.uid for s in prod.open_sessions()} == {ours.session, older.session}
+    assert {s.uid for s in staging.open_sessions()} == {theirs.session, older.session}
+    assert {s.uid for s in staging.open_gpu_sessions("vision")} == {theirs.session, older.session}
+    prod.mark_started(ours.session, "local:1")
+    staging.mark_started(theirs.session, "local:1")  # same pid on another machine
+    assert prod.open_session_of("ada", "") is not None
+    closed = staging.close_server(ServerRef("ada", "", None, "local:1"), EndReason.STOPPED)
+    assert closed == [theirs.session_id], "the same runtime reference in another install"
+    assert {s.uid for s in prod.open_sessions()} == {ours.session, older.session}
+    row = prod.session_of("ada", "", ours.session)
+    assert row is not None and row.install == "prod" and row.ended_at is None
+    assert len(ledger.open_sessions()) == 2, "a handle of no install reads every session"

@@ -47,13 +47,13 @@ def test_a_live_server_holding_an_unknown_device_is_reported_not_restored(
 def test_live_server_processes_are_found_by_their_environment() -> None:
     uuids = tuple(d.uuid for d in parse_simulation(SPEC, CATALOG))
     hub = "http://127.0.0.1:1/hub/api"
-    env = {**os.environ, **server_env(None, "ada/train", 3, uuids[:1]), "JUPYTERHUB_API_URL": hub}
+    env = {**os.environ, **server_env(None, "ada/train", "3", uuids[:1]), "JUPYTERHUB_API_URL": hub}
     child = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(30)"], env=env, start_new_session=True
     )
     try:
         found = dict(live_servers(hub))
-        assert found[child.pid] == ServerEnv("ada/train", 3, uuids[:1], hub_api_url=hub)
+        assert found[child.pid] == ServerEnv("ada/train", "3", uuids[:1], hub_api_url=hub)
         assert child.pid not in dict(live_servers("http://127.0.0.1:2/hub/api")), "another hub's"
     finally:
         child.kill()

@@ -1,5 +1,8 @@
 """The hub's home page, extended (not forked): for each of a user's running servers, its GPUs,
-the team charged, how long it has run and what it has cost so far.
+the team charged, how long it has run and what it has cost so far; the budget notice of each team
+the user's running GPU servers are charged to (from the team's warning threshold on: the share
+used and, at 100 %, when its GPU servers are stopped, and whom to ask; policy/notices.py), read
+from the billing ledger whether or not the gpuhub service culls; and why gpuhub stopped a server.
 
 JupyterHub renders `templates/home.html` of this package first (`template_paths`); it extends
 JupyterHub's own `home.html` and adds a table from the `gpuhub_servers` template variable, which
@@ -14,9 +17,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
+from sqlalchemy.exc import DBAPIError
+
 from ..catalog import Catalog
+from ..catalog.store import CatalogStore
+from ..clock import utcnow
+from ..ledger.budgets import team_budget_notice, team_budget_state
+from ..ledger.engine import SchemaError
 from ..ledger.rules import billed_seconds, session_cost
-from ..wire import ServerSummary
+from ..ledger.store import Ledger
+from ..policy.notices import BudgetNotice
+from ..wire import ServerState, ServerSummary
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE_VAR = "gpuhub_servers"
@@ -134,12 +145,22 @@ def stopped_notice(
     return StoppedNotice(server_name, ended_at, reason, text)
 
 
+class _Context(Protocol):
+    @property
+    def store(self) -> CatalogStore: ...
+
+    def ledger(self) -> Ledger | None: ...
+
+
 class _HasHomeView(Protocol):
     active: bool
+    context: _Context
 
     def home_view(self) -> RunningServerView | None: ...
 
     def stopped_notice(self) -> StoppedNotice | None: ...
+
+    def server_state(self) -> ServerState: ...
 
 
 class HomeServers:
@@ -161,6 +182,29 @@ class HomeServers:
             view = spawner.home_view() if getattr(spawner, "active", False) else None
             if view is not None:
                 yield view
+
+    def budget_notices(self) -> list[BudgetNotice]:
+        """The budget notice of each team the user's running GPU servers are charged to (one per
+        team), where the team is at or past its warning threshold."""
+        teams: dict[str, _HasHomeView] = {}
+        for spawner in self._spawners():
+            summary = spawner.server_state().summary if getattr(spawner, "active", False) else None
+            if summary is not None and summary.team and summary.gpu_count:
+                teams.setdefault(summary.team, spawner)
+        notices = []
+        now = utcnow()
+        for team, spawner in sorted(teams.items()):
+            try:
+                ledger = spawner.context.ledger()
+                if ledger is None:
+                    continue
+                state = team_budget_state(ledger, team)
+            except (DBAPIError, SchemaError):
+                continue  # the row's cost says the billing database does not answer
+            notice = team_budget_notice(spawner.context.store.catalog, team, state, now)
+            if notice is not None:
+                notices.append(notice)
+        return notices
 
     def stopped(self) -> list[StoppedNotice]:
         """Servers gpuhub stopped in the last day (not running again since)."""

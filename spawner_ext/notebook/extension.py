@@ -2,7 +2,9 @@
 server's own GPUs through NVML, tells the gpuhub service (with the server's JupyterHub token),
 and while a GPU or a kernel is busy it marks the server active, so a silent training run counts
 as activity for any culler (jupyterhub-singleuser reports the server's last activity to the
-hub). It serves the culler's warning to JupyterLab and forwards Keep clicks.
+hub). It serves what the service answers to JupyterLab (the culler's warning, whether Keep can
+delay it, the team's budget notice) and forwards Keep clicks. It reports whether or not the
+service culls (`--no-culling`): the budget notice comes with the answer either way.
 
 Enabled by `jupyter_server_config.d/gpuhub.json` (local mode: JUPYTER_CONFIG_PATH, set by the
 spawner; images: copied to /etc/jupyter). Without JupyterHub or the service URL it does nothing.
@@ -68,6 +70,8 @@ class ReporterState:
     activity: Activity = Activity.NONE
     threshold: int = 5
     warning: dict[str, Any] | None = None
+    budget: dict[str, Any] | None = None
+    """The team's budget notice (policy/notices.py), None below its warning threshold."""
     nvml_error: str | None = None
     service_error: str | None = None
 
@@ -76,6 +80,7 @@ class ReporterState:
             "gpus": [asdict(s) for s in self.samples],
             "activity": self.activity.value,
             "warning": self.warning,
+            "budget": self.budget,
             "nvml_error": self.nvml_error,
             "service_error": self.service_error,
         }
@@ -169,6 +174,7 @@ class GPUReporter:
         self.state.service_error = None
         answer = json.loads(response.body or b"{}")
         self.state.warning = answer.get("warning")
+        self.state.budget = answer.get("budget")
         self.state.threshold = int(answer.get("gpu_utilization_percent", self.state.threshold))
         return True
 

@@ -13,13 +13,16 @@ Rules, each giving a time the server would be stopped at if nothing changes:
   `gpu_utilization_percent` with no kernel busy since `gpu_idle_since` (or the last Keep).
 A GPU that is busy keeps the server against both idle rules; one whose activity NVML cannot tell (a
 MIG device with processes, a failed read) is never judged idle. The earliest time wins; within
-`warn_before` of it the server is warned, at it the server is culled."""
+`warn_before` of it the server is warned, at it the server is culled.
+
+Keep (`kept_at`) restarts only the idle clocks: it can delay a stop for idleness, never one for
+`max_age` or the budget (`keep_delays`), and the warning offers it only where it can."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from ..catalog import Catalog
 from ..end_reason import EndReason
@@ -72,6 +75,16 @@ class ServerActivity:
     """The last time the user clicked Keep in the warning."""
     budget_stop_at: datetime | None = None
     """When the budget's stop stage stops the team's GPU servers (grace over); None: no stop."""
+
+
+KEEP_DELAYS = frozenset({EndReason.CULLED_IDLE, EndReason.CULLED_GPU_IDLE})
+"""The stops Keep can delay: the idle rules, whose clocks it restarts. `max_age` and the budget
+ignore it."""
+
+
+def keep_delays(reason: str | None) -> bool:
+    """Whether clicking Keep can delay a stop for `reason` (an EndReason value)."""
+    return reason in KEEP_DELAYS
 
 
 class CullAction(enum.StrEnum):
@@ -138,7 +151,8 @@ def decide_cull(server: ServerActivity, settings: CullSettings, now: datetime) -
         return CullDecision(CullAction.CULL, reason, at, f"{what} was stopped: {why}.")
     if at - now <= settings.warn_before:
         why = _why(reason, server, at, now)
-        message = f"{what} will be stopped in {_minutes(at - now)}: {why}."
+        when = f"in {_minutes(at - now)} (at {at.astimezone(UTC):%H:%M} UTC)"
+        message = f"{what} will be stopped {when}: {why}."
         return CullDecision(CullAction.WARN, reason, at, message)
     return CullDecision(CullAction.KEEP, reason, at)
 

@@ -1,7 +1,10 @@
 """Where notebook servers report: POST api/v1/activity (the extension's GPU samples, every few
 seconds) and POST api/v1/keep (the user clicked Keep in the warning). Both take the server's own
 JupyterHub token (JUPYTERHUB_API_TOKEN; its `server` role has this service's access scope) and
-answer the culler's current warning for that server.
+answer the culler's current warning for that server (whether Keep can delay it, and whom to ask
+when it cannot) and, for a GPU server, its team's budget notice (policy/notices.py). The notice
+is all a member learns of the team's budget here (its share used, the stop's deadline, the
+leads): the budget API stays for leads. It is answered whether or not this service culls.
 
 A token may report only for servers of its owner that it may access: a server's own token for
 that server, a user's token for their servers. Forging "busy" can keep only one's own server
@@ -10,20 +13,29 @@ alive, which a busy kernel does too; max_age and the budget still stop it."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from tornado import web
 
+from ..catalog import Catalog
 from ..clock import utcnow
 from ..ledger.activity import ActivityLedger, ActivityRecord
+from ..ledger.budgets import TeamBudgetState, team_budget_notice, team_budget_state
+from ..ledger.store import Ledger
 from ..notebook.sampler import GPUSample, gpu_activity
 from ..policy.activity import ActivityReport
+from ..policy.culling import keep_delays
+from ..policy.notices import BudgetNotice, stop_advice, whom_to_ask
 from .app import GPUHubService
 from .culler import REPORT_FRESH
 from .reports_api import APIHandler
 
 MAX_SAMPLES = 64
+BUDGET_READ_EVERY = timedelta(seconds=10)
+"""How long a team's budget state read for one server's answer serves the others' (every
+server reports every few seconds)."""
 
 
 class BadReport(ValueError):
@@ -72,8 +84,58 @@ def may_report(model: dict[str, Any], server_name: str) -> bool:
     )
 
 
+def answer_body(
+    record: ActivityRecord | None,
+    catalog: Catalog,
+    team: str | None,
+    budget: BudgetNotice | None,
+) -> dict[str, Any]:
+    """The answer to a server's report or Keep: its activity as recorded, the culler's warning
+    (with `keep`: whether Keep can delay that stop, and `advice`: what to do when it cannot,
+    naming the leads of `team`, the team the server is charged to) and the team's budget
+    notice."""
+    warning = None
+    if record is not None and record.warning is not None:
+        reason = record.warning.reason
+        warning = {
+            "message": record.warning.message,
+            "cull_at": record.warning.cull_at.isoformat(),
+            "reason": reason,
+            "keep": keep_delays(reason),
+            "advice": stop_advice(reason, whom_to_ask(catalog.teams.get(team or ""))),
+        }
+    kept_at = record.state.kept_at if record is not None else None
+    return {
+        "running": record is not None,
+        "activity": record.state.gpu_activity.value if record else None,
+        "gpu_utilization_percent": catalog.culling.gpu_utilization_percent,
+        "warning": warning,
+        "kept_at": kept_at.isoformat() if kept_at else None,
+        "budget": budget.as_json() if budget is not None else None,
+    }
+
+
+class TeamBudgets:
+    """Teams' budget states, each read at most once per BUDGET_READ_EVERY."""
+
+    def __init__(self) -> None:
+        self._read: dict[str, tuple[datetime, TeamBudgetState]] = {}
+
+    def notice(
+        self, ledger: Ledger, catalog: Catalog, team: str, now: datetime
+    ) -> BudgetNotice | None:
+        cached = self._read.get(team)
+        if cached is None or not timedelta(0) <= now - cached[0] < BUDGET_READ_EVERY:
+            cached = self._read[team] = (now, team_budget_state(ledger, team))
+        return team_budget_notice(catalog, team, cached[1], now)
+
+
 class ServerHandler(APIHandler):
     """The server a report is about, from the body, for the token's owner."""
+
+    def initialize(self, service: GPUHubService, budgets: TeamBudgets | None = None) -> None:
+        super().initialize(service)
+        self.budgets = budgets or TeamBudgets()
 
     def body(self) -> dict[str, Any]:
         try:
@@ -99,24 +161,13 @@ class ServerHandler(APIHandler):
 
     def answer(self, record: ActivityRecord | None) -> None:
         catalog = self.service.store.catalog
-        warning = None
-        if record is not None and record.warning is not None:
-            warning = {
-                "message": record.warning.message,
-                "cull_at": record.warning.cull_at.isoformat(),
-                "reason": record.warning.reason,
-            }
-        self.write_json(
-            {
-                "running": record is not None,
-                "activity": record.state.gpu_activity.value if record else None,
-                "gpu_utilization_percent": catalog.culling.gpu_utilization_percent,
-                "warning": warning,
-                "kept_at": record.state.kept_at.isoformat()
-                if record and record.state.kept_at
-                else None,
-            }
-        )
+        ledger = self.service.ledger()
+        session = ledger.session(record.session_id) if record is not None else None
+        team = session.team if session is not None else None
+        budget = None
+        if session is not None and team and session.gpu_count:  # budgets count GPU-hours
+            budget = self.budgets.notice(ledger, catalog, team, utcnow())
+        self.write_json(answer_body(record, catalog, team, budget))
 
 
 class ActivityHandler(ServerHandler):
@@ -146,14 +197,22 @@ class KeepHandler(ServerHandler):
 
     def post(self) -> None:
         user, server_name = self.owner(self.body())
-        record = ActivityLedger(self.service.ledger()).keep(user, server_name, utcnow())
+        ledger = self.service.ledger()
+        activity = ActivityLedger(ledger)
+        session = ledger.open_session_of(user, server_name)
+        before = activity.records([session.id]).get(session.id) if session is not None else None
+        record = activity.keep(user, server_name, utcnow())
         if record is None:
             raise web.HTTPError(404, f"{user} has no running server {server_name!r}")
+        warning = before.warning if before is not None else None
+        if warning is not None and not keep_delays(warning.reason):
+            activity.warn(record.session_id, warning)  # Keep cannot delay it: the warning stays
+            record = replace(record, warning=warning)
         self.answer(record)
 
 
 def activity_handlers(prefix: str, service: GPUHubService) -> list[Any]:
-    args = {"service": service}
+    args = {"service": service, "budgets": TeamBudgets()}
     return [
         (rf"{prefix}api/v1/activity", ActivityHandler, args),
         (rf"{prefix}api/v1/keep", KeepHandler, args),

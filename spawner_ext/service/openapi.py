@@ -1,5 +1,6 @@
-"""The OpenAPI description of the service's report API (served at api/v1/openapi.json; the
-reference page docs/reference/usage-api.md describes the same)."""
+"""The OpenAPI description of the service's report API, and of the activity API its notebook
+servers call (served at api/v1/openapi.json; the reference page docs/reference/usage-api.md
+describes the same)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,13 @@ _ERRORS = {
 }
 
 
+def _json(schema: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
 def _ok(schema: str, description: str, csv: bool = False) -> dict[str, Any]:
     content: dict[str, Any] = {
         "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}
@@ -48,7 +56,8 @@ OPENAPI: dict[str, Any] = {
         "description": "GPU-hours and cost from the gpuhub billing ledger. Authenticate with a "
         "JupyterHub login or API token (`Authorization: token ...`). Scope "
         "`custom:gpu-usage:read` reads every team; `custom:gpu-usage:read!group=<team>` one "
-        "team; without them, your own usage only.",
+        "team; without them, your own usage only. `activity` and `keep` are for gpuhub's "
+        "notebook extension, with a server's own token.",
     },
     "servers": [{"url": "/services/gpu-usage/api/v1"}],
     "paths": {
@@ -129,6 +138,25 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "The service's status with its last failed tick's error (admins)",
                 "responses": _ok("StatusDetail", "The status and the last error."),
+            }
+        },
+        "/activity": {
+            "post": {
+                "summary": "A notebook server's GPU samples (its own token; not for people)",
+                "description": "What gpuhub's notebook extension posts every few seconds, "
+                "with the server's JupyterHub token (a token reports only for its owner's "
+                "servers). Answered whether or not the service culls.",
+                "requestBody": _json("ActivityReport"),
+                "responses": _ok("ActivityAnswer", "The server's warning and budget notice."),
+            }
+        },
+        "/keep": {
+            "post": {
+                "summary": "The user clicked Keep: the idle clocks start again",
+                "description": "A warning Keep cannot delay (max-age, budget) stays. 404 when "
+                "the server does not run.",
+                "requestBody": _json("ServerName"),
+                "responses": _ok("ActivityAnswer", "The server's warning and budget notice."),
             }
         },
     },
@@ -235,6 +263,102 @@ OPENAPI: dict[str, Any] = {
                     "closed": {"type": "integer"},
                     "strays_ended": {"type": "integer"},
                     "budget_stops": {"type": "integer"},
+                },
+            },
+            "ServerName": {
+                "type": "object",
+                "properties": {
+                    "server_name": {"type": "string", "description": "'' for the default."}
+                },
+            },
+            "ActivityReport": {
+                "allOf": [
+                    {"$ref": "#/components/schemas/ServerName"},
+                    {
+                        "type": "object",
+                        "properties": {
+                            "gpus": {
+                                "type": "array",
+                                "maxItems": 64,
+                                "items": {
+                                    "type": "object",
+                                    "required": ["uuid"],
+                                    "properties": {
+                                        "uuid": {"type": "string"},
+                                        "name": {"type": "string"},
+                                        "is_mig": {"type": "boolean"},
+                                        "utilization": {"type": "integer", "nullable": True},
+                                        "memory_used": {"type": "integer"},
+                                        "memory_total": {"type": "integer"},
+                                        "processes": {"type": "integer"},
+                                        "error": {"type": "string", "nullable": True},
+                                    },
+                                },
+                            },
+                            "kernel_busy": {"type": "boolean"},
+                        },
+                    },
+                ]
+            },
+            "ActivityAnswer": {
+                "type": "object",
+                "properties": {
+                    "running": {
+                        "type": "boolean",
+                        "description": "False (and nothing recorded) without a running session.",
+                    },
+                    "activity": {
+                        "type": "string",
+                        "enum": ["busy", "idle", "unknown", "none"],
+                        "nullable": True,
+                    },
+                    "gpu_utilization_percent": {"type": "integer"},
+                    "warning": {
+                        "type": "object",
+                        "nullable": True,
+                        "description": "The culler's warning of a coming stop.",
+                        "properties": {
+                            "message": {"type": "string"},
+                            "cull_at": {"type": "string", "format": "date-time"},
+                            "reason": {
+                                "type": "string",
+                                "enum": ["culled-idle", "culled-gpu-idle", "max-age", "budget"],
+                            },
+                            "keep": {
+                                "type": "boolean",
+                                "description": "Whether Keep can delay this stop (idleness).",
+                            },
+                            "advice": {
+                                "type": "string",
+                                "description": "When Keep cannot: what to do and whom to ask "
+                                "(the leads of the server's team); '' otherwise.",
+                            },
+                        },
+                    },
+                    "kept_at": {"type": "string", "format": "date-time", "nullable": True},
+                    "budget": {
+                        "type": "object",
+                        "nullable": True,
+                        "description": "The budget notice of the team a GPU server is charged "
+                        "to, from its warning threshold on; null below it, without a budget, "
+                        "and for CPU servers.",
+                        "properties": {
+                            "team": {"type": "string"},
+                            "team_name": {"type": "string"},
+                            "level": {"type": "string", "enum": ["warning", "used-up"]},
+                            "percent_used": {"type": "integer"},
+                            "resets_at": {"type": "string", "format": "date-time"},
+                            "stop_at": {
+                                "type": "string",
+                                "format": "date-time",
+                                "nullable": True,
+                                "description": "When the team's running GPU servers are "
+                                "stopped for the budget; null: they are not (yet).",
+                            },
+                            "leads": {"type": "string", "description": "Whom to ask."},
+                            "message": {"type": "string"},
+                        },
+                    },
                 },
             },
             "StatusDetail": {

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from sqlalchemy.orm import Session
 
 from spawner_ext.catalog import Catalog, load_catalog
+from spawner_ext.clock import utcnow
 from spawner_ext.hub.home import (
     HomeServers,
     RunningServerView,
@@ -16,6 +20,10 @@ from spawner_ext.hub.home import (
     running_server_view,
     stopped_notice,
 )
+from spawner_ext.ledger.engine import SchemaError, upgrade
+from spawner_ext.ledger.models import TeamMonthUsage
+from spawner_ext.ledger.rules import month_key
+from spawner_ext.ledger.store import Ledger
 from spawner_ext.wire import ServerSummary
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -133,3 +141,55 @@ def test_a_server_gpuhub_stopped_is_explained_for_a_day() -> None:
     assert culler is not None and culler.message == "This server was stopped: it ran 3 days."
     assert stopped_notice("", "stopped", ended, None, NOW) is None, "the user stopped it"
     assert stopped_notice("", "culled-idle", NOW - timedelta(days=2), None, NOW) is None
+
+
+class TeamSpawner(Spawner):
+    """A spawner as the budget notices read it: its summary, and the hub's context."""
+
+    def __init__(self, active: bool, summary: ServerSummary, context: object) -> None:
+        super().__init__(active, None)
+        self.summary, self.context = summary, context
+
+    def server_state(self) -> SimpleNamespace:
+        return SimpleNamespace(summary=self.summary)
+
+
+class Context:
+    def __init__(self, catalog: Catalog, ledger: Ledger | None) -> None:
+        self.store = SimpleNamespace(catalog=catalog)
+        self._ledger = ledger
+
+    def ledger(self) -> Ledger | None:
+        if self._ledger is None:
+            raise SchemaError("run gpuhub db upgrade")
+        return self._ledger
+
+
+def test_each_team_of_the_users_gpu_servers_gets_its_budget_notice(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    upgrade(url)
+    ledger = Ledger.open(url)
+    month = month_key(utcnow())
+    with Session(ledger.engine) as db, db.begin():  # usage of sessions closed this month
+        db.add(TeamMonthUsage(team="vision", month=month, gpu_seconds=1700 * 3600))  # 85 %
+        db.add(TeamMonthUsage(team="nlp", month=month, gpu_seconds=4900 * 3600))  # 98 %
+    context = Context(catalog, ledger)
+    nlp_cpu = replace(CPU, team="nlp")
+    user = User(
+        {
+            "": TeamSpawner(True, H100, context),
+            "second": TeamSpawner(True, H100, context),  # the same team: one notice
+            "cpu": TeamSpawner(True, nlp_cpu, context),  # budgets count GPU-hours only
+            "stopped": TeamSpawner(False, replace(H100, team="nlp"), context),
+        }
+    )
+    (notice,) = HomeServers(user).budget_notices()
+    assert (notice.team, notice.level, notice.percent_used) == ("vision", "warning", 85)
+    assert "ask ada or a member of vision-leads" in notice.message
+    user.spawners["stopped"] = TeamSpawner(True, replace(H100, team="nlp"), context)
+    assert [n.team for n in HomeServers(user).budget_notices()] == ["nlp", "vision"]
+    down = User({"": TeamSpawner(True, H100, Context(catalog, None))})
+    assert HomeServers(down).budget_notices() == [], "no billing database: no notice, no error"
+    ledger.engine.dispose()

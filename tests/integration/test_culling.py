@@ -3,7 +3,8 @@ the gpuhub service and real jupyterhub-singleuser servers whose notebook extensi
 fake NVML (built from spawner_ext/fakenvml/fake_nvml.c) through unmodified pynvml.
 
 ada's GPU idles: she is warned, then culled (culled-gpu-idle in the ledger, waste recorded);
-lin's GPU is busy: kept; grace's GPU idles but her kernel runs a long cell: kept."""
+lin's GPU is busy: kept; grace's GPU idles but her kernel runs a long cell: kept. A server near
+its max_age is warned in JupyterLab without Keep, with why, when and whom to ask."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,8 @@ CULLING = """culling:
   warn_before: 60s
   interval: 2s
 """
+MAX_AGE = 150
+"""Seconds a cpu-small server may run on the culling hub (its profile's max_age)."""
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +53,9 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     example = (Path(__file__).parents[2] / "hub_config" / "catalog.yaml").read_text()
     start, end = example.index("culling:"), example.index("kubernetes:")
     catalog = workdir / "catalog.yaml"
-    catalog.write_text(example[:start] + CULLING + "\n" + example[end:])
+    text = example[:start] + CULLING + "\n" + example[end:]
+    cpu = "    slug: cpu-small\n"
+    catalog.write_text(text.replace(cpu, f"{cpu}    max_age: {MAX_AGE}s\n"))
     started = Hub(workdir, "3xh100-80gb", "--config", str(catalog))
     with started.extra_config.open("a") as config:
         config.write('c.Spawner.environment = {"GPUHUB_SAMPLE_SECONDS": "1"}\n')
@@ -237,13 +243,60 @@ def test_jupyterlab_warns_and_keep_keeps(hub: Hub, browser: Any) -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "culling-warning.png"))
         page.get_by_role("button", name="Keep it").first.click()
-        page.get_by_text("Kept: this server will not be stopped", exact=False).first.wait_for()
+        page.get_by_text("Kept: its idle time starts again", exact=False).first.wait_for()
         row, _ = activity_of(hub, session.id)
         assert row is not None and row.kept_at is not None and row.warning is None
     finally:
         context.close()
     assert session_of(hub, "ada").ended_at is None, "kept, not culled"
     hub.stop_server("ada")
+
+
+@pytest.mark.browser
+def test_a_max_age_stop_is_warned_without_keep_saying_why_when_and_whom_to_ask(
+    hub: Hub, browser: Any
+) -> None:
+    """lin's CPU server (charged to vision) nears its profile's max_age: JupyterLab warns with
+    no Keep button, and its banner says why, at what time, and names vision's leads; Keep
+    through the API (as an old JupyterLab would offer it) leaves the warning in place."""
+    hub.start_server("lin", {"profile": "cpu-small", "team": "vision"})
+    session = session_of(hub, "lin")
+    assert session.started_at is not None
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(MAX_AGE * 1000)
+    page = context.new_page()
+    try:
+        page.goto(f"{hub.url}hub/login?next=/user/lin/lab")
+        page.fill("input[name=username]", "lin")
+        page.fill("input[name=password]", hub.password)
+        page.keyboard.press("Enter")
+        banner = page.locator("#gpuhub-notices .gpuhub-stop-notice[data-reason=max-age]")
+        banner.wait_for()
+        stop_at = session.started_at + timedelta(seconds=MAX_AGE)
+        text = banner.inner_text()
+        assert f"(at {stop_at:%H:%M} UTC)" in text, text
+        assert "it will have run for 2 minutes, the longest allowed" in text, text
+        assert "Keep cannot delay this" in text, text
+        assert "ask ada or a member of vision-leads (the leads of Computer Vision Lab)" in text
+        toast = page.get_by_text("the longest allowed", exact=False).first
+        toast.wait_for()
+        assert page.get_by_role("button", name="Keep it").count() == 0, "Keep would not help"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "max-age-warning.png"))
+        kept = requests.post(
+            f"{hub.url}user/lin/gpuhub/keep",
+            headers={"Authorization": f"token {hub.token_for('lin')}"},
+            timeout=30,
+        )
+        assert kept.status_code == 200, kept.text
+        warning = kept.json()["warning"]
+        assert warning is not None and warning["reason"] == "max-age", kept.text
+        assert warning["keep"] is False
+        row, _ = activity_of(hub, session.id)
+        assert row is not None and row.cull_reason == "max-age", "Keep leaves the warning"
+    finally:
+        context.close()
+    hub.stop_server("lin")
 
 
 ARBITER = """\

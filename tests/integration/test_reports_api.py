@@ -160,6 +160,8 @@ def test_the_openapi_description_is_served(hub: Hub) -> None:
         "/catalog",
         "/status",
         "/status/detail",
+        "/activity",
+        "/keep",
     }
 
 

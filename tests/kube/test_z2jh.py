@@ -90,6 +90,22 @@ def test_configure_wires_the_spawner_the_service_and_the_schema() -> None:
     assert "access:services!service=gpu-usage" in roles["server"]["scopes"]
 
 
+def test_with_culling_off_servers_still_report_and_hear_the_budget_notice() -> None:
+    """`custom.gpuhub.culling: false` (stock jupyterhub-idle-culler culls): the service runs
+    with --no-culling, and notebook pods still get its URL and may reach it, so their reports
+    are answered with the team's budget notice."""
+    c = chart_config()
+    configure(
+        c, {"catalogPath": CATALOG, "culling": False}, hub_host="jhub-hub", upgrade=lambda url: None
+    )
+    ours = {s["name"]: s for s in c.JupyterHub.services}["gpu-usage"]
+    assert "--no-culling" in ours["command"]
+    assert c.GPUKubeSpawner.activity_url == "http://jhub-hub:10101/services/gpu-usage/"
+    assert 10101 in c.GPUKubeSpawner.hub_ports, "the team namespaces' policy lets pods reach it"
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert "access:services!service=gpu-usage" in roles["server"]["scopes"]
+
+
 def test_a_spawner_of_the_operators_own_is_kept_and_upgrades_can_be_left_out() -> None:
     c = chart_config()
     c.JupyterHub.spawner_class = "mypkg.MyGPUKubeSpawner"

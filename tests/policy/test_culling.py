@@ -140,7 +140,8 @@ def test_the_warning_says_what_when_and_why() -> None:
     server = replace(GPU, last_activity=T0 + 49 * MIN, gpu_idle_since=T0)
     decision = decide_cull(server, SETTINGS, T0 + 50 * MIN)
     assert decision.message == (
-        "This server (1x H100) will be stopped in 10 minutes: its GPU has been idle for 50 minutes."
+        "This server (1x H100) will be stopped in 10 minutes (at 10:00 UTC): its GPU has been "
+        "idle for 50 minutes."
     )
     assert decision.cull_at == T0 + 60 * MIN
     culled = decide_cull(server, SETTINGS, T0 + 61 * MIN)

@@ -5,7 +5,6 @@ tests/integration/test_service.py."""
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -13,9 +12,9 @@ import pytest
 from tornado import web
 
 from spawner_ext.catalog.store import CatalogStore
+from spawner_ext.cli import _parser
 from spawner_ext.service import cookie_secret
 from spawner_ext.service.app import GPUHubService
-from spawner_ext.service.command import run_service
 from spawner_ext.service.cookie_secret import ENV, CookieSecretError, load
 from spawner_ext.service.runtimes import LocalRuntime
 from spawner_ext.service.web import make_app
@@ -109,8 +108,18 @@ def test_the_service_exits_2_with_the_message(
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "t")
     monkeypatch.setenv("JUPYTERHUB_API_URL", "http://127.0.0.1:1/hub/api")
     monkeypatch.delenv(ENV, raising=False)
-    args = argparse.Namespace(catalog=str(CATALOG), cookie_secret_file=str(path))
-    assert run_service(args) == 2
+    args = _parser().parse_args(
+        [
+            "service",
+            "--catalog",
+            str(CATALOG),
+            "--runtime",
+            "local",
+            "--cookie-secret-file",
+            str(path),
+        ]
+    )
+    assert args.run(args) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"gpuhub service: the cookie secret file {path} is not a cookie secret")
     assert os.environ.get(ENV) is None

@@ -104,7 +104,10 @@ register(c, service_config(
     {catalog!r}, {ledger_url!r}, "kubernetes", port={port},
     environment={{"KUBECONFIG": {kubeconfig!r}, "PYTHONUNBUFFERED": "1"}},
     catalog=load_catalog({catalog!r}),  # the roles of its teams' leads
+    install={install!r},
 ))
+if {install!r}:
+    c.GPUKubeSpawner.install = {install!r}
 """
 
 
@@ -177,7 +180,9 @@ class K8sHub:
         http_timeout: int = 120,
         poll_interval: int = 5,
         extra_config: str = "",
+        install: str | None = None,
     ) -> None:
+        """`install`: the hub's and its service's install name (None: their default)."""
         self.plane = plane
         self.workdir = workdir
         self.spawner = spawner
@@ -225,6 +230,7 @@ class K8sHub:
                     ledger_url=self.ledger_url,
                     port=self.service_port,
                     kubeconfig=str(plane.kubeconfig),
+                    install=install,
                 ),
                 extra=extra_config,
             )

@@ -35,6 +35,8 @@ def test_defaults_are_the_values_files() -> None:
         ({"servicePort": 8081}, "8081 is the hub's own port"),
         ({"culling": "yes"}, "culling must be a bool"),
         ({"catalogPath": "catalog.yaml"}, "catalogPath must be an absolute path"),
+        ({"install": "Prod_1"}, "custom.gpuhub.install: the install name 'Prod_1' is not valid"),
+        ({"install": 3}, "install must be a str"),
     ],
 )
 def test_bad_settings_say_which_key_and_what_to_write(
@@ -126,3 +128,21 @@ def test_a_profile_list_in_the_values_is_reported_and_not_used() -> None:
     quiet = io.StringIO()
     configure(chart_config(), {"catalogPath": CATALOG}, upgrade=lambda url: None, out=quiet)
     assert quiet.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    ("settings", "environ", "install"),
+    [
+        ({}, {"POD_NAMESPACE": "jhub", "HELM_RELEASE_NAME": "jhub"}, "jhub"),
+        ({}, {"POD_NAMESPACE": "research", "HELM_RELEASE_NAME": "staging"}, "research-staging"),
+        ({"install": "prod"}, {"POD_NAMESPACE": "jhub"}, "prod"),
+    ],
+)
+def test_the_spawner_and_the_service_share_one_install_name(
+    settings: dict[str, Any], environ: dict[str, str], install: str
+) -> None:
+    c = chart_config()
+    configure(c, {"catalogPath": CATALOG, **settings}, environ=environ, upgrade=lambda url: None)
+    assert c.GPUKubeSpawner.install == install
+    command = {s["name"]: s for s in c.JupyterHub.services}["gpu-usage"]["command"]
+    assert command[command.index("--install") + 1] == install

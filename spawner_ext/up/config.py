@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..catalog import load_catalog
+from ..install import LOCAL
 from ..service.registration import service_config
 
 DEFAULT_PORT = 8000
@@ -178,6 +179,7 @@ def hub_config(s: UpSettings) -> dict[str, dict[str, Any]]:
         admin_users=admins,
         culling=s.culling,
         cookie_secret_file=str(state / SERVICE_COOKIE_SECRET),
+        install=LOCAL,
     )
     return {
         "JupyterHub": {
@@ -200,6 +202,7 @@ def hub_config(s: UpSettings) -> dict[str, dict[str, Any]]:
         "GPULocalSpawner": {
             "catalog_path": str(s.catalog),
             "ledger_url": s.ledger_url,
+            "install": LOCAL,  # the service's too (service_config above)
             "simulated_gpus": s.simulate_gpus,
             "fake_nvml_config": str(state / "fake-nvml.conf") if s.simulate_gpus else "",
             "server_user": "",

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from sqlalchemy.exc import DBAPIError
 
 from ..catalog import Catalog
+from ..catalog.durations import spoken_duration
 from ..catalog.store import CatalogStore
 from ..clock import utcnow
 from ..ledger.budgets import team_budget_notice, team_budget_state
@@ -55,20 +56,6 @@ class RunningServerView:
     """Why a figure is missing."""
 
 
-def duration_text(seconds: int) -> str:
-    """'45 s', '12 min', '3 h 05 min', '2 d 4 h'."""
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = seconds // 60
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes:02d} min"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h"
-
-
 def running_server_view(
     server_name: str,
     summary: ServerSummary,
@@ -90,7 +77,7 @@ def running_server_view(
     team = catalog.teams.get(summary.team) if summary.team else None
     team_name = (team.display_name or summary.team) if team else summary.team
     since = billed_since or running_since
-    running_for = duration_text(billed_seconds(since, now)) if since else None
+    running_for = spoken_duration(billed_seconds(since, now)) if since else None
     cost: str | None = None
     if billed_since is not None:
         spent = session_cost(summary.price_per_hour, billed_seconds(billed_since, now))

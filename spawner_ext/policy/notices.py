@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..catalog import Quota, Team
+from ..catalog.durations import spoken_duration
 from ..end_reason import EndReason
 from .admission import budget_used_up, budget_warning, next_month_start
 from .culling import keep_delays
@@ -126,17 +127,7 @@ def _gpu_hours(hours: Decimal) -> str:
 
 def _duration(delta: timedelta) -> str:
     """'45 s', '12 min', '1 h 55 min', '2 d 4 h'."""
-    seconds = max(int(delta.total_seconds()), 0)
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = seconds // 60
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes:02d} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
+    return spoken_duration(int(delta.total_seconds()))
 
 
 def budget_notice(

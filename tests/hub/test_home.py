@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy.orm import Session
 
 from spawner_ext.catalog import Catalog, load_catalog
+from spawner_ext.catalog.durations import spoken_duration
 from spawner_ext.clock import utcnow
 from spawner_ext.hub.home import (
     HomeServers,
     RunningServerView,
-    duration_text,
     running_server_view,
     stopped_notice,
 )
@@ -46,10 +46,13 @@ def catalog() -> Catalog:
         (3900, "1 h 05 min"),
         (47 * 3600 + 59 * 60, "47 h 59 min"),
         (50 * 3600, "2 d 2 h"),
+        (7200, "2 h"),
+        (48 * 3600, "2 d"),
+        (-5, "0 s"),
     ],
 )
 def test_durations_read_like_a_person_would_say_them(seconds: int, text: str) -> None:
-    assert duration_text(seconds) == text
+    assert spoken_duration(seconds) == text
 
 
 def test_a_gpu_servers_cost_so_far_is_what_billing_counted(catalog: Catalog) -> None:

@@ -118,16 +118,22 @@ def test_strays_are_servers_the_hub_does_not_list(clock: FakeClock) -> None:
     assert strays([old], starting, clock(), grace) == []
 
 
-async def test_a_budget_stop_that_fails_is_asked_again_and_billed_until_gone(
-    ledger: Ledger, catalog: Catalog, clock: FakeClock
-) -> None:
-    # vision: 2000 GPU-hours a month, running servers stopped 2h after the budget is used up.
+def quad_started_on_the_first(ledger: Ledger, catalog: Catalog, clock: FakeClock) -> Admission:
+    """ada's four H100s (vision) start at midnight on the 1st of the month."""
     clock.now = clock.now.replace(day=1, hour=0)
     big = ledger.admit(
         catalog,
         Request("ada", "", "vision", "h100-quad", "h100-80gb", 4, Decimal("16.4"), "USD", "v"),
     )
     ledger.mark_started(big.session, "local:100")
+    return big
+
+
+async def test_a_budget_stop_that_fails_is_asked_again_and_billed_until_gone(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    # vision: 2000 GPU-hours a month, running servers stopped 2h after the budget is used up.
+    big = quad_started_on_the_first(ledger, catalog, clock)
     cpu = ledger.admit(
         catalog, Request("bob", "", "vision", "cpu-small", None, 0, Decimal(0), "USD", "v")
     )
@@ -363,12 +369,7 @@ async def test_a_budget_stop_withdrawn_when_the_budget_is_raised_ends_as_stopped
     ledger: Ledger, catalog: Catalog, clock: FakeClock
 ) -> None:
     """Breaking `withdraw_budget_stops` (not called) made this end as budget."""
-    clock.now = clock.now.replace(day=1, hour=0)
-    big = ledger.admit(
-        catalog,
-        Request("ada", "", "vision", "h100-quad", "h100-80gb", 4, Decimal("16.4"), "USD", "v"),
-    )
-    ledger.mark_started(big.session, "local:100")
+    big = quad_started_on_the_first(ledger, catalog, clock)
 
     async def failing_stop(session: UsageSession) -> None:
         raise RuntimeError("the hub does not answer")

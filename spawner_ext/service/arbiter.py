@@ -27,9 +27,13 @@ BUDGET_READ_EVERY = timedelta(seconds=10)
 
 
 class GPUCullArbiter:
-    def __init__(self, catalog: str, db_url: str, *, clock: Clock = utcnow) -> None:
+    def __init__(
+        self, catalog: str, db_url: str, *, install: str | None = None, clock: Clock = utcnow
+    ) -> None:
+        """`install`: the hub's install name, when several hubs share the billing database
+        (None: every session is this hub's)."""
         self.store = CatalogStore(catalog)
-        self.ledger = Ledger.open(db_url, clock=clock)
+        self.ledger = Ledger.open(db_url, clock=clock, install=install)
         self.activity = ActivityLedger(self.ledger)
         self.clock = clock
         self._stops: tuple[datetime, dict[str, datetime]] | None = None

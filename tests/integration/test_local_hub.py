@@ -8,10 +8,12 @@ restart. The GPU holdings asserted are those of earlier tests in this file.
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
 import time
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -403,11 +405,15 @@ def test_a_restarted_hub_keeps_the_gpus_of_servers_that_survived(hub: Hub) -> No
 def test_home_page_shows_each_running_servers_gpus_team_and_cost(hub: Hub) -> None:
     if "" in hub.user("ada")["servers"]:  # left running by the restart test
         hub.stop_server("ada")
+    requested = time.time()
     hub.start_server("ada", {"profile": "h100-single"})
+    ready = time.time()
     try:
-        time.sleep(2)
+        time.sleep(12)  # 4.10 USD per hour: more than a cent
         session, _ = hub.login("ada")
+        loading = time.time()
         html = session.get(f"{hub.url}hub/home", timeout=60).content.decode()
+        loaded = time.time()
         assert 'id="start"' in html, "JupyterHub's own home page is still there"
         row = re.search(
             r'<tr class="gpuhub-running-server" data-server-name="">(.*?)</tr>', html, re.S
@@ -420,8 +426,18 @@ def test_home_page_shows_each_running_servers_gpus_team_and_cost(hub: Hub) -> No
             "1 \N{MULTIPLICATION SIGN} NVIDIA H100 80GB",
             "Computer Vision Lab",
         ]
-        assert re.fullmatch(r"\d+ s", cells[4]), cells[4]
-        assert re.fullmatch(r"0\.\d\d USD", cells[5]), cells[5]
+        # Billed from before the server was ready until the page was made: at least the time
+        # from ready to loading, at most the time from the request to loaded (whole seconds).
+        seconds = re.fullmatch(r"(\d+) s", cells[4])
+        assert seconds, cells[4]
+        low, high = math.floor(loading - ready), math.ceil(loaded - requested)
+        assert low <= int(seconds.group(1)) <= high, (cells[4], low, high)
+        cost = re.fullmatch(r"(\d+\.\d\d) USD", cells[5])
+        assert cost, cells[5]
+        cent, price = Decimal("0.01"), Decimal("4.10")
+        cheapest = (price * low / 3600).quantize(cent, ROUND_FLOOR)
+        dearest = (price * high / 3600).quantize(cent, ROUND_CEILING)
+        assert Decimal("0.01") <= cheapest <= Decimal(cost.group(1)) <= dearest, cells[5]
         assert "GPU usage</a> page" in html
     finally:
         hub.stop_server("ada")

@@ -50,6 +50,8 @@ INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "SYSTEMROOT"
 JUPYTER_COMMANDS = frozenset(
     {"jupyterhub-singleuser", "jupyter", "jupyter-lab", "jupyter-server", "jupyter-notebook"}
 )
+GPU = "nvidia.com/gpu"
+MIG_PREFIX = "nvidia.com/mig-"
 WILDCARD = re.compile(r"(?<![\d.])0\.0\.0\.0(?![\d.])")
 VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
@@ -369,45 +371,69 @@ class RunningPod:
 
 
 class Devices:
-    """What the NVIDIA device plugin and container toolkit give a pod here: the node's GPUs, as
-    a fake NVML (spawner_ext/fakenvml, compiled with gcc) whose config file tests may rewrite
-    (`fake-nvml.conf` in the kubelet's directory), and for each container with an
-    `nvidia.com/gpu` limit, that many GPUs of its own, named in NVIDIA_VISIBLE_DEVICES by UUID.
-    Without gcc pods get no GPUs (as on a node without the device plugin)."""
+    """What the NVIDIA device plugin (mixed MIG strategy) and container toolkit give a pod here:
+    the node's GPUs and MIG devices, as a fake NVML (spawner_ext/fakenvml, compiled with gcc)
+    whose config file tests may rewrite (`fake-nvml.conf` in the kubelet's directory), and for
+    each container that many of its own as its `nvidia.com/gpu` and `nvidia.com/mig-<profile>`
+    limits ask, named in NVIDIA_VISIBLE_DEVICES by UUID (`GPU-...`, `MIG-...`).
+
+    The node's capacity says how many: `nvidia.com/gpu` full GPUs, and for each
+    `nvidia.com/mig-<profile>` (e.g. mig-1g.10gb) that many MIG devices, on one parent GPU in
+    MIG mode per profile. Without gcc pods get no GPUs (as on a node without the device plugin).
+    """
 
     def __init__(self, node: str, manifest: Json, root: Path) -> None:
         from spawner_ext import fakenvml
 
-        count = int(manifest.get("status", {}).get("capacity", {}).get("nvidia.com/gpu", 0) or 0)
+        capacity = manifest.get("status", {}).get("capacity", {})
         product = manifest["metadata"].get("labels", {}).get("nvidia.com/gpu.product", "GPU")
-        self.uuids = [f"GPU-{node}-{index}" for index in range(count)]
-        self.free = list(self.uuids)
-        self.held: dict[str, list[str]] = {}
+        name = product.replace("-", " ")
+        count = int(capacity.get(GPU, 0) or 0)
+        self.free: dict[str, list[str]] = {GPU: [f"GPU-{node}-{i}" for i in range(count)]}
+        gpus = [fakenvml.FakeGPU(uuid, name, 24 * 2**30) for uuid in self.free[GPU]]
+        for resource, amount in sorted(capacity.items()):
+            profile = resource.removeprefix(MIG_PREFIX)
+            if not resource.startswith(MIG_PREFIX) or not int(amount or 0):
+                continue
+            uuids = [f"MIG-{node}-{profile}-{i}" for i in range(int(amount))]
+            memory = mig_memory(profile)
+            migs = tuple(fakenvml.FakeMIG(u, f"{name} MIG {profile}", memory) for u in uuids)
+            parent = f"GPU-{node}-{profile}-parent"
+            gpus.append(fakenvml.FakeGPU(parent, name, memory * len(uuids), migs=migs))
+            self.free[resource] = uuids
+        self.held: dict[str, list[tuple[str, str]]] = {}
         self.config = root / "fake-nvml.conf"
         self.env: dict[str, str] = {}
-        if not count:
+        if not gpus:
             return
         try:
             library = fakenvml.build()
         except fakenvml.BuildError as error:
             log.warning("no GPUs for pods: %s", error)
             return
-        gpus = tuple(
-            fakenvml.FakeGPU(uuid, product.replace("-", " "), 24 * 2**30) for uuid in self.uuids
-        )
-        fakenvml.write_config(self.config, fakenvml.FakeNVML(gpus))
+        fakenvml.write_config(self.config, fakenvml.FakeNVML(tuple(gpus)))
         self.env = fakenvml.environment(library, self.config, os.environ)
 
     def allocate(self, uid: str, container: Json) -> dict[str, str]:
         limits = container.get("resources", {}).get("limits", {})
-        wanted = int(limits.get("nvidia.com/gpu", 0) or 0)
-        if not wanted or not self.env or len(self.free) < wanted:
+        wanted = {r: int(limits.get(r, 0) or 0) for r in self.free if limits.get(r)}
+        if not wanted or not self.env:
             return {}
-        self.held[uid] = [self.free.pop(0) for _ in range(wanted)]
-        return {**self.env, "NVIDIA_VISIBLE_DEVICES": ",".join(self.held[uid])}
+        if any(len(self.free[r]) < n for r, n in wanted.items()):
+            return {}
+        held = [(r, self.free[r].pop(0)) for r, n in wanted.items() for _ in range(n)]
+        self.held[uid] = held
+        return {**self.env, "NVIDIA_VISIBLE_DEVICES": ",".join(uuid for _, uuid in held)}
 
     def release(self, uid: str) -> None:
-        self.free.extend(self.held.pop(uid, []))
+        for resource, uuid in self.held.pop(uid, []):
+            self.free[resource].append(uuid)
+
+
+def mig_memory(profile: str) -> int:
+    """Bytes of memory of a MIG profile ('1g.10gb' -> 10 GiB)."""
+    found = re.search(r"\.(\d+)gb", profile)
+    return int(found.group(1)) * 2**30 if found else 2**30
 
 
 class Kubelet:

@@ -1,20 +1,30 @@
-"""Money is counted once on Kubernetes too: across more than 100 spawn/stop cycles through a real
-hub and GPUKubeSpawner on the real control plane (kwok GPU nodes), the hub and the gpuhub service
-are SIGKILLed at seeded random moments. Afterwards every pod that ran has exactly its lifetime
-billed (to within one reconcile tick), in sessions that do not overlap, and nothing else is.
+"""Money is counted once on Kubernetes too: four users cycle servers (start, hold 8-40 s, stop)
+through a real hub and GPUKubeSpawner on the real control plane (kwok GPU nodes), while the hub
+and the gpuhub service are SIGKILLed at seeded random moments, each at least three times.
+Afterwards every pod that ran is billed for its lifetime, to within one reconcile tick plus
+measuring slack, in sessions that do not overlap, and nothing else is billed.
 
-The truth comes from the API server: a watcher lists the pods every 0.2 s and records, per pod
-uid, when it started (`status.startTime`) and when it was last seen Running."""
+The truth comes from the test's own look at the API server, not from what billing reads: a
+watcher lists the pods every 0.2 s and records, per pod uid, the first listing that showed it
+Running and the last that showed it at all. Pods live far longer than the tolerance (4 s), so a
+pod billed nothing, or twice, fails the test.
+
+Billing broken on purpose, the test failed each time (2026-12-05; the break loaded into the hub
+process by its configuration, on a copy of the code; see docs/benchmarks.md):
+- every close ending its session at its start ("a dropped close"): "20 of 20 started sessions
+  bill 0 s";
+- every close billing its seconds twice: "gf-.../jupyter-ada: billed 34.0s, off by 17.1s" for a
+  pod that ran 16.9 s;
+- the hub's record of each stop dropped (`SessionLog.close_server` does nothing), reconciliation
+  left to close: "1 of 20 started sessions bill 0 s" (closed by reconciliation at its start)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import random
 import secrets
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,7 +38,7 @@ from testbed import H100, ControlPlane, Json
 from spawner_ext.ledger.models import UsageSession
 from spawner_ext.ledger.store import Ledger
 from tests.faultdriver import (
-    Lifetime,
+    PodWatcher,
     check_billing,
     report,
     run_cycles,
@@ -39,11 +49,18 @@ from tests.faultdriver import (
 pytestmark = [pytest.mark.k8s, pytest.mark.faults]
 
 POOL_LABEL = "gpuhub.test/pool"
-TICK = 2
-SLACK = 2.0  # seconds: whole-second pod timestamps, the watcher's poll
+TICK = 2  # seconds between reconciliations in this test's catalog
+# Seconds the measurement itself may be off: the watcher's listing (0.2 s apart, up to 0.5 s on
+# a loaded machine) at each end of a life, whole-second billing (< 1 s), and the hub's own view
+# of a pod through its watch. docs/benchmarks.md states the same bound.
+SLACK = 2.0
+TOLERANCE = TICK + SLACK  # a pod the hub lost track of is billed until reconciliation saw it
 SEED = 20261202
 USERS = ["ada", "lin", "kai", "grace"]
-CYCLES_PER_WORKER = 26  # 104 cycles
+CYCLES_PER_WORKER = 5  # at least; more while the kills are still to come
+HOLD = (8, 40)  # seconds a server runs once ready (seeded uniform)
+PAUSE = (5, 10)  # seconds between kills (seeded uniform), after the last one recovered
+KILLS_EACH = 3
 TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
@@ -92,46 +109,6 @@ def hub(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -
             control_plane.api.delete(f"/api/v1/nodes/{node}")
 
 
-class PodWatcher(threading.Thread):
-    def __init__(self, plane: ControlPlane, namespace: str) -> None:
-        super().__init__(daemon=True)
-        self.plane = plane
-        self.namespace = namespace
-        self.seen: dict[str, Lifetime] = {}
-        self.live: set[str] = set()
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            with contextlib.suppress(Exception):
-                pods = self.plane.api.get(f"/api/v1/namespaces/{self.namespace}/pods")["items"]
-                now = time.time()
-                live = set()
-                for pod in pods:
-                    meta, status = pod["metadata"], pod.get("status") or {}
-                    if status.get("phase") != "Running" or not status.get("startTime"):
-                        continue
-                    uid = meta["uid"]
-                    live.add(uid)
-                    if uid not in self.seen:
-                        started = datetime.fromisoformat(status["startTime"].replace("Z", "+00:00"))
-                        ref = f"{meta['namespace']}/{meta['name']}"
-                        self.seen[uid] = Lifetime(ref, started.timestamp(), now)
-                    else:
-                        self.seen[uid].last_seen = now
-                self.live = live
-            time.sleep(0.2)
-
-    def stop(self) -> list[Lifetime]:
-        deadline = time.monotonic() + 120
-        while self.live and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not self.live, "every pod ends"
-        self.done.set()
-        self.join()
-        return list(self.seen.values())
-
-
 def test_hub_and_service_sigkills_at_random_moments_bill_every_pod_exactly_once(
     hub: K8sHub, control_plane: ControlPlane
 ) -> None:
@@ -151,7 +128,8 @@ def test_hub_and_service_sigkills_at_random_moments_bill_every_pod_exactly_once(
         return time.monotonic() - killed
 
     since = datetime.now(UTC)
-    watcher = PodWatcher(control_plane, f"{hub.prefix}-vision")  # type: ignore[attr-defined]
+    path = f"/api/v1/namespaces/{hub.prefix}-vision/pods"  # type: ignore[attr-defined]
+    watcher = PodWatcher(lambda: control_plane.api.get(path)["items"])
     watcher.start()
     workers = {user: {"profile": "h100-single"} for user in USERS}
     outcome = run_cycles(
@@ -160,7 +138,9 @@ def test_hub_and_service_sigkills_at_random_moments_bill_every_pod_exactly_once(
         CYCLES_PER_WORKER,
         {"hub": kill_hub, "service": kill_service},
         random.Random(SEED),
-        pause=(2, 5),  # kwok pods start at once: cycles are quick here
+        hold=HOLD,
+        pause=PAUSE,
+        kills_each=KILLS_EACH,
     )
     lifetimes = watcher.stop()
     time.sleep(3 * TICK)
@@ -171,6 +151,7 @@ def test_hub_and_service_sigkills_at_random_moments_bill_every_pod_exactly_once(
             sessions = list(db.scalars(query.order_by(UsageSession.id)))
     finally:
         ledger.engine.dispose()
-    figures = check_billing(sessions, lifetimes, TICK + SLACK)
-    assert all(times for times in outcome.kills.values()), outcome.kills
-    print(report("Kubernetes", outcome, figures, TICK))
+    figures = check_billing(sessions, lifetimes, TOLERANCE)
+    assert all(len(times) >= KILLS_EACH for times in outcome.kills.values()), outcome.kills
+    assert figures["shortest_s"] > 2 * TOLERANCE, "pods live long enough to tell"
+    print(report("Kubernetes", outcome, figures, TICK, TOLERANCE))

@@ -10,15 +10,17 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
-from process_kubelet import container_argv, container_env, expand
+from process_kubelet import Devices, container_argv, container_env, expand
 from testbed import (
     A100,
     H100,
     L4,
     ApiError,
     ControlPlane,
+    GpuNodeSpec,
     Json,
     ProcessKubelet,
     gpu_node_manifest,
@@ -331,3 +333,26 @@ def test_gpu_node_manifest_carries_gpus_labels_and_taint() -> None:
     assert node["spec"]["taints"] == [
         {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
     ]
+
+
+def test_process_kubelet_devices_give_gpus_and_mig_slices_of_their_own(tmp_path: Path) -> None:
+    spec = GpuNodeSpec(product="NVIDIA-A100-SXM4-80GB", gpus=1)  # and 7 MIG 1g.10gb slices
+    devices = Devices("n", gpu_node_manifest("n", spec, {}), tmp_path)
+    if not devices.env:
+        pytest.skip("no gcc: the process kubelet gives pods no GPUs")
+    config = devices.config.read_text()
+    assert "uuid=GPU-n-0\t" in config
+    assert config.count("\tmig_mode=1") == 1, "one parent GPU in MIG mode"
+    assert config.count("mig\tparent=1\t") == 7
+    assert "name=NVIDIA A100 SXM4 80GB MIG 1g.10gb\tmemory_total=10737418240" in config
+
+    def limits(resource: str) -> Json:
+        return {"resources": {"limits": {resource: "1"}}}
+
+    mig, gpu = "nvidia.com/mig-1g.10gb", "nvidia.com/gpu"
+    assert devices.allocate("a", limits(mig))["NVIDIA_VISIBLE_DEVICES"] == "MIG-n-1g.10gb-0"
+    assert devices.allocate("b", limits(mig))["NVIDIA_VISIBLE_DEVICES"] == "MIG-n-1g.10gb-1"
+    assert devices.allocate("c", limits(gpu))["NVIDIA_VISIBLE_DEVICES"] == "GPU-n-0"
+    assert devices.allocate("d", limits(gpu)) == {}, "no GPU is left"
+    devices.release("a")
+    assert devices.allocate("e", limits(mig))["NVIDIA_VISIBLE_DEVICES"] == "MIG-n-1g.10gb-2"

@@ -1,32 +1,38 @@
 """One culling cycle over many running servers through a real JupyterHub's REST API: gpuhub's
-culler (`Culler.cycle`: the users' pages at once, the ledger's sessions and GPU reports in one
-query each, decisions) beside stock jupyterhub-idle-culler 2.0 (`cull_idle`), in one run, on the
-same hub and the same servers: every server active, so neither stops anything and each cycle is
-the listing and the deciding.
+culler (`Culler.cycle`: the users' pages at once, 200 per page, the ledger's sessions and GPU
+reports in one query each, decisions) beside stock jupyterhub-idle-culler 2.0 (`cull_idle`), in
+one run, on the same hub and the same servers: every server active, so neither stops anything and
+each cycle is the listing and the deciding. Stock runs twice: with `--api-page-size=200` (the page
+size gpuhub uses, the hub's maximum) and with its default (the hub's default page size, 50); it
+asks for its pages one after another either way, as it does.
 
 The hub runs in a process of its own with a spawner that starts no process (its servers answer
 from one stub HTTP server in the hub) and a proxy that keeps routes in memory; the ledger has a
 running session with a fresh "GPU busy" report for each server. Printed: the median of 3 cycles
-each at 1,000, 5,000 and 10,000 servers, the cost per server (linear growth: flat), and the
-hub's own share: listing the servers through its REST API alone, which both cullers pay.
+each at 1,000, 5,000 and 10,000 servers, the ratio gpuhub / stock, the cost per server (linear
+growth: flat), and the listing alone both ways: gpuhub's (`HubAPI.running_servers`) and
+idle-culler's paging (its requests, without its deciding), at both page sizes. The cases take
+turns within each round, so drift in the machine's load falls on all of them alike.
 Target: ours faster than stock, and linear.
 
-Run: .venv/bin/python -m benchmarks.culling_cycle [--servers 1000 5000 10000]
+Run: .venv/bin/python -m benchmarks.culling_cycle [--servers 1000 5000 10000] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +43,7 @@ from jupyterhub.proxy import Proxy
 from jupyterhub.spawner import Spawner
 from sqlalchemy import insert
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httputil import url_concat
 
 from spawner_ext.catalog import load_catalog
 from spawner_ext.clock import utcnow
@@ -44,11 +51,14 @@ from spawner_ext.ledger.engine import upgrade
 from spawner_ext.ledger.models import ServerActivity, UsageSession
 from spawner_ext.ledger.store import Ledger
 from spawner_ext.service.culler import Culler
-from spawner_ext.service.hubapi import HubAPI
+from spawner_ext.service.hubapi import PAGE_SIZE, HubAPI
 from spawner_ext.up import free_port
 
 ROOT = Path(__file__).parents[1]
 REPEAT = 3
+HUB_DEFAULT_PAGE = 50
+"""JupyterHub's api_page_default_limit (unset here, as in z2jh): stock idle-culler's page size
+when `--api-page-size` is not given."""
 
 # --- inside the hub process ------------------------------------------------------------------
 
@@ -187,8 +197,6 @@ class Bench:
     async def grow(self, servers: int) -> None:
         """Users and running servers up to `servers`, with their ledger sessions."""
         names = [f"u{n:05d}" for n in range(self.running, servers)]
-        import json
-
         for i in range(0, len(names), 1000):
             code = await self.call("POST", "/users", json.dumps({"usernames": names[i : i + 1000]}))
             assert code == 201, code
@@ -248,47 +256,118 @@ class Bench:
         self.client.close()
 
 
-async def time_listing(bench: Bench) -> list[float]:
-    """The hub's share: listing every running server through the REST API (what both pay)."""
-    hub = HubAPI(bench.api, bench.token)
-    times = []
-    for _ in range(REPEAT):
-        start = time.perf_counter()
-        await hub.running_servers()
-        times.append(time.perf_counter() - start)
-    hub.close()
-    return times
+Timed = Callable[[], Awaitable[None]]
 
 
-async def time_ours(bench: Bench, servers: int) -> list[float]:
+def ours_listing(bench: Bench, servers: int) -> Timed:
+    """gpuhub's listing alone: `HubAPI.running_servers` (200 per page, the pages at once)."""
+
+    async def once() -> None:
+        hub = HubAPI(bench.api, bench.token)
+        try:
+            listed = await hub.running_servers()
+        finally:
+            hub.close()
+        assert len(listed) == servers, len(listed)
+
+    return once
+
+
+def stock_paging(bench: Bench, servers: int, page_size: int) -> Timed:
+    """jupyterhub-idle-culler 2.0's listing alone, the requests its `cull_idle` makes without its
+    deciding: GET / (the hub's version), then GET /users?state=ready (with `limit` when
+    --api-page-size is given) with the pagination Accept header, each page asked for when the
+    one before has told the next one's URL, each page's JSON decoded (its `fetch_paginated`)."""
+
+    async def once() -> None:
+        client = AsyncHTTPClient(force_instance=True, defaults={"request_timeout": 60})
+        headers = {"Authorization": f"token {bench.token}"}
+        try:
+            await client.fetch(HTTPRequest(f"{bench.api}/", headers=headers))
+            params = {"limit": str(page_size)} if page_size else {}
+            url: str | None = url_concat(f"{bench.api}/users", {**params, "state": "ready"})
+            paging = {**headers, "Accept": "application/jupyterhub-pagination+json"}
+            found = 0
+            while url is not None:
+                response = await client.fetch(HTTPRequest(url, headers=paging))
+                page = json.loads(response.body.decode("utf8", "replace"))
+                found += sum(len(user["servers"]) for user in page["items"])
+                following = page["_pagination"]["next"]
+                url = following["url"] if following else None
+        finally:
+            client.close()
+        assert found == servers, found
+
+    return once
+
+
+def ours_cycle(bench: Bench, servers: int) -> Timed:
     catalog = load_catalog(ROOT / "hub_config" / "catalog.yaml")
-    hub = HubAPI(bench.api, bench.token)
-    culler = Culler(hub, bench.ledger)
-    times = []
-    for _ in range(REPEAT):
-        start = time.perf_counter()
-        considered = await culler.cycle(catalog, utcnow())
-        times.append(time.perf_counter() - start)
+
+    async def once() -> None:
+        hub = HubAPI(bench.api, bench.token)
+        culler = Culler(hub, bench.ledger)
+        try:
+            considered = await culler.cycle(catalog, utcnow())
+        finally:
+            hub.close()
         assert len(considered) == servers, len(considered)
         assert not culler.status.culled, "nothing is culled: every server is busy"
-    hub.close()
-    return times
+
+    return once
 
 
-async def time_stock(bench: Bench) -> list[float]:
+def stock_cycle(bench: Bench, page_size: int) -> Timed:
+    """Stock idle-culler's cycle as z2jh runs it (timeout 3600), `page_size` 0: its default."""
     from jupyterhub_idle_culler import cull_idle
 
     logger = logging.getLogger("stock-culler")
     logger.setLevel(logging.WARNING)
-    times = []
-    for _ in range(REPEAT):
-        start = time.perf_counter()
-        await cull_idle(url=bench.api, api_token=bench.token, inactive_limit=3600, logger=logger)
-        times.append(time.perf_counter() - start)
-    return times
+
+    async def once() -> None:
+        await cull_idle(
+            url=bench.api,
+            api_token=bench.token,
+            inactive_limit=3600,
+            logger=logger,
+            api_page_size=page_size,
+        )
+
+    return once
 
 
-async def run(counts: Sequence[int]) -> list[tuple[int, float, float, float]]:
+CASES = (
+    "gpuhub",
+    "stock 200",
+    "stock default",
+    "listing gpuhub",
+    "paging 200",
+    "paging default",
+)
+
+
+async def time_cases(bench: Bench, servers: int, repeat: int) -> dict[str, float]:
+    """Case -> median seconds of `repeat` runs; each round runs every case once, the order
+    turned by one each round."""
+    runs: dict[str, Timed] = {
+        "gpuhub": ours_cycle(bench, servers),
+        "stock 200": stock_cycle(bench, PAGE_SIZE),
+        "stock default": stock_cycle(bench, 0),
+        "listing gpuhub": ours_listing(bench, servers),
+        "paging 200": stock_paging(bench, servers, PAGE_SIZE),
+        "paging default": stock_paging(bench, servers, 0),
+    }
+    times: dict[str, list[float]] = {case: [] for case in CASES}
+    for round_ in range(repeat):
+        order = CASES[round_ % len(CASES) :] + CASES[: round_ % len(CASES)]
+        for case in order:
+            start = time.perf_counter()
+            await runs[case]()
+            times[case].append(time.perf_counter() - start)
+    return {case: statistics.median(values) for case, values in times.items()}
+
+
+async def run(counts: Sequence[int], repeat: int) -> list[tuple[int, dict[str, float]]]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="gpuhub-cull-") as tmp:
         bench = Bench(Path(tmp))
@@ -298,43 +377,106 @@ async def run(counts: Sequence[int]) -> list[tuple[int, float, float, float]]:
                 start = time.perf_counter()
                 await bench.grow(servers)
                 print(
-                    f"  {servers:,} servers running ({time.perf_counter() - start:.0f} s)",
+                    f"  {servers:,} servers running ({time.perf_counter() - start:.0f} s), "
+                    f"load {os.getloadavg()[0]:.2f}",
                     file=sys.stderr,
                     flush=True,
                 )
-                ours = statistics.median(await time_ours(bench, servers))
-                stock = statistics.median(await time_stock(bench))
-                listing = statistics.median(await time_listing(bench))
+                medians = await time_cases(bench, servers, repeat)
                 print(
-                    f"  ours {ours:.2f} s, stock {stock:.2f} s, listing {listing:.2f} s",
+                    "  " + ", ".join(f"{case} {medians[case]:.2f} s" for case in CASES),
                     file=sys.stderr,
                     flush=True,
                 )
-                rows.append((servers, ours, stock, listing))
+                rows.append((servers, medians))
         finally:
             bench.close()
     return rows
 
 
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.culling_cycle")
     parser.add_argument("--servers", type=int, nargs="+", default=[1000, 5000, 10000])
+    parser.add_argument("--repeat", type=int, default=REPEAT, help="cycles per case (median)")
     args = parser.parse_args(argv)
-    rows = asyncio.run(run(args.servers))
-    load = os.getloadavg()[0]
-    print(f"Culling cycle, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, load {load:.2f}")
-    print(f"median of {REPEAT} cycles; every server active (nothing culled)\n")
-    header = ["servers", "gpuhub s", "stock idle-culler 2.0 s", "stock / gpuhub"]
-    header += ["gpuhub µs per server", "stock µs per server", "hub listing alone s"]
-    header += ["gpuhub beyond the listing, µs per server"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for servers, ours, stock, listing in rows:
-        print(
-            f"| {servers:,} | {ours:.2f} | {stock:.2f} | {stock / ours:.1f}x | "
-            f"{ours / servers * 1e6:.0f} | {stock / servers * 1e6:.0f} | {listing:.2f} | "
-            f"{max(ours - listing, 0) / servers * 1e6:.0f} |"
-        )
+    from jupyterhub import __version__ as jupyterhub_version
+
+    load_before = os.getloadavg()[0]
+    rows = asyncio.run(run(args.servers, args.repeat))
+    load_after = os.getloadavg()[0]
+    print(f"Culling cycle, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC")
+    print(
+        f"machine {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"JupyterHub {jupyterhub_version}; load average (1 min) before {load_before:.2f}, "
+        f"after {load_after:.2f}"
+    )
+    print(
+        f"median of {args.repeat} cycles; every server active (nothing culled); gpuhub: "
+        f"{PAGE_SIZE} per page, pages at once; stock idle-culler 2.0: pages one after another, "
+        f"{PAGE_SIZE} per page (--api-page-size={PAGE_SIZE}) or its default (the hub's "
+        f"{HUB_DEFAULT_PAGE})\n"
+    )
+    s = "stock idle-culler"
+    _table(
+        [
+            "servers",
+            "gpuhub s",
+            f"{s}, {PAGE_SIZE} per page s",
+            f"{s}, default ({HUB_DEFAULT_PAGE} per page) s",
+            f"gpuhub / stock ({PAGE_SIZE})",
+            f"gpuhub / stock ({HUB_DEFAULT_PAGE})",
+            "gpuhub µs per server",
+            f"stock ({PAGE_SIZE}) µs per server",
+            f"stock ({HUB_DEFAULT_PAGE}) µs per server",
+        ],
+        [
+            [
+                f"{n:,}",
+                f"{t['gpuhub']:.2f}",
+                f"{t['stock 200']:.2f}",
+                f"{t['stock default']:.2f}",
+                f"{t['gpuhub'] / t['stock 200']:.2f}x",
+                f"{t['gpuhub'] / t['stock default']:.2f}x",
+                f"{t['gpuhub'] / n * 1e6:.0f}",
+                f"{t['stock 200'] / n * 1e6:.0f}",
+                f"{t['stock default'] / n * 1e6:.0f}",
+            ]
+            for n, t in rows
+        ],
+    )
+    print("\nThe listing alone, each culler's own way, and each cycle beyond its listing:\n")
+    _table(
+        [
+            "servers",
+            f"gpuhub's listing ({PAGE_SIZE} per page, at once) s",
+            f"idle-culler's paging, {PAGE_SIZE} per page s",
+            f"idle-culler's paging, {HUB_DEFAULT_PAGE} per page s",
+            "gpuhub's listing / idle-culler's (200)",
+            "gpuhub beyond its listing µs per server",
+            f"stock ({PAGE_SIZE}) beyond its paging µs per server",
+            f"stock ({HUB_DEFAULT_PAGE}) beyond its paging µs per server",
+        ],
+        [
+            [
+                f"{n:,}",
+                f"{t['listing gpuhub']:.2f}",
+                f"{t['paging 200']:.2f}",
+                f"{t['paging default']:.2f}",
+                f"{t['listing gpuhub'] / t['paging 200']:.2f}x",
+                f"{(t['gpuhub'] - t['listing gpuhub']) / n * 1e6:.0f}",
+                f"{(t['stock 200'] - t['paging 200']) / n * 1e6:.0f}",
+                f"{(t['stock default'] - t['paging default']) / n * 1e6:.0f}",
+            ]
+            for n, t in rows
+        ],
+    )
     return 0
 
 

@@ -3,11 +3,19 @@ simulated 8-GPU kwok nodes: with GPUKubeSpawner twice (team quotas that sum to l
 pool, so some spawns are refused; and quotas large enough that every spawn is admitted, the same
 work as stock), then with stock KubeSpawner (no quotas) on the same node pool, in one run.
 
+Before each storm the namespaces its pods go into exist, as they do after any earlier spawn:
+one user of each team spawns a server and stops it again (the same for every case), and the
+storm begins once their pods are gone. Stock's pods go into the hub's namespace (made before each
+hub starts); gpuhub's hub makes each team's namespace with its ResourceQuota and NetworkPolicy
+on that first spawn, and the script checks they are there. `--namespaces during` skips these
+first spawns: gpuhub's team namespaces are then made by the storm's own first spawns (a hub's
+first storm).
+
 Prints the time until every admitted server's pod is Running, the refusals by reason, and the
 quota violations (running GPUs per team and type over the catalog quota, nodes over-committed;
 both must be 0), side by side, and the ratios ours/stock. Not a test: nothing here asserts timing.
 
-    .venv/bin/python -m benchmarks.spawn_storm [--users 200] [--nodes 32]
+    .venv/bin/python -m benchmarks.spawn_storm [--users 200] [--nodes 32] [--namespaces before]
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "k8s"))
 import requests
 from hub import K8sHub, delete_namespaces, running_hub
 from testbed import H100, ControlPlane, Json, build_binaries
+
+from spawner_ext.kube.netpol import POLICY_NAME
+from spawner_ext.kube.quotas import QUOTA_NAME
 
 GPUS_PER_NODE = H100.gpus
 TEAM_QUOTAS = (30, 30, 25, 25, 20, 20, 15, 15)  # 180 H100s of the 256
@@ -110,9 +121,16 @@ class Result:
     refused: Counter[str] = field(default_factory=Counter)
     seconds_to_running: float = float("nan")
     seconds_to_ready: float = float("nan")
+    failed: int = 0
+    """Admitted spawns that failed afterwards (the hub has no server for them at the end)."""
     quota_violations: int = 0
     overcommitted_nodes: int = 0
     pending_left: int = 0
+    first_spawns: int = 0
+    """Spawns (one per team) started and stopped before the storm."""
+    team_namespaces_ready: int | None = None
+    """Team namespaces with their ResourceQuota and NetworkPolicy when the storm began (None:
+    stock, whose pods go into the hub's namespace)."""
 
 
 def refusal_reason(status: int, message: str) -> str:
@@ -157,16 +175,34 @@ def singleuser_pods(plane: ControlPlane) -> list[Json]:
     return items
 
 
-def wait_running(plane: ControlPlane, count: int, timeout: float = 600) -> float:
+def failed_spawns(hub: K8sHub, names: list[str]) -> set[str]:
+    """Those of `names` whose admitted spawn has failed since: the hub has no server for them."""
+    wanted = set(names)
+    return {
+        user["name"]
+        for user in hub.api("GET", "/users").json()
+        if user["name"] in wanted and "" not in (user.get("servers") or {})
+    }
+
+
+def wait_running(
+    plane: ControlPlane, hub: K8sHub, names: list[str], timeout: float = 600
+) -> tuple[float, set[str]]:
+    """(when every admitted spawn's pod is Running, the spawns that failed instead); the hub
+    is asked for failed spawns every 2 s, so one does not hold the wait to its timeout."""
     deadline = time.monotonic() + timeout
+    failed: set[str] = set()
+    looked = time.monotonic()
     while time.monotonic() < deadline:
         running = sum(
             1 for pod in singleuser_pods(plane) if pod.get("status", {}).get("phase") == "Running"
         )
-        if running >= count:
-            return time.monotonic()
+        if running >= len(names) - len(failed):
+            return time.monotonic(), failed
+        if time.monotonic() - looked > 2:
+            failed, looked = failed_spawns(hub, names), time.monotonic()
         time.sleep(0.2)
-    return float("nan")
+    return float("nan"), failed_spawns(hub, names)
 
 
 def wait_ready(hub: K8sHub, names: list[str], timeout: float = 600) -> float:
@@ -180,6 +216,7 @@ def wait_ready(hub: K8sHub, names: list[str], timeout: float = 600) -> float:
         }
         if ready >= wanted:
             return time.monotonic()
+        wanted -= failed_spawns(hub, sorted(wanted - ready))
         time.sleep(0.5)
     return float("nan")
 
@@ -208,6 +245,54 @@ def violations(plane: ControlPlane, quotas: dict[str, int] | None) -> tuple[int,
     return over_quota, over_node, pending
 
 
+def first_spawns(hub: K8sHub, plane: ControlPlane, namespaces: list[str], teams: int) -> int:
+    """Before the storm, as after any earlier spawn: the first user of each team (u000 to
+    u007, one in each team) starts a server and stops it again, then no notebook pod is left
+    and no ResourceQuota in `namespaces` counts one (the API server's count follows pod
+    deletions a little later). The same for stock and gpuhub; gpuhub's hub makes the team
+    namespaces (with quota and policy) on these spawns. Returns how many ran."""
+    names = [user_name(i) for i in range(teams)]
+    hub.create_users(names)
+
+    def cycle(index: int) -> None:
+        response = hub.spawn(user_name(index), {"profile": profile_of(index)})
+        if response.status_code not in (201, 202):
+            raise RuntimeError(f"first spawn of {user_name(index)}: {response.status_code}")
+        hub.wait_ready(user_name(index))
+        hub.stop_server(user_name(index))
+
+    with ThreadPoolExecutor(max_workers=teams) as pool:
+        list(pool.map(cycle, range(teams)))
+    deadline = time.monotonic() + 300
+    while (singleuser_pods(plane) or quotas_in_use(plane, namespaces)) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.5)
+    return teams
+
+
+def quotas_in_use(plane: ControlPlane, namespaces: list[str]) -> int:
+    """How many ResourceQuotas in `namespaces` count any GPU as used."""
+    busy = 0
+    for namespace in namespaces:
+        path = f"/api/v1/namespaces/{namespace}/resourcequotas"
+        for quota in plane.api.get(path)["items"]:
+            used = (quota.get("status") or {}).get("used") or {}
+            busy += any(value not in ("0", "") for value in used.values())
+    return busy
+
+
+def team_namespaces_ready(plane: ControlPlane, namespaces: list[str]) -> int:
+    """How many of these namespaces exist with the hub's ResourceQuota and NetworkPolicy."""
+    policies = "/apis/networking.k8s.io/v1/namespaces/{}/networkpolicies/" + POLICY_NAME
+    paths = ("/api/v1/namespaces/{}", "/api/v1/namespaces/{}/resourcequotas/" + QUOTA_NAME)
+    return sum(
+        1
+        for namespace in namespaces
+        if not any(plane.api.gone(path.format(namespace)) for path in (*paths, policies))
+    )
+
+
 def clear(hub: K8sHub, plane: ControlPlane, namespaces: list[str]) -> None:
     hub.stop()
     delete_namespaces(plane, namespaces)
@@ -216,8 +301,15 @@ def clear(hub: K8sHub, plane: ControlPlane, namespaces: list[str]) -> None:
         time.sleep(1)
 
 
-def run(plane: ControlPlane, workdir: Path, users: int, quotas: tuple[int, ...] | None) -> Result:
-    """One storm: GPUKubeSpawner with these team quotas, or stock KubeSpawner (None)."""
+def run(
+    plane: ControlPlane,
+    workdir: Path,
+    users: int,
+    quotas: tuple[int, ...] | None,
+    namespaces_before: bool = True,
+) -> Result:
+    """One storm: GPUKubeSpawner with these team quotas, or stock KubeSpawner (None). With
+    `namespaces_before`, one spawn per team is started and stopped first (`first_spawns`)."""
     prefix = "storm-stock" if quotas is None else f"storm-gpuhub-{sum(quotas)}"
     settings: dict[str, Any] = {"namespace": f"{prefix}-hub", "start_timeout": 600}
     if quotas is None:
@@ -234,10 +326,16 @@ def run(plane: ControlPlane, workdir: Path, users: int, quotas: tuple[int, ...] 
     (workdir / prefix).mkdir()
     with running_hub(plane, workdir / prefix, **settings) as hub:
         try:
+            if namespaces_before:
+                result.first_spawns = first_spawns(hub, plane, namespaces, len(TEAM_QUOTAS))
+            if quotas is not None:
+                result.team_namespaces_ready = team_namespaces_ready(plane, namespaces[1:])
             admitted, result.refused, started = storm(hub, users)
             result.admitted = len(admitted)
-            result.seconds_to_running = wait_running(plane, len(admitted)) - started
-            result.seconds_to_ready = wait_ready(hub, admitted) - started
+            running_at, failed = wait_running(plane, hub, admitted)
+            result.seconds_to_running = running_at - started
+            result.seconds_to_ready = wait_ready(hub, sorted(set(admitted) - failed)) - started
+            result.failed = len(failed_spawns(hub, admitted))
             limits = None if quotas is None else {f"t{t}": q for t, q in enumerate(quotas)}
             counts = violations(plane, limits)
             result.quota_violations, result.overcommitted_nodes, result.pending_left = counts
@@ -249,12 +347,23 @@ def run(plane: ControlPlane, workdir: Path, users: int, quotas: tuple[int, ...] 
 def table(results: list[Result]) -> str:
     rows = [
         ("", *(r.label for r in results)),
+        ("spawns started and stopped before", *(str(r.first_spawns) for r in results)),
+        (
+            "team namespaces ready before",
+            *(
+                "- (hub's namespace)"
+                if r.team_namespaces_ready is None
+                else f"{r.team_namespaces_ready} of {len(TEAM_QUOTAS)}"
+                for r in results
+            ),
+        ),
         ("spawns requested", *(str(r.requested) for r in results)),
         ("admitted", *(str(r.admitted) for r in results)),
         (
             "refused (by reason)",
             *(", ".join(f"{k}: {v}" for k, v in sorted(r.refused.items())) or "0" for r in results),
         ),
+        ("admitted, then failed", *(str(r.failed) for r in results)),
         ("s until all admitted pods Running", *(f"{r.seconds_to_running:.1f}" for r in results)),
         ("s until the hub has them all ready", *(f"{r.seconds_to_ready:.1f}" for r in results)),
         ("teams over GPU quota", *(str(r.quota_violations) for r in results)),
@@ -275,7 +384,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--keep", type=Path, help="keep the hubs' directories (logs, databases) here"
     )
+    parser.add_argument(
+        "--namespaces",
+        choices=("before", "during"),
+        default="before",
+        help="before each storm, one spawn per team started and stopped, so gpuhub's team "
+        "namespaces exist as after an earlier spawn (default); or none, so the storm's first "
+        "spawns make them",
+    )
     args = parser.parse_args(argv)
+    before = args.namespaces == "before"
     with (
         tempfile.TemporaryDirectory(prefix="spawn-storm-") as scratch,
         ControlPlane(build_binaries()) as plane,
@@ -284,12 +402,13 @@ def main(argv: list[str] | None = None) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         plane.add_kwok_gpu_nodes(args.nodes, H100)
         load_before = os.getloadavg()
-        ours = run(plane, Path(tmp), args.users, TEAM_QUOTAS)
-        equal = run(plane, Path(tmp), args.users, EQUAL_QUOTAS)
-        stock = run(plane, Path(tmp), args.users, None)
+        ours = run(plane, Path(tmp), args.users, TEAM_QUOTAS, before)
+        equal = run(plane, Path(tmp), args.users, EQUAL_QUOTAS, before)
+        stock = run(plane, Path(tmp), args.users, None, before)
         load_after = os.getloadavg()
     print(f"Spawn storm: {args.users} users, {args.nodes} kwok nodes x {GPUS_PER_NODE} H100")
     print(f"team quotas {TEAM_QUOTAS} (sum {sum(TEAM_QUOTAS)}), and {EQUAL_QUOTAS} (all admitted)")
+    print(f"gpuhub's team namespaces made {args.namespaces} the storm")
     print(f"date {time.strftime('%Y-%m-%d %H:%M %Z')}; machine {platform.node()}, ", end="")
     print(f"{os.cpu_count()} cores; load average before {load_before[0]:.2f}, ", end="")
     print(f"after {load_after[0]:.2f}")
@@ -297,11 +416,12 @@ def main(argv: list[str] | None = None) -> None:
     print(table([ours, equal, stock]))
     print()
     for case in (equal, ours):
-        work = "equal work" if case.admitted == stock.admitted else "unequal work"
+        servers, stock_servers = case.admitted - case.failed, stock.admitted - stock.failed
+        work = "equal work" if servers == stock_servers else "unequal work"
         ratio = case.seconds_to_running / stock.seconds_to_running
         ready_ratio = case.seconds_to_ready / stock.seconds_to_ready
         print(
-            f"{case.label} / stock ({work}: {case.admitted} vs {stock.admitted} servers): "
+            f"{case.label} / stock ({work}: {servers} vs {stock_servers} servers): "
             f"{ratio:.2f}x until all Running (target: <= 1.1x), {ready_ratio:.2f}x until ready"
         )
 

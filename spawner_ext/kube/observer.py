@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..ledger.reconcile import RunningServer
-from ..wire import PROFILE_LABEL, read_pod
+from ..wire import PROFILE_LABEL, install_of, read_pod
 
 
 @dataclass(frozen=True)
@@ -96,13 +96,20 @@ class PodObserver:
         pods = await self._api.list_pod_for_all_namespaces(label_selector=PROFILE_LABEL)
         return pods_of_install((to_manifest(pod) for pod in pods.items), install, listed)
 
-    async def stop(self, runtime_ref: str) -> None:
-        """Delete a server's pod (JupyterHub notices on its next poll)."""
+    async def stop(self, runtime_ref: str, install: str) -> bool:
+        """Delete a server's pod (JupyterHub notices on its next poll), if it is `install`'s:
+        a pod labelled with another install, or with none, is left alone. False when it was
+        not deleted."""
         from kubernetes_asyncio.client.rest import ApiException
 
         namespace, name = runtime_ref.split("/", 1)
         try:
+            pod = await self._api.read_namespaced_pod(name, namespace)
+            if install_of(pod.metadata.labels) != install:
+                return False
             await self._api.delete_namespaced_pod(name, namespace, grace_period_seconds=30)
         except ApiException as exc:
             if exc.status != 404:
                 raise
+            return False
+        return True

@@ -167,6 +167,7 @@ class SessionLog(LedgerBase):
             u.ended_at.is_(None)
             & (u.stop_reason == EndReason.BUDGET.value)
             & u.team.not_in(sorted(still_stopping))
+            & of_install(self.install)
         )
         with self._sessions.begin() as db:
             ids = list(db.scalars(select(u.id).where(which)))
@@ -175,6 +176,23 @@ class SessionLog(LedgerBase):
                     update(u).where(u.id.in_(ids)).values(stop_reason=None, stop_requested_at=None)
                 )
             return ids
+
+    def claim(self, sessions: Sequence[str], runtime_refs: Sequence[str]) -> int:
+        """Open sessions of no install (opened before installs were told apart) that this
+        install's running servers carry (by key) or run at (by runtime reference) become this
+        install's, so that no other install sharing the database reads them as its own any more.
+        Returns how many."""
+        if self.install is None or not (sessions or runtime_refs):
+            return 0
+        u = UsageSession
+        named = u.uid.in_(sorted(set(sessions))) | u.runtime_ref.in_(sorted(set(runtime_refs)))
+        with self._sessions.begin() as db:
+            result = db.execute(
+                update(u)
+                .where(u.install.is_(None), u.ended_at.is_(None), named)
+                .values(install=self.install)
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
 
     def seen(self, session_ids: Sequence[int], at: datetime | None = None) -> None:
         """Record that these sessions' servers were seen running at `at`."""
@@ -374,6 +392,7 @@ def _correct_early_ends(db: Session, which: Any, at: datetime, reason: EndReason
                 UsageSession.server_name == row.server_name,
                 UsageSession.id != row.id,
                 UsageSession.requested_at >= row.requested_at,
+                of_install(row.install),
             )
         )
         end = min(at, next_start) if next_start is not None else at

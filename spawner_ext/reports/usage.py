@@ -60,8 +60,8 @@ class UsageRow:
     idle_gpu_hours: Decimal | None = None
     """GPU-hours the row's GPUs sat idle, by the notebook extension's reports; None when no
     session of the row was sampled (no extension, or from before it)."""
-    session: int | None = None
-    """The ledger session's id, when grouped by session."""
+    session: str | None = None
+    """The ledger session's key, when grouped by session."""
     end_reason: str | None = None
     """How the row's sessions ended (`running`: not yet), when grouped by end_reason."""
 
@@ -131,6 +131,7 @@ def _billed(dialect: str, query: UsageQuery, now: datetime) -> Any:
     return (
         select(
             s.id,
+            s.uid,
             s.team,
             s.currency,
             s.user,
@@ -162,6 +163,7 @@ def _overlapping(query: UsageQuery) -> Any:
         common.append(u.user == query.user)
     columns = (
         u.id,
+        u.uid,
         u.team,
         u.currency,
         u.user,
@@ -228,8 +230,11 @@ def usage_statement(dialect: str, query: UsageQuery, now: datetime, span: int = 
         if dimension in query.by:
             groups.append(billed.c[dimension.value].label(dimension.value))
     if Dimension.SESSION in query.by:
-        groups.append(billed.c.id.label("session"))
-    order = [groups[0], *groups[2:], groups[1]]
+        # The session's key (ids repeat after a restore), in the order sessions were opened.
+        groups.append(billed.c.uid.label("session"))
+    order = [g.element for g in (groups[0], *groups[2:], groups[1])]
+    if Dimension.SESSION in query.by:
+        order.insert(-2, func.min(billed.c.id))
     statement = select(
         *groups,
         func.sum(seconds * billed.c.gpu_count).label("gpu_seconds"),
@@ -239,7 +244,7 @@ def usage_statement(dialect: str, query: UsageQuery, now: datetime, span: int = 
     ).select_from(source)
     if condition is not None:
         statement = statement.where(condition)
-    return statement.group_by(*(g.element for g in groups)).order_by(*(g.element for g in order))
+    return statement.group_by(*(g.element for g in groups)).order_by(*order)
 
 
 def _with_idle(dialect: str, query: UsageQuery, billed: Any, source: Any, day: Any) -> Any:
@@ -313,7 +318,7 @@ def _row(found: Any, query: UsageQuery) -> UsageRow:
         user=found["user"] if Dimension.USER in by else None,
         profile=found["profile"] if Dimension.PROFILE in by else None,
         gpu_type=found["gpu_type"] if Dimension.GPU_TYPE in by else None,
-        session=int(found["session"]) if Dimension.SESSION in by else None,
+        session=str(found["session"]) if Dimension.SESSION in by else None,
         end_reason=found["end_reason"] if Dimension.END_REASON in by else None,
         gpu_hours=(gpu_seconds / 3600).quantize(HOURS, rounding=ROUND_HALF_UP),
         cost=(price_seconds / 3600).quantize(CENTS, rounding=ROUND_HALF_UP),

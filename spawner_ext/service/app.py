@@ -169,7 +169,9 @@ class GPUHubService:
         try:
             await self.hub.stop_server(session.user, session.server_name)
         except ServerUnknown:
-            if session.runtime_ref:
+            # Only a server of this install: one of a session from before installs were told
+            # apart may be another install's.
+            if session.runtime_ref and session.install is not None:
                 await self.runtime.end(session.runtime_ref)
 
     async def tick_safely(self) -> bool:

@@ -51,6 +51,7 @@ def reconcile_once(
     here, so a session admitted meanwhile is not judged; `listed` are the servers the hub lists
     as active."""
     named = [s.session for s in running if s.session is not None]
+    ledger.claim(named, [s.runtime_ref for s in running])
     actions = reconcile(
         open_sessions(ledger),
         running,

@@ -175,7 +175,11 @@ OPENAPI: dict[str, Any] = {
                     "user": {"type": "string"},
                     "profile": {"type": "string"},
                     "gpu_type": {"type": "string", "nullable": True},
-                    "session": {"type": "integer", "description": "Ledger session id."},
+                    "session": {
+                        "type": "string",
+                        "description": "The session's key (a UUID's 32 hex digits; the id as "
+                        "text for sessions from before keys), unique across restores.",
+                    },
                     "end_reason": {"type": "string", "description": "How they ended."},
                     "gpu_hours": {"type": "number"},
                     "cost": {"type": "number"},

@@ -78,19 +78,32 @@ class KubeRuntime:
         refs = {ref for s in listed if (ref := self.runtime_ref(s))}
         pods = await PodObserver(self._api).running(self.install, refs)
         for ref in pods.foreign:
-            self._tell(ref, f"gpuhub: pod {ref} is another install's; left alone")
+            if ref in refs:  # the hub lists it, yet another install labelled it
+                self._tell(
+                    ref,
+                    f"gpuhub: the hub lists pod {ref}, but it is labelled with another install; "
+                    f"is the hub's c.GPUSpawnerMixin.install the service's --install "
+                    f"({self.install})? It is neither billed nor ended",
+                    logging.ERROR,
+                )
+            else:
+                self._tell(ref, f"gpuhub: pod {ref} is another install's; left alone")
         for ref in pods.unclaimed:
             self._tell(
                 ref,
-                f"gpuhub: pod {ref} carries no install label and this hub does not list it; "
-                "left alone (not billed, not ended)",
+                f"gpuhub: pod {ref} carries no install label and this hub does not list it: "
+                "left alone (not billed, not ended). A server from before installs were told "
+                "apart that no hub lists any more holds its GPUs until deleted by hand "
+                "(kubectl get pods -A -l 'gpuhub.io/profile,!gpuhub.io/install')",
+                logging.WARNING,
             )
         return pods.ours
 
-    def _tell(self, ref: str, message: str) -> None:
+    def _tell(self, ref: str, message: str, level: int = logging.INFO) -> None:
+        """Log `message` about a pod once per service process."""
         if ref not in self._told:
             self._told.add(ref)
-            log.info(message)
+            log.log(level, message)
 
     def runtime_ref(self, server: HubServer) -> str | None:
         ours = read_state(server.state).runtime_ref
@@ -102,7 +115,10 @@ class KubeRuntime:
     async def end(self, runtime_ref: str) -> None:
         from ..kube.observer import PodObserver
 
-        await PodObserver(self._api).stop(runtime_ref)
+        if not await PodObserver(self._api).stop(runtime_ref, self.install):
+            log.warning(
+                "gpuhub: pod %s is not this install's (or is gone); not deleted", runtime_ref
+            )
 
     async def sync(self, catalog: Catalog) -> None:
         from ..kube.quotas import sync_quotas

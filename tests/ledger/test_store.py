@@ -296,3 +296,20 @@ def test_installs_sharing_a_ledger_each_mind_their_own_sessions(
     row = prod.session_of("ada", "", ours.session)
     assert row is not None and row.install == "prod" and row.ended_at is None
     assert len(ledger.open_sessions()) == 2, "a handle of no install reads every session"
+
+
+def test_a_session_from_before_installs_becomes_the_install_that_runs_it(
+    ledger: Ledger, catalog: Catalog
+) -> None:
+    """Its server is seen by one install's service (its key, or its runtime reference): from
+    then on no other install sharing the database reads it as its own."""
+    older = ledger.admit(catalog, request("bob"))  # no install
+    ledger.mark_started(older.session, "ns/jupyter-bob")
+    byref = ledger.admit(catalog, request("cy"))
+    ledger.mark_started(byref.session, "ns/jupyter-cy")
+    prod = Ledger(ledger.engine, clock=ledger.clock, install="prod")
+    staging = Ledger(ledger.engine, clock=ledger.clock, install="staging")
+    assert prod.claim([older.session], ["ns/jupyter-cy"]) == 2
+    assert prod.claim([older.session], ["ns/jupyter-cy"]) == 0, "once"
+    assert staging.open_sessions() == []
+    assert {s.uid for s in prod.open_sessions()} == {older.session, byref.session}

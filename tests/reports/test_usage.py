@@ -3,6 +3,7 @@ sessions across day, month and period edges, a price change mid-month, open sess
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -122,6 +123,17 @@ def test_a_users_own_report_has_only_their_sessions(history: Ledger) -> None:
     ]
 
 
+def key_of(ledger: Ledger) -> Callable[[int], str]:
+    """A session's key from its ledger id."""
+
+    def key(session_id: int) -> str:
+        row = ledger.session(session_id)
+        assert row is not None
+        return row.uid
+
+    return key
+
+
 def test_by_session_gives_each_sessions_own_part_of_the_period(ledger: Ledger) -> None:
     """The raw records of a chargeback: one row per session, cut at the period's edges."""
     engine = ledger.engine
@@ -129,11 +141,12 @@ def test_by_session_gives_each_sessions_own_part_of_the_period(ledger: Ledger) -
     first = add_session(engine, "bob", at(10, 10), at(10, 12), price="4.10")
     second = add_session(engine, "bob", at(20, 10), at(20, 11), price="5.00")
     rows = report(ledger, NOVEMBER, Dimension.SESSION, Dimension.USER)
+    key = key_of(ledger)
     assert [(r["session"], r["user"], r["gpu_hours"], r["cost"], r["sessions"]) for r in rows] == [
-        (edge, "ada", 2.0, 8.2, 1),
-        (first, "bob", 2.0, 8.2, 1),
-        (second, "bob", 1.0, 5.0, 1),
-    ]
+        (key(edge), "ada", 2.0, 8.2, 1),
+        (key(first), "bob", 2.0, 8.2, 1),
+        (key(second), "bob", 1.0, 5.0, 1),
+    ], "each session by its key (not its id, which a restore hands out again), oldest first"
     assert "session" in columns((Dimension.SESSION,))
 
 
@@ -228,4 +241,4 @@ def test_idle_gpu_hours_are_the_recorded_waste_and_unknown_where_nothing_was_sam
         ("2026-12-01", 2.0),
     ]
     by_session = report(ledger, NOVEMBER, Dimension.SESSION)
-    assert {r["session"]: r["idle_gpu_hours"] for r in by_session}[quiet] == 0.0
+    assert {r["session"]: r["idle_gpu_hours"] for r in by_session}[key_of(ledger)(quiet)] == 0.0

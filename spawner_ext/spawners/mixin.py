@@ -356,7 +356,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         server was seen running when it is `found_gone` (it may have died long before, e.g.
         while the hub was down). Closes the session this server carries and any session the
         service adopted for it; a reason the service asked for (budget, culling) wins. The
-        session id is kept until here, whatever clear_state does."""
+        session key is kept until here, whatever clear_state does."""
         server = ServerRef(self.user.name, self.name, self.usage_session, self.runtime_ref)
         self.usage_session = None
         self.runtime_ref = None

@@ -293,6 +293,23 @@ class Hub:
             0.5,
         )
 
+    def sessions(self, user: str) -> list[Any]:
+        """The user's ledger sessions (UsageSession rows), oldest first, read from the hub's
+        ledger directly."""
+        from sqlalchemy import select
+        from sqlalchemy.orm import Session
+
+        from spawner_ext.ledger.models import UsageSession
+        from spawner_ext.ledger.store import Ledger
+
+        ledger = Ledger.open(f"sqlite:///{self.state_dir / 'gpuhub-ledger.sqlite'}")
+        try:
+            with Session(ledger.engine) as db:
+                query = select(UsageSession).where(UsageSession.user == user)
+                return list(db.scalars(query.order_by(UsageSession.id)))
+        finally:
+            ledger.engine.dispose()
+
     def server_env(self, name: str, server: str = "") -> dict[str, str]:
         model = self.user(name)["servers"][server]
         return environ_of(int(model["state"]["pid"]))

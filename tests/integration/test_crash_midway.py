@@ -13,11 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from spawner_ext.ledger.models import UsageSession
-from spawner_ext.ledger.store import Ledger
 from spawner_ext.up import find_program
 from tests.faultdriver import ProcessWatcher
 
@@ -63,16 +59,6 @@ def watcher(hub: Hub) -> Iterator[ProcessWatcher]:
     found.stop()
 
 
-def sessions(hub: Hub, user: str) -> list[UsageSession]:
-    ledger = Ledger.open(f"sqlite:///{hub.state_dir / 'gpuhub-ledger.sqlite'}")
-    try:
-        with Session(ledger.engine) as db:
-            query = select(UsageSession).where(UsageSession.user == user)
-            return list(db.scalars(query.order_by(UsageSession.id)))
-    finally:
-        ledger.engine.dispose()
-
-
 @pytest.mark.integration
 def test_a_hub_killed_mid_spawn_keeps_one_session_for_the_server(
     hub: Hub, watcher: ProcessWatcher
@@ -81,7 +67,7 @@ def test_a_hub_killed_mid_spawn_keeps_one_session_for_the_server(
     assert response.status_code == 202, response.text  # still starting
     started = wait_for(
         "the session to start billing",
-        lambda: [s for s in sessions(hub, "ada") if s.started_at is not None],
+        lambda: [s for s in hub.sessions("ada") if s.started_at is not None],
         30,
         0.2,
     )
@@ -93,7 +79,7 @@ def test_a_hub_killed_mid_spawn_keeps_one_session_for_the_server(
     wait_for("ada's server", lambda: hub.user("ada")["servers"].get("", {}).get("ready"), 60)
     assert hub.user("ada")["servers"][""]["state"]["pid"] == pid, "the same process"
     time.sleep(3 * TICK)  # reconciliation runs on the restarted hub
-    (only,) = sessions(hub, "ada")
+    (only,) = hub.sessions("ada")
     assert only.id == started[0].id
     assert only.ended_at is None
     life = watcher.life_of(pid)
@@ -110,7 +96,7 @@ def test_a_server_that_dies_while_the_hub_is_down_is_billed_until_last_seen(
     model = hub.user("ada")["servers"][""]
     pid = int(model["state"]["pid"])
     time.sleep(2 * TICK)
-    before = sessions(hub, "ada")[-1]
+    before = hub.sessions("ada")[-1]
     hub.crash()
     os.killpg(pid, signal.SIGKILL)  # the server dies while nobody watches
     died = time.time()
@@ -118,7 +104,7 @@ def test_a_server_that_dies_while_the_hub_is_down_is_billed_until_last_seen(
     hub.start()
     closed = wait_for(
         "the session to be closed",
-        lambda: [s for s in sessions(hub, "ada") if s.id == before.id and s.ended_at],
+        lambda: [s for s in hub.sessions("ada") if s.id == before.id and s.ended_at],
         60,
         0.5,
     )[0]

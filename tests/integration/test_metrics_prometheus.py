@@ -11,11 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from spawner_ext.ledger.models import UsageSession
-from spawner_ext.ledger.store import Ledger
 from spawner_ext.local.processes import process_start_time
 
 from .conftest import Hub, needs_local_hub, prometheus, wait_for
@@ -46,16 +43,6 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         hub.cleanup()
 
 
-def sessions(hub: Hub, user: str) -> list[UsageSession]:
-    ledger = Ledger.open(f"sqlite:///{hub.state_dir / 'gpuhub-ledger.sqlite'}")
-    try:
-        with Session(ledger.engine) as db:
-            query = select(UsageSession).where(UsageSession.user == user)
-            return list(db.scalars(query.order_by(UsageSession.id)))
-    finally:
-        ledger.engine.dispose()
-
-
 @pytest.mark.integration
 def test_a_server_killed_and_closed_by_reconciliation_never_lowers_the_counter(
     hub: Hub, tmp_path: Path
@@ -80,7 +67,7 @@ def test_a_server_killed_and_closed_by_reconciliation_never_lowers_the_counter(
         killed = time.time()
 
         def closed() -> UsageSession | None:
-            (session,) = sessions(hub, "ada")
+            (session,) = hub.sessions("ada")
             return session if session.ended_at is not None else None
 
         session = wait_for("reconciliation to close ada's session", closed, 60, 0.5)

@@ -14,11 +14,7 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from spawner_ext.ledger.models import UsageSession
-from spawner_ext.ledger.store import Ledger
 from tests.faultdriver import ProcessWatcher
 
 from .conftest import Hub, environ_of, needs_local_hub, wait_for
@@ -58,16 +54,6 @@ def watcher(hub: Hub) -> Iterator[ProcessWatcher]:
     found.stop()
 
 
-def sessions(hub: Hub, user: str) -> list[UsageSession]:
-    ledger = Ledger.open(f"sqlite:///{hub.state_dir / 'gpuhub-ledger.sqlite'}")
-    try:
-        with Session(ledger.engine) as db:
-            query = select(UsageSession).where(UsageSession.user == user)
-            return list(db.scalars(query.order_by(UsageSession.id)))
-    finally:
-        ledger.engine.dispose()
-
-
 def servers_running(watcher: ProcessWatcher) -> dict[str, int]:
     """Server key (user/name) -> pid of every server process alive now."""
     return {environ_of(pid)["GPUHUB_SERVER"]: pid for pid in watcher.alive()}
@@ -102,7 +88,7 @@ def test_a_mig_slice_profile_gets_one_slice_billed_at_the_slice_price(
     status = wait_for("the server's first GPU sample", lambda: gpu_status(hub, "tutor")["gpus"], 60)
     assert [(g["uuid"], g["is_mig"], g["error"]) for g in status] == [(SLICES[0], True, None)]
     assert status[0]["memory_total"] == 10 * 1024**3
-    (row,) = [s for s in sessions(hub, "tutor") if s.ended_at is None]
+    (row,) = [s for s in hub.sessions("tutor") if s.ended_at is None]
     assert (row.profile, row.gpu_type, row.gpu_count) == ("mig-slice", "a100-1g10gb", 1)
     assert row.price_per_hour == Decimal("0.30")
     assert row.runtime_ref == f"local:{pid}"
@@ -112,14 +98,14 @@ def test_a_mig_slice_profile_gets_one_slice_billed_at_the_slice_price(
 def test_the_per_user_cap_refuses_a_second_gpu_server_and_nothing_starts(
     hub: Hub, watcher: ProcessWatcher
 ) -> None:
-    before = {s.id for s in sessions(hub, "tutor")}
+    before = {s.id for s in hub.sessions("tutor")}
     # The team may hold 14 slices and holds 1, and a slice is free: only the cap refuses.
     response = hub.spawn("tutor", {"profile": "mig-slice"}, server="second")
     assert 400 <= response.status_code < 500, response.text
     assert CAP_MESSAGE in response.json()["message"]
     assert "second" not in hub.user("tutor")["servers"]
     assert set(servers_running(watcher)) == {"tutor/"}, "no second server process"
-    refused = [s for s in sessions(hub, "tutor") if s.id not in before]
+    refused = [s for s in hub.sessions("tutor") if s.id not in before]
     assert [s for s in refused if s.ended_at is None] == [], "no open session for it"
     assert all(s.started_at is None and not s.gpu_seconds for s in refused)
     # Another GPU type counts against the same cap.
@@ -136,7 +122,7 @@ def test_a_second_slice_is_admitted_once_the_first_stops(hub: Hub, watcher: Proc
     wait_for("tutor's first server to end", lambda: not servers_running(watcher), 30)
     # Billed for the life the test watched, at the slice's price.
     life = watcher.life_of(pid)
-    (first,) = [s for s in sessions(hub, "tutor") if s.runtime_ref == f"local:{pid}"]
+    (first,) = [s for s in hub.sessions("tutor") if s.runtime_ref == f"local:{pid}"]
     assert life is not None and first.gpu_seconds is not None and first.cost is not None
     assert abs(first.gpu_seconds - life.seconds) <= SLACK, (first.gpu_seconds, life.seconds)
     assert first.cost == (Decimal("0.30") * first.gpu_seconds / 3600).quantize(first.cost)
@@ -145,4 +131,4 @@ def test_a_second_slice_is_admitted_once_the_first_stops(hub: Hub, watcher: Proc
     assert set(servers_running(watcher)) == {"tutor/second"}
     hub.stop_server("tutor", server="second")
     wait_for("tutor's second server to end", lambda: not servers_running(watcher), 30)
-    assert [s.id for s in sessions(hub, "tutor") if s.ended_at is None] == []
+    assert [s.id for s in hub.sessions("tutor") if s.ended_at is None] == []

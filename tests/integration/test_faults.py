@@ -1,4 +1,4 @@
-"""Money is counted once, whatever crashes: three users cycle real servers (start, hold 8-40 s,
+"""Money is counted once, whatever crashes: three users cycle real servers (start, hold 8-24 s,
 stop) while the hub and the gpuhub service are SIGKILLed at seeded random moments, each at least
 three times. Afterwards every server process that ran is billed for its lifetime, to within one
 reconcile tick plus measuring slack, in sessions that do not overlap, and nothing else is billed.
@@ -56,7 +56,7 @@ WORKERS = {
     "lin": {"profile": "h100-single", "team": "vision"},
 }
 CYCLES_PER_WORKER = 6  # at least; more while the kills are still to come
-HOLD = (8, 40)  # seconds a server runs once ready (seeded uniform); it lives ~2 s longer
+HOLD = (8, 24)  # seconds a server runs once ready (seeded uniform); it lives ~2 s longer
 PAUSE = (10, 20)  # seconds between kills (seeded uniform), after the last one recovered
 KILLS_EACH = 3
 # Seconds the measurement itself may be off: the watcher's scan (0.1 s apart, up to 0.5 s on a

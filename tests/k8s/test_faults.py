@@ -1,4 +1,4 @@
-"""Money is counted once on Kubernetes too: four users cycle servers (start, hold 8-40 s, stop)
+"""Money is counted once on Kubernetes too: four users cycle servers (start, hold 8-24 s, stop)
 through a real hub and GPUKubeSpawner on the real control plane (kwok GPU nodes), while the hub
 and the gpuhub service are SIGKILLed at seeded random moments, each at least three times.
 Afterwards every pod that ran is billed for its lifetime, to within one reconcile tick plus
@@ -58,7 +58,7 @@ TOLERANCE = TICK + SLACK  # a pod the hub lost track of is billed until reconcil
 SEED = 20261202
 USERS = ["ada", "lin", "kai", "grace"]
 CYCLES_PER_WORKER = 5  # at least; more while the kills are still to come
-HOLD = (8, 40)  # seconds a server runs once ready (seeded uniform)
+HOLD = (8, 24)  # seconds a server runs once ready (seeded uniform)
 PAUSE = (5, 10)  # seconds between kills (seeded uniform), after the last one recovered
 KILLS_EACH = 3
 TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]

@@ -276,7 +276,7 @@ def test_1_a_data_scientist_runs_a_cell_on_a_gpu_and_sees_it_billed(
     answer = page.goto(f"{hub.url}services/gpu-usage/api/v1/usage?by=user,session")
     assert answer is not None and answer.ok
     (row,) = answer.json()["rows"]
-    assert (row["user"], row["session"]) == ("mira", session.id)
+    assert (row["user"], row["session"]) == ("mira", session.uid)
     assert row["gpu_hours"] == round(session.gpu_seconds / 3600, 4)
 
 

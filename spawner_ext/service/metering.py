@@ -20,7 +20,7 @@ from ..ledger.store import Ledger
 log = logging.getLogger("gpuhub.service")
 
 
-def open_sessions(ledger: Ledger) -> list[OpenSession]:
+def open_sessions(rows: Sequence[UsageSession]) -> list[OpenSession]:
     return [
         OpenSession(
             s.id,
@@ -32,7 +32,7 @@ def open_sessions(ledger: Ledger) -> list[OpenSession]:
             s.server_name,
             s.runtime_ref,
         )
-        for s in ledger.open_sessions()
+        for s in rows
     ]
 
 
@@ -51,9 +51,11 @@ def reconcile_once(
     here, so a session admitted meanwhile is not judged; `listed` are the servers the hub lists
     as active."""
     named = [s.session for s in running if s.session is not None]
-    ledger.claim(named, [s.runtime_ref for s in running])
+    rows = ledger.open_sessions()
+    if any(row.install is None for row in rows):  # sessions from before installs: rare
+        ledger.claim(named, [s.runtime_ref for s in running])
     actions = reconcile(
-        open_sessions(ledger),
+        open_sessions(rows),
         running,
         ledger.closed(named),
         ledger.clock(),

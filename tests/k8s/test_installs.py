@@ -250,6 +250,7 @@ def test_pods_from_before_installs_are_billed_by_the_hub_that_lists_them(
     wait_ticks(blue, 2)
     (after,) = [row for row in sessions(blue) if row.uid == key]
     assert after.ended_at is None, "still billed"
+    assert after.install == "blue", "claimed by the install whose running server carries it"
     assert after.last_seen_at is not None and before.last_seen_at is not None
     assert after.last_seen_at > before.last_seen_at, "seen by blue's ticks"
     assert [

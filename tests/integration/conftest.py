@@ -293,6 +293,13 @@ class Hub:
             0.5,
         )
 
+    def ledger(self) -> Any:
+        """The hub's billing ledger (a Ledger of no install: every session); dispose of its
+        engine when done."""
+        from spawner_ext.ledger.store import Ledger
+
+        return Ledger.open(f"sqlite:///{self.state_dir / 'gpuhub-ledger.sqlite'}")
+
     def sessions(self, user: str) -> list[Any]:
         """The user's ledger sessions (UsageSession rows), oldest first, read from the hub's
         ledger directly."""
@@ -300,9 +307,8 @@ class Hub:
         from sqlalchemy.orm import Session
 
         from spawner_ext.ledger.models import UsageSession
-        from spawner_ext.ledger.store import Ledger
 
-        ledger = Ledger.open(f"sqlite:///{self.state_dir / 'gpuhub-ledger.sqlite'}")
+        ledger = self.ledger()
         try:
             with Session(ledger.engine) as db:
                 query = select(UsageSession).where(UsageSession.user == user)
@@ -446,3 +452,16 @@ def prometheus(hub: Hub, token: str, workdir: Path, interval: str = "1s") -> Ite
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def watcher(hub: Hub) -> Iterator[Any]:
+    """The server processes of the module's `hub`, as /proc shows them (from before the first
+    spawn): a ProcessWatcher (tests/faultdriver.py)."""
+    from tests.faultdriver import ProcessWatcher
+
+    port = (hub.state_dir / "hub-port").read_text().strip()
+    found = ProcessWatcher(f"JUPYTERHUB_API_URL=http://127.0.0.1:{port}/hub/api".encode())
+    found.start()
+    yield found
+    found.stop()

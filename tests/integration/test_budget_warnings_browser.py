@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session
 from spawner_ext.clock import utcnow
 from spawner_ext.ledger.models import TeamLock, TeamMonthUsage
 from spawner_ext.ledger.rules import month_key
-from spawner_ext.ledger.store import Ledger
 
 from .conftest import Hub, needs_local_hub, wait_for
 
@@ -53,13 +52,9 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         started.cleanup()
 
 
-def ledger_of(hub: Hub) -> Ledger:
-    return Ledger.open(f"sqlite:///{hub.state_dir / 'gpuhub-ledger.sqlite'}")
-
-
 def set_earlier_usage(hub: Hub, gpu_seconds: int) -> None:
     """vision's GPU-seconds of sessions closed earlier this month."""
-    ledger = ledger_of(hub)
+    ledger = hub.ledger()
     try:
         with Session(ledger.engine) as db, db.begin():
             month = month_key(utcnow())
@@ -74,7 +69,7 @@ def set_earlier_usage(hub: Hub, gpu_seconds: int) -> None:
 
 def over_budget_since(hub: Hub) -> datetime | None:
     """When the gpuhub service's tick first saw vision over budget (its own record)."""
-    ledger = ledger_of(hub)
+    ledger = hub.ledger()
     try:
         with Session(ledger.engine) as db:
             lock = db.get(TeamLock, "vision")

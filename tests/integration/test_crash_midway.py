@@ -49,16 +49,6 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         hub.cleanup()
 
 
-@pytest.fixture(scope="module")
-def watcher(hub: Hub) -> Iterator[ProcessWatcher]:
-    """The hub's server processes, as /proc shows them (from before the first spawn)."""
-    port = (hub.state_dir / "hub-port").read_text().strip()
-    found = ProcessWatcher(f"JUPYTERHUB_API_URL=http://127.0.0.1:{port}/hub/api".encode())
-    found.start()
-    yield found
-    found.stop()
-
-
 @pytest.mark.integration
 def test_a_hub_killed_mid_spawn_keeps_one_session_for_the_server(
     hub: Hub, watcher: ProcessWatcher

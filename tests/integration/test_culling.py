@@ -27,7 +27,6 @@ from tornado.websocket import websocket_connect
 
 from spawner_ext.fakenvml import FakeGPU, FakeNVML, write_config
 from spawner_ext.ledger.models import IdleGPUDay, ServerActivity, UsageSession
-from spawner_ext.ledger.store import Ledger
 
 from .conftest import Hub, needs_local_hub, wait_for
 
@@ -66,12 +65,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         started.cleanup()
 
 
-def ledger_of(hub: Hub) -> Ledger:
-    return Ledger.open(f"sqlite:///{hub.state_dir / 'gpuhub-ledger.sqlite'}")
-
-
 def session_of(hub: Hub, user: str) -> UsageSession:
-    ledger = ledger_of(hub)
+    ledger = hub.ledger()
     try:
         with Session(ledger.engine) as db:
             query = select(UsageSession).where(UsageSession.user == user)
@@ -81,7 +76,7 @@ def session_of(hub: Hub, user: str) -> UsageSession:
 
 
 def activity_of(hub: Hub, session_id: int) -> tuple[ServerActivity | None, int]:
-    ledger = ledger_of(hub)
+    ledger = hub.ledger()
     try:
         with Session(ledger.engine) as db:
             row = db.get(ServerActivity, session_id)

@@ -44,16 +44,6 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         hub.cleanup()
 
 
-@pytest.fixture(scope="module")
-def watcher(hub: Hub) -> Iterator[ProcessWatcher]:
-    """Every server process of the hub, as /proc shows them."""
-    port = (hub.state_dir / "hub-port").read_text().strip()
-    found = ProcessWatcher(f"JUPYTERHUB_API_URL=http://127.0.0.1:{port}/hub/api".encode())
-    found.start()
-    yield found
-    found.stop()
-
-
 def servers_running(watcher: ProcessWatcher) -> dict[str, int]:
     """Server key (user/name) -> pid of every server process alive now."""
     return {environ_of(pid)["GPUHUB_SERVER"]: pid for pid in watcher.alive()}

@@ -1,4 +1,5 @@
-"""The admin catalog: GPU types, teams, quotas and profiles from one YAML file."""
+"""The admin catalog: GPU types, teams, quotas, profiles, the wait-list and notifications from
+one YAML file."""
 
 from .loader import load_catalog, parse_catalog
 from .problems import CatalogError, Problem
@@ -15,21 +16,26 @@ from .schema import (
     Team,
     UnlistedChoice,
 )
+from .waitlist import EmailNotifications, Notifications, Waitlist, WebhookNotifications
 
 __all__ = [
     "Catalog",
     "CatalogError",
     "Choice",
     "Culling",
+    "EmailNotifications",
     "GPURequest",
     "GPUType",
     "Metering",
+    "Notifications",
     "Problem",
     "Profile",
     "ProfileOption",
     "Quota",
     "Team",
     "UnlistedChoice",
+    "Waitlist",
+    "WebhookNotifications",
     "load_catalog",
     "parse_catalog",
 ]

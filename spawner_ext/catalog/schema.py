@@ -1,141 +1,46 @@
-"""The typed schema of the admin catalog YAML: GPU types, teams, quotas and profiles.
+"""The typed schema of the admin catalog YAML: GPU types, teams, quotas, profiles, the GPU
+wait-list and notifications.
 
 One definition validates the file, freezes it for the rest of the code, exports a JSON Schema for
-editors and generates docs/reference/catalog.md. It does no I/O. Checks that span sections (a
-profile naming an unknown GPU type, duplicate slugs) live in `references.py`.
+editors and generates docs/reference/catalog.md. It does no I/O. Value types live in `values.py`,
+the wait-list and notification sections in `waitlist.py`. Checks that span sections (a profile
+naming an unknown GPU type, duplicate slugs) live in `references.py`.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
-from datetime import timedelta
-from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    PlainSerializer,
-    SerializerFunctionWrapHandler,
     StrictBool,
     StrictInt,
     ValidationInfo,
-    WithJsonSchema,
-    WrapSerializer,
     field_validator,
     model_validator,
 )
 from slugify import slugify
 
-from .durations import DURATION_PATTERN, format_duration, parse_duration
-from .frozen import freeze, thaw
-
-# --- value types -------------------------------------------------------------------------------
-
-
-def _money(value: object) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        raise ValueError(f"expected a price such as 2.50, got {value!r}")
-    try:
-        amount = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise ValueError(f"expected a price such as 2.50, got {value!r}") from None
-    if not amount.is_finite():
-        raise ValueError(f"a price must be a finite number, got {value!r}")
-    if amount < 0:
-        raise ValueError(f"a price cannot be negative, got {value!r}")
-    return amount
-
-
-def _hours(value: object) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"expected a number of GPU-hours such as 500, got {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"expected a finite number of GPU-hours, got {value!r}")
-    if value < 0:
-        raise ValueError(f"GPU-hours cannot be negative, got {value!r}")
-    return Decimal(str(value))
-
-
-def _regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"not a valid regular expression: {exc}") from None
-    return value
-
-
-def _decimal_json(value: Decimal) -> float | int:
-    return int(value) if value == value.to_integral_value() else float(value)
-
-
-Money = Annotated[
-    Decimal,
-    BeforeValidator(_money),
-    PlainSerializer(_decimal_json),
-    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}]}),
-]
-GPUHours = Annotated[
-    Decimal,
-    BeforeValidator(_hours),
-    PlainSerializer(_decimal_json),
-    WithJsonSchema({"type": "number", "minimum": 0}),
-]
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(parse_duration),
-    PlainSerializer(format_duration),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": DURATION_PATTERN, "examples": ["30m", "12h"]},
-                {"type": "integer", "exclusiveMinimum": 0, "description": "seconds"},
-            ]
-        }
-    ),
-]
-Count = Annotated[StrictInt, Field(ge=0)]
-NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-Name = Annotated[
-    str,
-    Field(
-        pattern=NAME_PATTERN,
-        description="lower-case letters, digits and '-' (a Kubernetes label value)",
-    ),
-]
-Regex = Annotated[str, AfterValidator(_regex)]
-Override = Annotated[
-    Mapping[str, Any],
-    AfterValidator(freeze),
-    PlainSerializer(thaw),
-    WithJsonSchema({"type": "object"}),
-]
-
-
-def _frozen_map(value: Mapping[str, Any]) -> Mapping[str, Any]:
-    return freeze(value)  # type: ignore[no-any-return]
-
-
-def _as_dict(value: Mapping[str, Any], handler: SerializerFunctionWrapHandler) -> Any:
-    return handler(dict(value))
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-FrozenMap = Annotated[Mapping[K, V], AfterValidator(_frozen_map), WrapSerializer(_as_dict)]
-"""A read-only mapping in the frozen catalog, a plain mapping in YAML and JSON."""
-
-
-class Model(BaseModel):
-    """Base of every catalog section: frozen, and unknown keys are errors."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
+from .values import (
+    NAME_PATTERN as NAME_PATTERN,
+)
+from .values import (
+    Count,
+    Duration,
+    FrozenMap,
+    GPUHours,
+    Model,
+    Money,
+    Name,
+    Override,
+    Regex,
+)
+from .waitlist import EmailNotifications as EmailNotifications
+from .waitlist import Notifications as Notifications
+from .waitlist import Waitlist as Waitlist
+from .waitlist import WebhookNotifications as WebhookNotifications
 
 # --- GPU types ---------------------------------------------------------------------------------
 
@@ -183,6 +88,20 @@ class GPUType(Model):
         "Absent: slices of any GPU with a matching profile, unless another type with the same "
         "profile names their GPU; two such types with the same profile and no `mig_parent` are "
         "ambiguous and get no devices.",
+    )
+    autoscaled: StrictBool = Field(
+        False,
+        description="True when a cluster autoscaler adds nodes of this type on demand. The "
+        "wait-list then serves requests for this type in their order without checking for free "
+        "GPUs, and a server's pod may wait (Pending) until a new node comes up. False: the "
+        "wait-list gives a turn only when GPUs of this type are free.",
+    )
+    scale_up_timeout: Duration | None = Field(
+        "15m",
+        validate_default=True,
+        description="Autoscaled types only: how long a server of this type may take to start "
+        "(the spawner's `start_timeout`), long enough for a new node to come up. Ignored when "
+        "`autoscaled` is false. Null: the spawner's usual `start_timeout`.",
     )
 
     @field_validator("mig_parent")
@@ -457,6 +376,8 @@ class Catalog(Model):
     culling: Culling = Field(default_factory=Culling)
     metering: Metering = Field(default_factory=Metering)
     kubernetes: Kubernetes = Field(default_factory=Kubernetes)
+    waitlist: Waitlist = Field(default_factory=Waitlist)
+    notifications: Notifications = Field(default_factory=Notifications)
 
     def profile(self, slug: str) -> Profile | None:
         """The profile with this slug, or None."""

@@ -14,12 +14,16 @@ from sqlalchemy.orm import Session
 
 from ..catalog import Catalog
 from ..end_reason import EndReason
-from ..policy.admission import Decision, TeamUsage, decide_in
+from ..policy.admission import Decision, Holding, TeamUsage, combine_holdings, decide_in
+from ..policy.waitlist import Waiting, may_start_directly
 from .base import LedgerBase
-from .models import AdmissionRefusals, TeamLock, TeamMonthUsage, UsageSession
+from .line import LineView, lock_gpu_type, read_line
+from .models import AdmissionRefusals, GPUHold, TeamLock, UsageSession, WaitlistRequest
 from .reconcile import Server
-from .rules import Span, gpu_seconds_between, holdings_of, month_key, month_start
+from .rules import Span, holdings_of, month_start
 from .sessions import close_row, dialect_insert, new_session, of_install
+from .team_reads import hours_this_month, open_spans
+from .waitlist import consume_hold
 
 
 @dataclass(frozen=True)
@@ -52,21 +56,32 @@ class Request(Server):
     """What admission needs to know about a spawn (a SpawnPlan has all of it)."""
 
     catalog_version: str
+    waitlist: str | None = None
+    """The wait-list request this spawn starts (the service's start at its turn), if any: it is
+    admitted only while that request holds its GPUs."""
 
 
 class AdmissionEngine(LedgerBase):
     """Admission and the team-wide reads it shares with previews and budget enforcement."""
 
     def admit(self, catalog: Catalog, request: Request) -> Admission:
-        """Record a new session if the team's quotas and budget allow it, atomically: on SQLite
-        the transaction holds the database write lock, on PostgreSQL the team's lock row."""
+        """Record a new session if the team's quotas and budget, the free GPUs and the line
+        allow it, atomically: on SQLite the transaction holds the database write lock, on
+        PostgreSQL the GPU type's and then the team's lock rows. A spawn whose user holds GPUs
+        from the line (its turn) uses that hold up."""
         now = self.clock()
         with self._sessions.begin() as db:
             self._close_stale(db, request.user, request.server_name, now)
             warning = None
+            own_hold: GPUHold | None = None
             if request.team is not None and request.gpu_count > 0:
+                if request.gpu_type is not None:
+                    lock_gpu_type(db, request.gpu_type)  # before the team's: one lock order
                 self._lock_team(db, request.team)
-                decision = self._decide(db, catalog, request, now)
+                own_hold = self._own_hold(db, request)
+                decision = self._decide(db, catalog, request, now, own_hold)
+                if decision.admitted and own_hold is None and request.gpu_type is not None:
+                    decision = self._line_decision(db, catalog, request, now) or decision
                 if not decision.admitted:
                     raise AdmissionRefused(decision)
                 warning = decision.warning
@@ -78,18 +93,107 @@ class AdmissionEngine(LedgerBase):
             )
             db.add(row)
             db.flush()
+            if own_hold is not None:
+                consume_hold(db, self.install, request.user, request.server_name, row.uid, now)
             return Admission(row.id, row.uid, warning)
 
-    def _decide(self, db: Session, catalog: Catalog, request: Request, now: datetime) -> Decision:
+    def _own_hold(self, db: Session, request: Request) -> GPUHold | None:
+        """The GPUs held for this server at its turn in line, if they fit this spawn. A spawn
+        that names its request (the service's start) must find its hold."""
+        hold = db.scalar(
+            select(GPUHold).where(
+                GPUHold.user == request.user,
+                GPUHold.server_name == request.server_name,
+                GPUHold.install == self.install
+                if self.install is not None
+                else GPUHold.install.is_(None),
+            )
+        )
+        fits = (
+            hold is not None
+            and hold.gpu_type == request.gpu_type
+            and hold.gpu_count >= request.gpu_count
+            and hold.team == request.team
+        )
+        if request.waitlist is not None and not fits:
+            ended = db.scalar(
+                select(WaitlistRequest).where(WaitlistRequest.uid == request.waitlist)
+            )
+            state = ended.state if ended is not None else "unknown"
+            raise AdmissionRefused(
+                Decision(
+                    False,
+                    "waitlist-ended",
+                    f"this server was to start from your place in line, which has ended "
+                    f"({state}"
+                    + (f": {ended.message}" if ended is not None and ended.message else "")
+                    + "); nothing was started",
+                )
+            )
+        return hold if fits else None
+
+    def _line_decision(
+        self, db: Session, catalog: Catalog, request: Request, now: datetime
+    ) -> Decision | None:
+        """A refusal when no GPU of the type is free for this spawn, or others wait for the type
+        and would get it first (nobody jumps the line); None when it may start."""
+        assert request.gpu_type is not None and request.team is not None
+        if not catalog.waitlist.enabled:
+            view = read_line(db, catalog, self.install, request.gpu_type, now, requests=[])
+            if view.line.free is None or view.line.free >= request.gpu_count:
+                return None
+            return Decision(False, "no-free-gpu", _no_free(catalog, request, view))
+        view = read_line(
+            db, catalog, self.install, request.gpu_type, now, extra_teams=(request.team,)
+        )
+        waiting = [w for w in view.line.waiting if not w.held]
+        enough = view.line.free is None or view.line.free >= request.gpu_count
+        if not waiting and enough:
+            return None
+        candidate = Waiting(
+            id="~direct",
+            user=request.user,
+            server_name=request.server_name,
+            team=request.team,
+            gpu_type=request.gpu_type,
+            gpu_count=request.gpu_count,
+            joined_at=now,
+        )
+        if may_start_directly(view.line, candidate):
+            return None
+        if not enough:
+            return Decision(False, "no-free-gpu", _no_free(catalog, request, view))
+        name = _type_name(catalog, request.gpu_type)
+        return Decision(
+            False,
+            "line",
+            f"{len(waiting)} {'person waits' if len(waiting) == 1 else 'people wait'} for "
+            f"{name} and would get it before you",
+        )
+
+    def _decide(
+        self,
+        db: Session,
+        catalog: Catalog,
+        request: Request,
+        now: datetime,
+        own_hold: GPUHold | None = None,
+    ) -> Decision:
         """The admission decision on the team's usage read in this (locked) transaction: the
-        same inputs `team_usage` gives the form's preview."""
+        same inputs `team_usage` gives the form's preview, plus the GPUs held for the team's
+        people in line (not this spawn's own hold, which it uses up)."""
         assert request.team is not None
         team = request.team
-        open_spans = self._open_spans(db, team)
+        spans = self._open_spans(db, team)
+        holds = [
+            Holding(h.user, h.gpu_type, h.gpu_count)
+            for h in db.scalars(select(GPUHold).where(GPUHold.team == team))
+            if own_hold is None or h.request_id != own_hold.request_id
+        ]
         usage = TeamUsage(
             user=request.user,
-            holdings=holdings_of(open_spans),
-            gpu_hours_this_month=self._hours_this_month(db, team, now, open_spans),
+            holdings=combine_holdings((*holdings_of(spans), *holds)),
+            gpu_hours_this_month=self._hours_this_month(db, team, now, spans),
         )
         return decide_in(
             catalog, team, usage, gpu_type=request.gpu_type, gpu_count=request.gpu_count, now=now
@@ -192,32 +296,23 @@ class AdmissionEngine(LedgerBase):
             return self._hours_this_month(db, team, self.clock())
 
     def _open_spans(self, db: Session, team: str) -> list[Span]:
-        """The team's admitted, not yet ended GPU sessions (started or not)."""
-        rows = db.execute(
-            select(
-                UsageSession.user,
-                UsageSession.gpu_type,
-                UsageSession.gpu_count,
-                UsageSession.started_at,
-                UsageSession.ended_at,
-            ).where(
-                UsageSession.team == team,
-                UsageSession.ended_at.is_(None),
-                UsageSession.gpu_count > 0,
-            )
-        )
-        return [Span(*row) for row in rows]
+        return open_spans(db, team)
 
     def _hours_this_month(
-        self, db: Session, team: str, now: datetime, open_spans: list[Span] | None = None
+        self, db: Session, team: str, now: datetime, spans: list[Span] | None = None
     ) -> Decimal:
-        """Closed sessions' GPU-seconds this month (one row of the monthly totals) plus the
-        team's open sessions up to now."""
-        closed = db.scalar(
-            select(TeamMonthUsage.gpu_seconds).where(
-                TeamMonthUsage.team == team, TeamMonthUsage.month == month_key(now)
-            )
-        )
-        spans = self._open_spans(db, team) if open_spans is None else open_spans
-        seconds = (closed or 0) + gpu_seconds_between(spans, month_start(now), now)
-        return (Decimal(seconds) / 3600).quantize(Decimal("0.001"))
+        return hours_this_month(db, team, now, spans)
+
+
+def _type_name(catalog: Catalog, gpu_type: str) -> str:
+    known = catalog.gpu_types.get(gpu_type)
+    return known.display_name if known else gpu_type
+
+
+def _no_free(catalog: Catalog, request: Request, view: LineView) -> str:
+    name = _type_name(catalog, request.gpu_type or "")
+    free = view.line.free or 0
+    return (
+        f"no {name} is free now for {request.gpu_count}: {view.capacity} in all, {free} free "
+        "(the others run servers or are held for people whose turn it is)"
+    )

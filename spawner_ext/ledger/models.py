@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -177,3 +178,130 @@ class IdleGPUDay(Base):
     session_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     gpu_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# --- the wait-list (policy/waitlist.py decides; ledger/waitlist.py records) -----------------------
+
+LIVE_REQUEST_STATES = ("waiting", "held", "starting")
+"""States of a request still in line or about to start; the others (started, expired, cancelled,
+failed) have ended."""
+
+
+class WaitlistRequest(Base):
+    """One person's place in line for one server and one GPU profile: joined, given its turn (a
+    hold), started, or ended without a server (expired, cancelled, failed)."""
+
+    __tablename__ = "waitlist_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(36), default=new_session_key)
+    """The request's key outside the ledger (the API's `id`)."""
+    install: Mapped[str | None] = mapped_column(String(63))
+    user: Mapped[str] = mapped_column(String(255))
+    server_name: Mapped[str] = mapped_column(String(255), default="")
+    team: Mapped[str] = mapped_column(String(63))
+    profile: Mapped[str] = mapped_column(String(63))
+    gpu_type: Mapped[str] = mapped_column(String(63))
+    gpu_count: Mapped[int] = mapped_column(Integer)
+    options: Mapped[str] = mapped_column(Text, default="{}")
+    """The spawn's user options, as JSON: what the server is started with at its turn."""
+    start: Mapped[str] = mapped_column(String(8), default="ask")
+    """auto: started at its turn; ask: the GPU is held for the person to start it."""
+    state: Mapped[str] = mapped_column(String(16), default="waiting")
+    joined_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    turn_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """When its GPUs were held for it (its turn)."""
+    hold_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """Until when the hold lasts: to be started (ask) or to be admitted (auto)."""
+    start_asked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """When its server's start was asked of the hub (auto at its turn; ask when the person
+    said so); a cancel after this stops the server."""
+    start_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    message: Mapped[str | None] = mapped_column(String(500))
+    """Why it ended, or why its last start failed, for the person."""
+    session: Mapped[str | None] = mapped_column(String(36))
+    """The usage session (its key) whose admission consumed the hold."""
+
+    __table_args__ = (
+        Index("ix_waitlist_requests_uid", "uid", unique=True),
+        Index("ix_waitlist_requests_line", "install", "gpu_type", "state"),
+        Index(
+            "ix_waitlist_requests_live_server",
+            "install",
+            "user",
+            "server_name",
+            unique=True,
+            sqlite_where=text("state IN ('waiting', 'held', 'starting')"),
+            postgresql_where=text("state IN ('waiting', 'held', 'starting')"),
+        ),
+    )
+
+
+class GPUHold(Base):
+    """GPUs of one type set aside for one request at its turn: counted as its team's and user's
+    (admission), subtracted from what others may take (admission, the local allocator), and
+    consumed by the holder's own admission. Not a session: nothing is billed for a hold."""
+
+    __tablename__ = "gpu_holds"
+
+    request_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    install: Mapped[str | None] = mapped_column(String(63))
+    gpu_type: Mapped[str] = mapped_column(String(63))
+    gpu_count: Mapped[int] = mapped_column(Integer)
+    team: Mapped[str] = mapped_column(String(63))
+    user: Mapped[str] = mapped_column(String(255))
+    server_name: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    until: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_gpu_holds_type", "install", "gpu_type"),)
+
+
+class GPUTypeLock(Base):
+    """One row per GPU type, locked while admitting a spawn of the type or giving turns on
+    PostgreSQL (SQLite: the database's write lock), so no GPU goes to two people."""
+
+    __tablename__ = "gpu_type_locks"
+
+    gpu_type: Mapped[str] = mapped_column(String(63), primary_key=True)
+
+
+class GPUCapacity(Base):
+    """How many GPUs of a type an install's servers can get: the local machine's devices (written
+    by the hub) or the matching Kubernetes nodes' allocatable GPUs (written by the service)."""
+
+    __tablename__ = "gpu_capacity"
+
+    install: Mapped[str] = mapped_column(String(63), primary_key=True)
+    gpu_type: Mapped[str] = mapped_column(String(63), primary_key=True)
+    total: Mapped[int] = mapped_column(Integer)
+    used_elsewhere: Mapped[int] = mapped_column(Integer, default=0)
+    """GPUs of those nodes taken by pods that are not this install's open sessions."""
+    observed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Notification(Base):
+    """The notifier's outbox: one message to send (email or webhook), written in the transaction
+    that decided it, sent once by the service (retried until it goes or is given up)."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200))
+    """What it is about, unique: the same event never queues twice (e.g. waitlist:<id>:turn)."""
+    channel: Mapped[str] = mapped_column(String(16))
+    recipient: Mapped[str] = mapped_column(String(320))
+    subject: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    gave_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(String(500))
+
+    __table_args__ = (
+        Index("ix_notifications_key", "key", unique=True),
+        Index("ix_notifications_due", "sent_at", "gave_up_at", "next_attempt_at"),
+    )

@@ -7,9 +7,10 @@ from ..clock import Clock, utcnow
 from .admission import AdmissionEngine
 from .engine import check_schema, make_engine
 from .sessions import SessionLog
+from .waitlist import WaitlistLedger
 
 
-class Ledger(AdmissionEngine, SessionLog):
+class Ledger(AdmissionEngine, SessionLog, WaitlistLedger):
     """The billing ledger at one database URL: admit spawns, record their sessions' lives."""
 
     @classmethod

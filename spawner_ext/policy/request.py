@@ -23,6 +23,8 @@ from .identity import Identity, teams_of
 from .profiles import default_profile, only_for, visible_options, visible_profiles, why_not
 
 UNLISTED = "--unlisted-choice"
+WAITLIST_OPTION = "waitlist"
+"""The user option naming the wait-list request a spawn starts (set by the gpuhub service)."""
 MAX_UNLISTED_LENGTH = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -59,6 +61,9 @@ class SpawnPlan:
     max_age: timedelta | None
     namespace: str | None
     catalog_version: str
+    waitlist: str | None = None
+    """The wait-list request this spawn starts (option `waitlist`, which the gpuhub service sets
+    when it starts a server at its turn in line); None for a spawn made directly."""
 
     @property
     def summary(self) -> ServerSummary:
@@ -85,6 +90,7 @@ def resolve_spawn(
     """Validate `user_options` against the catalog for `who`, for a server of `install`.
     Raises SpawnRefused."""
     options = _plain_options(user_options)
+    waitlist = options.pop(WAITLIST_OPTION, None) or None
     team = _team(catalog, who, options.pop("team", None))
     profile = _profile(catalog, who, team, options.pop("profile", None))
     choices, unlisted = _choices(profile, who, options)
@@ -110,6 +116,7 @@ def resolve_spawn(
         max_age=profile.max_age or culling.max_age,
         namespace=namespace_of(catalog, team, install),
         catalog_version=catalog_version,
+        waitlist=waitlist,
     )
 
 

@@ -30,9 +30,11 @@ from ..ledger.admission import Admission, AdmissionRefused, Request
 from ..ledger.engine import DEFAULT_URL, SchemaError
 from ..ledger.sessions import ServerRef
 from ..ledger.store import Ledger
+from ..ledger.waitlist import WAITABLE
 from ..policy.identity import Identity, teams_of
 from ..policy.preview import TeamUsage
 from ..policy.request import SpawnPlan, SpawnRefused, resolve_spawn
+from ..policy.waitlist_text import join_offer, waitlist_page_url
 from ..wire import (
     ENV_SERVICE_URL,
     SERVICE_NAME,
@@ -307,13 +309,17 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
                 price_per_hour=plan.price_per_hour,
                 currency=plan.currency,
                 catalog_version=plan.catalog_version,
+                waitlist=plan.waitlist,
             )
             try:
                 admission = _admit(ledger, self.catalog_version().catalog, request)
             except AdmissionRefused as exc:
                 reason = exc.decision.reason or "quota"
                 self.count_refusal(plan, reason)
-                raise refusal(SpawnRefused(exc.decision.message, reason=reason)) from None
+                message = exc.decision.message
+                if reason in WAITABLE and plan.waitlist is None:
+                    message += self.waitlist_offer(ledger, plan)
+                raise refusal(SpawnRefused(message, reason=reason)) from None
             except DBAPIError as exc:
                 if plan.gpu_count:
                     self.count_refusal(plan, BILLING_UNAVAILABLE)
@@ -324,6 +330,32 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
                 self.admission_warning = admission.warning
         self.plan = plan
         return plan
+
+    def waitlist_offer(self, ledger: Ledger, plan: SpawnPlan) -> str:
+        """What a refusal that waiting can cure adds: where the person would stand in line,
+        about when, and where to join (the gpuhub service's wait-list page)."""
+        catalog = self.catalog_version().catalog
+        if not catalog.waitlist.enabled or plan.team is None or plan.gpu_type_key is None:
+            return ""
+        try:
+            place, when = ledger.preview(
+                catalog, plan.team, plan.user, plan.gpu_type_key, plan.gpu_count
+            )
+        except DBAPIError:
+            return ""
+        return " " + join_offer(
+            place,
+            when,
+            utcnow(),
+            waitlist_page_url(
+                self.hub_base_url(), self.name, _join_options(plan, self.user_options)
+            ),
+        )
+
+    def hub_base_url(self) -> str:
+        """The proxy's base URL of this hub ('/' by default)."""
+        settings = getattr(self.user, "settings", None) or {}
+        return str(settings.get("base_url", "/"))
 
     def count_refusal(self, plan: SpawnPlan, reason: str) -> None:
         """Count a refused GPU spawn for the metrics (written later if the billing database
@@ -555,3 +587,17 @@ def _validate_user_options(spawner: GPUSpawnerMixin, user_options: Any) -> None:
     """JupyterHub's apply_user_options hook (>= 5.3): refuse bad options before start().
     The plan itself is made in start(), where admission happens."""
     spawner.resolve(user_options)
+
+
+def _join_options(plan: SpawnPlan, user_options: Any) -> dict[str, str]:
+    """The options a wait-list request starts the server with: the spawn's own, with its
+    profile and team filled in."""
+    options = {
+        str(k): str(v)
+        for k, v in (user_options or {}).items()
+        if isinstance(v, str) and k != "waitlist"
+    }
+    options["profile"] = plan.profile.slug
+    if plan.team is not None:
+        options["team"] = plan.team
+    return options

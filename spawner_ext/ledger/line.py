@@ -1,0 +1,302 @@
+"""The line of one GPU type as the ledger sees it, read inside a transaction: free GPUs (capacity,
+sessions, holds), the live requests, each waiting team's standing and what running servers will
+free. What policy/waitlist.py decides on; admission and the wait-list both read it here."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, true
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from ..catalog import Catalog
+from ..policy.admission import budget_used_up
+from ..policy.waitlist import (
+    Line,
+    Running,
+    TeamStanding,
+    Waiting,
+    decayed_gpu_hours,
+    expected_end,
+)
+from .models import (
+    LIVE_REQUEST_STATES,
+    GPUCapacity,
+    GPUHold,
+    GPUTypeLock,
+    ServerActivity,
+    UsageSession,
+    WaitlistRequest,
+)
+from .sessions import of_install
+from .team_reads import hours_this_month
+
+DEFAULT_TYPICAL = timedelta(hours=1)
+"""How long a session is expected to last before the ledger has seen any of its type."""
+TYPICAL_SAMPLE = 200
+"""How many of a type's latest closed sessions give its typical length."""
+HALF_LIVES_BACK = 8
+"""Sessions that ended longer ago than this many half-lives weigh under 0.4 % and are not read."""
+
+
+@dataclass(frozen=True)
+class LineView:
+    """One GPU type's line now, with what the estimate needs."""
+
+    line: Line
+    running: tuple[Running, ...]
+    typical: timedelta
+    capacity: int | None
+    """GPUs of the type the install's servers can get (None: unknown or autoscaled)."""
+
+
+def lock_gpu_type(db: Session, gpu_type: str) -> None:
+    """Hold the GPU type's lock until the transaction ends (PostgreSQL: its row; SQLite:
+    BEGIN IMMEDIATE holds the whole database already). Take it before any team's lock."""
+    if db.get_bind().dialect.name == "postgresql":
+        statement = pg_insert(GPUTypeLock).values(gpu_type=gpu_type)
+        db.execute(
+            statement.on_conflict_do_update(
+                index_elements=["gpu_type"], set_={"gpu_type": statement.excluded.gpu_type}
+            )
+        )
+
+
+def live_requests(db: Session, install: str | None, gpu_type: str) -> list[WaitlistRequest]:
+    return list(
+        db.scalars(
+            select(WaitlistRequest)
+            .where(
+                WaitlistRequest.gpu_type == gpu_type,
+                WaitlistRequest.state.in_(LIVE_REQUEST_STATES),
+                _install(WaitlistRequest.install, install),
+            )
+            .order_by(WaitlistRequest.joined_at, WaitlistRequest.uid)
+        )
+    )
+
+
+def holds_of_type(db: Session, install: str | None, gpu_type: str) -> list[GPUHold]:
+    return list(
+        db.scalars(
+            select(GPUHold).where(GPUHold.gpu_type == gpu_type, _install(GPUHold.install, install))
+        )
+    )
+
+
+def read_line(
+    db: Session,
+    catalog: Catalog,
+    install: str | None,
+    gpu_type: str,
+    now: datetime,
+    *,
+    requests: list[WaitlistRequest] | None = None,
+    extra_teams: tuple[str, ...] = (),
+    exclude_hold_of: tuple[str, str] | None = None,
+) -> LineView:
+    """The line of `gpu_type` for `install` now. `extra_teams`: teams to stand in it besides
+    the waiting ones (a direct spawn's). `exclude_hold_of`: (user, server_name) whose own hold
+    is being consumed (it neither counts as taken nor as its team's)."""
+    kind = catalog.gpu_types.get(gpu_type)
+    rows = live_requests(db, install, gpu_type) if requests is None else requests
+    holds = [
+        h
+        for h in holds_of_type(db, install, gpu_type)
+        if exclude_hold_of is None or (h.user, h.server_name) != exclude_hold_of
+    ]
+    sessions = db.execute(
+        select(
+            UsageSession.id,
+            UsageSession.team,
+            UsageSession.user,
+            UsageSession.profile,
+            UsageSession.gpu_count,
+            UsageSession.started_at,
+        ).where(
+            UsageSession.gpu_type == gpu_type,
+            UsageSession.ended_at.is_(None),
+            UsageSession.gpu_count > 0,
+            of_install(install),
+        )
+    ).all()
+    capacity_row = db.get(GPUCapacity, (install, gpu_type)) if install is not None else None
+    capacity: int | None = None
+    free: int | None = None
+    if kind is not None and not kind.autoscaled and capacity_row is not None:
+        capacity = max(capacity_row.total - capacity_row.used_elsewhere, 0)
+        taken = sum(s.gpu_count for s in sessions) + sum(h.gpu_count for h in holds)
+        free = max(capacity - taken, 0)
+    typical = typical_length(db, gpu_type)
+    teams = sorted({r.team for r in rows} | set(extra_teams))
+    standings = {
+        team: _standing(db, catalog, team, gpu_type, now, holds, exclude_hold_of)
+        for team in teams
+        if team in catalog.teams
+    }
+    waiting = tuple(
+        Waiting(
+            id=r.uid,
+            user=r.user,
+            server_name=r.server_name,
+            team=r.team,
+            gpu_type=r.gpu_type,
+            gpu_count=r.gpu_count,
+            joined_at=r.joined_at,
+            held=r.state != "waiting",
+        )
+        for r in rows
+    )
+    line = Line(
+        gpu_type=gpu_type,
+        free=free,
+        waiting=waiting,
+        teams=standings,
+        reserve_after=catalog.waitlist.reserve_after,
+        now=now,
+        expected_hours=typical.total_seconds() / 3600,
+        capacity=capacity,
+    )
+    running = _running(db, catalog, sessions, now, typical) + tuple(
+        # a held GPU will run its holder's server: as one that ends a typical length from now
+        Running(gpu_count=h.gpu_count, expected_end=now + typical, team=h.team, user=h.user)
+        for h in holds
+    )
+    return LineView(line, running, typical, capacity)
+
+
+def _standing(
+    db: Session,
+    catalog: Catalog,
+    team: str,
+    gpu_type: str,
+    now: datetime,
+    holds: list[GPUHold],
+    exclude_hold_of: tuple[str, str] | None,
+) -> TeamStanding:
+    """A team's standing for one type: quota, what it holds (sessions of every install, as
+    admission counts them, plus holds), its users' GPUs, its recent use, and whether its budget
+    is spent."""
+    quota = catalog.teams[team].quota
+    open_rows = db.execute(
+        select(UsageSession.user, UsageSession.gpu_type, UsageSession.gpu_count).where(
+            UsageSession.team == team,
+            UsageSession.ended_at.is_(None),
+            UsageSession.gpu_count > 0,
+        )
+    ).all()
+    team_holds = db.scalars(select(GPUHold).where(GPUHold.team == team)).all()
+    user_held: dict[str, int] = {}
+    held = 0
+    for user, kind, count in open_rows:
+        user_held[user] = user_held.get(user, 0) + count
+        if kind == gpu_type:
+            held += count
+    for hold in team_holds:
+        if exclude_hold_of is not None and (hold.user, hold.server_name) == exclude_hold_of:
+            continue
+        user_held[hold.user] = user_held.get(hold.user, 0) + hold.gpu_count
+        if hold.gpu_type == gpu_type:
+            held += hold.gpu_count
+    half_life = catalog.waitlist.half_life
+    since = now - half_life * HALF_LIVES_BACK
+    spans = db.execute(
+        select(UsageSession.started_at, UsageSession.ended_at, UsageSession.gpu_count).where(
+            UsageSession.team == team,
+            UsageSession.gpu_type == gpu_type,
+            UsageSession.started_at.is_not(None),
+            or_(UsageSession.ended_at.is_(None), UsageSession.ended_at > since),
+        )
+    ).all()
+    recent = decayed_gpu_hours(((s, e, n) for s, e, n in spans if s is not None), now, half_life)
+    return TeamStanding(
+        team=team,
+        quota=quota.gpus.get(gpu_type, 0),
+        held=held,
+        recent_gpu_hours=recent,
+        blocked="budget" if budget_used_up(quota, hours_this_month(db, team, now)) else None,
+        user_cap=quota.gpus_per_user,
+        user_held=user_held,
+    )
+
+
+def typical_length(db: Session, gpu_type: str) -> timedelta:
+    """The median length of the type's latest closed sessions (DEFAULT_TYPICAL without any)."""
+    rows = db.execute(
+        select(UsageSession.started_at, UsageSession.ended_at)
+        .where(
+            UsageSession.gpu_type == gpu_type,
+            UsageSession.started_at.is_not(None),
+            UsageSession.ended_at.is_not(None),
+        )
+        .order_by(UsageSession.ended_at.desc())
+        .limit(TYPICAL_SAMPLE)
+    ).all()
+    lengths = [(e - s).total_seconds() for s, e in rows if s is not None and e is not None]
+    if not lengths:
+        return DEFAULT_TYPICAL
+    return timedelta(seconds=max(statistics.median(lengths), 60.0))
+
+
+def _running(
+    db: Session,
+    catalog: Catalog,
+    sessions: Sequence[Any],
+    now: datetime,
+    typical: timedelta,
+) -> tuple[Running, ...]:
+    """What each open session of the type is expected to free, and when: its max-age deadline,
+    the culler's announced stop, or its start plus the type's typical length."""
+    ids = [s[0] for s in sessions]
+    culls: dict[int, datetime] = {}
+    if ids:
+        culls = {
+            session_id: cull_at
+            for session_id, cull_at in db.execute(
+                select(ServerActivity.session_id, ServerActivity.cull_at).where(
+                    ServerActivity.session_id.in_(ids), ServerActivity.cull_at.is_not(None)
+                )
+            )
+            if cull_at is not None
+        }
+    found = []
+    for session_id, team, user, profile_slug, count, started in sessions:
+        profile = catalog.profile(profile_slug)
+        max_age = (profile.max_age if profile else None) or catalog.culling.max_age
+        end = expected_end(
+            started or now,
+            now=now,
+            max_age=max_age,
+            cull_at=culls.get(session_id),
+            typical=typical,
+        )
+        found.append(Running(gpu_count=count, expected_end=end, team=team, user=user))
+    return tuple(found)
+
+
+def count_waiting(db: Session) -> list[tuple[str | None, str, str, int]]:
+    """(install, team, GPU type, requests) of every line, for the metrics."""
+    return [
+        (install, team, gpu_type, n)
+        for install, team, gpu_type, n in db.execute(
+            select(
+                WaitlistRequest.install,
+                WaitlistRequest.team,
+                WaitlistRequest.gpu_type,
+                func.count(),
+            )
+            .where(WaitlistRequest.state == "waiting")
+            .group_by(WaitlistRequest.install, WaitlistRequest.team, WaitlistRequest.gpu_type)
+        )
+    ]
+
+
+def _install(column: Any, install: str | None) -> Any:
+    if install is None:
+        return true()
+    return column == install

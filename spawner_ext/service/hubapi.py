@@ -25,6 +25,14 @@ class ServerUnknown(HubAPIError):
     """The hub knows no such user or server (404)."""
 
 
+class StartRefused(HubAPIError):
+    """The hub refused to start a server (400: the spawn's own refusal, or it already runs)."""
+
+
+class HubBusy(HubAPIError):
+    """The hub asks to come back later (429: `concurrent_spawn_limit` spawns are pending)."""
+
+
 @dataclass(frozen=True)
 class HubServer:
     """One running (or starting, or stopping) server as the hub lists it."""
@@ -86,7 +94,7 @@ class HubAPI:
         try:
             response = await self._client.fetch(request)
         except HTTPClientError as exc:
-            text = exc.response.body.decode(errors="replace")[:300] if exc.response else ""
+            text = exc.response.body.decode(errors="replace")[:1000] if exc.response else ""
             if exc.code == 404:
                 raise ServerUnknown(f"{method} {path}: 404 {text}") from None
             raise HubAPIError(f"{method} {path}: {exc.code} {text}") from None
@@ -153,5 +161,37 @@ class HubAPI:
                 raise ServerUnknown(str(exc)) from None
             raise
 
+    async def start_server(self, user: str, server_name: str, options: Mapping[str, str]) -> int:
+        """Ask the hub to start a server with these user options (the request body, as a spawn
+        through the REST API takes them). Returns 201 (started) or 202 (still starting: the hub
+        goes on). Raises StartRefused (400, with the hub's message), HubBusy (429),
+        ServerUnknown (no such user), HubAPIError otherwise."""
+        path = f"/users/{quote(user, safe='')}/server"
+        if server_name:
+            path += f"s/{quote(server_name, safe='')}"
+        try:
+            status, _ = await self._request("POST", path, body=dict(options))
+        except HubAPIError as exc:
+            text = str(exc)
+            if f"POST {path}: 429 " in text:
+                raise HubBusy(text) from None
+            if f"POST {path}: 400 " in text:
+                raise StartRefused(_hub_message(text)) from None
+            raise
+        return status
+
     def close(self) -> None:
         self._client.close()
+
+
+def _hub_message(error: str) -> str:
+    """The `message` of the hub's JSON error inside a HubAPIError's text, else the text."""
+    start = error.find("{")
+    if start >= 0:
+        try:
+            body = json.loads(error[start:])
+        except ValueError:
+            return error
+        if isinstance(body, dict) and body.get("message"):
+            return str(body["message"])
+    return error

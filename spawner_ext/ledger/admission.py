@@ -17,7 +17,7 @@ from ..end_reason import EndReason
 from ..policy.admission import Decision, Holding, TeamUsage, combine_holdings, decide_in
 from ..policy.waitlist import Waiting, may_start_directly
 from .base import LedgerBase
-from .line import LineView, lock_gpu_type, read_line
+from .line import LineView, holds_of_type, lock_gpu_type, read_line
 from .models import AdmissionRefusals, GPUHold, TeamLock, UsageSession, WaitlistRequest
 from .reconcile import Server
 from .rules import Span, holdings_of, month_start
@@ -142,7 +142,9 @@ class AdmissionEngine(LedgerBase):
             view = read_line(db, catalog, self.install, request.gpu_type, now, requests=[])
             if view.line.free is None or view.line.free >= request.gpu_count:
                 return None
-            return Decision(False, "no-free-gpu", _no_free(catalog, request, view))
+            return Decision(
+                False, "no-free-gpu", _no_free(db, self.install, catalog, request, view)
+            )
         view = read_line(
             db, catalog, self.install, request.gpu_type, now, extra_teams=(request.team,)
         )
@@ -162,7 +164,9 @@ class AdmissionEngine(LedgerBase):
         if may_start_directly(view.line, candidate):
             return None
         if not enough:
-            return Decision(False, "no-free-gpu", _no_free(catalog, request, view))
+            return Decision(
+                False, "no-free-gpu", _no_free(db, self.install, catalog, request, view)
+            )
         name = _type_name(catalog, request.gpu_type)
         return Decision(
             False,
@@ -309,10 +313,32 @@ def _type_name(catalog: Catalog, gpu_type: str) -> str:
     return known.display_name if known else gpu_type
 
 
-def _no_free(catalog: Catalog, request: Request, view: LineView) -> str:
-    name = _type_name(catalog, request.gpu_type or "")
-    free = view.line.free or 0
+def _no_free(
+    db: Session, install: str | None, catalog: Catalog, request: Request, view: LineView
+) -> str:
+    """Why no GPU of the type is free: how many there are, and who holds them (servers, and
+    people in line whose turn it is)."""
+    gpu_type = request.gpu_type or ""
+    name = _type_name(catalog, gpu_type)
+    servers: dict[str, int] = {}
+    for user, server_name, count in db.execute(
+        select(UsageSession.user, UsageSession.server_name, UsageSession.gpu_count).where(
+            UsageSession.gpu_type == gpu_type,
+            UsageSession.ended_at.is_(None),
+            UsageSession.gpu_count > 0,
+            of_install(install),
+        )
+    ):
+        key = f"{user}/{server_name}"
+        servers[key] = servers.get(key, 0) + count
+    held = ", ".join(f"{k} ({n})" for k, n in sorted(servers.items())) or "no server"
+    line = ", ".join(
+        f"{h.user}/{h.server_name} ({h.gpu_count})"
+        for h in sorted(holds_of_type(db, install, gpu_type), key=lambda h: h.user)
+    )
     return (
-        f"no {name} is free now for {request.gpu_count}: {view.capacity} in all, {free} free "
-        "(the others run servers or are held for people whose turn it is)"
+        f"no {name} is free for {request.user}/{request.server_name} ({request.gpu_count} "
+        f"needed): {view.capacity} in all, {view.line.free or 0} free, held by {held}"
+        + (f", and set aside for people in line: {line}" if line else "")
+        + "."
     )

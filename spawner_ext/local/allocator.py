@@ -133,10 +133,13 @@ class Allocator:
 
     # --- changes ---
 
-    def claim(self, server: str, gpu_type: str, count: int) -> tuple[Device, ...]:
+    def claim(
+        self, server: str, gpu_type: str, count: int, *, reserved: int = 0
+    ) -> tuple[Device, ...]:
         """Record that `server` holds `count` free devices of `gpu_type` and return them, lowest
-        index first. Raises NoFreeGPUs when too few are free, AllocationError when the server
-        already holds devices (release them first)."""
+        index first. `reserved`: devices of the type held for other people in line (their
+        turn came), which this claim must leave free. Raises NoFreeGPUs when too few are free,
+        AllocationError when the server already holds devices (release them first)."""
         if count < 1:
             raise ValueError(f"{server}: a claim is for 1 GPU or more, not {count}")
         if server in self._holdings:
@@ -144,13 +147,14 @@ class Allocator:
             raise AllocationError(
                 f"{server} already holds {held}; the hub must release them before a new claim"
             )
-        chosen = choose(self._free(gpu_type), count)
+        free = self._free(gpu_type)
+        chosen = choose(free, count) if len(free) - max(reserved, 0) >= count else None
         if chosen is None:
-            raise NoFreeGPUs(self._exhausted(server, gpu_type, count))
+            raise NoFreeGPUs(self._exhausted(server, gpu_type, count, reserved))
         self._holdings[server] = chosen
         return chosen
 
-    def _exhausted(self, server: str, gpu_type: str, count: int) -> str:
+    def _exhausted(self, server: str, gpu_type: str, count: int, reserved: int = 0) -> str:
         wanted = f"{server} needs {_plural(count, gpu_type + ' GPU')}"
         total = self.total(gpu_type)
         if total == 0:
@@ -170,9 +174,10 @@ class Allocator:
             advice = f"Choose a profile with at most {total}."
         else:
             advice = "Try again when one of those servers stops, or choose another profile."
+        held_for = f" ({reserved} of them held for people in line)" if reserved else ""
         return (
-            f"{wanted}; this machine has {total}, {free} free, held by {held_by or 'no one'}. "
-            f"{advice}"
+            f"{wanted}; this machine has {total}, {free} free{held_for}, held by "
+            f"{held_by or 'no one'}. {advice}"
         )
 
     def release(self, server: str) -> None:

@@ -43,6 +43,8 @@ class LocalMachine:
             Discovery(parse_simulation(simulated, catalog)) if simulated else discover()
         )
         self._logged: set[str] = set()
+        self.recorded_capacity: dict[str, int] | None = None
+        """The GPUs per type last written to the ledger (local/spawner.py)."""
         self._allocator = Allocator(devices_by_type(self.discovery.devices, catalog))
         self.rebuilt = self._rebuild(processes())
 

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from jupyterhub.spawner import LocalProcessSpawner
+from sqlalchemy.exc import DBAPIError
 from traitlets import Unicode
 
 from ..end_reason import EndReason
 from ..fakenvml import BuildError, build, environment, write_config
+from ..ledger.engine import SchemaError
 from ..notebook import NOTEBOOK_CONFIG, NOTEBOOK_DATA
 from ..policy.request import SpawnRefused
 from ..spawners.mixin import GPUSpawnerMixin, refusal
@@ -79,7 +81,39 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
         return self.context.part(LocalMachine, make)
 
     def _allocator(self) -> Allocator:
-        return self.machine().allocator(self.catalog_version().catalog)
+        machine = self.machine()
+        catalog = self.catalog_version().catalog
+        allocator = machine.allocator(catalog)
+        self._record_capacity(machine, allocator, catalog)
+        return allocator
+
+    def _record_capacity(self, machine: LocalMachine, allocator: Allocator, catalog: Any) -> None:
+        """Tell the ledger (and so the gpuhub service's wait-list) how many GPUs of each type
+        this machine has, whenever that changes (first use, a catalog reload)."""
+        totals = {gpu_type: allocator.total(gpu_type) for gpu_type in catalog.gpu_types}
+        if not self.ledger_url or totals == machine.recorded_capacity:
+            return
+        machine.recorded_capacity = totals
+
+        def record(ledger: Any) -> None:
+            for gpu_type, total in totals.items():
+                ledger.set_capacity(gpu_type, total)
+
+        self.context.write("this machine's GPUs", record)
+
+    def _held_for_others(self, gpu_type: str) -> int:
+        """GPUs of a type held for other people in line (0 when the ledger does not answer:
+        admission, which counts holds, has let this spawn through already)."""
+        try:
+            ledger = self.context.ledger()
+            holds = ledger.holds() if ledger is not None else []
+        except (DBAPIError, SchemaError):
+            return 0
+        return sum(
+            h.gpu_count
+            for h in holds
+            if h.gpu_type == gpu_type and (h.user, h.server_name) != (self.user.name, self.name)
+        )
 
     def machine_free_gpus(self) -> dict[str, int]:
         allocator = self._allocator()
@@ -98,7 +132,10 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
             return
         try:
             self.devices = self._allocator().claim(
-                self.server_key, plan.gpu_type_key, plan.gpu_count
+                self.server_key,
+                plan.gpu_type_key,
+                plan.gpu_count,
+                reserved=self._held_for_others(plan.gpu_type_key),
             )
         except NoFreeGPUs as exc:
             raise refusal(SpawnRefused(str(exc), reason="no-free-gpu")) from None

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
+from ..catalog import Catalog
 from ..catalog.store import CatalogStore
 from ..clock import Clock, utcnow
 from ..end_reason import EndReason
@@ -24,9 +26,10 @@ from ..ledger.engine import SchemaError
 from ..ledger.models import UsageSession
 from ..ledger.store import Ledger
 from .culler import Culler, CullerStatus
-from .hubapi import HubAPI, HubAPIError, ServerUnknown
+from .hubapi import HubAPI, HubAPIError, HubServer, ServerUnknown
 from .metering import Listed, enforce_budgets, reconcile_once, strays
 from .runtimes import Runtime
+from .waitlist_starts import start_request
 
 log = logging.getLogger("gpuhub.service")
 
@@ -51,6 +54,8 @@ class Status:
     closed: int = 0
     strays_ended: int = 0
     budget_stops: int = 0
+    turns_given: int = 0
+    """Wait-list turns given (GPUs held for the next person in line)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +70,7 @@ class Status:
             "closed": self.closed,
             "strays_ended": self.strays_ended,
             "budget_stops": self.budget_stops,
+            "turns_given": self.turns_given,
         }
 
     def detail_json(self) -> dict[str, Any]:
@@ -163,6 +169,22 @@ class GPUHubService:
         asked = await enforce_budgets(ledger, catalog, self._stop)
         self.status.budget_stops += len(asked)
         await self.runtime.sync(catalog)
+        await self.serve_waitlist(catalog, listed)
+
+    async def serve_waitlist(self, catalog: Catalog, listed: Sequence[HubServer]) -> None:
+        """Give turns in line (the ledger decides, under each GPU type's lock) and ask the hub
+        to start the servers whose turn came, unless it lists them already (a start asked
+        earlier that the hub is still working on)."""
+        capacities = await self.runtime.capacity(catalog)
+        ledger = self.ledger()
+        for gpu_type, (total, elsewhere) in capacities.items():
+            ledger.set_capacity(gpu_type, total, elsewhere)
+        result = ledger.serve(catalog)
+        self.status.turns_given += len(result.given)
+        present = {(s.user, s.name) for s in listed}
+        for request in result.to_start:
+            if (request.user, request.server_name) not in present:
+                await start_request(self.hub, ledger, request)
 
     async def _stop(self, session: UsageSession) -> None:
         """Stop a session's server through the hub; one the hub does not know, at its runtime."""

@@ -37,6 +37,11 @@ class Runtime(Protocol):
         """Bring what the runtime enforces in line with the catalog (nothing, or quotas)."""
         ...
 
+    async def capacity(self, catalog: Catalog) -> dict[str, tuple[int, int]]:
+        """GPU type -> (GPUs the install's servers can get, of those held by others' pods), as
+        far as the runtime knows; {} when the hub records it (local mode)."""
+        ...
+
 
 class LocalRuntime:
     name = "local"
@@ -59,6 +64,9 @@ class LocalRuntime:
 
     async def sync(self, catalog: Catalog) -> None:
         return None
+
+    async def capacity(self, catalog: Catalog) -> dict[str, tuple[int, int]]:
+        return {}  # the hub records its machine's GPUs (local/spawner.py)
 
 
 class KubeRuntime:
@@ -127,6 +135,26 @@ class KubeRuntime:
             return
         for change in await sync_quotas(self._api, catalog, self.install):
             log.info("gpuhub: ResourceQuota %s", change)
+
+    async def capacity(self, catalog: Catalog) -> dict[str, tuple[int, int]]:
+        """The matching nodes' GPUs (kube/capacity.py). Without permission to list nodes the
+        wait-list counts quotas only, said once in the log."""
+        from kubernetes_asyncio.client.rest import ApiException
+
+        from ..kube.capacity import read_capacity
+
+        try:
+            return await read_capacity(self._api, catalog, self.install)
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            self._tell(
+                "nodes",
+                "gpuhub: may not list nodes, so the wait-list cannot count free GPUs (only "
+                "quotas); give the service's role get/list on nodes (helm-values/gpuhub)",
+                logging.WARNING,
+            )
+            return {}
 
 
 async def kube_api_client() -> Any:

@@ -347,7 +347,7 @@ def test_no_two_servers_share_a_gpu_and_stopping_frees_it(hub: Hub) -> None:
     assert grace["state"]["gpuhub_devices"] == [H100[1]]
     refused = hub.spawn("lin", {"profile": "h100-single", "team": "vision"})
     assert refused.status_code == 400
-    assert "this machine has 2, 0 free, held by ada/ (1), grace/ (1)" in refused.json()["message"]
+    assert "2 in all, 0 free, held by ada/ (1), grace/ (1)" in refused.json()["message"]
     assert hub.user("lin")["servers"] == {}
     hub.stop_server("ada")
     lin = hub.start_server("lin", {"profile": "h100-single", "team": "vision"})

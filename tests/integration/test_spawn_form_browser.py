@@ -125,7 +125,7 @@ def test_a_gpu_another_server_holds_is_refused_on_the_form(page: Any, hub: Hub) 
     tab_to(page, "button[type=submit]")
     page.keyboard.press("Enter")
 
-    page.wait_for_selector("text=this machine has 1, 0 free, held by grace/ (1)")
+    page.wait_for_selector("text=1 in all, 0 free, held by grace/ (1)")
     assert hub.user("ada")["servers"] == {}
     hub.stop_server("grace")
 

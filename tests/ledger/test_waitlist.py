@@ -87,7 +87,7 @@ def test_no_free_gpu_refuses_a_direct_spawn_and_the_line_takes_it(
     with pytest.raises(AdmissionRefused) as refused:
         ledger.admit(catalog, spawn("ada"))
     assert refused.value.decision.reason == "no-free-gpu"
-    assert "2 in all, 0 free" in refused.value.decision.message
+    assert "2 in all, 0 free, held by n0/ (1), n1/ (1)." in refused.value.decision.message
 
     ada = ledger.join(catalog, join("ada"))
     assert (ada.state, ada.position) == ("waiting", 1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,10 +25,12 @@ from ..clock import Clock, utcnow
 from ..end_reason import EndReason
 from ..ledger.engine import SchemaError
 from ..ledger.models import UsageSession
+from ..ledger.outbox import Outbox
 from ..ledger.store import Ledger
 from .culler import Culler, CullerStatus
 from .hubapi import HubAPI, HubAPIError, HubServer, ServerUnknown
 from .metering import Listed, enforce_budgets, reconcile_once, strays
+from .notifier import Notifier, NotifierStatus
 from .runtimes import Runtime
 from .waitlist_starts import start_request
 
@@ -231,3 +234,16 @@ class GPUHubService:
         self.hub.close()
         if self._ledger is not None:
             self._ledger.engine.dispose()
+
+    _notifier: Notifier | None = None
+
+    def notifier(self) -> Notifier:
+        """The outbox's sender (notifier.py), built at first use: it opens the ledger, so a
+        database that is down fails here, and the caller tries again."""
+        if self._notifier is None:
+            outbox = Outbox(self.ledger().engine, clock=self.clock)
+            self._notifier = Notifier(outbox, lambda: self.store.catalog, os.environ, self.clock)
+        return self._notifier
+
+    def notifier_status(self) -> NotifierStatus:
+        return self._notifier.status if self._notifier is not None else NotifierStatus()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -380,6 +380,37 @@ class WaitlistLedger(LedgerBase):
                     select(GPUCapacity).where(GPUCapacity.install == self.install)
                 )
             }
+
+    def line_counts(self) -> list[tuple[str, str, str, int]]:
+        """(team, GPU type, state, requests) of this install's requests, for the metrics."""
+        query = (
+            select(
+                WaitlistRequest.team,
+                WaitlistRequest.gpu_type,
+                WaitlistRequest.state,
+                func.count(),
+            )
+            .where(_mine(self.install))
+            .group_by(WaitlistRequest.team, WaitlistRequest.gpu_type, WaitlistRequest.state)
+        )
+        with self._reads() as db:
+            return [(t, g, st, int(n)) for t, g, st, n in db.execute(query)]
+
+    def waits(self) -> list[tuple[str, str, float]]:
+        """(team, GPU type, seconds from joining to the turn) of every request given its turn,
+        for the wait-time histogram (a turn is given once, so these only ever grow)."""
+        query = select(
+            WaitlistRequest.team,
+            WaitlistRequest.gpu_type,
+            WaitlistRequest.joined_at,
+            WaitlistRequest.turn_at,
+        ).where(_mine(self.install), WaitlistRequest.turn_at.is_not(None))
+        with self._reads() as db:
+            return [
+                (t, g, max((turn - joined).total_seconds(), 0.0))
+                for t, g, joined, turn in db.execute(query)
+                if turn is not None
+            ]
 
     def holds(self) -> list[GPUHold]:
         with self._reads() as db:

@@ -20,7 +20,12 @@ from datetime import datetime
 from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from ..ledger.rules import billed_seconds, session_cost
@@ -61,6 +66,7 @@ class ServiceCollector(Collector):
                 *self._service_metrics(now),
                 *self._catalog_metrics(),
                 *self._ledger_metrics(now),
+                *self._waitlist_metrics(),
             ]
         yield from metrics
 
@@ -239,6 +245,54 @@ class ServiceCollector(Collector):
             ["team", "gpu_type", "reason"],
             {(r.team, r.gpu_type, r.reason): r.refusals for r in ledger.refusal_counts()},
         )
+
+    def _waitlist_metrics(self) -> Iterator[Metric]:
+        """Requests waiting now, how long turns took to come, and how requests ended."""
+        ledger = self.service.ledger()
+        waiting = GaugeMetricFamily(
+            "gpuhub_waitlist_waiting",
+            "Requests waiting in line for a GPU (not yet given their turn).",
+            labels=["team", "gpu_type"],
+        )
+        ended: dict[str, dict[Labels, float]] = {
+            state: {} for state in ("started", "expired", "cancelled", "failed")
+        }
+        for team, gpu_type, state, n in ledger.line_counts():
+            if state == "waiting":
+                waiting.add_metric([team, gpu_type], n)
+            elif state in ended:
+                ended[state][(team, gpu_type)] = float(n)
+        yield waiting
+        for state, found in ended.items():
+            name = "served" if state == "started" else state
+            yield self._counter(
+                f"gpuhub_waitlist_{name}",
+                f"Wait-list requests that ended {state}"
+                + (" (their server started)" if state == "started" else "")
+                + ".",
+                ["team", "gpu_type"],
+                found,
+            )
+        by_labels: dict[Labels, list[float]] = defaultdict(list)
+        for team, gpu_type, seconds in ledger.waits():
+            by_labels[(team, gpu_type)].append(seconds)
+        histogram = HistogramMetricFamily(
+            "gpuhub_waitlist_wait_seconds",
+            "Time from joining the line to the turn (GPUs held for the person).",
+            labels=["team", "gpu_type"],
+        )
+        for key, values in sorted(by_labels.items()):
+            buckets = [
+                (str(float(bound)), float(sum(v <= bound for v in values)))
+                for bound in WAIT_BUCKETS
+            ]
+            buckets.append(("+Inf", float(len(values))))
+            histogram.add_metric(list(key), buckets, sum_value=sum(values))
+        yield histogram
+
+
+WAIT_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800)
+"""Seconds: one minute to eight hours (`waitlist.max_wait`'s default)."""
 
 
 def metrics_registry(service: GPUHubService, *, user_labels: bool = False) -> CollectorRegistry:

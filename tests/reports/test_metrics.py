@@ -272,3 +272,64 @@ def test_a_ledger_restored_from_an_older_backup_lowers_no_counter(tmp_path: Path
     caught_up = samples(exposition(registry).decode())
     assert_no_counter_went_down(after, caught_up)
     assert caught_up[("gpuhub_gpu_seconds_total", vision_h100)] == 2700, "the ledger's again"
+
+
+def test_the_waitlist_metrics_count_waiting_turns_and_ends(tmp_path: Path) -> None:
+    """Requests waiting per team and type, the time to the turn (the clock moved by a known
+    10 minutes), and requests cancelled. Broken once (waits measured to the hold's end instead
+    of the turn): 20 minutes, and the 900 s bucket held 0."""
+    from datetime import UTC, datetime
+
+    from spawner_ext.end_reason import EndReason
+    from spawner_ext.ledger.admission import Request
+    from spawner_ext.ledger.store import Ledger
+    from spawner_ext.ledger.waitlist import JoinRequest
+
+    clock = FakeClock(datetime(2026, 12, 1, 9, 0, tzinfo=UTC))
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    upgrade(url)
+    service = GPUHubService(
+        CatalogStore(ROOT / "hub_config" / "catalog.yaml"),
+        url,
+        hub=None,  # type: ignore[arg-type]
+        runtime=LocalRuntime(list),
+        install="local",
+        clock=clock,
+    )
+    catalog = service.store.catalog
+    ledger = Ledger.open(url, clock=clock, install="local")
+    ledger.set_capacity("h100-80gb", 1)
+    first = ledger.admit(
+        catalog, Request("n0", "", "nlp", "h100-single", "h100-80gb", 1, 4, "USD", "v")
+    )
+
+    def join(user: str) -> str:
+        profile = "h100-single"
+        return ledger.join(
+            catalog,
+            JoinRequest(user, "", "vision", profile, "h100-80gb", 1, {"profile": profile}),
+        ).id
+
+    ada = join("ada")
+    clock.advance(minutes=1)
+    join("lin")
+    clock.advance(minutes=1)
+    bob = join("bob")
+    clock.advance(minutes=8)  # ada has waited 10 minutes
+    ledger.close(first.session_id, EndReason.STOPPED)
+    ledger.serve(catalog)
+    ledger.cancel(catalog, bob)
+    found = samples(exposition(metrics_registry(service)).decode())
+    labels = (("gpu_type", "h100-80gb"), ("team", "vision"))
+    assert found["gpuhub_waitlist_waiting", labels] == 1  # lin
+    assert found["gpuhub_waitlist_cancelled_total", labels] == 1
+    assert found["gpuhub_waitlist_wait_seconds_count", labels] == 1
+    assert found["gpuhub_waitlist_wait_seconds_sum", labels] == 600
+
+    def bucket(le: str) -> float:
+        return found["gpuhub_waitlist_wait_seconds_bucket", (labels[0], ("le", le), labels[1])]
+
+    assert (bucket("300.0"), bucket("900.0"), bucket("+Inf")) == (0, 1, 1)
+    assert ledger.get(catalog, ada).state == "held"  # type: ignore[union-attr]
+    ledger.engine.dispose()
+    service.ledger().engine.dispose()

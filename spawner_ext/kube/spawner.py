@@ -16,6 +16,7 @@ from typing import Any
 
 from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
+from tornado import web
 from traitlets import Bool, Int, List, default
 
 from ..catalog.frozen import thaw
@@ -149,8 +150,28 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
     # --- metering: billing runs from pod Running (start returns) until the pod is gone ------
 
     def start(self) -> Any:
+        self._scale_up_timeout()
         self._start_future = asyncio.ensure_future(self._metered_start())
         return self._start_future
+
+    _configured_start_timeout: int | None = None
+
+    def _scale_up_timeout(self) -> None:
+        """A GPU type with a cluster autoscaler behind it (catalog `autoscaled`) may pend until a
+        node comes: its spawns get `scale_up_timeout` as their start_timeout when that is longer.
+        Set here, before start() returns, because JupyterHub reads start_timeout then."""
+        if self._configured_start_timeout is None:
+            self._configured_start_timeout = int(self.start_timeout)
+        self.start_timeout = self._configured_start_timeout
+        try:
+            plan = self.resolve(self.user_options)
+        except web.HTTPError:
+            return  # refused again, with its message, in start itself
+        kind = plan.gpu_type
+        if kind is not None and kind.autoscaled and kind.scale_up_timeout is not None:
+            self.start_timeout = max(
+                self.start_timeout, int(kind.scale_up_timeout.total_seconds())
+            )
 
     async def _metered_start(self) -> Any:
         try:

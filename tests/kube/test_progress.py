@@ -32,3 +32,16 @@ def test_other_events_unchanged() -> None:
     assert explain(event("0/4 nodes: Insufficient memory"), plan, 300) is None
     cpu = resolve_spawn(CATALOG, ADA, {"profile": "cpu-small"})
     assert explain(event("Insufficient nvidia.com/gpu"), cpu, 300) is None
+
+
+def test_an_autoscaled_type_says_a_node_is_coming() -> None:
+    l4 = CATALOG.gpu_types["l4"].model_copy(update={"autoscaled": True})
+    scaled = CATALOG.model_copy(update={"gpu_types": {**CATALOG.gpu_types, "l4": l4}})
+    plan = resolve_spawn(scaled, ADA, {"profile": "l4-single"})
+    pending = explain(event("0/4 nodes are available: 4 Insufficient nvidia.com/gpu."), plan, 900)
+    assert pending is not None and "cluster autoscaler is asked for a new node" in pending
+    scale_up = explain(
+        event("pod triggered scale-up: [l4-pool 1->2]", "TriggeredScaleUp"), plan, 900
+    )
+    assert scale_up is not None and "adding a node with NVIDIA L4 24GB GPUs" in scale_up
+    assert "900 seconds" in scale_up

@@ -105,3 +105,18 @@ async def test_dict_overrides_merge_into_a_copy(spawner: GPUKubeSpawner) -> None
     state = spawner.get_state()
     assert state["gpuhub"]["profile"] == "cpu-small"
     assert state["gpuhub"]["gpu_count"] == 0
+
+
+async def test_an_autoscaled_gpu_type_waits_longer_for_its_node(spawner: GPUKubeSpawner) -> None:
+    """A spawn of an autoscaled type gets scale_up_timeout (15 min) as its start_timeout, set
+    before start() returns (JupyterHub reads it then); the next spawn of another type gets the
+    configured one back."""
+    catalog = Path(spawner.catalog_path)
+    catalog.write_text(catalog.read_text().replace("autoscaled: false", "autoscaled: true"))
+    spawner.start_timeout = 300
+    spawner.user_options = {"profile": "l4-single", "team": "vision"}
+    spawner._scale_up_timeout()
+    assert spawner.start_timeout == 900
+    spawner.user_options = {"profile": "h100-single", "team": "vision"}
+    spawner._scale_up_timeout()
+    assert spawner.start_timeout == 300

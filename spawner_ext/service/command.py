@@ -12,15 +12,18 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
+from sqlalchemy.exc import DBAPIError
+
 from ..catalog import CatalogError
 from ..catalog.store import CatalogStore
 from ..install import InstallError, checked_install, default_install
-from ..ledger.engine import DEFAULT_URL
+from ..ledger.engine import DEFAULT_URL, SchemaError
 from ..local.processes import live_servers
 from ..wire import SERVICE_NAME
 from . import cookie_secret
 from .app import GPUHubService
 from .hubapi import HubAPI
+from .notifier import INTERVAL as NOTIFIER_INTERVAL
 from .runtimes import KubeRuntime, LocalRuntime, Runtime, kube_api_client
 from .web import make_app
 
@@ -108,6 +111,21 @@ async def _exit_with_parent(stop: asyncio.Event) -> None:
     stop.set()
 
 
+async def _notify(service: GPUHubService) -> None:
+    """Send the outbox's messages until cancelled (notifier.py); a billing database that
+    cannot be opened yet is tried again."""
+    while True:
+        try:
+            notifier = service.notifier()
+        except (DBAPIError, SchemaError, OSError) as exc:
+            logging.getLogger("gpuhub.notifier").error(
+                "notifier: the billing database cannot be opened, trying again: %s", exc
+            )
+            await asyncio.sleep(NOTIFIER_INTERVAL.total_seconds())
+            continue
+        await notifier.run()
+
+
 def run_service(args: argparse.Namespace) -> int:
     token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
     api_url = os.environ.get("JUPYTERHUB_API_URL", "")
@@ -178,6 +196,7 @@ async def _serve(
     tasks = [
         asyncio.create_task(service.run()),
         *([] if args.no_culling else [asyncio.create_task(service.run_culler())]),
+        asyncio.create_task(_notify(service)),
         asyncio.create_task(store.watch()),
         asyncio.create_task(_exit_with_parent(stop)),
     ]

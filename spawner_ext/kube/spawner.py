@@ -161,7 +161,7 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         node comes: its spawns get `scale_up_timeout` as their start_timeout when that is longer.
         Set here, before start() returns, because JupyterHub reads start_timeout then."""
         if self._configured_start_timeout is None:
-            self._configured_start_timeout = int(self.start_timeout)
+            self._configured_start_timeout = int(self.start_timeout)  # type: ignore[has-type]
         self.start_timeout = self._configured_start_timeout
         try:
             plan = self.resolve(self.user_options)
@@ -169,9 +169,7 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
             return  # refused again, with its message, in start itself
         kind = plan.gpu_type
         if kind is not None and kind.autoscaled and kind.scale_up_timeout is not None:
-            self.start_timeout = max(
-                self.start_timeout, int(kind.scale_up_timeout.total_seconds())
-            )
+            self.start_timeout = max(self.start_timeout, int(kind.scale_up_timeout.total_seconds()))
 
     async def _metered_start(self) -> Any:
         try:

@@ -17,7 +17,7 @@ from ..end_reason import EndReason
 from ..policy.admission import Decision, Holding, TeamUsage, combine_holdings, decide_in
 from ..policy.waitlist import Waiting, may_start_directly
 from .base import LedgerBase
-from .line import LineView, holds_of_type, lock_gpu_type, read_line
+from .line import LineView, holds_of_type, lock_gpu_type, quick_check, read_line
 from .models import AdmissionRefusals, GPUHold, TeamLock, UsageSession, WaitlistRequest
 from .reconcile import Server
 from .rules import Span, holdings_of, month_start
@@ -138,20 +138,18 @@ class AdmissionEngine(LedgerBase):
         """A refusal when no GPU of the type is free for this spawn, or others wait for the type
         and would get it first (nobody jumps the line); None when it may start."""
         assert request.gpu_type is not None and request.team is not None
-        if not catalog.waitlist.enabled:
-            view = read_line(db, catalog, self.install, request.gpu_type, now, requests=[])
-            if view.line.free is None or view.line.free >= request.gpu_count:
-                return None
-            return Decision(
-                False, "no-free-gpu", _no_free(db, self.install, catalog, request, view)
-            )
+        waiting_count, free = quick_check(db, catalog, self.install, request.gpu_type)
+        enough = free is None or free >= request.gpu_count
+        if enough and (waiting_count == 0 or not catalog.waitlist.enabled):
+            return None  # the common case: two small queries, no line to read
         view = read_line(
             db, catalog, self.install, request.gpu_type, now, extra_teams=(request.team,)
         )
+        if not catalog.waitlist.enabled:
+            return Decision(
+                False, "no-free-gpu", _no_free(db, self.install, catalog, request, view)
+            )
         waiting = [w for w in view.line.waiting if not w.held]
-        enough = view.line.free is None or view.line.free >= request.gpu_count
-        if not waiting and enough:
-            return None
         candidate = Waiting(
             id="~direct",
             user=request.user,

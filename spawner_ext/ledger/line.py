@@ -89,6 +89,48 @@ def holds_of_type(db: Session, install: str | None, gpu_type: str) -> list[GPUHo
     )
 
 
+def usable_capacity(
+    db: Session, catalog: Catalog, install: str | None, gpu_type: str
+) -> int | None:
+    """GPUs of the type the install's servers can get (its capacity less what others' pods
+    use); None when unknown (nothing recorded yet, no install) or unlimited (autoscaled)."""
+    kind = catalog.gpu_types.get(gpu_type)
+    if kind is None or kind.autoscaled or install is None:
+        return None
+    row = db.get(GPUCapacity, (install, gpu_type))
+    return None if row is None else max(row.total - row.used_elsewhere, 0)
+
+
+def quick_check(
+    db: Session, catalog: Catalog, install: str | None, gpu_type: str
+) -> tuple[int, int | None]:
+    """(requests waiting for the type, GPUs of it free now or None when unlimited), in two
+    small queries: what admission looks at before it needs the whole line."""
+    waiting = db.scalar(
+        select(func.count()).where(
+            WaitlistRequest.gpu_type == gpu_type,
+            WaitlistRequest.state == "waiting",
+            _install(WaitlistRequest.install, install),
+        )
+    )
+    capacity = usable_capacity(db, catalog, install, gpu_type)
+    if capacity is None:
+        return int(waiting or 0), None
+    in_sessions = db.scalar(
+        select(func.coalesce(func.sum(UsageSession.gpu_count), 0)).where(
+            UsageSession.gpu_type == gpu_type,
+            UsageSession.ended_at.is_(None),
+            of_install(install),
+        )
+    )
+    in_holds = db.scalar(
+        select(func.coalesce(func.sum(GPUHold.gpu_count), 0)).where(
+            GPUHold.gpu_type == gpu_type, _install(GPUHold.install, install)
+        )
+    )
+    return int(waiting or 0), max(capacity - int(in_sessions or 0) - int(in_holds or 0), 0)
+
+
 def read_line(
     db: Session,
     catalog: Catalog,
@@ -103,7 +145,6 @@ def read_line(
     """The line of `gpu_type` for `install` now. `extra_teams`: teams to stand in it besides
     the waiting ones (a direct spawn's). `exclude_hold_of`: (user, server_name) whose own hold
     is being consumed (it neither counts as taken nor as its team's)."""
-    kind = catalog.gpu_types.get(gpu_type)
     rows = live_requests(db, install, gpu_type) if requests is None else requests
     holds = [
         h
@@ -125,11 +166,9 @@ def read_line(
             of_install(install),
         )
     ).all()
-    capacity_row = db.get(GPUCapacity, (install, gpu_type)) if install is not None else None
-    capacity: int | None = None
+    capacity = usable_capacity(db, catalog, install, gpu_type)
     free: int | None = None
-    if kind is not None and not kind.autoscaled and capacity_row is not None:
-        capacity = max(capacity_row.total - capacity_row.used_elsewhere, 0)
+    if capacity is not None:
         taken = sum(s.gpu_count for s in sessions) + sum(h.gpu_count for h in holds)
         free = max(capacity - taken, 0)
     typical = typical_length(db, gpu_type)

@@ -19,7 +19,7 @@ from ..catalog import Catalog
 from ..policy.admission import Holding, TeamUsage, decide_in
 from ..policy.waitlist import estimates, positions, turns
 from .base import LedgerBase
-from .line import LineView, live_requests, lock_gpu_type, read_line
+from .line import LineView, live_requests, lock_gpu_type, read_line, usable_capacity
 from .models import (
     LIVE_REQUEST_STATES,
     GPUCapacity,
@@ -246,6 +246,7 @@ class WaitlistLedger(LedgerBase):
             )
             if not decision.admitted and decision.reason not in WAITABLE:
                 raise NotWaitable(decision.message, decision.reason or "refused")
+            self._check_could_ever_start(db, catalog, request)
             row = WaitlistRequest(
                 install=self.install,
                 user=request.user,
@@ -297,6 +298,27 @@ class WaitlistLedger(LedgerBase):
             raise AlreadyWaiting(
                 f"{_server(request.user, request.server_name)} is running or starting; stop it "
                 "first, or wait for another named server"
+            )
+
+    def _check_could_ever_start(self, db: Session, catalog: Catalog, request: JoinRequest) -> None:
+        """A request that no turn could ever serve is refused, not left waiting: more GPUs than
+        the team's quota of the type, or than the type has in all."""
+        quota = catalog.teams[request.team].quota.gpus.get(request.gpu_type, 0)
+        kind = catalog.gpu_types.get(request.gpu_type)
+        name = kind.display_name if kind else request.gpu_type
+        if request.gpu_count > quota:
+            raise NotWaitable(
+                f"team {request.team!r} may hold {quota} {name} at once, and "
+                f"{request.profile!r} needs {request.gpu_count}: waiting cannot help. Pick a "
+                "smaller profile, or ask an admin to raise the team's quota.",
+                "gpu-quota",
+            )
+        capacity = usable_capacity(db, catalog, self.install, request.gpu_type)
+        if capacity is not None and request.gpu_count > capacity:
+            raise NotWaitable(
+                f"there are {capacity} {name} in all, and {request.profile!r} needs "
+                f"{request.gpu_count}: waiting cannot help. Pick a smaller profile.",
+                "capacity",
             )
 
     def cancel(self, catalog: Catalog, uid: str, message: str | None = None) -> WaitRequest:

@@ -355,3 +355,18 @@ def test_cancel_while_starting_never_leaves_a_server_for_a_cancelled_request(
         assert results[0] == "AdmissionRefused"
         assert ledger.open_sessions() == []
     assert ledger.holds() == []
+
+
+def test_a_request_no_turn_could_serve_is_refused_not_left_waiting(
+    ledger: Ledger, catalog: Catalog
+) -> None:
+    ledger.set_capacity("h100-80gb", 2)
+    with pytest.raises(NotWaitable) as refused:
+        ledger.join(catalog, join("ada", count=4))  # h100-quad on a machine of 2
+    assert refused.value.reason == "capacity"
+    assert "there are 2 NVIDIA H100 80GB in all" in str(refused.value)
+    teaching = JoinRequest("tutor", "", "teaching", "h100-single", "h100-80gb", 1, {})
+    with pytest.raises(NotWaitable) as refused:
+        ledger.join(catalog, teaching)  # teaching has no H100 quota at all
+    assert refused.value.reason == "gpu-quota"
+    assert ledger.requests(catalog) == []

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from .catalog import load_catalog
 from .install import InstallError, checked_install, default_install
 from .ledger.engine import upgrade as upgrade_ledger
+from .service.notifier import secret_environment
 from .service.registration import register, service_config
 from .wire import SERVICE_NAME
 
@@ -138,6 +139,7 @@ def configure(
     if planned.upgrade_database:
         (upgrade or upgrade_ledger)(planned.ledger_url)
     admins = c.Authenticator.admin_users if "admin_users" in c.Authenticator else set()
+    catalog = load_catalog(planned.catalog_path)
     register(
         c,
         service_config(
@@ -146,8 +148,11 @@ def configure(
             "kubernetes",
             port=planned.service_port,
             url=url,
-            environment={k: environ[k] for k in SERVICE_ENV if k in environ},
-            catalog=load_catalog(planned.catalog_path),
+            environment={
+                **{k: environ[k] for k in SERVICE_ENV if k in environ},
+                **secret_environment(catalog, environ),  # the SMTP password, webhook secret
+            },
+            catalog=catalog,
             admin_users=admins,
             culling=planned.culling,
             install=install,

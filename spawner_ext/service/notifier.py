@@ -60,6 +60,18 @@ class NotifierStatus:
     last_cycle_at: datetime | None = None
 
 
+def secret_environment(catalog: Catalog, environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables the catalog's notifications name (`password_env`, `secret_env`) with their
+    values from the hub's `environ`, for the service's environment: JupyterHub starts a managed
+    service with a bare one. Read when the hub starts (a new name takes a hub restart)."""
+    settings = catalog.notifications
+    names = [
+        settings.email.password_env if settings.email else None,
+        settings.webhook.secret_env if settings.webhook else None,
+    ]
+    return {name: environ[name] for name in names if name is not None and name in environ}
+
+
 def retry_delay(attempts: int) -> timedelta:
     """The wait after the `attempts`-th failed attempt: 30 s, 1 min, 2 min, ... up to 30 min."""
     doublings = min(max(attempts - 1, 0), 16)  # 30 s * 2**16 is far past the cap

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..catalog import load_catalog
 from ..install import LOCAL
+from ..service.notifier import secret_environment
 from ..service.registration import service_config
 
 DEFAULT_PORT = 8000
@@ -152,8 +153,11 @@ class UpSettings:
         )
 
 
-def hub_config(s: UpSettings) -> dict[str, dict[str, Any]]:
-    """JupyterHub settings, as {class name: {trait: value}}, for the local mode of `s`."""
+def hub_config(
+    s: UpSettings, environ: Mapping[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """JupyterHub settings, as {class name: {trait: value}}, for the local mode of `s`;
+    `environ`: the hub's environment, where the service's notification secrets come from."""
     state = s.state_dir
     authenticator: dict[str, Any] = {"allow_all": True}
     if s.passwords_file is not None:
@@ -170,12 +174,14 @@ def hub_config(s: UpSettings) -> dict[str, dict[str, Any]]:
         authenticator["admin_users"] = admins
     if s.admin_password:
         authenticator["admin_password"] = s.admin_password
+    catalog = load_catalog(s.catalog)
     service = service_config(
         str(s.catalog),
         s.ledger_url,
         "local",
         port=s.service_port,
-        catalog=load_catalog(s.catalog),
+        environment=secret_environment(catalog, environ or {}),
+        catalog=catalog,
         admin_users=admins,
         culling=s.culling,
         cookie_secret_file=str(state / SERVICE_COOKIE_SECRET),
@@ -225,7 +231,7 @@ def configure(c: Any, env: Mapping[str, str]) -> None:
     config file calls). Creates the state directory."""
     settings = UpSettings.from_env(env)
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for section, traits in hub_config(settings).items():
+    for section, traits in hub_config(settings, env).items():
         for name, value in traits.items():
             c[section][name] = value
 

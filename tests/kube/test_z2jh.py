@@ -146,3 +146,27 @@ def test_the_spawner_and_the_service_share_one_install_name(
     assert c.GPUKubeSpawner.install == install
     command = {s["name"]: s for s in c.JupyterHub.services}["gpu-usage"]["command"]
     assert command[command.index("--install") + 1] == install
+
+
+def test_the_service_gets_the_notification_secrets_from_the_hubs_environment(
+    tmp_path: Path,
+) -> None:
+    """The SMTP password the catalog names (hub.extraEnv from a Secret) reaches the service,
+    which JupyterHub starts with a bare environment."""
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        Path(CATALOG).read_text()
+        + "\nnotifications:\n  email:\n    smtp: mail.example.org:587\n"
+        + '    from: "gpuhub@example.org"\n    username: gpuhub\n'
+        + "    password_env: GPUHUB_SMTP_PASSWORD\n"
+    )
+    c = chart_config()
+    env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "GPUHUB_SMTP_PASSWORD": "pw", "HOME": "/x"}
+    configure(
+        c, {"catalogPath": str(catalog)}, hub_host="jhub-hub", environ=env, upgrade=lambda u: None
+    )
+    ours = {s["name"]: s for s in c.JupyterHub.services}["gpu-usage"]
+    assert ours["environment"] == {
+        "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+        "GPUHUB_SMTP_PASSWORD": "pw",
+    }

@@ -95,3 +95,30 @@ def test_the_services_cookie_secret_lives_in_the_state_directory(tmp_path: Path)
     command = service["command"]
     index = command.index("--cookie-secret-file")
     assert command[index + 1] == str(tmp_path / "state" / "gpuhub-service-cookie-secret")
+
+
+def test_the_service_gets_the_notification_secrets_the_catalog_names(tmp_path: Path) -> None:
+    """JupyterHub starts its services with a bare environment: the SMTP password and the webhook
+    secret the catalog names reach the service, and nothing else of the hub's environment."""
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        example_catalog().read_text()
+        + """
+notifications:
+  email:
+    smtp: "mail.example.org:587"
+    from: "gpuhub <gpuhub@example.org>"
+    username: gpuhub
+    password_env: GPUHUB_SMTP_PASSWORD
+  webhook:
+    url: "https://hooks.example.org/gpuhub"
+    secret_env: GPUHUB_WEBHOOK_SECRET
+"""
+    )
+    s = settings(tmp_path, GPUHUB_PASSWORD="shared-password", GPUHUB_CATALOG=str(catalog))
+    environ = {"GPUHUB_SMTP_PASSWORD": "pw", "GPUHUB_WEBHOOK_SECRET": "sig", "HOME": "/root"}
+    (service,) = hub_config(s, environ)["JupyterHub"]["services"]
+    assert service["environment"] == {"GPUHUB_SMTP_PASSWORD": "pw", "GPUHUB_WEBHOOK_SECRET": "sig"}
+    plain = settings(tmp_path, GPUHUB_PASSWORD="shared-password")
+    (plain_service,) = hub_config(plain, environ)["JupyterHub"]["services"]
+    assert "environment" not in plain_service, "no notifications: nothing passed"

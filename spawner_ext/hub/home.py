@@ -2,7 +2,8 @@
 the team charged, how long it has run and what it has cost so far; the budget notice of each team
 the user's running GPU servers are charged to (from the team's warning threshold on: the share
 used and, at 100 %, when its GPU servers are stopped, and whom to ask; policy/notices.py), read
-from the billing ledger whether or not the gpuhub service culls; and why gpuhub stopped a server.
+from the billing ledger whether or not the gpuhub service culls; why gpuhub stopped a server; and
+the user's live wait-list requests (hub/waiting.py), refreshed every 15 s while there are any.
 
 JupyterHub renders `templates/home.html` of this package first (`template_paths`); it extends
 JupyterHub's own `home.html` and adds a table from the `gpuhub_servers` template variable, which
@@ -29,6 +30,7 @@ from ..ledger.rules import billed_seconds, session_cost
 from ..ledger.store import Ledger
 from ..policy.notices import BudgetNotice
 from ..wire import ServerState, ServerSummary
+from .waiting import WaitingView
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE_VAR = "gpuhub_servers"
@@ -150,6 +152,10 @@ class _HasHomeView(Protocol):
     def server_state(self) -> ServerState: ...
 
 
+class _HasWaiting(Protocol):
+    def waiting_views(self) -> list[WaitingView]: ...
+
+
 class HomeServers:
     """The `gpuhub_servers` template variable: a user's running gpuhub servers, read only when
     a template iterates it (JupyterHub computes template variables for every page)."""
@@ -201,6 +207,16 @@ class HomeServers:
             if notice is not None:
                 found.append(notice)
         return found
+
+    def waiting(self) -> list[WaitingView]:
+        """The user's live wait-list requests. They are the user's, not one server's: asked of
+        one of their gpuhub spawners (the default server's when it is one)."""
+        spawners = getattr(self.user, "spawners", None) or {}
+        for name in sorted(spawners):  # '' first
+            spawner: _HasWaiting = spawners[name]
+            if hasattr(spawner, "waiting_views"):
+                return spawner.waiting_views()
+        return []
 
 
 def home_servers(user: Any) -> HomeServers:

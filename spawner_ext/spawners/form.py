@@ -1,10 +1,12 @@
 """The spawn page's options form: built from the catalog in force and rendered with Jinja2
-(autoescaped), and its submitted data turned into KubeSpawner-shaped user_options. Pure."""
+(autoescaped), with, for a GPU profile that cannot start now but could by waiting, the offer to
+wait and a link to join; and its submitted data turned into KubeSpawner-shaped user_options.
+Pure: the spawner gathers the usage and the lines and hands them in."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -14,9 +16,17 @@ import jinja2
 from ..catalog import Catalog, Profile, ProfileOption
 from ..policy.admission import TeamUsage
 from ..policy.identity import Identity, teams_of
-from ..policy.preview import BudgetPreview, ProfilePreview, budget_preview, profile_preview
+from ..policy.preview import (
+    BudgetPreview,
+    LineKey,
+    LineSpot,
+    ProfilePreview,
+    budget_preview,
+    profile_preview,
+)
 from ..policy.profiles import default_profile, visible_options, visible_profiles
 from ..policy.request import UNLISTED
+from ..policy.waitlist_text import waitlist_page_url
 
 OTHER = "--unlisted-choice"
 """The select value that means 'use the text field instead'."""
@@ -71,6 +81,33 @@ class FormView:
     catalog_version: str
 
 
+@dataclass(frozen=True)
+class WaitlistLink:
+    """Where the form's offers to wait point: the gpuhub service's wait-list page of this hub,
+    for this server."""
+
+    base_url: str
+    """The hub's proxy base URL ('/' by default)."""
+    server_name: str
+    """The server the form starts ('' for the default one)."""
+
+    def url(self, profile: str, team: str) -> str:
+        return waitlist_page_url(
+            self.base_url, self.server_name, {"profile": profile, "team": team}
+        )
+
+
+def line_keys(catalog: Catalog, who: Identity) -> frozenset[LineKey]:
+    """The (team, GPU type, GPU count) of every GPU profile `who` may pick: the lines whose
+    place the form shows (ask the ledger for each, then pass them to `form_view`)."""
+    keys = set()
+    for team in teams_of(catalog, who):
+        for profile in visible_profiles(catalog, who, team):
+            if profile.gpu is not None:
+                keys.add((team, profile.gpu.type, profile.gpu.count))
+    return frozenset(keys)
+
+
 def option_note(option: ProfileOption, runtime: str) -> str | None:
     """What `option` does on servers of `runtime` when its choices set only override keys that
     runtime does not apply (None when it has an effect there, or when runtime is unknown)."""
@@ -94,11 +131,15 @@ def form_view(
     catalog_version: str = "",
     machine_free: Mapping[str, int] | None = None,
     runtime: str = KUBERNETES,
+    lines: Mapping[LineKey, LineSpot] | None = None,
+    waitlist: WaitlistLink | None = None,
 ) -> FormView:
     """Everything the form shows for `who`. `usage` maps each of their teams (or None) to what the
     team holds, as seen by `who`; `previous` are the user_options of their last spawn,
     preselected; `machine_free` (local mode) the GPUs per type free on this machine; `runtime`
-    where servers run (KUBERNETES or LOCAL), for the options that do nothing there."""
+    where servers run (KUBERNETES or LOCAL), for the options that do nothing there; `lines` the
+    GPU types' lines per `line_keys` (None or a missing key: the ledger was not read, so no
+    offer to wait); `waitlist` where an offer's link points (None: an offer without a link)."""
     previous = previous or {}
     team_keys: Sequence[str | None] = teams_of(catalog, who) or (None,)
 
@@ -119,7 +160,13 @@ def form_view(
     by_slug: dict[str, list[ProfilePreview]] = {}
     for key in team_keys:
         for profile in visible_profiles(catalog, who, key):
-            preview = profile_preview(catalog, profile, key, usage_of(key), now, machine_free)
+            line = None
+            if key is not None and profile.gpu is not None and lines is not None:
+                line = lines.get((key, profile.gpu.type, profile.gpu.count))
+            preview = profile_preview(catalog, profile, key, usage_of(key), now, machine_free, line)
+            if preview.offer is not None and waitlist is not None and key is not None:
+                offer = replace(preview.offer, url=waitlist.url(profile.slug, key))
+                preview = replace(preview, offer=offer)
             by_slug.setdefault(profile.slug, []).append(preview)
     shown = tuple(p for p in catalog.profiles if p.slug in by_slug)
     chosen = previous.get("profile") if previous.get("profile") in by_slug else None

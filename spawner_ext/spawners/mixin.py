@@ -7,7 +7,7 @@ Subclasses call `await self.plan_spawn()` before creating anything and build fro
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from ..end_reason import EndReason
 from ..hub.context import SETTINGS_KEY, HubContext, context_in
 from ..hub.home import RunningServerView, StoppedNotice, running_server_view, stopped_notice
 from ..hub.usage import RunningServersUsage, UsageSource
+from ..hub.waiting import WaitingView, waiting_view
 from ..install import InstallError, checked_install, default_install
 from ..ledger.activity import ActivityLedger
 from ..ledger.admission import Admission, AdmissionRefused, Request
@@ -32,7 +33,7 @@ from ..ledger.sessions import ServerRef
 from ..ledger.store import Ledger
 from ..ledger.waitlist import WAITABLE
 from ..policy.identity import Identity, teams_of
-from ..policy.preview import TeamUsage
+from ..policy.preview import LineKey, LineSpot, TeamUsage, free_gpus, usable_capacities
 from ..policy.request import SpawnPlan, SpawnRefused, resolve_spawn
 from ..policy.waitlist_text import join_offer, waitlist_page_url
 from ..wire import (
@@ -43,7 +44,7 @@ from ..wire import (
     read_state,
     write_state,
 )
-from .form import form_view, render_form, user_options_from_form
+from .form import WaitlistLink, form_view, line_keys, render_form, user_options_from_form
 
 try:  # JupyterHub >= 5.3 (and 6): a policy refusal, logged without a traceback
     from jupyterhub.spawner import SpawnException
@@ -242,18 +243,49 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         usage: dict[str | None, TeamUsage] = {
             team: await self._team_usage(team, who.name) for team in teams
         }
+        lines = self.form_lines(catalog, who.name, line_keys(catalog, who))
         view = form_view(
             catalog,
             who,
             usage,
-            utcnow(),
+            utcnow(),  # after the lines were read: their "now" is not later than this
             previous=self.submitted_options or self.user_options or {},
             simulated_gpus=self.simulated_gpus or None,
             catalog_version=version.version,
             machine_free=self.machine_free_gpus(),
             runtime=self.form_runtime(),
+            lines=lines,
+            waitlist=WaitlistLink(self.hub_base_url(), self.name),
         )
         return render_form(view)
+
+    def form_lines(
+        self, catalog: Catalog, user: str, keys: Iterable[LineKey]
+    ) -> dict[LineKey, LineSpot] | None:
+        """The GPU types' lines for the form, read from the ledger: the GPUs free per type, and
+        (wait-list on) the place and estimate a request of `user` would get for each key. None
+        without the billing database, or when it does not answer: the form then offers no
+        wait."""
+        try:
+            ledger = self.context.ledger()
+            if ledger is None:
+                return None
+            taken = [(s.gpu_type, s.gpu_count) for s in ledger.open_sessions()]
+            taken += [(h.gpu_type, h.gpu_count) for h in ledger.holds()]
+            usable = usable_capacities(catalog, ledger.capacities())
+            free = free_gpus(usable, taken)
+            lines = {}
+            for team, gpu_type, gpu_count in keys:
+                place, when = None, None
+                if catalog.waitlist.enabled:
+                    place, when = ledger.preview(catalog, team, user, gpu_type, gpu_count)
+                lines[team, gpu_type, gpu_count] = LineSpot(
+                    place, when, free.get(gpu_type), usable.get(gpu_type)
+                )
+        except (DBAPIError, SchemaError, web.HTTPError) as exc:
+            self.log.warning("gpuhub: form without the wait-list (billing database): %s", exc)
+            return None
+        return lines
 
     def form_runtime(self) -> str:
         """Where this spawner's servers run, for the form's notes on options that do nothing
@@ -503,6 +535,19 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         except (DBAPIError, SchemaError):
             return None
         return stopped_notice(self.name, last.end_reason, last.ended_at, message, utcnow())
+
+    def waiting_views(self) -> list[WaitingView]:
+        """The user's live wait-list requests, for the home page (hub/waiting.py); none without
+        the billing database or when it does not answer."""
+        catalog = self.catalog_version().catalog
+        try:
+            ledger = self.context.ledger()
+            requests = ledger.requests(catalog, user=self.user.name) if ledger else []
+        except (DBAPIError, SchemaError) as exc:
+            self.log.warning("gpuhub: home page without the wait-list: %s", exc)
+            return []
+        now, base_url = utcnow(), self.hub_base_url()
+        return [waiting_view(r, catalog, base_url=base_url, now=now) for r in requests]
 
     # --- state -----------------------------------------------------------------------------
 

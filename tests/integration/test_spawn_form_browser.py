@@ -1,6 +1,8 @@
 """The spawn form in a real browser (Debian's Chromium driven by Playwright), used with the
 keyboard only: log in, choose a profile and an image, start, land in JupyterLab; see the
-refusal of a bad image on the form itself; and see the numbers follow the team to charge."""
+refusal of a bad image on the form itself; see the offer to wait for a GPU another server holds;
+see the numbers follow the team to charge; and see a place in line on the home page, which
+updates by itself."""
 
 from __future__ import annotations
 
@@ -119,6 +121,12 @@ def test_a_gpu_another_server_holds_is_refused_on_the_form(page: Any, hub: Hub) 
     hub.start_server("grace", {"profile": "h100-single"})  # the machine's only H100
     log_in(page, hub, "ada")
     page.wait_for_selector("#gpuhub-profile-h100-single")
+    offer = page.inner_text("#gpuhub-facts-h100-single .gpuhub-wait-offer")
+    assert offer.startswith(
+        "No NVIDIA H100 80GB free now: wait for a GPU \N{EM DASH} you would be 1st in line"
+    ), offer
+    link = page.get_attribute("#gpuhub-facts-h100-single .gpuhub-wait-offer a", "href")
+    assert link is not None and link.startswith("/services/gpu-usage/waitlist?server=&options=")
     tab_to(page, "input[name=profile]")
     page.keyboard.press("End")  # the last profile: One H100 80GB
     assert focused(page, "#profile-item-h100-single:checked")
@@ -159,3 +167,32 @@ def test_the_numbers_follow_the_team_to_charge(page: Any, hub: Hub) -> None:
     page.keyboard.press("ArrowUp")
     assert focused(page, "#gpuhub-team-nlp:checked")
     assert nlp.search(page.inner_text(facts))
+
+
+def test_the_home_page_shows_a_place_in_line_and_updates_itself(page: Any, hub: Hub) -> None:
+    from spawner_ext.catalog import load_catalog
+    from spawner_ext.ledger.store import Ledger
+    from spawner_ext.ledger.waitlist import JoinRequest
+
+    catalog = load_catalog(Path(__file__).parents[2] / "hub_config" / "catalog.yaml")
+    ledger = Ledger.open(f"sqlite:///{hub.state_dir / 'gpuhub-ledger.sqlite'}", install="local")
+    try:
+        join = JoinRequest("ada", "", "vision", "h100-single", "h100-80gb", 1, {}, "ask")
+        request = ledger.join(catalog, join)
+        log_in(page, hub, "ada")
+        page.goto(f"{hub.url}hub/home")
+        row = page.wait_for_selector(f"#gpuhub-waitlist [data-request='{request.id}']")
+        assert row is not None
+        # In line, or (nobody before ada and a GPU free for her) already held for her.
+        assert re.search(
+            r"1st in line for NVIDIA H100 80GB; |your GPU is held until \d\d:\d\d UTC: start",
+            row.inner_text(),
+        ), row.inner_text()
+        assert page.get_attribute("#gpuhub-waitlist-link", "href") == (
+            "/services/gpu-usage/waitlist"
+        )
+        ledger.cancel(catalog, request.id)
+        # The page looks again every 15 s and, the list gone, reloads without it.
+        page.wait_for_selector("#gpuhub-waitlist", state="detached", timeout=40_000)
+    finally:
+        ledger.engine.dispose()

@@ -141,12 +141,15 @@ def test_without_metering_only_the_budget_goes_unjudged() -> None:
     assert preview("h100-single", "vision", usage(hours=None)).blocked is None
 
 
-def test_this_machines_free_gpus_come_first_in_local_mode() -> None:
+def test_this_machines_free_gpus_come_after_what_waiting_cannot_cure_in_local_mode() -> None:
     over_budget = usage(hours="2000")
     shown = preview("h100-single", "vision", over_budget, machine_free={H100: 0})
-    assert shown.blocked_reason == NO_FREE_GPU
-    assert shown.blocked is not None
-    assert shown.blocked.startswith("this machine has no free NVIDIA H100 80GB now")
+    assert shown.blocked_reason == "budget", "admission refuses it before the allocator is asked"
+    full = usage(Holding("bob", H100, 8))
+    first = preview("h100-single", "vision", full, machine_free={H100: 0})
+    assert first.blocked_reason == NO_FREE_GPU, "then the machine, before the team's quota"
+    assert first.blocked is not None
+    assert first.blocked.startswith("this machine has no free NVIDIA H100 80GB now")
     two = preview("h100-quad", "nlp", usage(), machine_free={H100: 2})
     assert two.blocked is not None
     assert two.blocked.startswith("this machine has 2 NVIDIA H100 80GB free now")

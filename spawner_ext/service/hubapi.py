@@ -1,5 +1,6 @@
 """The gpuhub service's client of JupyterHub's REST API: the users with running servers (page by
-page, with each server's state when the token has `admin:server_state`), and stopping a server.
+page, with each server's state when the token has `admin:server_state`), one user's groups,
+starting a server and stopping one.
 Requests run concurrently up to `concurrency` (tornado's client queues the rest)."""
 
 from __future__ import annotations
@@ -139,6 +140,12 @@ class HubAPI:
         if isinstance(page, dict):
             return list(page.get("items", [])), page.get("_pagination") or {}
         return list(page or []), None
+
+    async def user(self, name: str) -> Mapping[str, Any]:
+        """One user's model (name, and groups with `read:users:groups`). Raises ServerUnknown
+        when the hub has no such user, HubAPIError otherwise."""
+        _, model = await self._request("GET", f"/users/{quote(name, safe='')}")
+        return dict(model or {})
 
     async def running_servers(self) -> list[HubServer]:
         """Every server the hub has running, starting or stopping."""

@@ -1,6 +1,6 @@
-"""The OpenAPI description of the service's report API, and of the activity API its notebook
-servers call (served at api/v1/openapi.json; the reference page docs/reference/usage-api.md
-describes the same)."""
+"""The OpenAPI description of the service's report API, its wait-list API, and of the activity
+API its notebook servers call (served at api/v1/openapi.json; the reference page
+docs/reference/usage-api.md describes the same)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,23 @@ def _ok(schema: str, description: str, csv: bool = False) -> dict[str, Any]:
     return {"200": {"description": description, "content": content}, **_ERRORS}
 
 
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+_REQUEST_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "The request's `id`.",
+}
+_NOT_FOUND = {"404": _error("No such request, or another user's that you may not read.")}
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {
@@ -57,7 +74,8 @@ OPENAPI: dict[str, Any] = {
         "JupyterHub login or API token (`Authorization: token ...`). Scope "
         "`custom:gpu-usage:read` reads every team; `custom:gpu-usage:read!group=<team>` one "
         "team; without them, your own usage only. `activity` and `keep` are for gpuhub's "
-        "notebook extension, with a server's own token.",
+        "notebook extension, with a server's own token. `waitlist`: a place in line for a GPU "
+        "profile, for yourself (or, with JupyterHub's `servers` scope for a user, for them).",
     },
     "servers": [{"url": "/services/gpu-usage/api/v1"}],
     "paths": {
@@ -157,6 +175,99 @@ OPENAPI: dict[str, Any] = {
                 "the server does not run.",
                 "requestBody": _json("ServerName"),
                 "responses": _ok("ActivityAnswer", "The server's warning and budget notice."),
+            }
+        },
+        "/waitlist": {
+            "post": {
+                "summary": "Wait in line for a GPU profile",
+                "description": "`options` are the user options a spawn takes; top-level "
+                "`profile` and `team` are copied into them (a different value there is a 400). "
+                "Whatever a spawn would refuse but waiting cannot cure (profile not allowed, "
+                "budget spent, the user's cap, bad options, a profile without GPUs) is a 400 "
+                "with the spawn's own message. A GPU free right now gives state `held` "
+                "(start `ask`) or `starting` (start `auto`: the service asks the hub to start "
+                "the server at once).",
+                "requestBody": _json("JoinRequest"),
+                "responses": {
+                    "201": {
+                        "description": "In line (or given its turn at once).",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/WaitRequest"}
+                            }
+                        },
+                    },
+                    "400": _ERRORS["400"],
+                    "403": _error(
+                        "Not logged in, or `user` is someone else and the token may not start "
+                        "their servers."
+                    ),
+                    "409": _error(
+                        "The user already waits for that server, or it runs or is starting."
+                    ),
+                },
+            },
+            "get": {
+                "summary": "Your requests not yet ended (a team's, for its leads and admins)",
+                "parameters": [
+                    {
+                        "name": "team",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "That team's requests (needs read access to the team).",
+                    }
+                ],
+                "responses": _ok("WaitRequests", "Live requests, oldest first."),
+            },
+        },
+        "/waitlist/preview": {
+            "get": {
+                "summary": "The place and estimate a join would get now",
+                "parameters": [
+                    {
+                        "name": "options",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "The spawn's user options, as JSON.",
+                    },
+                    {
+                        "name": "server",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "The server's name ('' for the default).",
+                    },
+                ],
+                "responses": _ok("WaitPreview", "Where a join would stand."),
+            }
+        },
+        "/waitlist/{id}": {
+            "get": {
+                "summary": "One request (yours, or of a team you read)",
+                "parameters": [_REQUEST_ID],
+                "responses": {**_ok("WaitRequest", "The request."), **_NOT_FOUND},
+            },
+            "delete": {
+                "summary": "Cancel a request (its GPU goes to the next person)",
+                "description": "Answers the final request, also when repeated. A cancel after "
+                "the start was asked for stops the server.",
+                "parameters": [_REQUEST_ID],
+                "responses": {
+                    **_ok("WaitRequest", "The request as it ended."),
+                    **_NOT_FOUND,
+                    "502": _error("Cancelled, but the hub did not stop the server."),
+                },
+            },
+        },
+        "/waitlist/{id}/start": {
+            "post": {
+                "summary": "Start the server of an `ask` request whose GPU is held",
+                "parameters": [_REQUEST_ID],
+                "responses": {
+                    **_ok("WaitRequest", "The request, now `starting`."),
+                    **_NOT_FOUND,
+                    "409": _error("The request has ended."),
+                },
             }
         },
     },
@@ -380,6 +491,112 @@ OPENAPI: dict[str, Any] = {
                         },
                     },
                 ]
+            },
+            "JoinRequest": {
+                "type": "object",
+                "properties": {
+                    "user": {
+                        "type": "string",
+                        "description": "Whose server (default: the token's owner).",
+                    },
+                    "server_name": {"type": "string", "description": "'' for the default."},
+                    "profile": {"type": "string"},
+                    "team": {"type": "string"},
+                    "options": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                        "example": {"profile": "h100-single", "image": "pytorch"},
+                    },
+                    "start": {
+                        "type": "string",
+                        "enum": ["auto", "ask"],
+                        "default": "ask",
+                        "description": "`auto`: start the server as soon as it is your turn. "
+                        "`ask`: hold the GPU for `waitlist.hold` and let you start it.",
+                    },
+                },
+            },
+            "WaitRequest": {
+                "type": "object",
+                "required": ["id", "state", "position", "estimated_start"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "user": {"type": "string"},
+                    "server_name": {"type": "string"},
+                    "team": {"type": "string"},
+                    "profile": {"type": "string"},
+                    "gpu_type": {"type": "string"},
+                    "gpu_count": {"type": "integer"},
+                    "options": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "start": {"type": "string", "enum": ["auto", "ask"]},
+                    "state": {
+                        "type": "string",
+                        "enum": [
+                            "waiting",
+                            "held",
+                            "starting",
+                            "started",
+                            "expired",
+                            "cancelled",
+                            "failed",
+                        ],
+                        "description": "Live: waiting, held (a GPU is held: start it before "
+                        "`hold_until`), starting. Ended: started, expired, cancelled, failed "
+                        "(`message` says why).",
+                    },
+                    "position": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "nullable": True,
+                        "description": "Place in line while waiting; null otherwise.",
+                    },
+                    "estimated_start": {
+                        "type": "string",
+                        "format": "date-time",
+                        "nullable": True,
+                        "description": "When a GPU should come free for it (UTC); null when "
+                        "it cannot be told, or not waiting.",
+                    },
+                    "blocked": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "Why it is skipped for now though it keeps its place "
+                        "(its team's quota or budget).",
+                    },
+                    "joined_at": {"type": "string", "format": "date-time"},
+                    "turn_at": {"type": "string", "format": "date-time", "nullable": True},
+                    "hold_until": {"type": "string", "format": "date-time", "nullable": True},
+                    "ended_at": {"type": "string", "format": "date-time", "nullable": True},
+                    "message": {"type": "string", "nullable": True},
+                },
+            },
+            "WaitRequests": {
+                "type": "object",
+                "properties": {
+                    "requests": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/WaitRequest"},
+                    }
+                },
+            },
+            "WaitPreview": {
+                "type": "object",
+                "properties": {
+                    "position": {"type": "integer", "minimum": 1},
+                    "estimated_start": {"type": "string", "format": "date-time", "nullable": True},
+                    "server_name": {"type": "string"},
+                    "team": {"type": "string"},
+                    "profile": {"type": "string"},
+                    "profile_name": {"type": "string"},
+                    "gpu_type": {"type": "string"},
+                    "gpu_type_name": {"type": "string"},
+                    "gpu_count": {"type": "integer"},
+                    "options": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                        "description": "The options a join would start the server with.",
+                    },
+                },
             },
             "Catalog": {
                 "type": "object",

@@ -18,9 +18,10 @@ ROLE_NAME = "gpuhub-service"
 SCOPES = (
     "list:users",  # page through the users with running servers
     "read:users:name",
+    "read:users:groups",  # a user's groups (their teams), when an admin joins the line for them
     "read:servers",  # their servers ...
     "admin:server_state",  # ... with spawner state (session, GPUs, pid or pod)
-    "servers",  # stop servers (budget enforcement, later culling)
+    "servers",  # start servers at their turn in line; stop them (budgets, culling)
 )
 READ_SCOPE = "custom:gpu-usage:read"
 """Read usage reports: unfiltered every team; `!group=<team key>` one team."""

@@ -12,6 +12,7 @@ from .activity_api import activity_handlers
 from .app import GPUHubService
 from .pages import page_handlers
 from .reports_api import report_handlers
+from .waitlist_api import waitlist_handlers
 
 
 class StatusHandler(web.RequestHandler):
@@ -34,15 +35,17 @@ def make_app(
     cookie_secret: bytes,
     metrics_user_labels: bool = False,
 ) -> web.Application:
-    """The status endpoint (public: counts only), the report API and metrics (reports_api.py)
-    and the OAuth callback JupyterHub's login returns to. `cookie_secret` signs the logins
-    (cookie_secret.py: the same across restarts, or every reader logs in again)."""
+    """The status endpoint (public: counts only), the report API and metrics (reports_api.py),
+    the wait-list API (waitlist_api.py), the pages (pages.py) and the OAuth callback
+    JupyterHub's login returns to. `cookie_secret` signs the logins (cookie_secret.py: the same
+    across restarts, or every reader logs in again)."""
     prefix = "/" + prefix.strip("/") + "/"
     return web.Application(
         [
             (rf"{prefix}api/v1/status", StatusHandler, {"service": service}),
             *report_handlers(prefix, service, metrics_user_labels=metrics_user_labels),
             *activity_handlers(prefix, service),
+            *waitlist_handlers(prefix, service),
             (rf"{prefix}oauth_callback", HubOAuthCallbackHandler),
             *page_handlers(prefix, service),
         ],

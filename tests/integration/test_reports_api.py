@@ -162,6 +162,10 @@ def test_the_openapi_description_is_served(hub: Hub) -> None:
         "/status/detail",
         "/activity",
         "/keep",
+        "/waitlist",
+        "/waitlist/preview",
+        "/waitlist/{id}",
+        "/waitlist/{id}/start",
     }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -403,6 +403,26 @@ class WaitlistLedger(LedgerBase):
                 )
             }
 
+    def cancelled_but_running(self, within: timedelta = timedelta(days=1)) -> list[WaitRequest]:
+        """Requests cancelled after their server was admitted whose server still runs (its
+        session, the one the request started, is open): the service stops them, every tick
+        until they are gone. A server the person started again later has another session and
+        is left alone."""
+        since = self.clock() - within
+        query = (
+            select(WaitlistRequest)
+            .join(UsageSession, UsageSession.uid == WaitlistRequest.session)
+            .where(
+                _mine(self.install),
+                WaitlistRequest.state == "cancelled",
+                WaitlistRequest.ended_at > since,
+                UsageSession.ended_at.is_(None),
+            )
+        )
+        with self._reads() as db:
+            rows = list(db.scalars(query))
+            return [self._plain(row) for row in rows]
+
     def line_counts(self) -> list[tuple[str, str, str, int]]:
         """(team, GPU type, state, requests) of this install's requests, for the metrics."""
         query = (
@@ -593,6 +613,10 @@ class WaitlistLedger(LedgerBase):
             select(WaitlistRequest).where(WaitlistRequest.uid == uid, _mine(self.install))
         )
 
+    def _plain(self, row: WaitlistRequest) -> WaitRequest:
+        """A request without its place and estimate (no line read)."""
+        return _request(row, None, None, None)
+
     def _view(
         self, db: Session, catalog: Catalog, rows: Sequence[WaitlistRequest]
     ) -> list[WaitRequest]:
@@ -616,31 +640,38 @@ class WaitlistLedger(LedgerBase):
                 position = places.get(row.uid)
                 estimate = whens.get(row.uid)
                 blocked = skipped.get(row.uid)
-            out.append(
-                WaitRequest(
-                    id=row.uid,
-                    user=row.user,
-                    server_name=row.server_name,
-                    team=row.team,
-                    profile=row.profile,
-                    gpu_type=row.gpu_type,
-                    gpu_count=row.gpu_count,
-                    options=json.loads(row.options or "{}"),
-                    start=row.start,
-                    state=row.state,
-                    joined_at=row.joined_at,
-                    turn_at=row.turn_at,
-                    hold_until=row.hold_until,
-                    start_asked_at=row.start_asked_at,
-                    ended_at=row.ended_at,
-                    message=row.message,
-                    session=row.session,
-                    position=position,
-                    estimated_start=estimate,
-                    blocked=blocked,
-                )
-            )
+            out.append(_request(row, position, estimate, blocked))
         return out
+
+
+def _request(
+    row: WaitlistRequest,
+    position: int | None,
+    estimate: datetime | None,
+    blocked: str | None,
+) -> WaitRequest:
+    return WaitRequest(
+        id=row.uid,
+        user=row.user,
+        server_name=row.server_name,
+        team=row.team,
+        profile=row.profile,
+        gpu_type=row.gpu_type,
+        gpu_count=row.gpu_count,
+        options=json.loads(row.options or "{}"),
+        start=row.start,
+        state=row.state,
+        joined_at=row.joined_at,
+        turn_at=row.turn_at,
+        hold_until=row.hold_until,
+        start_asked_at=row.start_asked_at,
+        ended_at=row.ended_at,
+        message=row.message,
+        session=row.session,
+        position=position,
+        estimated_start=estimate,
+        blocked=blocked,
+    )
 
 
 def enqueue_turn(db: Session, catalog: Catalog, row: WaitlistRequest, now: datetime) -> None:

@@ -188,6 +188,19 @@ class GPUHubService:
         for request in result.to_start:
             if (request.user, request.server_name) not in present:
                 await start_request(self.hub, ledger, request)
+        for request in ledger.cancelled_but_running():
+            # cancelled after its server was admitted: the API's stop failed or was cut short
+            try:
+                await self.hub.stop_server(request.user, request.server_name)
+            except ServerUnknown:
+                pass  # gone meanwhile; its session closes with it
+            except HubAPIError as exc:
+                log.warning(
+                    "service: could not stop %s/%s, whose wait-list request was cancelled: %s",
+                    request.user,
+                    request.server_name,
+                    exc,
+                )
 
     async def _stop(self, session: UsageSession) -> None:
         """Stop a session's server through the hub; one the hub does not know, at its runtime."""

@@ -370,3 +370,20 @@ def test_a_request_no_turn_could_serve_is_refused_not_left_waiting(
         ledger.join(catalog, teaching)  # teaching has no H100 quota at all
     assert refused.value.reason == "gpu-quota"
     assert ledger.requests(catalog) == []
+
+
+def test_a_server_cancelled_after_admission_is_listed_until_its_session_ends(
+    ledger: Ledger, catalog: Catalog
+) -> None:
+    """What the service stops every tick: the session the cancelled request started, while it
+    is open; not a later server of the same name."""
+    ledger.set_capacity("h100-80gb", 1)
+    ada = ledger.join(catalog, join("ada", start="auto"))
+    admitted = ledger.admit(catalog, spawn("ada", waitlist=ada.id))
+    assert ledger.cancelled_but_running() == []
+    ledger.cancel(catalog, ada.id)
+    assert [r.id for r in ledger.cancelled_but_running()] == [ada.id]
+    ledger.close(admitted.session_id, EndReason.STOPPED)
+    assert ledger.cancelled_but_running() == []
+    ledger.admit(catalog, spawn("ada"))  # started again by hand: not the request's
+    assert ledger.cancelled_but_running() == []

@@ -166,3 +166,31 @@ def test_culling_cycle_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> Non
 
     assert culling_cycle.main(["--servers", "5", "12"]) == 0
     assert "| 12 |" in capsys.readouterr().out
+
+
+def test_waitlist_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import waitlist
+
+    assert waitlist.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    totals = [line.split(" | ")[4] for line in out.splitlines() if line.startswith("| **all** |")]
+    assert totals == ["stock", "wait-list", "wait-list, stock's patience"]
+    assert "| sqlite | join, 50 waiting | 10 |" in out
+    assert "| sqlite | admit H100, refused (50 waiting) |" in out
+
+
+def test_the_waitlist_trace_is_seeded_and_contended() -> None:
+    """The same seed gives the same trace, and its weekday peaks ask for more GPUs than there
+    are (the point of the benchmark), its nights for fewer."""
+    from benchmarks import waitlist
+
+    trace = waitlist.make_trace(5, 3)
+    assert trace == waitlist.make_trace(5, 3) != waitlist.make_trace(5, 4)
+    demand = [0.0] * (5 * 24)
+    for want in trace:
+        for hour in range(int(want.at // 60), min(int((want.at + want.length) // 60) + 1, 120)):
+            demand[hour] += want.gpus
+    weekday_peaks = [demand[day * 24 + 15] for day in range(5)]
+    nights = [demand[day * 24 + 4] for day in range(5)]
+    assert max(weekday_peaks) > waitlist.CAPACITY
+    assert min(nights) < waitlist.CAPACITY

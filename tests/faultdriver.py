@@ -47,6 +47,10 @@ class Lifetime:
     """When the watcher first saw it (at most one poll after it began)."""
     last_seen: float
     """When the watcher last saw it (at most one poll before it ended)."""
+    server: str = ""
+    """Its GPUHUB_SERVER ('user/servername'), as its environment says."""
+    devices: tuple[str, ...] = ()
+    """The simulated GPUs it was given (GPUHUB_SIMULATED_DEVICES), as its environment says."""
 
     @property
     def seconds(self) -> float:
@@ -93,7 +97,15 @@ class ProcessWatcher(threading.Thread):
         with contextlib.suppress(OSError):
             env = (entry / "environ").read_bytes()
             if self.marker in env and b"GPUHUB_SERVER=" in env and os.getpgid(pid) == pid:
-                self.lives[key] = Lifetime(f"local:{pid}", now, now)
+                variables = dict(item.split(b"=", 1) for item in env.split(b"\0") if b"=" in item)
+                devices = variables.get(b"GPUHUB_SIMULATED_DEVICES", b"").decode()
+                self.lives[key] = Lifetime(
+                    f"local:{pid}",
+                    now,
+                    now,
+                    server=variables.get(b"GPUHUB_SERVER", b"").decode(),
+                    devices=tuple(d for d in devices.split(",") if d),
+                )
 
     def alive(self) -> list[int]:
         """Pids of the watched servers that run now."""
@@ -103,6 +115,23 @@ class ProcessWatcher(threading.Thread):
             if stat is not None and stat[0] != "Z" and stat[1] == start:
                 found.append(pid)
         return found
+
+    def devices(self) -> dict[str, tuple[str, ...]]:
+        """Server key -> simulated devices, of the watched servers that run now."""
+        alive = set(self.alive())
+        return {
+            life.server: life.devices for (pid, _), life in list(self.lives.items()) if pid in alive
+        }
+
+    def shared(self) -> list[tuple[Lifetime, Lifetime]]:
+        """Pairs of lives that held the same device at overlapping times (should be none)."""
+        lives = sorted(self.lives.values(), key=lambda life: life.started)
+        return [
+            (a, b)
+            for n, a in enumerate(lives)
+            for b in lives[n + 1 :]
+            if set(a.devices) & set(b.devices) and b.started <= a.last_seen
+        ]
 
     def life_of(self, pid: int) -> Lifetime | None:
         """The newest life of `pid`."""

@@ -1,0 +1,178 @@
+"""The wait-list on the Kubernetes test bed: the gpuhub service counts a GPU type's free GPUs from
+the matching kwok nodes and the pods bound there (another workload's pod is someone else's GPU),
+a spawn finding none free is refused with the offer to wait, and the turn starts the person's
+pod when a GPU frees. Pods are read from the API server, independently of the ledger."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from hub import K8sHub, delete_namespaces, ensure_namespace, running_hub
+from testbed import H100, ControlPlane, GpuNodeSpec, Json
+
+from spawner_ext.catalog import load_catalog
+from spawner_ext.ledger.store import Ledger
+
+pytestmark = pytest.mark.k8s
+
+POOL_LABEL = "gpuhub.test/pool"
+TICK = 1
+TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+INSTALL = "wl"
+
+
+def catalog(pool: str) -> Json:
+    return {
+        "metering": {"currency": "USD", "reconcile_interval": f"{TICK}s", "start_grace": "60s"},
+        "waitlist": {"hold": "2m"},
+        "gpu_types": {
+            "h100-80gb": {
+                "display_name": "NVIDIA H100 80GB",
+                "resource": "nvidia.com/gpu",
+                "price_per_hour": 4.10,
+                "node_selector": {"nvidia.com/gpu.product": H100.product, POOL_LABEL: pool},
+                "tolerations": TOLERATIONS,
+            }
+        },
+        "teams": {"vision": {"users": ["ada", "lin"], "quota": {"gpus": {"h100-80gb": 4}}}},
+        "profiles": [
+            {"display_name": "CPU only", "slug": "cpu-small", "default": True},
+            {
+                "display_name": "One H100 80GB",
+                "slug": "h100-single",
+                "gpu": {"type": "h100-80gb", "count": 1},
+            },
+        ],
+    }
+
+
+@dataclasses.dataclass
+class Bed:
+    pool: str
+    hub: K8sHub
+    other: str
+    """The namespace of another workload holding one of the node's GPUs."""
+    h100_node: str
+
+
+@pytest.fixture(scope="module")
+def bed(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    pool = secrets.token_hex(3)
+    labels = {POOL_LABEL: pool}
+    nodes = control_plane.add_kwok_gpu_nodes(1, dataclasses.replace(H100, gpus=2, labels=labels))
+    cpu_only = GpuNodeSpec(product="none", gpus=0, mig_resources={}, labels=labels, tainted=False)
+    nodes += control_plane.add_kwok_gpu_nodes(1, cpu_only)
+    hub_ns, other = f"wl-{pool}-hub", f"wl-{pool}-batch"
+    try:
+        ensure_namespace(control_plane, other)
+        control_plane.api.create(
+            f"/api/v1/namespaces/{other}/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "training", "labels": {"app": "training"}},
+                "spec": {
+                    "nodeSelector": {POOL_LABEL: pool, "nvidia.com/gpu.product": H100.product},
+                    "tolerations": TOLERATIONS,
+                    "containers": [
+                        {
+                            "name": "train",
+                            "image": "train:latest",
+                            "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                        }
+                    ],
+                },
+            },
+        )
+        with running_hub(
+            control_plane,
+            tmp_path_factory.mktemp("waitlist"),
+            namespace=hub_ns,
+            catalog=catalog(pool),
+            install=INSTALL,
+            # the tests' admin service may make users' tokens (to call the API as them)
+            extra_config='c.JupyterHub.load_roles[0]["scopes"].append("tokens")',
+        ) as hub:
+            hub.create_users(["ada", "lin"])
+            yield Bed(pool, hub, other, nodes[0])
+    finally:
+        delete_namespaces(control_plane, [hub_ns, other])
+        for node in nodes:
+            control_plane.api.delete(f"/api/v1/nodes/{node}")
+
+
+def token_of(hub: K8sHub, user: str) -> str:
+    response = hub.api("POST", f"/users/{user}/tokens", json={"expires_in": 3600})
+    assert response.status_code == 201, response.text
+    token: str = response.json()["token"]
+    return token
+
+
+def waitlist(hub: K8sHub, token: str, method: str, path: str = "", **kwargs: Any) -> Any:
+    return requests.request(
+        method,
+        f"{hub.url}services/gpu-usage/api/v1/waitlist{path}",
+        headers={"Authorization": f"token {token}"},
+        timeout=60,
+        **kwargs,
+    )
+
+
+def pod_of(plane: ControlPlane, model: Json) -> Json:
+    state = model["state"]
+    pod: Json = plane.api.get(f"/api/v1/namespaces/{state['namespace']}/pods/{state['pod_name']}")
+    return pod
+
+
+def test_free_gpus_come_from_the_nodes_and_a_turn_starts_the_pod(
+    bed: Bed, control_plane: ControlPlane
+) -> None:
+    hub = bed.hub
+    assert hub.ledger_url is not None
+    ledger = Ledger.open(hub.ledger_url, install=INSTALL)
+    try:
+        # 2 GPUs on the pool's H100 node, 1 held by the batch pod: (total, used elsewhere)
+        hub.wait(
+            "the service to count the node's GPUs",
+            lambda: ledger.capacities().get("h100-80gb") == (2, 1),
+            60,
+        )
+        assert hub.spawn("ada", {"profile": "h100-single"}).status_code in (201, 202)
+        hub.wait_ready("ada")
+        refused = hub.spawn("lin", {"profile": "h100-single"})
+        assert refused.status_code == 400, refused.text
+        message = refused.json()["message"]
+        assert "1 in all, 0 free, held by ada/ (1)" in message
+        assert "You can wait for a GPU" in message
+
+        lin = token_of(hub, "lin")
+        joined = waitlist(hub, lin, "POST", json={"profile": "h100-single", "start": "auto"})
+        assert joined.status_code == 201, joined.text
+        request = joined.json()
+        assert (request["state"], request["position"]) == ("waiting", 1)
+
+        hub.stop_server("ada")
+        hub.wait("the service to start lin's server", lambda: hub.server("lin") is not None, 60)
+        model = hub.wait_ready("lin", timeout=120)
+        pod = pod_of(control_plane, model)
+        assert pod["status"]["phase"] == "Running"
+        assert pod["spec"]["nodeName"] == bed.h100_node
+        final = hub.wait(
+            "lin's request to be started",
+            lambda: (
+                (r := waitlist(hub, lin, "GET", f"/{request['id']}").json())["state"] == "started"
+                and r
+            ),
+            60,
+        )
+        found = ledger.get(load_catalog(hub.catalog_path), request["id"])
+        assert found is not None and found.session == pod["metadata"]["labels"]["gpuhub.io/session"]
+        assert final["position"] is None
+        hub.stop_server("lin")
+    finally:
+        ledger.engine.dispose()

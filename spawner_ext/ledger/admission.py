@@ -17,7 +17,7 @@ from ..end_reason import EndReason
 from ..policy.admission import Decision, Holding, TeamUsage, combine_holdings, decide_in
 from ..policy.waitlist import Waiting, may_start_directly
 from .base import LedgerBase
-from .line import LineView, holds_of_type, lock_gpu_type, quick_check, read_line
+from .line import holds_of_type, lock_gpu_type, quick_check, read_line, usable_capacity
 from .models import AdmissionRefusals, GPUHold, TeamLock, UsageSession, WaitlistRequest
 from .reconcile import Server
 from .rules import Span, holdings_of, month_start
@@ -139,17 +139,18 @@ class AdmissionEngine(LedgerBase):
         and would get it first (nobody jumps the line); None when it may start."""
         assert request.gpu_type is not None and request.team is not None
         waiting_count, free = quick_check(db, catalog, self.install, request.gpu_type)
-        enough = free is None or free >= request.gpu_count
-        if enough and (waiting_count == 0 or not catalog.waitlist.enabled):
-            return None  # the common case: two small queries, no line to read
+        if free is not None and free < request.gpu_count:
+            # Not enough free whatever the order: refused without reading the line.
+            capacity = usable_capacity(db, catalog, self.install, request.gpu_type)
+            why = _no_free(db, self.install, catalog, request, capacity, free)
+            return Decision(False, "no-free-gpu", why)
+        if waiting_count == 0 or not catalog.waitlist.enabled:
+            return None  # the common case: a few small queries, no line to read
+        # GPUs are free while people wait (their turn is being given, or they are skipped):
+        # the order says whether this spawn comes first.
         view = read_line(
             db, catalog, self.install, request.gpu_type, now, extra_teams=(request.team,)
         )
-        if not catalog.waitlist.enabled:
-            return Decision(
-                False, "no-free-gpu", _no_free(db, self.install, catalog, request, view)
-            )
-        waiting = [w for w in view.line.waiting if not w.held]
         candidate = Waiting(
             id="~direct",
             user=request.user,
@@ -161,10 +162,7 @@ class AdmissionEngine(LedgerBase):
         )
         if may_start_directly(view.line, candidate):
             return None
-        if not enough:
-            return Decision(
-                False, "no-free-gpu", _no_free(db, self.install, catalog, request, view)
-            )
+        waiting = [w for w in view.line.waiting if not w.held]
         name = _type_name(catalog, request.gpu_type)
         return Decision(
             False,
@@ -312,7 +310,12 @@ def _type_name(catalog: Catalog, gpu_type: str) -> str:
 
 
 def _no_free(
-    db: Session, install: str | None, catalog: Catalog, request: Request, view: LineView
+    db: Session,
+    install: str | None,
+    catalog: Catalog,
+    request: Request,
+    capacity: int | None,
+    free: int,
 ) -> str:
     """Why no GPU of the type is free: how many there are, and who holds them (servers, and
     people in line whose turn it is)."""
@@ -336,7 +339,7 @@ def _no_free(
     )
     return (
         f"no {name} is free for {request.user}/{request.server_name} ({request.gpu_count} "
-        f"needed): {view.capacity} in all, {view.line.free or 0} free, held by {held}"
+        f"needed): {capacity} in all, {free} free, held by {held}"
         + (f", and set aside for people in line: {line}" if line else "")
         + "."
     )

@@ -131,6 +131,98 @@ def quick_check(
     return int(waiting or 0), max(capacity - int(in_sessions or 0) - int(in_holds or 0), 0)
 
 
+def light_line(
+    db: Session, catalog: Catalog, install: str | None, gpu_type: str, now: datetime
+) -> Line:
+    """The line of `gpu_type` with what its order needs and no more (positions only: no free
+    GPUs, budgets or caps, no running servers), in five queries whatever its length: how a
+    request that joins learns its place inside its short transaction."""
+    rows = db.execute(
+        select(
+            WaitlistRequest.uid,
+            WaitlistRequest.user,
+            WaitlistRequest.server_name,
+            WaitlistRequest.team,
+            WaitlistRequest.gpu_count,
+            WaitlistRequest.joined_at,
+            WaitlistRequest.state,
+        ).where(
+            WaitlistRequest.gpu_type == gpu_type,
+            WaitlistRequest.state.in_(LIVE_REQUEST_STATES),
+            _install(WaitlistRequest.install, install),
+        )
+    ).all()
+    teams = sorted({r.team for r in rows if r.team in catalog.teams})
+    held: dict[str, int] = dict.fromkeys(teams, 0)
+    for team, count in db.execute(
+        select(UsageSession.team, func.sum(UsageSession.gpu_count))
+        .where(
+            UsageSession.gpu_type == gpu_type,
+            UsageSession.ended_at.is_(None),
+            UsageSession.team.in_(teams),
+        )
+        .group_by(UsageSession.team)
+    ):
+        if team is not None:
+            held[team] += int(count or 0)
+    for team, count in db.execute(
+        select(GPUHold.team, func.sum(GPUHold.gpu_count))
+        .where(GPUHold.gpu_type == gpu_type, GPUHold.team.in_(teams))
+        .group_by(GPUHold.team)
+    ):
+        held[team] += int(count or 0)
+    half_life = catalog.waitlist.half_life
+    spans: dict[str, list[tuple[datetime, datetime | None, int]]] = {t: [] for t in teams}
+    for team, started, ended, count in db.execute(
+        select(
+            UsageSession.team,
+            UsageSession.started_at,
+            UsageSession.ended_at,
+            UsageSession.gpu_count,
+        ).where(
+            UsageSession.gpu_type == gpu_type,
+            UsageSession.team.in_(teams),
+            UsageSession.started_at.is_not(None),
+            or_(
+                UsageSession.ended_at.is_(None),
+                UsageSession.ended_at > now - half_life * HALF_LIVES_BACK,
+            ),
+        )
+    ):
+        if started is not None and team is not None:
+            spans[team].append((started, ended, count))
+    typical = typical_length(db, gpu_type)
+    return Line(
+        gpu_type=gpu_type,
+        free=None,
+        waiting=tuple(
+            Waiting(
+                id=r.uid,
+                user=r.user,
+                server_name=r.server_name,
+                team=r.team,
+                gpu_type=gpu_type,
+                gpu_count=r.gpu_count,
+                joined_at=r.joined_at,
+                held=r.state != "waiting",
+            )
+            for r in rows
+        ),
+        teams={
+            team: TeamStanding(
+                team=team,
+                quota=catalog.teams[team].quota.gpus.get(gpu_type, 0),
+                held=held[team],
+                recent_gpu_hours=decayed_gpu_hours(spans[team], now, half_life),
+            )
+            for team in teams
+        },
+        reserve_after=catalog.waitlist.reserve_after,
+        now=now,
+        expected_hours=typical.total_seconds() / 3600,
+    )
+
+
 def read_line(
     db: Session,
     catalog: Catalog,

@@ -222,6 +222,12 @@ class WaitlistRequest(Base):
     """Why it ended, or why its last start failed, for the person."""
     session: Mapped[str | None] = mapped_column(String(36))
     """The usage session (its key) whose admission consumed the hold."""
+    position: Mapped[int | None] = mapped_column(Integer)
+    """Its place in line (1-based) when the line was last worked out; None once it has a turn."""
+    estimated_start: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """When it will likely get its GPUs, as last worked out (None: cannot be told yet)."""
+    blocked: Mapped[str | None] = mapped_column(String(32))
+    """Why it was skipped though it keeps its place (gpu-quota, budget, user-cap), last time."""
 
     __table_args__ = (
         Index("ix_waitlist_requests_uid", "uid", unique=True),

@@ -19,7 +19,15 @@ from ..catalog import Catalog
 from ..policy.admission import Holding, TeamUsage, decide_in
 from ..policy.waitlist import estimates, positions, turns
 from .base import LedgerBase
-from .line import LineView, live_requests, lock_gpu_type, read_line, usable_capacity
+from .line import (
+    LineView,
+    light_line,
+    live_requests,
+    lock_gpu_type,
+    quick_check,
+    read_line,
+    usable_capacity,
+)
 from .models import (
     LIVE_REQUEST_STATES,
     GPUCapacity,
@@ -269,8 +277,21 @@ class WaitlistLedger(LedgerBase):
                     f"{_server(request.user, request.server_name)} is already waiting in line; "
                     "cancel that request first, or follow it"
                 ) from None
-            self._serve_type(db, catalog, request.gpu_type, now, ServeResult())
+            _, free = quick_check(db, catalog, self.install, request.gpu_type)
+            if free is None or free >= 1:
+                # a GPU may be free for someone: give turns now (and place the line)
+                self._serve_type(db, catalog, request.gpu_type, now, ServeResult())
+            else:
+                # nothing is free: only this request's place; its estimate (and everyone's
+                # places) come with the service's next pass, which the API asks for at once
+                row.position = self._place_of(db, catalog, row, now)
             return self._view(db, catalog, [row])[0]
+
+    def _place_of(
+        self, db: Session, catalog: Catalog, row: WaitlistRequest, now: datetime
+    ) -> int | None:
+        line = light_line(db, catalog, self.install, row.gpu_type, now)
+        return positions(line).get(row.uid)
 
     def _check_free_to_join(self, db: Session, request: JoinRequest) -> None:
         live = db.scalar(
@@ -334,8 +355,10 @@ class WaitlistLedger(LedgerBase):
                 lock_gpu_type(db, row.gpu_type)
                 db.refresh(row)
             if row.state in LIVE_REQUEST_STATES:
+                held = row.state != "waiting"
                 self._end(db, row, "cancelled", now, message or "cancelled by its user")
-                self._serve_type(db, catalog, row.gpu_type, now, ServeResult())
+                if held:  # its GPUs go to the next person now
+                    self._serve_type(db, catalog, row.gpu_type, now, ServeResult())
             return self._view(db, catalog, [row])[0]
 
     def ask_start(self, catalog: Catalog, uid: str) -> WaitRequest:
@@ -548,10 +571,28 @@ class WaitlistLedger(LedgerBase):
             return
         view = read_line(db, catalog, self.install, gpu_type, now, requests=rows)
         by_uid = {r.uid: r for r in rows}
-        for chosen in turns(view.line).serve:
+        served = turns(view.line).serve
+        for chosen in served:
             row = by_uid[chosen.id]
             self._give_turn(db, catalog, row, now)
             result.given.append(self._view(db, catalog, [row])[0])
+        if served:
+            view = read_line(db, catalog, self.install, gpu_type, now, requests=rows)
+        self._place_line(view, rows)
+
+    def _place_line(self, view: LineView, rows: Sequence[WaitlistRequest]) -> None:
+        """Record each waiting request's place, estimate and reason to be skipped (what reads
+        show until the next pass); requests with a turn have none."""
+        places = positions(view.line)
+        whens = estimates(view.line, view.running, view.typical)
+        skipped = turns(view.line).skipped
+        for row in rows:
+            waiting = row.state == "waiting"
+            position = places.get(row.uid) if waiting else None
+            estimate = whens.get(row.uid) if waiting else None
+            blocked = skipped.get(row.uid) if waiting else None
+            if (row.position, row.estimated_start, row.blocked) != (position, estimate, blocked):
+                row.position, row.estimated_start, row.blocked = position, estimate, blocked
 
     def _follow_start(self, db: Session, row: WaitlistRequest, now: datetime) -> None:
         """A request whose server was admitted: started once billing started (the server runs),
@@ -620,28 +661,16 @@ class WaitlistLedger(LedgerBase):
     def _view(
         self, db: Session, catalog: Catalog, rows: Sequence[WaitlistRequest]
     ) -> list[WaitRequest]:
-        """Rows as WaitRequests, live ones with their place and estimate in their line."""
-        now = self.clock()
-        lines: dict[str, tuple[Mapping[str, int], Mapping[str, datetime | None], Any]] = {}
-        out = []
-        for row in rows:
-            position = estimate = blocked = None
-            if row.state == "waiting":
-                if row.gpu_type not in lines:
-                    view: LineView = read_line(db, catalog, self.install, row.gpu_type, now)
-                    from ..policy.waitlist import turns as _turns
-
-                    lines[row.gpu_type] = (
-                        positions(view.line),
-                        estimates(view.line, view.running, view.typical),
-                        _turns(view.line).skipped,
-                    )
-                places, whens, skipped = lines[row.gpu_type]
-                position = places.get(row.uid)
-                estimate = whens.get(row.uid)
-                blocked = skipped.get(row.uid)
-            out.append(_request(row, position, estimate, blocked))
-        return out
+        """Rows as WaitRequests, waiting ones with their place and estimate as the line was
+        last worked out (`_place_line`: at every turn-giving pass, and a new request's place
+        when it joins)."""
+        del db, catalog
+        return [
+            _request(row, row.position, row.estimated_start, row.blocked)
+            if row.state == "waiting"
+            else _request(row, None, None, None)
+            for row in rows
+        ]
 
 
 def _request(

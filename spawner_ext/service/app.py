@@ -10,6 +10,7 @@ Killed at any point, it loses nothing: every tick starts from the ledger and wha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -106,6 +107,7 @@ class GPUHubService:
         self._ledger: Ledger | None = None
         self._culler: Culler | None = None
         self._first = True
+        self._woken = asyncio.Event()
 
     def ledger(self) -> Ledger:
         if self._ledger is None:
@@ -238,10 +240,19 @@ class GPUHubService:
         self.status.last_error = message
 
     async def run(self) -> None:
-        """Tick every `metering.reconcile_interval` of the catalog in force, until cancelled."""
+        """Tick every `metering.reconcile_interval` of the catalog in force, or sooner when
+        woken (`wake`), until cancelled."""
         while True:
+            self._woken.clear()
             await self.tick_safely()
-            await asyncio.sleep(self.store.catalog.metering.reconcile_interval.total_seconds())
+            interval = self.store.catalog.metering.reconcile_interval.total_seconds()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), interval)
+
+    def wake(self) -> None:
+        """Tick soon: a line changed (a request joined, was cancelled or asked to start), so
+        places and estimates are worked out again, and turns given, within a tick's time."""
+        self._woken.set()
 
     def close(self) -> None:
         self.hub.close()

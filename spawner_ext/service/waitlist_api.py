@@ -244,6 +244,7 @@ class WaitlistHandler(WaitlistAPIHandler):
         if joined.state == "starting":  # a GPU was free and it starts at once
             await start_request(self.service.hub, ledger, joined)
             joined = ledger.get(self.catalog, joined.id) or joined
+        self.service.wake()  # its estimate and everyone's places within a tick
         self.written(joined, 201)
 
     def get(self) -> None:
@@ -330,6 +331,7 @@ class RequestHandler(WaitlistAPIHandler):
                 # The cancel stands; the service's tick stops the server (every tick until it
                 # is gone: ledger.cancelled_but_running), e.g. once a pending spawn finishes.
                 log.warning("waitlist: could not stop %s yet: %s", _server(final), exc)
+        self.service.wake()
         self.written(final)
 
 
@@ -349,6 +351,7 @@ class StartHandler(WaitlistAPIHandler):
             # asked now (a request already starting was asked before; the tick asks again)
             await start_request(self.service.hub, ledger, asked)
             asked = ledger.get(self.catalog, uid) or asked
+        self.service.wake()
         self.written(asked)
 
 

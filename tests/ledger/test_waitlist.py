@@ -90,8 +90,11 @@ def test_no_free_gpu_refuses_a_direct_spawn_and_the_line_takes_it(
     assert "2 in all, 0 free, held by n0/ (1), n1/ (1)." in refused.value.decision.message
 
     ada = ledger.join(catalog, join("ada"))
-    assert (ada.state, ada.position) == ("waiting", 1)
-    assert ada.estimated_start is not None and ada.estimated_start > clock.now
+    assert (ada.state, ada.position, ada.estimated_start) == ("waiting", 1, None)
+    ledger.serve(catalog)  # the service's next pass works the whole line out
+    placed = ledger.get(catalog, ada.id)
+    assert placed is not None and placed.position == 1
+    assert placed.estimated_start is not None and placed.estimated_start > clock.now
     clock.advance(seconds=1)
     lin = ledger.join(catalog, join("lin"))
     assert (lin.state, lin.position) == ("waiting", 2)

@@ -165,6 +165,7 @@ def test_the_home_page_lists_the_users_requests(context: HubContext) -> None:
             "ada", "big", "vision", "h100-single", H100, 1, {"profile": "h100-single"}, "ask"
         ),
     )
+    ledger.serve(CATALOG)  # the service's pass that works out estimates
     ada = SimpleNamespace(spawners={"": spawner(context), "big": object()})
     (row,) = HomeServers(ada).waiting()
     assert row.server_name == "big"

@@ -41,6 +41,9 @@ def upgrade() -> None:
         sa.Column("ended_at", UTCDateTime(), nullable=True),
         sa.Column("message", sa.String(500), nullable=True),
         sa.Column("session", sa.String(36), nullable=True),
+        sa.Column("position", sa.Integer(), nullable=True),
+        sa.Column("estimated_start", UTCDateTime(), nullable=True),
+        sa.Column("blocked", sa.String(32), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_waitlist_requests"),
     )
     op.create_index("ix_waitlist_requests_uid", "waitlist_requests", ["uid"], unique=True)

@@ -282,7 +282,13 @@ class Pool:
             if residual:
                 end = when(t + self.residual(t - s))
             else:
-                end = expected_end(when(s), max_age=MAX_AGE, typical=typical, now=when(t))
+                end = expected_end(
+                    when(s),
+                    max_age=MAX_AGE,
+                    typical=typical,
+                    now=when(t),
+                    lengths=[60 * x for x in self.lengths[-TYPICAL_SAMPLE:]],
+                )
             found.append(Running(w.gpus, end, w.team, w.user))
         found += [
             Running(w.gpus, when(t) + typical, w.team, w.user) for w, _ in self.holds.values()

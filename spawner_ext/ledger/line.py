@@ -7,7 +7,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, true
@@ -41,6 +41,8 @@ DEFAULT_TYPICAL = timedelta(hours=1)
 TYPICAL_SAMPLE = 200
 """How many of a type's latest closed sessions give its typical length."""
 HALF_LIVES_BACK = 8
+JOIN_ORDER = datetime(2000, 1, 1, tzinfo=UTC)
+"""`light_line` orders requests by their ledger id, as times from here (positions only)."""
 """Sessions that ended longer ago than this many half-lives weigh under 0.4 % and are not read."""
 
 
@@ -137,14 +139,16 @@ def light_line(
     """The line of `gpu_type` with what its order needs and no more (positions only: no free
     GPUs, budgets or caps, no running servers), in five queries whatever its length: how a
     request that joins learns its place inside its short transaction."""
+    # In join order: the ledger's id (joins of a type take its lock one after the other, so
+    # ids rise with joined_at), which spares reading and converting a time per request.
     rows = db.execute(
         select(
+            WaitlistRequest.id,
             WaitlistRequest.uid,
             WaitlistRequest.user,
             WaitlistRequest.server_name,
             WaitlistRequest.team,
             WaitlistRequest.gpu_count,
-            WaitlistRequest.joined_at,
             WaitlistRequest.state,
         ).where(
             WaitlistRequest.gpu_type == gpu_type,
@@ -203,7 +207,7 @@ def light_line(
                 team=r.team,
                 gpu_type=gpu_type,
                 gpu_count=r.gpu_count,
-                joined_at=r.joined_at,
+                joined_at=JOIN_ORDER + timedelta(microseconds=r.id),
                 held=r.state != "waiting",
             )
             for r in rows
@@ -263,7 +267,10 @@ def read_line(
     if capacity is not None:
         taken = sum(s.gpu_count for s in sessions) + sum(h.gpu_count for h in holds)
         free = max(capacity - taken, 0)
-    typical = typical_length(db, gpu_type)
+    lengths = recent_lengths(db, gpu_type)
+    typical = (
+        timedelta(seconds=max(statistics.median(lengths), 60.0)) if lengths else DEFAULT_TYPICAL
+    )
     teams = sorted({r.team for r in rows} | set(extra_teams))
     standings = {
         team: _standing(db, catalog, team, gpu_type, now, holds, exclude_hold_of)
@@ -293,7 +300,7 @@ def read_line(
         expected_hours=typical.total_seconds() / 3600,
         capacity=capacity,
     )
-    running = _running(db, catalog, sessions, now, typical) + tuple(
+    running = _running(db, catalog, sessions, now, typical, lengths) + tuple(
         # a held GPU will run its holder's server: as one that ends a typical length from now
         Running(gpu_count=h.gpu_count, expected_end=now + typical, team=h.team, user=h.user)
         for h in holds
@@ -358,6 +365,14 @@ def _standing(
 
 def typical_length(db: Session, gpu_type: str) -> timedelta:
     """The median length of the type's latest closed sessions (DEFAULT_TYPICAL without any)."""
+    lengths = recent_lengths(db, gpu_type)
+    if not lengths:
+        return DEFAULT_TYPICAL
+    return timedelta(seconds=max(statistics.median(lengths), 60.0))
+
+
+def recent_lengths(db: Session, gpu_type: str) -> list[float]:
+    """Seconds that the type's latest closed sessions (at most TYPICAL_SAMPLE) lasted."""
     rows = db.execute(
         select(UsageSession.started_at, UsageSession.ended_at)
         .where(
@@ -368,10 +383,7 @@ def typical_length(db: Session, gpu_type: str) -> timedelta:
         .order_by(UsageSession.ended_at.desc())
         .limit(TYPICAL_SAMPLE)
     ).all()
-    lengths = [(e - s).total_seconds() for s, e in rows if s is not None and e is not None]
-    if not lengths:
-        return DEFAULT_TYPICAL
-    return timedelta(seconds=max(statistics.median(lengths), 60.0))
+    return [(e - s).total_seconds() for s, e in rows if s is not None and e is not None]
 
 
 def _running(
@@ -380,9 +392,11 @@ def _running(
     sessions: Sequence[Any],
     now: datetime,
     typical: timedelta,
+    lengths: Sequence[float] = (),
 ) -> tuple[Running, ...]:
     """What each open session of the type is expected to free, and when: its max-age deadline,
-    the culler's announced stop, or its start plus the type's typical length."""
+    the culler's announced stop, or its likely natural end from the type's recent session
+    lengths (`expected_end`: its residual life at its age)."""
     ids = [s[0] for s in sessions]
     culls: dict[int, datetime] = {}
     if ids:
@@ -405,6 +419,7 @@ def _running(
             max_age=max_age,
             cull_at=culls.get(session_id),
             typical=typical,
+            lengths=lengths,
         )
         found.append(Running(gpu_count=count, expected_end=end, team=team, user=user))
     return tuple(found)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -184,14 +185,17 @@ def fair_order(line: Line) -> tuple[Waiting, ...]:
         head = queues[team][heads[team]]
         return (quota <= 0, round(charge[team] / max(quota, 1), 9), head.joined_at, head.id)
 
-    while heads:
-        team = min(heads, key=key)
+    # A heap of the teams by key: only the team just served changes its key.
+    teams = [(key(team), team) for team in queues]
+    heapq.heapify(teams)
+    while teams:
+        _, team = heapq.heappop(teams)
         w = queues[team][heads[team]]
         order.append(w)
         charge[team] += w.gpu_count * line.expected_hours
         heads[team] += 1
-        if heads[team] == len(queues[team]):
-            del heads[team]
+        if heads[team] < len(queues[team]):
+            heapq.heappush(teams, (key(team), team))
     return tuple(order)
 
 
@@ -337,12 +341,24 @@ def expected_end(
     idle_since: datetime | None = None,
     idle_timeout: timedelta | None = None,
     cull_at: datetime | None = None,
+    lengths: Sequence[float] = (),
 ) -> datetime:
     """When a running server will likely end: the earliest of its `max_age` deadline, its idle
     deadline (`idle_since + idle_timeout`, only while it is idle: `idle_since` not None), the
-    stop the culler has announced (`cull_at`) and `started + typical`, but never before `now`
-    (a server past them all is still running)."""
-    deadlines = [started + typical]
+    stop the culler has announced (`cull_at`) and its likely natural end, but never before
+    `now` (a server past them all is still running).
+
+    Its likely natural end, with `lengths` (seconds that recent closed sessions of its type
+    lasted): now plus the median of what the sessions that lasted longer than this server's age
+    ran beyond that age (its residual life: a server that has run for hours is likely one of
+    the long ones); now when none lasted as long. Without `lengths`: `started + typical`."""
+    if lengths:
+        age = (now - started).total_seconds()
+        beyond = [length - age for length in lengths if length > age]
+        natural = now + timedelta(seconds=statistics.median(beyond)) if beyond else now
+    else:
+        natural = started + typical
+    deadlines = [natural]
     if max_age is not None:
         deadlines.append(started + max_age)
     if idle_since is not None and idle_timeout is not None:

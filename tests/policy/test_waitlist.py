@@ -667,3 +667,43 @@ def test_expected_end(
         now=NOW,
     )
     assert got == NOW + end * MIN, name
+
+
+@pytest.mark.parametrize(
+    ("age_min", "lengths_min", "expected_in_min"),
+    [
+        (10, [30, 60, 90], 50),  # all ran longer: median of 20, 50, 80 beyond its age
+        (45, [30, 60, 90], 30),  # those that ran past 45 min: 15 and 45 more, median 30
+        (100, [30, 60, 90], 0),  # older than every recent session: likely ends now
+        (0, [20], 20),  # just started, one sample
+    ],
+)
+def test_expected_end_uses_the_residual_life_at_the_servers_age(
+    age_min: int, lengths_min: list[int], expected_in_min: int
+) -> None:
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    end = expected_end(
+        now - timedelta(minutes=age_min),
+        max_age=None,
+        typical=timedelta(hours=5),  # not used once lengths are given
+        now=now,
+        lengths=[60.0 * m for m in lengths_min],
+    )
+    assert end == now + timedelta(minutes=expected_in_min)
+
+
+def test_expected_end_with_lengths_still_honours_max_age_and_a_cull() -> None:
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    started = now - timedelta(minutes=10)
+    lengths = [60.0 * 600]  # sessions run ten hours
+    assert expected_end(
+        started, max_age=timedelta(minutes=30), typical=HOUR_, now=now, lengths=lengths
+    ) == started + timedelta(minutes=30)
+    cull = now + timedelta(minutes=5)
+    assert (
+        expected_end(started, max_age=None, typical=HOUR_, now=now, lengths=lengths, cull_at=cull)
+        == cull
+    )
+
+
+HOUR_ = timedelta(hours=1)

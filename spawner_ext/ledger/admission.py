@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -17,7 +17,13 @@ from ..end_reason import EndReason
 from ..policy.admission import Decision, Holding, TeamUsage, combine_holdings, decide_in
 from ..policy.waitlist import Waiting, may_start_directly
 from .base import LedgerBase
-from .line import holds_of_type, lock_gpu_type, quick_check, read_line, usable_capacity
+from .line import (
+    holds_of_type,
+    lock_gpu_type,
+    quick_check,
+    read_line,
+    usable_capacity,
+)
 from .models import AdmissionRefusals, GPUHold, TeamLock, UsageSession, WaitlistRequest
 from .reconcile import Server
 from .rules import Span, holdings_of, month_start
@@ -75,11 +81,10 @@ class AdmissionEngine(LedgerBase):
             warning = None
             own_hold: GPUHold | None = None
             if request.team is not None and request.gpu_count > 0:
-                if request.gpu_type is not None:
-                    lock_gpu_type(db, request.gpu_type)  # before the team's: one lock order
-                self._lock_team(db, request.team)
-                own_hold = self._own_hold(db, request)
-                decision = self._decide(db, catalog, request, now, own_hold)
+                self._lock(db, request.gpu_type, request.team)
+                holds = self._holds(db, request)
+                own_hold = self._own_hold(db, request, holds)
+                decision = self._decide(db, catalog, request, now, own_hold, holds)
                 if decision.admitted and own_hold is None and request.gpu_type is not None:
                     decision = self._line_decision(db, catalog, request, now) or decision
                 if not decision.admitted:
@@ -97,17 +102,36 @@ class AdmissionEngine(LedgerBase):
                 consume_hold(db, self.install, request.user, request.server_name, row.uid, now)
             return Admission(row.id, row.uid, warning)
 
-    def _own_hold(self, db: Session, request: Request) -> GPUHold | None:
+    def _lock(self, db: Session, gpu_type: str | None, team: str) -> None:
+        """The GPU type's lock, then the team's: one lock order everywhere (no deadlocks).
+        SQLite: BEGIN IMMEDIATE holds the database already."""
+        if gpu_type is not None:
+            lock_gpu_type(db, gpu_type)
+        self._lock_team(db, team)
+
+    def _holds(self, db: Session, request: Request) -> list[GPUHold]:
+        """In one query: the holds of the spawn's team (its people in line whose turn came) and
+        the one held for this very server, if any."""
+        mine = and_(
+            GPUHold.user == request.user,
+            GPUHold.server_name == request.server_name,
+            GPUHold.install == self.install
+            if self.install is not None
+            else GPUHold.install.is_(None),
+        )
+        return list(db.scalars(select(GPUHold).where(or_(GPUHold.team == request.team, mine))))
+
+    def _own_hold(self, db: Session, request: Request, holds: list[GPUHold]) -> GPUHold | None:
         """The GPUs held for this server at its turn in line, if they fit this spawn. A spawn
         that names its request (the service's start) must find its hold."""
-        hold = db.scalar(
-            select(GPUHold).where(
-                GPUHold.user == request.user,
-                GPUHold.server_name == request.server_name,
-                GPUHold.install == self.install
-                if self.install is not None
-                else GPUHold.install.is_(None),
-            )
+        hold = next(
+            (
+                h
+                for h in holds
+                if (h.user, h.server_name, h.install)
+                == (request.user, request.server_name, self.install)
+            ),
+            None,
         )
         fits = (
             hold is not None
@@ -178,6 +202,7 @@ class AdmissionEngine(LedgerBase):
         request: Request,
         now: datetime,
         own_hold: GPUHold | None = None,
+        holds: list[GPUHold] | None = None,
     ) -> Decision:
         """The admission decision on the team's usage read in this (locked) transaction: the
         same inputs `team_usage` gives the form's preview, plus the GPUs held for the team's
@@ -185,14 +210,16 @@ class AdmissionEngine(LedgerBase):
         assert request.team is not None
         team = request.team
         spans = self._open_spans(db, team)
-        holds = [
+        if holds is None:
+            holds = list(db.scalars(select(GPUHold).where(GPUHold.team == team)))
+        held = [
             Holding(h.user, h.gpu_type, h.gpu_count)
-            for h in db.scalars(select(GPUHold).where(GPUHold.team == team))
-            if own_hold is None or h.request_id != own_hold.request_id
+            for h in holds
+            if h.team == team and (own_hold is None or h.request_id != own_hold.request_id)
         ]
         usage = TeamUsage(
             user=request.user,
-            holdings=combine_holdings((*holdings_of(spans), *holds)),
+            holdings=combine_holdings((*holdings_of(spans), *held)),
             gpu_hours_this_month=self._hours_this_month(db, team, now, spans),
         )
         return decide_in(

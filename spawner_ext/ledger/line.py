@@ -106,31 +106,44 @@ def usable_capacity(
 def quick_check(
     db: Session, catalog: Catalog, install: str | None, gpu_type: str
 ) -> tuple[int, int | None]:
-    """(requests waiting for the type, GPUs of it free now or None when unlimited), in two
-    small queries: what admission looks at before it needs the whole line."""
-    waiting = db.scalar(
-        select(func.count()).where(
+    """(requests waiting for the type, GPUs of it free now or None when unlimited), in one
+    statement: what admission looks at before it needs the whole line."""
+    waiting = (
+        select(func.count())
+        .where(
             WaitlistRequest.gpu_type == gpu_type,
             WaitlistRequest.state == "waiting",
             _install(WaitlistRequest.install, install),
         )
+        .scalar_subquery()
     )
-    capacity = usable_capacity(db, catalog, install, gpu_type)
-    if capacity is None:
-        return int(waiting or 0), None
-    in_sessions = db.scalar(
-        select(func.coalesce(func.sum(UsageSession.gpu_count), 0)).where(
+    kind = catalog.gpu_types.get(gpu_type)
+    if kind is None or kind.autoscaled or install is None:
+        return int(db.scalar(select(waiting)) or 0), None
+    capacity = (
+        select(GPUCapacity.total - GPUCapacity.used_elsewhere)
+        .where(GPUCapacity.install == install, GPUCapacity.gpu_type == gpu_type)
+        .scalar_subquery()
+    )
+    in_sessions = (
+        select(func.coalesce(func.sum(UsageSession.gpu_count), 0))
+        .where(
             UsageSession.gpu_type == gpu_type,
             UsageSession.ended_at.is_(None),
             of_install(install),
         )
+        .scalar_subquery()
     )
-    in_holds = db.scalar(
-        select(func.coalesce(func.sum(GPUHold.gpu_count), 0)).where(
-            GPUHold.gpu_type == gpu_type, _install(GPUHold.install, install)
-        )
+    in_holds = (
+        select(func.coalesce(func.sum(GPUHold.gpu_count), 0))
+        .where(GPUHold.gpu_type == gpu_type, GPUHold.install == install)
+        .scalar_subquery()
     )
-    return int(waiting or 0), max(capacity - int(in_sessions or 0) - int(in_holds or 0), 0)
+    count, usable, used, held = db.execute(select(waiting, capacity, in_sessions, in_holds)).one()
+    if usable is None:
+        return int(count or 0), None
+    free = max(int(usable), 0) - int(used or 0) - int(held or 0)
+    return int(count or 0), max(free, 0)
 
 
 def light_line(

@@ -1,7 +1,9 @@
 """The wait-list on the Kubernetes test bed: the gpuhub service counts a GPU type's free GPUs from
 the matching kwok nodes and the pods bound there (another workload's pod is someone else's GPU),
 a spawn finding none free is refused with the offer to wait, and the turn starts the person's
-pod when a GPU frees. Pods are read from the API server, independently of the ledger."""
+pod when a GPU frees; and the same in a real browser (Debian's Chromium driven by Playwright,
+logged in through the hub's dummy authenticator). Pods are read from the API server,
+independently of the ledger."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 from hub import K8sHub, delete_namespaces, ensure_namespace, running_hub
+from playwright.sync_api import Expect
 from testbed import H100, ControlPlane, GpuNodeSpec, Json
 
 from spawner_ext.catalog import load_catalog
@@ -24,6 +27,9 @@ POOL_LABEL = "gpuhub.test/pool"
 TICK = 1
 TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 INSTALL = "wl"
+BROWSER_TIMEOUT_MS = 150_000  # a wait in the browser: a pod's start on the test bed at most
+expect = Expect()  # this module's own, waiting as long as the pods may take
+expect.set_options(timeout=BROWSER_TIMEOUT_MS)
 
 
 def catalog(pool: str) -> Json:
@@ -176,3 +182,69 @@ def test_free_gpus_come_from_the_nodes_and_a_turn_starts_the_pod(
         hub.stop_server("lin")
     finally:
         ledger.engine.dispose()
+
+
+@pytest.mark.browser
+def test_in_the_browser_a_refusal_becomes_a_place_in_line_and_the_turn_runs_the_pod(
+    bed: Bed, control_plane: ControlPlane, browser: Any
+) -> None:
+    """lin submits the spawn form while ada holds the only free H100, follows the refusal's
+    offer to the wait-list page, joins to start by herself, and sees her place; when ada stops,
+    the page shows lin's server started (it reads the line by itself) and her pod runs on the
+    H100 node."""
+    hub = bed.hub
+    assert hub.ledger_url is not None
+    ledger = Ledger.open(hub.ledger_url, install=INSTALL)
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    context.set_default_timeout(BROWSER_TIMEOUT_MS)
+    lin = token_of(hub, "lin")
+    try:
+        hub.wait(
+            "the service to count the node's GPUs",
+            lambda: ledger.capacities().get("h100-80gb") == (2, 1),
+            60,
+        )
+        assert hub.spawn("ada", {"profile": "h100-single"}).status_code in (201, 202)
+        hub.wait_ready("ada")
+
+        page = context.new_page()
+        page.goto(f"{hub.url}hub/login?next=%2Fhub%2Fspawn")
+        page.fill("input[name=username]", "lin")
+        page.fill("input[name=password]", "any password: the dummy authenticator")
+        page.keyboard.press("Enter")
+        page.wait_for_url(f"{hub.url}hub/spawn")
+        page.check("#profile-item-h100-single")
+        page.click("form button[type=submit]")
+        refusal = page.locator(".spawn-error-msg")
+        expect(refusal).to_contain_text("1 in all, 0 free, held by ada/ (1)")
+        expect(refusal).to_contain_text("You can wait for a GPU instead of trying again")
+        page.locator("#gpuhub-facts-h100-single .gpuhub-wait-offer").get_by_role(
+            "link", name="wait for a GPU"
+        ).click()
+
+        what = page.locator("#gpuhub-join-what")
+        expect(what).to_contain_text("If you join now you will be 1st in line for NVIDIA H100")
+        page.check("#gpuhub-start-auto")
+        page.click("#gpuhub-join-button")
+        row = page.locator("#gpuhub-requests [data-request]")
+        expect(row.locator(".gpuhub-place")).to_contain_text("1st in line for NVIDIA H100 80GB; ")
+        uid = row.get_attribute("data-request")
+        assert uid is not None
+
+        hub.stop_server("ada")
+        started = page.locator(f"#gpuhub-ended [data-request='{uid}']")
+        expect(started).to_have_attribute("data-state", "started")
+        expect(started.get_by_role("link", name="Open your server")).to_have_attribute(
+            "href", "/user/lin/"
+        )
+        pod = pod_of(control_plane, hub.wait_ready("lin"))
+        assert pod["status"]["phase"] == "Running"
+        assert pod["spec"]["nodeName"] == bed.h100_node
+    finally:
+        context.close()
+        ledger.engine.dispose()
+        for request in waitlist(hub, lin, "GET").json()["requests"]:
+            waitlist(hub, lin, "DELETE", f"/{request['id']}")
+        for user in ("ada", "lin"):
+            if hub.server(user) is not None:
+                hub.stop_server(user)

@@ -10,6 +10,7 @@
   let seen = new Map(); // request id -> its state at the last refresh
   let first = true;
   let shown = "";
+  let unread = false; // the last look at the API failed (and says so on the page)
 
   // --- words: the same as policy/waitlist_text.py ---------------------------------------------
   function roundHalfEven(x) {
@@ -180,21 +181,25 @@
     }
   }
 
+  // At the turn: seen held or starting, or (the turn and the start both fell between two looks,
+  // as in a background tab whose timers the browser slows down) found started.
   function notify(r) {
     if (!("Notification" in window) || Notification.permission !== "granted") return;
     const title = r.state === "held" ? `Your ${gpuName(r.gpu_type)} is held for you` : `Your ${gpuName(r.gpu_type)} is ready`;
+    const label = serverLabel(r);
     const body =
       r.state === "held"
         ? `Start your server before ${clock(r.hold_until)}, or it goes to the next person.`
-        : `${serverLabel(r)} is starting.`;
+        : `${label[0].toUpperCase()}${label.slice(1)} ${r.state === "started" ? "started" : "is starting"}.`;
     const note = new Notification(title, { body, tag: `gpuhub-${r.id}` });
     note.onclick = () => window.focus();
   }
 
   // --- refresh ---------------------------------------------------------------------------------
-  async function ended(id) {
+  async function ended(id, before) {
     try {
       const r = await api(`waitlist/${encodeURIComponent(id)}`);
+      if (before === "waiting" && r.state === "started") notify(r);
       const list = $("gpuhub-ended");
       if (!list) return;
       list.querySelector(`[data-request="${id}"]`)?.remove();
@@ -212,8 +217,14 @@
       const path = readOnly ? `waitlist?team=${encodeURIComponent(settings.team)}` : "waitlist";
       requests = (await api(path)).requests;
     } catch (error) {
-      problem(error.message);
+      const every = Math.round((settings.interval_ms || 5000) / 1000);
+      problem(`Could not read the wait-list (${error.message}); trying again every ${every} seconds.`);
+      unread = true;
       return;
+    }
+    if (unread) {
+      problem(""); // read again: the places shown are current
+      unread = false;
     }
     const current = new Map(requests.map((r) => [r.id, r.state]));
     if (!first && !readOnly) {
@@ -221,7 +232,7 @@
         const before = seen.get(r.id);
         if (before === "waiting" && (r.state === "held" || r.state === "starting")) notify(r);
       }
-      for (const id of seen.keys()) if (!current.has(id)) await ended(id);
+      for (const [id, before] of seen) if (!current.has(id)) await ended(id, before);
     }
     first = false;
     seen = current;

@@ -42,9 +42,9 @@ def waitlist_page_url(base_url: str, server_name: str, options: Mapping[str, str
     return f"{base_url.rstrip('/')}/services/{SERVICE_NAME}/waitlist?{query}"
 
 
-def join_offer(place: int, when: datetime | None, now: datetime, url: str) -> str:
-    """The sentence a refusal that waiting can cure ends with."""
+def join_offer(place: int, when: datetime | None, now: datetime) -> str:
+    """The sentence a refusal that waiting can cure ends with (the link to join follows)."""
     return (
         f"You can wait for a GPU instead of trying again: you would be {ordinal(place)} in "
-        f"line ({wait_words(when, now)}). Join at {url}"
+        f"line ({wait_words(when, now)})."
     )

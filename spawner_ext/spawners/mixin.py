@@ -6,6 +6,7 @@ Subclasses call `await self.plan_spawn()` before creating anything and build fro
 
 from __future__ import annotations
 
+import html
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
@@ -55,8 +56,12 @@ except ImportError:  # pragma: no cover - older JupyterHub
 BILLING_UNAVAILABLE = "billing-unavailable"
 
 
-def refusal(exc: SpawnRefused, status_code: int = 400) -> web.HTTPError:
-    """The HTTP error (400 by default) that tells the user why their spawn was refused."""
+def refusal(
+    exc: SpawnRefused, status_code: int = 400, *, link: tuple[str, str] | None = None
+) -> web.HTTPError:
+    """The HTTP error (400 by default) that tells the user why their spawn was refused.
+    `link`: (text, url) of a link shown after the message where JupyterHub shows a spawn's
+    failure as HTML (`jupyterhub_html_message`); the API answers with the plain message."""
     if SpawnException is not None:
         error: web.HTTPError = SpawnException(
             exc.message, reason=exc.reason, status_code=status_code
@@ -65,6 +70,15 @@ def refusal(exc: SpawnRefused, status_code: int = 400) -> web.HTTPError:
         error = web.HTTPError(status_code, exc.message.replace("%", "%%"))
     # What the spawn page shows, without the exception class and status in front.
     error.jupyterhub_message = exc.message  # type: ignore[attr-defined]
+    if link is not None:
+        text, url = link
+        error.jupyterhub_html_message = (  # type: ignore[attr-defined]
+            f'{html.escape(exc.message)} <a href="{html.escape(url)}">{html.escape(text)}</a>'
+        )
+        # Shown where JupyterHub renders a spawn's failure as HTML (the pending page). Its spawn
+        # form does not (JupyterHub 5.5 and 6 pass `html_error_message` to a template reading
+        # `error_html_message`), so there the plain message, with its address, stays; the
+        # form's own offer beside the profile links to the line.
     return error
 
 
@@ -348,10 +362,13 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
             except AdmissionRefused as exc:
                 reason = exc.decision.reason or "quota"
                 self.count_refusal(plan, reason)
-                message = exc.decision.message
-                if reason in WAITABLE and plan.waitlist is None:
-                    message += self.waitlist_offer(ledger, plan)
-                raise refusal(SpawnRefused(message, reason=reason)) from None
+                message, link = exc.decision.message, None
+                offer = self.waitlist_offer(ledger, plan) if reason in WAITABLE else None
+                if offer is not None and plan.waitlist is None:
+                    sentence, url = offer
+                    message += f" {sentence} Join at {url}"
+                    link = ("Wait for a GPU", url)
+                raise refusal(SpawnRefused(message, reason=reason), link=link) from None
             except DBAPIError as exc:
                 if plan.gpu_count:
                     self.count_refusal(plan, BILLING_UNAVAILABLE)
@@ -363,26 +380,22 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         self.plan = plan
         return plan
 
-    def waitlist_offer(self, ledger: Ledger, plan: SpawnPlan) -> str:
-        """What a refusal that waiting can cure adds: where the person would stand in line,
-        about when, and where to join (the gpuhub service's wait-list page)."""
+    def waitlist_offer(self, ledger: Ledger, plan: SpawnPlan) -> tuple[str, str] | None:
+        """What a refusal that waiting can cure adds: where the person would stand in line and
+        about when (a sentence), and where to join (the gpuhub service's wait-list page)."""
         catalog = self.catalog_version().catalog
         if not catalog.waitlist.enabled or plan.team is None or plan.gpu_type_key is None:
-            return ""
+            return None
         try:
             place, when = ledger.preview(
                 catalog, plan.team, plan.user, plan.gpu_type_key, plan.gpu_count
             )
         except DBAPIError:
-            return ""
-        return " " + join_offer(
-            place,
-            when,
-            utcnow(),
-            waitlist_page_url(
-                self.hub_base_url(), self.name, _join_options(plan, self.user_options)
-            ),
+            return None
+        url = waitlist_page_url(
+            self.hub_base_url(), self.name, _join_options(plan, self.user_options)
         )
+        return join_offer(place, when, utcnow()), url
 
     def hub_base_url(self) -> str:
         """The proxy's base URL of this hub ('/' by default)."""

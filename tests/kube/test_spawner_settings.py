@@ -111,8 +111,7 @@ async def test_an_autoscaled_gpu_type_waits_longer_for_its_node(spawner: GPUKube
     """A spawn of an autoscaled type gets scale_up_timeout (15 min) as its start_timeout, set
     before start() returns (JupyterHub reads it then); the next spawn of another type gets the
     configured one back."""
-    catalog = Path(spawner.catalog_path)
-    catalog.write_text(catalog.read_text().replace("autoscaled: false", "autoscaled: true"))
+    _autoscale_l4(Path(spawner.catalog_path))
     spawner.start_timeout = 300
     spawner.user_options = {"profile": "l4-single", "team": "vision"}
     spawner._scale_up_timeout()
@@ -120,3 +119,7 @@ async def test_an_autoscaled_gpu_type_waits_longer_for_its_node(spawner: GPUKube
     spawner.user_options = {"profile": "h100-single", "team": "vision"}
     spawner._scale_up_timeout()
     assert spawner.start_timeout == 300
+
+
+def _autoscale_l4(catalog: Path) -> None:
+    catalog.write_text(catalog.read_text().replace("autoscaled: false", "autoscaled: true"))

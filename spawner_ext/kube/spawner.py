@@ -19,11 +19,14 @@ from kubespawner.clients import shared_client
 from tornado import web
 from traitlets import Bool, Int, List, default
 
+from ..catalog import Catalog
 from ..catalog.frozen import thaw
 from ..end_reason import EndReason
+from ..ledger.store import Ledger
 from ..policy.request import SpawnRefused
 from ..spawners.mixin import GPUSpawnerMixin, refusal
 from ..wire import install_labels
+from .capacity import read_capacity
 from .namespaces import ForeignNamespace, TeamNamespaces
 from .netpol import HubPeers
 from .placement import apply_placement, placement
@@ -179,6 +182,21 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
             raise
         self.metering_started(f"{self.namespace}/{self.pod_name}")
         return result
+
+    async def refresh_capacity(self, ledger: Ledger, catalog: Catalog) -> bool:
+        """The matching nodes' free GPUs now (kube/capacity.py), into the ledger: asked when
+        admission found none free on the gpuhub service's last count, which may be a tick old
+        (a workload or a filler pod just went, a node just came)."""
+        from kubernetes_asyncio.client.rest import ApiException
+
+        try:
+            found = await read_capacity(self.api, catalog, self.install)
+        except (ApiException, OSError) as exc:
+            self.log.warning("gpuhub: could not count the cluster's free GPUs: %s", exc)
+            return False
+        for gpu_type, (total, elsewhere) in found.items():
+            ledger.set_capacity(gpu_type, total, elsewhere)
+        return bool(found)
 
     def gone_reason(self) -> EndReason:
         gone = f"{self.namespace}/{self.pod_name}" not in self.pod_reflector.pods

@@ -363,7 +363,7 @@ class WaitlistLedger(LedgerBase):
 
     def ask_start(self, catalog: Catalog, uid: str) -> WaitRequest:
         """The person starts an "ask" request whose GPU is held: it becomes starting (the caller
-        asks the hub). A request already starting is returned as it is."""
+        asks the hub). A request already starting, or started, is returned as it is."""
         now = self.clock()
         with self._sessions.begin() as db:
             row = self._row(db, uid)
@@ -379,7 +379,7 @@ class WaitlistLedger(LedgerBase):
             if row.state == "held":
                 row.state = "starting"
                 row.start_asked_at = now
-            elif row.state not in ("starting",):
+            elif row.state not in ("starting", "started"):
                 raise AlreadyWaiting(f"this request has ended ({row.state}): {row.message or ''}")
             return self._view(db, catalog, [row])[0]
 

@@ -358,7 +358,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
                 waitlist=plan.waitlist,
             )
             try:
-                admission = _admit(ledger, self.catalog_version().catalog, request)
+                admission = await self._admit_fresh(ledger, request)
             except AdmissionRefused as exc:
                 reason = exc.decision.reason or "quota"
                 self.count_refusal(plan, reason)
@@ -379,6 +379,27 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
                 self.admission_warning = admission.warning
         self.plan = plan
         return plan
+
+    async def _admit_fresh(self, ledger: Ledger, request: Request) -> Admission:
+        """Admission; when it finds no free GPU and this spawner can count them afresh
+        (`refresh_capacity`), once more on the fresh count: a snapshot of the cluster's free GPUs
+        may be a tick old, and a refusal on a stale one would send a person to wait for a GPU
+        that is free."""
+        catalog = self.catalog_version().catalog
+        try:
+            return _admit(ledger, catalog, request)
+        except AdmissionRefused as exc:
+            if exc.decision.reason != "no-free-gpu":
+                raise
+            if not await self.refresh_capacity(ledger, catalog):
+                raise
+        return _admit(ledger, catalog, request)
+
+    async def refresh_capacity(self, ledger: Ledger, catalog: Catalog) -> bool:
+        """Record each GPU type's capacity afresh in the ledger; True when it did. Nothing here
+        (local mode records its machine's GPUs as they change); GPUKubeSpawner reads the
+        cluster."""
+        return False
 
     def waitlist_offer(self, ledger: Ledger, plan: SpawnPlan) -> tuple[str, str] | None:
         """What a refusal that waiting can cure adds: where the person would stand in line and

@@ -112,11 +112,21 @@ def catalog(pool: Pool) -> Json:
             "a100-40gb": gpu_type("NVIDIA A100 40GB", A100.product, 1.80),
             "l4": gpu_type("NVIDIA L4 24GB", "NVIDIA-L4", 0.70, pooled=False),
             "a100-1g10gb": slices("A100 MIG slice 1g.10gb", 0.30),
+            # The pool's H100s again, behind a cluster autoscaler: the wait-list counts no free
+            # GPUs for it, so a spawn may pend for a node (waiting_spawn)
+            "h100-scaled": {
+                **gpu_type("NVIDIA H100 80GB", H100.product, 4.10),
+                "autoscaled": True,
+                "scale_up_timeout": f"{START_TIMEOUT}s",
+            },
         },
         "teams": {
             "vision": {
                 "users": ["ada", "lin", "kai"],
-                "quota": {"gpus": {"h100-80gb": 4, "a100-40gb": 2, "l4": 1}, "gpus_per_user": 4},
+                "quota": {
+                    "gpus": {"h100-80gb": 4, "a100-40gb": 2, "l4": 1, "h100-scaled": 4},
+                    "gpus_per_user": 4,
+                },
             },
             "nlp": {"users": ["grace"], "quota": {"gpus": {"h100-80gb": 2}}},
             "teaching": {
@@ -130,6 +140,7 @@ def catalog(pool: Pool) -> Json:
             profile("a100-single", "One A100 40GB", "a100-40gb"),
             profile("h100-single", "One H100 80GB", "h100-80gb"),
             profile("mig-slice", "A100 MIG slice (1g.10gb)", "a100-1g10gb"),
+            profile("h100-scaled", "One H100 80GB (autoscaled pool)", "h100-scaled"),
         ],
     }
 
@@ -405,7 +416,10 @@ class WaitingSpawn:
 @pytest.fixture(scope="module")
 def waiting_spawn(hub: K8sHub, control_plane: ControlPlane, pool: Pool) -> WaitingSpawn:
     """The team's quota allows an H100, but every H100 of the pool is held by a pod outside the
-    hub: ada's pod stays Pending until start_timeout ends the spawn."""
+    hub, and the type is one a cluster autoscaler serves (`autoscaled`: the wait-list counts no
+    free GPUs for it, as nodes come when a pod asks): ada's pod stays Pending until
+    start_timeout ends the spawn. (For a type without an autoscaler, admission counts the nodes'
+    free GPUs and refuses with the offer to wait: test_waitlist_k8s.py.)"""
     filler_ns = pool.namespace("filler")
     ensure_namespace(control_plane, filler_ns)
     try:
@@ -422,7 +436,7 @@ def waiting_spawn(hub: K8sHub, control_plane: ControlPlane, pool: Pool) -> Waiti
             ),
             60,
         )
-        response = hub.spawn("ada", {"profile": "h100-single"})
+        response = hub.spawn("ada", {"profile": "h100-scaled"})
         assert response.status_code == 202, response.text
         model = hub.server("ada")
         assert model is not None and model["pending"] == "spawn"
@@ -529,14 +543,15 @@ def test_team_resourcequota_rejects_a_pod_over_quota_created_behind_the_hub(
         return quota if used.get("requests.nvidia.com/gpu") == "1" else None
 
     quota = hub.wait("the quota controller to count lin's GPU", counted, 60)
-    assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "7"}  # h100 4 + a100 2 + l4 1
-    direct = gpu_pod_manifest("sneaky", A100.product, gpus=7)
+    # h100 4 + a100 2 + l4 1 + h100-scaled 4
+    assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "11"}
+    direct = gpu_pod_manifest("sneaky", A100.product, gpus=11)
     with pytest.raises(ApiError) as rejected:
         control_plane.api.create(f"/api/v1/namespaces/{team_ns}/pods", direct)
     assert rejected.value.status == 403
     message = rejected.value.body["message"]
     assert "exceeded quota: gpuhub-gpus" in message
-    assert "requested: requests.nvidia.com/gpu=7, used: requests.nvidia.com/gpu=1" in message
+    assert "requested: requests.nvidia.com/gpu=11, used: requests.nvidia.com/gpu=1" in message
     hub.stop_server("lin")
 
 

@@ -6,6 +6,8 @@ is asked again and billed until the server is really gone."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from spawner_ext.local.processes import live_servers, process_start_time
 from spawner_ext.service.app import GPUHubService
 from spawner_ext.service.hubapi import HubAPI, HubAPIError
 from spawner_ext.service.runtimes import LocalRuntime
+from tests.faultdriver import service_pid
 
 from .conftest import Hub, needs_local_hub, wait_for
 
@@ -159,8 +162,10 @@ def test_a_budget_stop_whose_first_attempt_fails_is_retried_and_billed_until_gon
     hub: Hub, tmp_path: Path
 ) -> None:
     """A second service (in this process, with a catalog that stops the teaching team's servers
-    1 s after its budget is used) enforces the budget; the hub's own service (whose catalog
-    stops none) only reconciles meanwhile."""
+    1 s after its budget is used) enforces the budget. The hub's own service (whose catalog
+    stops none) is paused (SIGSTOP) meanwhile: its budget stage would withdraw the other's stop
+    request (a team not stopping has its stops withdrawn), and one service per install is the
+    rule in production."""
     (tmp_path / "catalog.yaml").write_text(catalog_text(teaching_stop="1s"))
     hub.start_server("tutor", {"profile": "l4-single"})
     time.sleep(4)  # 3.6 GPU-seconds: the budget is used
@@ -188,8 +193,14 @@ def test_a_budget_stop_whose_first_attempt_fails_is_retried_and_billed_until_gon
         await asyncio.sleep(TICK)
         await service.tick_safely()  # asked again: this time the hub stops it
 
-    asyncio.run(enforce())
-    wait_for("tutor's server to stop", lambda: hub.user("tutor")["servers"] == {}, 60)
+    own = service_pid(hub.state_dir)
+    assert own is not None, "the hub's own service runs"
+    os.kill(own, signal.SIGSTOP)
+    try:
+        asyncio.run(enforce())
+        wait_for("tutor's server to stop", lambda: hub.user("tutor")["servers"] == {}, 60)
+    finally:
+        os.kill(own, signal.SIGCONT)
     gone = time.time()
     session = sessions(hub, "tutor")[-1]
     assert session.end_reason == "budget"

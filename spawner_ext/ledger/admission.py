@@ -201,8 +201,8 @@ class AdmissionEngine(LedgerBase):
         catalog: Catalog,
         request: Request,
         now: datetime,
-        own_hold: GPUHold | None = None,
-        holds: list[GPUHold] | None = None,
+        own_hold: GPUHold | None,
+        holds: list[GPUHold],
     ) -> Decision:
         """The admission decision on the team's usage read in this (locked) transaction: the
         same inputs `team_usage` gives the form's preview, plus the GPUs held for the team's
@@ -210,8 +210,6 @@ class AdmissionEngine(LedgerBase):
         assert request.team is not None
         team = request.team
         spans = self._open_spans(db, team)
-        if holds is None:
-            holds = list(db.scalars(select(GPUHold).where(GPUHold.team == team)))
         held = [
             Holding(h.user, h.gpu_type, h.gpu_count)
             for h in holds

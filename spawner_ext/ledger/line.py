@@ -76,7 +76,7 @@ def live_requests(db: Session, install: str | None, gpu_type: str) -> list[Waitl
             .where(
                 WaitlistRequest.gpu_type == gpu_type,
                 WaitlistRequest.state.in_(LIVE_REQUEST_STATES),
-                _install(WaitlistRequest.install, install),
+                same_install(WaitlistRequest.install, install),
             )
             .order_by(WaitlistRequest.joined_at, WaitlistRequest.uid)
         )
@@ -86,7 +86,9 @@ def live_requests(db: Session, install: str | None, gpu_type: str) -> list[Waitl
 def holds_of_type(db: Session, install: str | None, gpu_type: str) -> list[GPUHold]:
     return list(
         db.scalars(
-            select(GPUHold).where(GPUHold.gpu_type == gpu_type, _install(GPUHold.install, install))
+            select(GPUHold).where(
+                GPUHold.gpu_type == gpu_type, same_install(GPUHold.install, install)
+            )
         )
     )
 
@@ -113,7 +115,7 @@ def quick_check(
         .where(
             WaitlistRequest.gpu_type == gpu_type,
             WaitlistRequest.state == "waiting",
-            _install(WaitlistRequest.install, install),
+            same_install(WaitlistRequest.install, install),
         )
         .scalar_subquery()
     )
@@ -166,7 +168,7 @@ def light_line(
         ).where(
             WaitlistRequest.gpu_type == gpu_type,
             WaitlistRequest.state.in_(LIVE_REQUEST_STATES),
-            _install(WaitlistRequest.install, install),
+            same_install(WaitlistRequest.install, install),
         )
     ).all()
     teams = sorted({r.team for r in rows if r.team in catalog.teams})
@@ -281,9 +283,7 @@ def read_line(
         taken = sum(s.gpu_count for s in sessions) + sum(h.gpu_count for h in holds)
         free = max(capacity - taken, 0)
     lengths = recent_lengths(db, gpu_type)
-    typical = (
-        timedelta(seconds=max(statistics.median(lengths), 60.0)) if lengths else DEFAULT_TYPICAL
-    )
+    typical = typical_of(lengths)
     teams = sorted({r.team for r in rows} | set(extra_teams))
     standings = {
         team: _standing(db, catalog, team, gpu_type, now, holds, exclude_hold_of)
@@ -378,7 +378,11 @@ def _standing(
 
 def typical_length(db: Session, gpu_type: str) -> timedelta:
     """The median length of the type's latest closed sessions (DEFAULT_TYPICAL without any)."""
-    lengths = recent_lengths(db, gpu_type)
+    return typical_of(recent_lengths(db, gpu_type))
+
+
+def typical_of(lengths: list[float]) -> timedelta:
+    """The median of session lengths in seconds, at least a minute (DEFAULT_TYPICAL of none)."""
     if not lengths:
         return DEFAULT_TYPICAL
     return timedelta(seconds=max(statistics.median(lengths), 60.0))
@@ -438,24 +442,8 @@ def _running(
     return tuple(found)
 
 
-def count_waiting(db: Session) -> list[tuple[str | None, str, str, int]]:
-    """(install, team, GPU type, requests) of every line, for the metrics."""
-    return [
-        (install, team, gpu_type, n)
-        for install, team, gpu_type, n in db.execute(
-            select(
-                WaitlistRequest.install,
-                WaitlistRequest.team,
-                WaitlistRequest.gpu_type,
-                func.count(),
-            )
-            .where(WaitlistRequest.state == "waiting")
-            .group_by(WaitlistRequest.install, WaitlistRequest.team, WaitlistRequest.gpu_type)
-        )
-    ]
-
-
-def _install(column: Any, install: str | None) -> Any:
+def same_install(column: Any, install: str | None) -> Any:
+    """A wait-list row (request, hold) of `install`; every row for a handle of no install."""
     if install is None:
         return true()
     return column == install

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from ..catalog import Catalog
 from ..policy.admission import Holding, TeamUsage, decide_in
-from ..policy.waitlist import estimates, positions, turns
+from ..policy.waitlist import Waiting, estimates, positions, turns
 from .base import LedgerBase
 from .line import (
     LineView,
@@ -26,6 +26,7 @@ from .line import (
     lock_gpu_type,
     quick_check,
     read_line,
+    same_install,
     usable_capacity,
 )
 from .models import (
@@ -174,7 +175,7 @@ class WaitlistLedger(LedgerBase):
     ) -> list[WaitRequest]:
         """Requests of `user` and/or `team` (live ones only by default), oldest first, with
         positions and estimates."""
-        query = select(WaitlistRequest).where(_mine(self.install))
+        query = select(WaitlistRequest).where(same_install(WaitlistRequest.install, self.install))
         if user is not None:
             query = query.where(WaitlistRequest.user == user)
         if team is not None:
@@ -190,8 +191,6 @@ class WaitlistLedger(LedgerBase):
         self, catalog: Catalog, team: str, user: str, gpu_type: str, gpu_count: int
     ) -> tuple[int, datetime | None]:
         """The place (1-based) and estimated start a new request would get now."""
-        from ..policy.waitlist import Waiting
-
         now = self.clock()
         with self._reads() as db:
             view = read_line(db, catalog, self.install, gpu_type, now, extra_teams=(team,))
@@ -204,7 +203,7 @@ class WaitlistLedger(LedgerBase):
             gpu_count=gpu_count,
             joined_at=now,
         )
-        line = _with(view.line, candidate)
+        line = replace(view.line, waiting=(*view.line.waiting, candidate))
         place = positions(line).get(candidate.id, len(line.waiting))
         when = estimates(line, view.running, view.typical).get(candidate.id)
         return place, when
@@ -227,27 +226,24 @@ class WaitlistLedger(LedgerBase):
         with self._sessions.begin() as db:
             lock_gpu_type(db, request.gpu_type)
             self._check_free_to_join(db, request)
-            spans = open_spans(db, request.team)
-            holds = db.scalars(select(GPUHold).where(GPUHold.team == request.team)).all()
-            holdings = holdings_of(spans) + tuple(
-                Holding(h.user, h.gpu_type, h.gpu_count) for h in holds
+            # Waiting cannot cure a spent budget or the user's own cap: refused as a spawn is.
+            # The team's quota being held is what the line is for, so it is judged on the
+            # user's own holdings (their sessions and holds) only.
+            team_spans = open_spans(db, request.team)
+            spans = [s for s in team_spans if s.user == request.user]
+            holds = db.scalars(
+                select(GPUHold).where(GPUHold.team == request.team, GPUHold.user == request.user)
             )
             usage = TeamUsage(
                 user=request.user,
-                holdings=(),
-                gpu_hours_this_month=hours_this_month(db, request.team, now, spans),
+                holdings=holdings_of(spans)
+                + tuple(Holding(h.user, h.gpu_type, h.gpu_count) for h in holds),
+                gpu_hours_this_month=hours_this_month(db, request.team, now, team_spans),
             )
-            # Waiting cannot cure a spent budget or the user's own cap: refused as a spawn is.
-            # The team's quota being held is what the line is for, so it is judged without the
-            # team's holdings; the cap with the user's own.
             decision = decide_in(
                 catalog,
                 request.team,
-                TeamUsage(
-                    user=usage.user,
-                    holdings=tuple(h for h in holdings if h.user == request.user),
-                    gpu_hours_this_month=usage.gpu_hours_this_month,
-                ),
+                usage,
                 gpu_type=request.gpu_type,
                 gpu_count=request.gpu_count,
                 now=now,
@@ -296,7 +292,7 @@ class WaitlistLedger(LedgerBase):
     def _check_free_to_join(self, db: Session, request: JoinRequest) -> None:
         live = db.scalar(
             select(WaitlistRequest.uid).where(
-                _mine(self.install),
+                same_install(WaitlistRequest.install, self.install),
                 WaitlistRequest.user == request.user,
                 WaitlistRequest.server_name == request.server_name,
                 WaitlistRequest.state.in_(LIVE_REQUEST_STATES),
@@ -436,7 +432,7 @@ class WaitlistLedger(LedgerBase):
             select(WaitlistRequest)
             .join(UsageSession, UsageSession.uid == WaitlistRequest.session)
             .where(
-                _mine(self.install),
+                same_install(WaitlistRequest.install, self.install),
                 WaitlistRequest.state == "cancelled",
                 WaitlistRequest.ended_at > since,
                 UsageSession.ended_at.is_(None),
@@ -455,7 +451,7 @@ class WaitlistLedger(LedgerBase):
                 WaitlistRequest.state,
                 func.count(),
             )
-            .where(_mine(self.install))
+            .where(same_install(WaitlistRequest.install, self.install))
             .group_by(WaitlistRequest.team, WaitlistRequest.gpu_type, WaitlistRequest.state)
         )
         with self._reads() as db:
@@ -469,7 +465,10 @@ class WaitlistLedger(LedgerBase):
             WaitlistRequest.gpu_type,
             WaitlistRequest.joined_at,
             WaitlistRequest.turn_at,
-        ).where(_mine(self.install), WaitlistRequest.turn_at.is_not(None))
+        ).where(
+            same_install(WaitlistRequest.install, self.install),
+            WaitlistRequest.turn_at.is_not(None),
+        )
         with self._reads() as db:
             return [
                 (t, g, max((turn - joined).total_seconds(), 0.0))
@@ -479,7 +478,9 @@ class WaitlistLedger(LedgerBase):
 
     def holds(self) -> list[GPUHold]:
         with self._reads() as db:
-            return list(db.scalars(select(GPUHold).where(_hold_mine(self.install))))
+            return list(
+                db.scalars(select(GPUHold).where(same_install(GPUHold.install, self.install)))
+            )
 
     def serve(self, catalog: Catalog) -> ServeResult:
         """The service's pass: in every line, end what expired, then give turns; one transaction
@@ -491,14 +492,18 @@ class WaitlistLedger(LedgerBase):
                     db.scalars(
                         select(WaitlistRequest.gpu_type)
                         .where(
-                            _mine(self.install),
+                            same_install(WaitlistRequest.install, self.install),
                             WaitlistRequest.state.in_(LIVE_REQUEST_STATES),
                         )
                         .distinct()
                     )
                 )
                 | set(
-                    db.scalars(select(GPUHold.gpu_type).where(_hold_mine(self.install)).distinct())
+                    db.scalars(
+                        select(GPUHold.gpu_type)
+                        .where(same_install(GPUHold.install, self.install))
+                        .distinct()
+                    )
                 )
             )
         for gpu_type in kinds:
@@ -638,7 +643,9 @@ class WaitlistLedger(LedgerBase):
         )
         enqueue_turn(db, catalog, row, now)
 
-    def _end(self, db: Session, row: WaitlistRequest, state: str, now: datetime, message: str):  # type: ignore[no-untyped-def]
+    def _end(
+        self, db: Session, row: WaitlistRequest, state: str, now: datetime, message: str
+    ) -> None:
         row.state = state
         row.ended_at = now
         row.message = message[:500]
@@ -651,7 +658,9 @@ class WaitlistLedger(LedgerBase):
 
     def _row(self, db: Session, uid: str) -> WaitlistRequest | None:
         return db.scalar(
-            select(WaitlistRequest).where(WaitlistRequest.uid == uid, _mine(self.install))
+            select(WaitlistRequest).where(
+                WaitlistRequest.uid == uid, same_install(WaitlistRequest.install, self.install)
+            )
         )
 
     def _plain(self, row: WaitlistRequest) -> WaitRequest:
@@ -749,7 +758,9 @@ def consume_hold(
     records the session it started. Returns the request, or None without a hold."""
     hold = db.scalar(
         select(GPUHold).where(
-            _hold_mine(install), GPUHold.user == user, GPUHold.server_name == server_name
+            same_install(GPUHold.install, install),
+            GPUHold.user == user,
+            GPUHold.server_name == server_name,
         )
     )
     if hold is None:
@@ -761,28 +772,6 @@ def consume_hold(
         row.start_asked_at = row.start_asked_at or now
         row.session = session
     return row
-
-
-def _with(line: Any, candidate: Any) -> Any:
-    from dataclasses import replace
-
-    return replace(line, waiting=(*line.waiting, candidate))
-
-
-def _mine(install: str | None) -> Any:
-    if install is None:
-        from sqlalchemy import true
-
-        return true()
-    return WaitlistRequest.install == install
-
-
-def _hold_mine(install: str | None) -> Any:
-    if install is None:
-        from sqlalchemy import true
-
-        return true()
-    return GPUHold.install == install
 
 
 def _server(user: str, server_name: str) -> str:

@@ -374,6 +374,52 @@ def start_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
             hub.cleanup()
 
 
+WAITLIST_API = "services/gpu-usage/api/v1/waitlist"
+
+
+def waitlist_catalog(workdir: Path, tick: int, hold: int) -> Path:
+    """workdir/catalog.yaml: the example catalog with the service ticking every `tick` s and
+    a GPU held `hold` s at a person's turn (the wait-list tests)."""
+    text = (Path(__file__).parents[2] / "hub_config" / "catalog.yaml").read_text()
+    text = text.replace("reconcile_interval: 30s", f"reconcile_interval: {tick}s")
+    text = text.replace("hold: 10m ", f"hold: {hold}s ")
+    assert f"reconcile_interval: {tick}s" in text and f"hold: {hold}s" in text
+    catalog = workdir / "catalog.yaml"
+    catalog.write_text(text)
+    return catalog
+
+
+class Person:
+    """A user with their own JupyterHub API token, talking to the wait-list API."""
+
+    def __init__(self, hub: Hub, name: str) -> None:
+        self.hub = hub
+        self.name = name
+        self.token = hub.token_for(name)
+
+    def call(self, method: str, path: str = "", **kwargs: Any) -> requests.Response:
+        return requests.request(
+            method,
+            f"{self.hub.url}{WAITLIST_API}{path}",
+            headers={"Authorization": f"token {self.token}"},
+            timeout=60,
+            **kwargs,
+        )
+
+    def join(self, options: dict[str, str], start: str, server: str = "") -> dict[str, Any]:
+        body = {"server_name": server, "options": options, "start": start}
+        response = self.call("POST", json=body)
+        assert response.status_code == 201, response.text
+        joined: dict[str, Any] = response.json()
+        return joined
+
+    def request(self, uid: str) -> dict[str, Any]:
+        response = self.call("GET", f"/{uid}")
+        assert response.status_code == 200, response.text
+        found: dict[str, Any] = response.json()
+        return found
+
+
 @contextmanager
 def usage_hub(workdir: Path) -> Iterator[Hub]:
     """A hub with usage to report, on its own copy of the example catalog (workdir/catalog.yaml,

@@ -31,12 +31,10 @@ from urllib.parse import quote, urlencode
 import pytest
 from playwright.sync_api import Expect
 
-from .conftest import Hub, needs_local_hub, wait_for
-from .test_waitlist_flow import Person
+from .conftest import Hub, Person, needs_local_hub, wait_for, waitlist_catalog
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
-ROOT = Path(__file__).parents[2]
 ARTIFACTS = Path(os.environ.get("GPUHUB_ARTIFACTS", "/tmp/gpuhub-artifacts"))
 TICK = 2  # seconds between the service's ticks (turns, places) in this catalog
 HOLD = 45  # seconds a GPU is held for an "ask me first" request
@@ -71,12 +69,7 @@ RECORD_NOTIFICATIONS = """
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     needs_local_hub()
     workdir = tmp_path_factory.mktemp("waitlist-browser")
-    text = (ROOT / "hub_config" / "catalog.yaml").read_text()
-    text = text.replace("reconcile_interval: 30s", f"reconcile_interval: {TICK}s")
-    text = text.replace("hold: 10m ", f"hold: {HOLD}s ")
-    assert f"reconcile_interval: {TICK}s" in text and f"hold: {HOLD}s" in text
-    catalog = workdir / "catalog.yaml"
-    catalog.write_text(text)
+    catalog = waitlist_catalog(workdir, TICK, HOLD)
     started = Hub(workdir, "1xh100-80gb", "--config", str(catalog), "--no-culling")
     try:
         started.start()

@@ -14,33 +14,24 @@ import signal
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from tests.faultdriver import ProcessWatcher, service_pid, service_ticked_since
 
-from .conftest import Hub, needs_local_hub, wait_for
+from .conftest import Hub, Person, needs_local_hub, wait_for, waitlist_catalog
 
-ROOT = Path(__file__).parents[2]
 TICK = 2  # seconds between the service's ticks (reconciliation, turns) in this catalog
 HOLD = 45  # seconds a GPU is held (longer than a killed service takes to come back)
 H100 = ["GPU-sim-00000000-h100-80gb", "GPU-sim-00000001-h100-80gb"]
-WAITLIST = "services/gpu-usage/api/v1/waitlist"
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     needs_local_hub()
     workdir = tmp_path_factory.mktemp("waitlist")
-    text = (ROOT / "hub_config" / "catalog.yaml").read_text()
-    text = text.replace("reconcile_interval: 30s", f"reconcile_interval: {TICK}s")
-    text = text.replace("hold: 10m ", f"hold: {HOLD}s ")
-    assert f"reconcile_interval: {TICK}s" in text and f"hold: {HOLD}s" in text
-    catalog = workdir / "catalog.yaml"
-    catalog.write_text(text)
+    catalog = waitlist_catalog(workdir, TICK, HOLD)
     started = Hub(workdir, "2xh100-80gb", "--config", str(catalog), "--no-culling")
     config = started.extra_config
     config.write_text(config.read_text() + "\nc.JupyterHub.allow_named_servers = True\n")
@@ -58,37 +49,6 @@ def watcher(hub: Hub) -> Iterator[ProcessWatcher]:
     found.start()
     yield found
     found.stop()
-
-
-class Person:
-    """A user with their own JupyterHub API token, talking to the wait-list API."""
-
-    def __init__(self, hub: Hub, name: str) -> None:
-        self.hub = hub
-        self.name = name
-        self.token = hub.token_for(name)
-
-    def call(self, method: str, path: str = "", **kwargs: Any) -> requests.Response:
-        return requests.request(
-            method,
-            f"{self.hub.url}{WAITLIST}{path}",
-            headers={"Authorization": f"token {self.token}"},
-            timeout=60,
-            **kwargs,
-        )
-
-    def join(self, options: dict[str, str], start: str, server: str = "") -> dict[str, Any]:
-        body = {"server_name": server, "options": options, "start": start}
-        response = self.call("POST", json=body)
-        assert response.status_code == 201, response.text
-        joined: dict[str, Any] = response.json()
-        return joined
-
-    def request(self, uid: str) -> dict[str, Any]:
-        response = self.call("GET", f"/{uid}")
-        assert response.status_code == 200, response.text
-        found: dict[str, Any] = response.json()
-        return found
 
 
 def devices_of(hub: Hub, user: str, server: str = "") -> list[str]:

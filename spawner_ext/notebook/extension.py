@@ -3,8 +3,11 @@ server's own GPUs through NVML, tells the gpuhub service (with the server's Jupy
 and while a GPU or a kernel is busy it marks the server active, so a silent training run counts
 as activity for any culler (jupyterhub-singleuser reports the server's last activity to the
 hub). It serves what the service answers to JupyterLab (the culler's warning, whether Keep can
-delay it, the team's budget notice) and forwards Keep clicks. It reports whether or not the
-service culls (`--no-culling`): the budget notice comes with the answer either way.
+delay it, the team's budget notice, what the GPU meter shows of the session: cost, price, budget
+left, deadlines) with the latest samples, keeps the last hour of its samples for the meter's
+chart (GET /gpuhub/history; no NVML read of its own), and forwards Keep clicks. It reports
+whether or not the service culls (`--no-culling`): the budget notice comes with the answer
+either way.
 
 Enabled by `jupyter_server_config.d/gpuhub.json` (local mode: JUPYTER_CONFIG_PATH, set by the
 spawner; images: copied to /etc/jupyter). Without JupyterHub or the service URL it does nothing.
@@ -16,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +29,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.ioloop import IOLoop
 
 from ..wire import ENV_SAMPLE_SECONDS, ENV_SERVICE_URL
+from .history import SampleHistory
 from .sampler import Activity, GPUSample, NVMLUnavailable, Sampler, gpu_activity
 from .visible import Visible, visible_gpus
 
@@ -72,6 +76,8 @@ class ReporterState:
     warning: dict[str, Any] | None = None
     budget: dict[str, Any] | None = None
     """The team's budget notice (policy/notices.py), None below its warning threshold."""
+    session: dict[str, Any] | None = None
+    """What the GPU meter shows of the server's session (the service's `session_body`)."""
     nvml_error: str | None = None
     service_error: str | None = None
 
@@ -81,6 +87,7 @@ class ReporterState:
             "activity": self.activity.value,
             "warning": self.warning,
             "budget": self.budget,
+            "session": self.session,
             "nvml_error": self.nvml_error,
             "service_error": self.service_error,
         }
@@ -98,6 +105,7 @@ class GPUReporter:
         kernels: Any,
         log: logging.Logger,
         sampler: Sampler | None = None,
+        clock: Callable[[], datetime] = now,
     ) -> None:
         self.settings = settings
         self.web_settings = web_settings
@@ -105,6 +113,9 @@ class GPUReporter:
         self.log = log
         self.sampler = sampler or Sampler(settings.visible)
         self.state = ReporterState()
+        self.clock = clock
+        self.history = SampleHistory(settings.interval)
+        """The last hour of samples, for the meter's chart."""
         self.client = AsyncHTTPClient(force_instance=True)
         self._backoff = settings.interval
 
@@ -136,8 +147,9 @@ class GPUReporter:
         kernel_busy = self.kernel_busy()
         activity = gpu_activity(samples, self.state.threshold)
         self.state.samples, self.state.activity = tuple(samples), activity
+        self.history.add(self.clock(), samples)
         if activity is Activity.BUSY or kernel_busy:
-            self.web_settings[ACTIVITY_KEY] = now()
+            self.web_settings[ACTIVITY_KEY] = self.clock()
         body = {
             "server_name": self.settings.server_name,
             "gpus": [asdict(s) for s in samples],
@@ -148,7 +160,7 @@ class GPUReporter:
 
     async def keep(self) -> dict[str, Any]:
         """The user clicked Keep: that is activity, and the service restarts the idle clocks."""
-        self.web_settings[ACTIVITY_KEY] = now()
+        self.web_settings[ACTIVITY_KEY] = self.clock()
         await self._post("api/v1/keep", {"server_name": self.settings.server_name})
         return self.state.as_json()
 
@@ -175,6 +187,7 @@ class GPUReporter:
         answer = json.loads(response.body or b"{}")
         self.state.warning = answer.get("warning")
         self.state.budget = answer.get("budget")
+        self.state.session = answer.get("session")
         self.state.threshold = int(answer.get("gpu_utilization_percent", self.state.threshold))
         return True
 
@@ -199,6 +212,19 @@ def _handlers(serverapp: Any, reporter: GPUReporter | None) -> list[Any]:
                 return
             self.finish(json.dumps({"enabled": True, **reporter.state.as_json()}))
 
+    class History(APIHandler):
+        """The last hour of the server's GPU samples (the meter's chart); not activity."""
+
+        _track_activity = False
+
+        @web.authenticated
+        def get(self) -> None:
+            if reporter is None:
+                self.finish(json.dumps({"enabled": False}))
+                return
+            history = reporter.history.as_json(reporter.clock())
+            self.finish(json.dumps({"enabled": True, **history}, separators=(",", ":")))
+
     class Keep(APIHandler):
         @web.authenticated
         async def post(self) -> None:
@@ -209,6 +235,7 @@ def _handlers(serverapp: Any, reporter: GPUReporter | None) -> list[Any]:
     base = serverapp.web_app.settings["base_url"]
     return [
         (url_path_join(base, "gpuhub", "status"), Status),
+        (url_path_join(base, "gpuhub", "history"), History),
         (url_path_join(base, "gpuhub", "keep"), Keep),
     ]
 

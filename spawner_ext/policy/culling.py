@@ -128,8 +128,11 @@ def _why(reason: EndReason, server: ServerActivity, at: datetime, now: datetime)
     return f"it has had no activity for {_minutes(now - last)}"
 
 
-def decide_cull(server: ServerActivity, settings: CullSettings, now: datetime) -> CullDecision:
-    """KEEP, WARN (within `warn_before` of the cull) or CULL, with the reason and the time."""
+def cull_deadlines(
+    server: ServerActivity, settings: CullSettings
+) -> list[tuple[datetime, EndReason]]:
+    """Each rule's time to stop the server if nothing changes (the rules in the module's
+    docstring); `decide_cull` acts on the earliest."""
     candidates: list[tuple[datetime, EndReason]] = []
     if settings.max_age is not None:
         candidates.append((server.started + settings.max_age, EndReason.MAX_AGE))
@@ -142,6 +145,12 @@ def decide_cull(server: ServerActivity, settings: CullSettings, now: datetime) -
         if settings.gpu_idle_timeout is not None and server.gpu_count and server.gpu_idle_since:
             since = max(filter(None, (server.gpu_idle_since, server.kept_at)))
             candidates.append((since + settings.gpu_idle_timeout, EndReason.CULLED_GPU_IDLE))
+    return candidates
+
+
+def decide_cull(server: ServerActivity, settings: CullSettings, now: datetime) -> CullDecision:
+    """KEEP, WARN (within `warn_before` of the cull) or CULL, with the reason and the time."""
+    candidates = cull_deadlines(server, settings)
     if not candidates:
         return CullDecision(CullAction.KEEP)
     at, reason = min(candidates, key=lambda c: (c[0], _ORDER[c[1]]))

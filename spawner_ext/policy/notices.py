@@ -1,8 +1,9 @@
 """What the users of a running server are told before gpuhub stops it, besides the culler's
 warning (culling.py): what they can do about a stop that Keep cannot delay, whom to ask, and
 their team's budget notice (from the warning threshold: the share used; at 100 %: when its GPU
-servers are stopped). Pure: the gpuhub service (its answer to the notebook extension) and the
-hub's home page gather the inputs; the budget's own decisions are admission.py's."""
+servers are stopped), and the deadlines that apply to the server (its GPU meter's panel). Pure:
+the gpuhub service (its answer to the notebook extension) and the hub's home page gather the
+inputs; the budget's own decisions are admission.py's, the culling rules culling.py's."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ..catalog import Quota, Team
 from ..catalog.durations import spoken_duration
 from ..end_reason import EndReason
 from .admission import budget_used_up, budget_warning, next_month_start
-from .culling import keep_delays
+from .culling import CullSettings, ServerActivity, cull_deadlines, keep_delays
 
 MAX_NAMES = 4
 """Leads named at most in one notice; the rest are counted."""
@@ -188,3 +189,53 @@ def budget_notice(
             f"To raise the budget, ask {ask}."
         )
     return BudgetNotice(team, name, level, percent, resets, stop_at, ask, message)
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A rule that stops a running server, as its user is shown it."""
+
+    reason: EndReason
+    at: datetime | None
+    """When it stops the server if nothing changes; None while the rule's clock is not running
+    (GPUs busy, the budget not used up) or, for `culled-idle`, until the culler warns: Jupyter
+    activity is the hub's to know, and an open JupyterLab page is activity."""
+    after: timedelta
+    """The rule's length: `max_age`, an idle timeout, the budget's grace."""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason.value,
+            "at": self.at.isoformat() if self.at else None,
+            "after_seconds": int(self.after.total_seconds()),
+            "keep": keep_delays(self.reason),
+        }
+
+
+def server_deadlines(
+    server: ServerActivity,
+    settings: CullSettings,
+    budget_grace: timedelta | None,
+    idle_warning_at: datetime | None,
+) -> list[Deadline]:
+    """Every rule that can stop this server, the soonest first, then those not running: the
+    culling rules' own times (culling.cull_deadlines) for `max_age`, the budget's stop stage
+    (`server.budget_stop_at`; `budget_grace`: the team's `stop_running_over_budget_after` for
+    a GPU server charged to a team with a budget, else None) and GPU idleness; Jupyter
+    idleness only as the culler's warning gives it (`idle_warning_at`)."""
+    known: dict[EndReason, datetime] = {
+        reason: at
+        for at, reason in cull_deadlines(server, settings)
+        if reason is not EndReason.CULLED_IDLE  # the hub's last activity is not in `server`
+    }
+    if idle_warning_at is not None:
+        known[EndReason.CULLED_IDLE] = idle_warning_at
+    rules = (
+        (EndReason.MAX_AGE, settings.max_age),
+        (EndReason.BUDGET, budget_grace),
+        (EndReason.CULLED_GPU_IDLE, settings.gpu_idle_timeout),
+        (EndReason.CULLED_IDLE, settings.idle_timeout),
+    )
+    found = [Deadline(r, known.get(r), after) for r, after in rules if after is not None]
+    never = datetime.max.replace(tzinfo=UTC)
+    return sorted(found, key=lambda d: d.at or never)

@@ -2,9 +2,11 @@
 seconds) and POST api/v1/keep (the user clicked Keep in the warning). Both take the server's own
 JupyterHub token (JUPYTERHUB_API_TOKEN; its `server` role has this service's access scope) and
 answer the culler's current warning for that server (whether Keep can delay it, and whom to ask
-when it cannot) and, for a GPU server, its team's budget notice (policy/notices.py). The notice
-is all a member learns of the team's budget here (its share used, the stop's deadline, the
-leads): the budget API stays for leads. It is answered whether or not this service culls.
+when it cannot), for a GPU server its team's budget notice (policy/notices.py), and what the
+server's GPU meter in JupyterLab shows of its session: start, profile, team, price and cost so
+far, the team's GPU-hours left this month, and the deadlines that apply to it. Those, the share
+used, the stop's deadline and the leads are all a member learns of the team's budget here: the
+budget API stays for leads. It is answered whether or not this service culls.
 
 A token may report only for servers of its owner that it may access: a server's own token for
 that server, a user's token for their servers. Forging "busy" can keep only one's own server
@@ -15,21 +17,32 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from tornado import web
 
 from ..catalog import Catalog
 from ..clock import utcnow
+from ..end_reason import EndReason
 from ..ledger.activity import ActivityLedger, ActivityRecord
 from ..ledger.budgets import TeamBudgetState, team_budget_notice, team_budget_state
+from ..ledger.models import UsageSession
+from ..ledger.rules import billed_seconds, session_cost
 from ..ledger.store import Ledger
-from ..notebook.sampler import GPUSample, gpu_activity
+from ..notebook.sampler import Activity, GPUSample, gpu_activity
 from ..policy.activity import ActivityReport
-from ..policy.culling import keep_delays
-from ..policy.notices import BudgetNotice, stop_advice, whom_to_ask
+from ..policy.admission import next_month_start
+from ..policy.culling import ServerActivity, keep_delays, settings_for
+from ..policy.notices import (
+    BudgetNotice,
+    budget_stop_at,
+    server_deadlines,
+    stop_advice,
+    whom_to_ask,
+)
 from .app import GPUHubService
-from .culler import REPORT_FRESH
+from .culler import REPORT_FRESH, gpu_label
 from .reports_api import APIHandler
 
 MAX_SAMPLES = 64
@@ -84,16 +97,88 @@ def may_report(model: dict[str, Any], server_name: str) -> bool:
     )
 
 
+def _hours(hours: Decimal) -> float:
+    return float(round(hours, 4))
+
+
+def session_body(
+    session: UsageSession,
+    catalog: Catalog,
+    budget: TeamBudgetState | None,
+    record: ActivityRecord | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """What the server's GPU meter shows of its session at `now`: its start, profile, team,
+    price per hour and cost so far (the ledger's billing rule on the session's own price), the
+    team's GPU-hours left this month (`budget`: the team's budget state, None without a
+    budget) and the deadlines that apply to the server (policy/notices.server_deadlines, from
+    the same inputs the culler and the budget notice use)."""
+    team = catalog.teams.get(session.team or "")
+    profile = catalog.profile(session.profile)
+    gpu_type = catalog.gpu_types.get(session.gpu_type or "")
+    quota = team.quota if team is not None else None
+    monthly = quota.monthly_gpu_hours if quota is not None else None
+    left = None
+    if budget is not None and monthly is not None:
+        total = Decimal(str(monthly))
+        left = {
+            "monthly_gpu_hours": float(total),
+            "gpu_hours_used": _hours(budget.hours_used),
+            "gpu_hours_left": _hours(max(total - budget.hours_used, Decimal(0))),
+            "percent_used": 100 if total <= 0 else int(budget.hours_used * 100 / total),
+            "resets_at": next_month_start(now).isoformat(),
+        }
+    started = session.started_at
+    state = record.state if record is not None else None
+    fresh = state is not None and now - state.reported_at <= REPORT_FRESH
+    stop_at = grace = None
+    if quota is not None and monthly is not None and session.gpu_count:  # budgets stop GPUs
+        grace = quota.stop_running_over_budget_after
+        if budget is not None:
+            stop_at = budget_stop_at(quota, budget.hours_used, budget.over_since, now)
+    view = ServerActivity(
+        started=started or now,
+        last_activity=None,
+        gpu_count=session.gpu_count,
+        gpu_label=gpu_label(catalog, session),
+        gpu_busy=bool(fresh and state and state.gpu_activity is Activity.BUSY),
+        gpu_idle_since=state.gpu_idle_since if fresh and state and state.idle else None,
+        kept_at=state.kept_at if state else None,
+        budget_stop_at=stop_at,
+    )
+    warning = record.warning if record is not None else None
+    idle_at = warning.cull_at if warning and warning.reason == EndReason.CULLED_IDLE else None
+    settings = settings_for(catalog, session.profile, session.gpu_count)
+    deadlines = server_deadlines(view, settings, grace, idle_at)
+    return {
+        "started_at": started.isoformat() if started else None,
+        "profile": session.profile,
+        "profile_name": profile.display_name if profile is not None else session.profile,
+        "gpu_type": session.gpu_type,
+        "gpu_type_name": gpu_type.display_name if gpu_type is not None else session.gpu_type,
+        "gpu_count": session.gpu_count,
+        "team": session.team,
+        "team_name": (team.display_name or session.team) if team is not None else session.team,
+        "price_per_hour": float(session.price_per_hour),
+        "currency": session.currency,
+        "cost": float(session_cost(session.price_per_hour, billed_seconds(started, now))),
+        "cost_at": now.isoformat(),
+        "budget": left,
+        "deadlines": [d.as_json() for d in deadlines],
+    }
+
+
 def answer_body(
     record: ActivityRecord | None,
     catalog: Catalog,
     team: str | None,
     budget: BudgetNotice | None,
+    session: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The answer to a server's report or Keep: its activity as recorded, the culler's warning
     (with `keep`: whether Keep can delay that stop, and `advice`: what to do when it cannot,
-    naming the leads of `team`, the team the server is charged to) and the team's budget
-    notice."""
+    naming the leads of `team`, the team the server is charged to), the team's budget
+    notice and what the GPU meter shows of the session (`session_body`)."""
     warning = None
     if record is not None and record.warning is not None:
         reason = record.warning.reason
@@ -112,6 +197,7 @@ def answer_body(
         "warning": warning,
         "kept_at": kept_at.isoformat() if kept_at else None,
         "budget": budget.as_json() if budget is not None else None,
+        "session": session,
     }
 
 
@@ -121,13 +207,16 @@ class TeamBudgets:
     def __init__(self) -> None:
         self._read: dict[str, tuple[datetime, TeamBudgetState]] = {}
 
-    def notice(
-        self, ledger: Ledger, catalog: Catalog, team: str, now: datetime
-    ) -> BudgetNotice | None:
+    def state(self, ledger: Ledger, team: str, now: datetime) -> TeamBudgetState:
         cached = self._read.get(team)
         if cached is None or not timedelta(0) <= now - cached[0] < BUDGET_READ_EVERY:
             cached = self._read[team] = (now, team_budget_state(ledger, team))
-        return team_budget_notice(catalog, team, cached[1], now)
+        return cached[1]
+
+    def notice(
+        self, ledger: Ledger, catalog: Catalog, team: str, now: datetime
+    ) -> BudgetNotice | None:
+        return team_budget_notice(catalog, team, self.state(ledger, team, now), now)
 
 
 class ServerHandler(APIHandler):
@@ -164,10 +253,16 @@ class ServerHandler(APIHandler):
         ledger = self.service.ledger()
         session = ledger.session(record.session_id) if record is not None else None
         team = session.team if session is not None else None
-        budget = None
-        if session is not None and team and session.gpu_count:  # budgets count GPU-hours
-            budget = self.budgets.notice(ledger, catalog, team, utcnow())
-        self.write_json(answer_body(record, catalog, team, budget))
+        now = utcnow()
+        state = notice = meter = None
+        entry = catalog.teams.get(team or "")
+        if team and entry is not None and entry.quota.monthly_gpu_hours is not None:
+            state = self.budgets.state(ledger, team, now)
+            if session is not None and session.gpu_count:  # budgets count GPU-hours
+                notice = team_budget_notice(catalog, team, state, now)
+        if session is not None:
+            meter = session_body(session, catalog, state, record, now)
+        self.write_json(answer_body(record, catalog, team, notice, meter))
 
 
 class ActivityHandler(ServerHandler):

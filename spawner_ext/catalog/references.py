@@ -63,6 +63,7 @@ def reference_problems(raw: Any) -> list[Found]:
     found: list[Found] = []
     found += _profile_problems(profiles, gpu_types, teams)
     found += _team_problems(teams, gpu_types, {_slug_of(p) for _, p in profiles} - {None})
+    found += _budget_alert_problems(teams, _mapping(doc.get("notifications")))
     return found
 
 
@@ -157,4 +158,44 @@ def _team_problems(
                         f"unknown profile slug {slug!r}{suggest(slug, slugs)}",
                     )
                 )
+    return found
+
+
+def _budget_alert_problems(
+    teams: Mapping[Any, Any], notifications: Mapping[Any, Any]
+) -> list[Found]:
+    """Budget alerts need the channels they are sent through (the `notifications` section)."""
+    found: list[Found] = []
+    email, webhook = (
+        notifications.get("email") is not None,
+        notifications.get("webhook") is not None,
+    )
+    for team_name, team in teams.items():
+        alerts = _mapping(_mapping(team).get("quota")).get("budget_alerts")
+        if not isinstance(alerts, Mapping):
+            continue
+        loc: Loc = ("teams", team_name, "quota", "budget_alerts")
+        to = _mapping(alerts.get("to"))
+        emails = _list(to.get("emails"))
+        if emails and not email:
+            found.append(
+                Found(
+                    (*loc, "to", "emails"),
+                    "these addresses get email, and the catalog has no notifications.email; "
+                    "add notifications.email (the mail server), or remove `emails`",
+                )
+            )
+            continue
+        by_email = email and (
+            to.get("leads", True) is not False or to.get("admins", True) is not False or emails
+        )
+        by_webhook = webhook and to.get("webhook", True) is not False
+        if not (by_email or by_webhook):
+            found.append(
+                Found(
+                    loc,
+                    "these alerts would go nowhere: add notifications.email (to email the "
+                    "leads and admins) or notifications.webhook, or remove budget_alerts",
+                )
+            )
     return found

@@ -23,6 +23,8 @@ from pydantic import (
 )
 from slugify import slugify
 
+from .budget_alerts import AlertRecipients as AlertRecipients
+from .budget_alerts import BudgetAlerts as BudgetAlerts
 from .values import (
     NAME_PATTERN as NAME_PATTERN,
 )
@@ -30,6 +32,7 @@ from .values import (
     Count,
     Duration,
     FrozenMap,
+    GiB,
     GPUHours,
     Model,
     Money,
@@ -74,6 +77,11 @@ class GPUType(Model):
     )
     gpus_per_node: Annotated[StrictInt, Field(ge=1)] | None = Field(
         None, description="GPUs (or MIG slices) of this type on one node; caps `gpu.count`."
+    )
+    memory_gib: GiB | None = Field(
+        None,
+        description="GPU memory of one GPU (or MIG slice) of this type in GiB, e.g. 80 for an "
+        "H100 80GB, 10 for a 1g.10gb slice. Absent: unknown (no memory-based advice).",
     )
     device_names: tuple[str, ...] = Field(
         (),
@@ -160,6 +168,20 @@ class Quota(Model):
         description="When the budget is used up, stop running GPU servers after this grace "
         "period. Absent: running servers are left alone and only new GPU servers are refused.",
     )
+    budget_alerts: BudgetAlerts | None = Field(
+        None,
+        description="Email and webhook alerts to the team's leads and the admins as the team "
+        "crosses shares of `monthly_gpu_hours` ([budget alerts](../how-to/budget-alerts.md)). "
+        "Absent: no alerts.",
+    )
+
+    @model_validator(mode="after")
+    def _alerts_need_a_budget(self) -> Quota:
+        if self.budget_alerts is not None and self.monthly_gpu_hours is None:
+            raise ValueError(
+                "budget_alerts needs a budget: set monthly_gpu_hours, or remove budget_alerts"
+            )
+        return self
 
 
 class Team(Model):

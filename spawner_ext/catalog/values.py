@@ -54,6 +54,14 @@ def _hours(value: object) -> Decimal:
     return Decimal(str(value))
 
 
+def _gib(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected GPU memory in GiB such as 80, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"GPU memory must be a positive number of GiB, got {value!r}")
+    return float(value)
+
+
 def _regex(value: str) -> str:
     try:
         re.compile(value)
@@ -91,6 +99,12 @@ GPUHours = Annotated[
     PlainSerializer(_decimal_json),
     WithJsonSchema({"type": "number", "minimum": 0}),
 ]
+GiB = Annotated[
+    float,
+    BeforeValidator(_gib),
+    WithJsonSchema({"type": "number", "exclusiveMinimum": 0}),
+]
+"""A memory size in GiB (2**30 bytes), positive."""
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),

@@ -65,17 +65,34 @@ def enqueue(
     if settings.webhook is not None:
         rows.append((WEBHOOK, str(settings.webhook.url), json.dumps(dict(event), sort_keys=True)))
     for channel, recipient, body in rows:
-        statement = dialect_insert(db)(Notification).values(
+        queue_message(
+            db,
             key=f"{key}:{channel}",
             channel=channel,
-            recipient=recipient[:320],
-            subject=subject[:200],
+            recipient=recipient,
+            subject=subject,
             body=body,
-            created_at=at,
-            attempts=0,
-            next_attempt_at=at,
+            at=at,
         )
-        db.execute(statement.on_conflict_do_nothing(index_elements=["key"]))
+
+
+def queue_message(
+    db: Session, *, key: str, channel: str, recipient: str, subject: str, body: str, at: datetime
+) -> bool:
+    """Queue one message (EMAIL: to an address; WEBHOOK: `body` is the JSON) under a unique
+    `key`, in the caller's transaction; a key already queued is left as it is (False)."""
+    statement = dialect_insert(db)(Notification).values(
+        key=key,
+        channel=channel,
+        recipient=recipient[:320],
+        subject=subject[:200],
+        body=body,
+        created_at=at,
+        attempts=0,
+        next_attempt_at=at,
+    )
+    result = db.execute(statement.on_conflict_do_nothing(index_elements=["key"]))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 class Outbox(LedgerBase):

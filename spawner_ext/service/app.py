@@ -28,6 +28,7 @@ from ..ledger.engine import SchemaError
 from ..ledger.models import UsageSession
 from ..ledger.outbox import Outbox
 from ..ledger.store import Ledger
+from .budget_alerts import BudgetAlerter
 from .culler import Culler, CullerStatus
 from .hubapi import HubAPI, HubAPIError, HubServer, ServerUnknown
 from .metering import Listed, enforce_budgets, reconcile_once, strays
@@ -60,6 +61,8 @@ class Status:
     budget_stops: int = 0
     turns_given: int = 0
     """Wait-list turns given (GPUs held for the next person in line)."""
+    budget_alerts: int = 0
+    """Budget alert messages queued (one per recipient)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +78,7 @@ class Status:
             "strays_ended": self.strays_ended,
             "budget_stops": self.budget_stops,
             "turns_given": self.turns_given,
+            "budget_alerts": self.budget_alerts,
         }
 
     def detail_json(self) -> dict[str, Any]:
@@ -106,6 +110,7 @@ class GPUHubService:
         self.status = Status(runtime.name, clock())
         self._ledger: Ledger | None = None
         self._culler: Culler | None = None
+        self._budget_alerter: BudgetAlerter | None = None
         self._first = True
         self._woken = asyncio.Event()
 
@@ -118,6 +123,12 @@ class GPUHubService:
         if self._culler is None:
             self._culler = Culler(self.hub, self.ledger())
         return self._culler
+
+    def budget_alerter(self) -> BudgetAlerter:
+        """Budget alerts (budget_alerts.py): queued in the outbox, sent by the notifier."""
+        if self._budget_alerter is None:
+            self._budget_alerter = BudgetAlerter(self.ledger(), self.hub, self.clock)
+        return self._budget_alerter
 
     def culler_status(self) -> CullerStatus:
         return self._culler.status if self._culler is not None else CullerStatus()
@@ -141,8 +152,9 @@ class GPUHubService:
             await self.cull_safely()
 
     async def tick(self) -> None:
-        """One pass: reconcile, end strays, enforce budgets, sync quotas. A part whose input is
-        unavailable (hub, billing database, API server) is skipped and tried next tick."""
+        """One pass: reconcile, end strays, enforce budgets, sync quotas, serve the wait-list,
+        queue budget alerts. A part whose input is unavailable (hub, billing database, API
+        server) is skipped and tried next tick."""
         catalog = self.store.catalog
         metering = catalog.metering
         listed = await self.hub.running_servers()
@@ -175,6 +187,7 @@ class GPUHubService:
         self.status.budget_stops += len(asked)
         await self.runtime.sync(catalog)
         await self.serve_waitlist(catalog, listed)
+        self.status.budget_alerts += await self.budget_alerter().step(catalog)
 
     async def serve_waitlist(self, catalog: Catalog, listed: Sequence[HubServer]) -> None:
         """Give turns in line (the ledger decides, under each GPU type's lock) and ask the hub

@@ -79,7 +79,10 @@ class BudgetAlerts(Model):
         description="Forecast alerts wait until this much of the month is gone: a rate over "
         "the first hours of a month says little about the rest.",
     )
-    to: AlertRecipients = Field(default_factory=AlertRecipients)
+    to: AlertRecipients = Field(
+        default_factory=AlertRecipients,
+        description="Who gets the alerts; by default the team's leads, the admins and the webhook.",
+    )
 
     @field_validator("thresholds", "basis")
     @classmethod

@@ -311,3 +311,51 @@ class Notification(Base):
         Index("ix_notifications_key", "key", unique=True),
         Index("ix_notifications_due", "sent_at", "gave_up_at", "next_attempt_at"),
     )
+
+
+# --- GPU use per session (policy/gpu_use.py adds up; ledger/activity.py records) ---------------
+
+UTILIZATION_COLUMNS = tuple(f"util_{5 * n:02d}" for n in range(20))
+"""The utilisation histogram's columns, bucket by bucket (policy/gpu_use.py BUCKETS)."""
+
+
+class SessionGPUUse(Base):
+    """How much of its GPUs a session used on one UTC day, added to as its server's activity
+    reports arrive (policy/gpu_use.py GPUUse; a report counts on the day it arrives). Bounded: one
+    row per session and day, whatever the number of reports."""
+
+    __tablename__ = "session_gpu_use"
+
+    session_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    reports: Mapped[int] = mapped_column(BigInteger, default=0)
+    observed_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+    busy_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Seconds in which any GPU was above the utilisation threshold."""
+    busy_gpu_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+    utilization_unknown: Mapped[bool] = mapped_column(Boolean, default=False)
+    peak_memory_mib: Mapped[int] = mapped_column(Integer, default=0)
+    memory_total_mib: Mapped[int] = mapped_column(Integer, default=0)
+    peak_gpus_in_use: Mapped[int] = mapped_column(Integer, default=0)
+    util_00: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_05: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_10: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_15: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_20: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_25: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_30: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_35: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_40: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_45: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_50: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_55: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_60: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_65: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_70: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_75: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_80: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_85: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_90: Mapped[int] = mapped_column(BigInteger, default=0)
+    util_95: Mapped[int] = mapped_column(BigInteger, default=0)
+    """util_NN: seconds in which the busiest GPU's utilisation was in [NN, NN + 5) percent
+    (util_95: [95, 100])."""

@@ -34,6 +34,7 @@ from ..notebook.sampler import Activity, GPUSample, gpu_activity
 from ..policy.activity import ActivityReport
 from ..policy.admission import next_month_start
 from ..policy.culling import ServerActivity, keep_delays, settings_for
+from ..policy.gpu_use import sample_use
 from ..policy.notices import (
     BudgetNotice,
     budget_stop_at,
@@ -281,8 +282,9 @@ class ActivityHandler(ServerHandler):
         threshold = self.service.store.catalog.culling.gpu_utilization_percent
         report = ActivityReport(gpu_activity(samples, threshold), kernel_busy)
         stored = json.dumps([asdict(s) for s in samples])
+        use = sample_use(samples, threshold)  # the session's GPU use, for right-sizing
         record = ActivityLedger(self.service.ledger()).record(
-            user, server_name, report, stored, utcnow(), REPORT_FRESH
+            user, server_name, report, stored, utcnow(), REPORT_FRESH, use=use
         )
         self.answer(record)
 

@@ -91,8 +91,10 @@ def queue_message(
         attempts=0,
         next_attempt_at=at,
     )
-    result = db.execute(statement.on_conflict_do_nothing(index_elements=["key"]))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    # RETURNING, not rowcount: on PostgreSQL the rowcount of this INSERT reads -1, inserted
+    # or not
+    inserted = statement.on_conflict_do_nothing(index_elements=["key"]).returning(Notification.id)
+    return db.execute(inserted).first() is not None
 
 
 class Outbox(LedgerBase):

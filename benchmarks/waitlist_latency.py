@@ -148,12 +148,17 @@ def latency_case(
     log(f"{backend}: ledger prepared in {time.perf_counter() - start:.1f} s ({waiting:,} waiting)")
     joined: list[str] = []
 
-    def join(i: int) -> None:
+    def join_request(i: int) -> JoinRequest:
         team = LINE_TEAMS[i % 2]
-        request = JoinRequest(
+        return JoinRequest(
             f"j{i:05d}", "", team, "h100-single", GPU_TYPE, 1, {"profile": "h100-single"}
         )
-        joined.append(ledger.join(catalog, request).id)
+
+    def join(i: int) -> None:
+        joined.append(ledger.join(catalog, join_request(i)).id)
+
+    def join_locked(i: int) -> None:
+        joined.append(ledger.join(catalog, join_request(i), place=False).id)
 
     def unjoin(i: int) -> None:
         with ledger.engine.begin() as connection:
@@ -182,7 +187,8 @@ def latency_case(
         pass
 
     cases: list[tuple[str, Callable[[int], None], Callable[[int], None]]] = [
-        (f"join, {waiting:,} waiting", join, unjoin),
+        (f"join, {waiting:,} waiting: the transaction (type's lock held)", join_locked, unjoin),
+        (f"join, {waiting:,} waiting: with its place read after", join, unjoin),
         (f"admit H100, refused ({waiting:,} waiting)", refused, nothing),
         ("admit A100, admitted (empty line)", admitted, close),
     ]

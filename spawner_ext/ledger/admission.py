@@ -4,11 +4,14 @@ transaction; refusal counters; which teams are over budget; the usage a preview 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import bindparam, literal, select, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -16,14 +19,9 @@ from ..catalog import Catalog
 from ..end_reason import EndReason
 from ..policy.admission import Decision, Holding, TeamUsage, combine_holdings, decide_in
 from ..policy.waitlist import Waiting, may_start_directly
+from .admission_reads import AdmissionReads, HoldRow, read_for_admission
 from .base import LedgerBase
-from .line import (
-    holds_of_type,
-    lock_gpu_type,
-    quick_check,
-    read_line,
-    usable_capacity,
-)
+from .line import lock_gpu_type, read_line, same_install
 from .models import AdmissionRefusals, GPUHold, TeamLock, UsageSession, WaitlistRequest
 from .reconcile import Server
 from .rules import Span, holdings_of, month_start
@@ -77,19 +75,23 @@ class AdmissionEngine(LedgerBase):
         from the line (its turn) uses that hold up."""
         now = self.clock()
         with self._sessions.begin() as db:
-            self._close_stale(db, request.user, request.server_name, now)
             warning = None
-            own_hold: GPUHold | None = None
+            own_hold: HoldRow | None = None
             if request.team is not None and request.gpu_count > 0:
                 self._lock(db, request.gpu_type, request.team)
-                holds = self._holds(db, request)
-                own_hold = self._own_hold(db, request, holds)
-                decision = self._decide(db, catalog, request, now, own_hold, holds)
+                reads = self._read(db, catalog, request, now)
+                if reads.stale:  # rare: the server starts again while its session is open
+                    self._close_stale(db, request.user, request.server_name, now)
+                    reads = self._read(db, catalog, request, now)
+                own_hold = self._own_hold(db, request, reads.holds)
+                decision = self._decide(catalog, request, now, own_hold, reads)
                 if decision.admitted and own_hold is None and request.gpu_type is not None:
-                    decision = self._line_decision(db, catalog, request, now) or decision
+                    decision = self._line_decision(db, catalog, request, now, reads) or decision
                 if not decision.admitted:
                     raise AdmissionRefused(decision)
                 warning = decision.warning
+            else:
+                self._close_stale(db, request.user, request.server_name, now)
             row = new_session(
                 request,
                 requested_at=now,
@@ -102,6 +104,21 @@ class AdmissionEngine(LedgerBase):
                 consume_hold(db, self.install, request.user, request.server_name, row.uid, now)
             return Admission(row.id, row.uid, warning)
 
+    def _read(
+        self, db: Session, catalog: Catalog, request: Request, now: datetime
+    ) -> AdmissionReads:
+        assert request.team is not None
+        return read_for_admission(
+            db,
+            catalog,
+            self.install,
+            team=request.team,
+            user=request.user,
+            server_name=request.server_name,
+            gpu_type=request.gpu_type,
+            now=now,
+        )
+
     def _lock(self, db: Session, gpu_type: str | None, team: str) -> None:
         """The GPU type's lock, then the team's: one lock order everywhere (no deadlocks).
         SQLite: BEGIN IMMEDIATE holds the database already."""
@@ -109,19 +126,7 @@ class AdmissionEngine(LedgerBase):
             lock_gpu_type(db, gpu_type)
         self._lock_team(db, team)
 
-    def _holds(self, db: Session, request: Request) -> list[GPUHold]:
-        """In one query: the holds of the spawn's team (its people in line whose turn came) and
-        the one held for this very server, if any."""
-        mine = and_(
-            GPUHold.user == request.user,
-            GPUHold.server_name == request.server_name,
-            GPUHold.install == self.install
-            if self.install is not None
-            else GPUHold.install.is_(None),
-        )
-        return list(db.scalars(select(GPUHold).where(or_(GPUHold.team == request.team, mine))))
-
-    def _own_hold(self, db: Session, request: Request, holds: list[GPUHold]) -> GPUHold | None:
+    def _own_hold(self, db: Session, request: Request, holds: Sequence[HoldRow]) -> HoldRow | None:
         """The GPUs held for this server at its turn in line, if they fit this spawn. A spawn
         that names its request (the service's start) must find its hold."""
         hold = next(
@@ -157,16 +162,15 @@ class AdmissionEngine(LedgerBase):
         return hold if fits else None
 
     def _line_decision(
-        self, db: Session, catalog: Catalog, request: Request, now: datetime
+        self, db: Session, catalog: Catalog, request: Request, now: datetime, reads: AdmissionReads
     ) -> Decision | None:
         """A refusal when no GPU of the type is free for this spawn, or others wait for the type
         and would get it first (nobody jumps the line); None when it may start."""
         assert request.gpu_type is not None and request.team is not None
-        waiting_count, free = quick_check(db, catalog, self.install, request.gpu_type)
+        waiting_count, free = reads.waiting, reads.free
         if free is not None and free < request.gpu_count:
             # Not enough free whatever the order: refused without reading the line.
-            capacity = usable_capacity(db, catalog, self.install, request.gpu_type)
-            why = _no_free(db, self.install, catalog, request, capacity, free)
+            why = _no_free(db, self.install, catalog, request, reads.capacity, free)
             return Decision(False, "no-free-gpu", why)
         if waiting_count == 0 or not catalog.waitlist.enabled:
             return None  # the common case: a few small queries, no line to read
@@ -197,28 +201,26 @@ class AdmissionEngine(LedgerBase):
 
     def _decide(
         self,
-        db: Session,
         catalog: Catalog,
         request: Request,
         now: datetime,
-        own_hold: GPUHold | None,
-        holds: list[GPUHold],
+        own_hold: HoldRow | None,
+        reads: AdmissionReads,
     ) -> Decision:
         """The admission decision on the team's usage read in this (locked) transaction: the
         same inputs `team_usage` gives the form's preview, plus the GPUs held for the team's
         people in line (not this spawn's own hold, which it uses up)."""
         assert request.team is not None
         team = request.team
-        spans = self._open_spans(db, team)
         held = [
             Holding(h.user, h.gpu_type, h.gpu_count)
-            for h in holds
+            for h in reads.holds
             if h.team == team and (own_hold is None or h.request_id != own_hold.request_id)
         ]
         usage = TeamUsage(
             user=request.user,
-            holdings=combine_holdings((*holdings_of(spans), *held)),
-            gpu_hours_this_month=self._hours_this_month(db, team, now, spans),
+            holdings=combine_holdings((*holdings_of(reads.spans), *held)),
+            gpu_hours_this_month=reads.gpu_hours_this_month(now),
         )
         return decide_in(
             catalog, team, usage, gpu_type=request.gpu_type, gpu_count=request.gpu_count, now=now
@@ -226,14 +228,7 @@ class AdmissionEngine(LedgerBase):
 
     def _lock_team(self, db: Session, team: str) -> None:
         if db.get_bind().dialect.name == "postgresql":
-            # One round trip: create the team's lock row if needed, and lock it either way
-            # (ON CONFLICT DO UPDATE locks the existing row until the transaction ends).
-            statement = pg_insert(TeamLock).values(team=team)
-            db.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["team"], set_={"team": statement.excluded.team}
-                )
-            )
+            db.execute(_team_lock_statement(), {"team": team})
         # SQLite: BEGIN IMMEDIATE already holds the database's write lock.
 
     def _close_stale(self, db: Session, user: str, server_name: str, now: datetime) -> None:
@@ -329,6 +324,16 @@ class AdmissionEngine(LedgerBase):
         return hours_this_month(db, team, now, spans)
 
 
+@lru_cache(maxsize=1)
+def _team_lock_statement() -> Any:
+    """One round trip: create the team's lock row if needed, and lock it either way (ON
+    CONFLICT DO UPDATE locks the existing row until the transaction ends); built once."""
+    statement = pg_insert(TeamLock).values(team=bindparam("team"))
+    return statement.on_conflict_do_update(
+        index_elements=["team"], set_={"team": statement.excluded.team}
+    )
+
+
 def _type_name(catalog: Catalog, gpu_type: str) -> str:
     known = catalog.gpu_types.get(gpu_type)
     return known.display_name if known else gpu_type
@@ -346,22 +351,30 @@ def _no_free(
     people in line whose turn it is)."""
     gpu_type = request.gpu_type or ""
     name = _type_name(catalog, gpu_type)
+    in_sessions = select(
+        literal("s").label("kind"),
+        UsageSession.user.label("user"),
+        UsageSession.server_name.label("server_name"),
+        UsageSession.gpu_count.label("gpu_count"),
+    ).where(
+        UsageSession.gpu_type == gpu_type,
+        UsageSession.ended_at.is_(None),
+        UsageSession.gpu_count > 0,
+        of_install(install),
+    )
+    in_holds = select(literal("h"), GPUHold.user, GPUHold.server_name, GPUHold.gpu_count).where(
+        GPUHold.gpu_type == gpu_type, same_install(GPUHold.install, install)
+    )
     servers: dict[str, int] = {}
-    for user, server_name, count in db.execute(
-        select(UsageSession.user, UsageSession.server_name, UsageSession.gpu_count).where(
-            UsageSession.gpu_type == gpu_type,
-            UsageSession.ended_at.is_(None),
-            UsageSession.gpu_count > 0,
-            of_install(install),
-        )
-    ):
+    holds: list[tuple[str, str, int]] = []
+    for kind, user, server_name, count in db.execute(union_all(in_sessions, in_holds)):
+        if kind == "h":
+            holds.append((user, server_name, count))
+            continue
         key = f"{user}/{server_name}"
         servers[key] = servers.get(key, 0) + count
     held = ", ".join(f"{k} ({n})" for k, n in sorted(servers.items())) or "no server"
-    line = ", ".join(
-        f"{h.user}/{h.server_name} ({h.gpu_count})"
-        for h in sorted(holds_of_type(db, install, gpu_type), key=lambda h: h.user)
-    )
+    line = ", ".join(f"{u}/{name} ({n})" for u, name, n in sorted(holds, key=lambda h: h[0]))
     return (
         f"no {name} is free for {request.user}/{request.server_name} ({request.gpu_count} "
         f"needed): {capacity} in all, {free} free, held by {held}"

@@ -8,9 +8,10 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import func, or_, select, true
+from sqlalchemy import bindparam, func, or_, select, true
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -41,9 +42,9 @@ DEFAULT_TYPICAL = timedelta(hours=1)
 TYPICAL_SAMPLE = 200
 """How many of a type's latest closed sessions give its typical length."""
 HALF_LIVES_BACK = 8
+"""Sessions that ended longer ago than this many half-lives weigh under 0.4 % and are not read."""
 JOIN_ORDER = datetime(2000, 1, 1, tzinfo=UTC)
 """`light_line` orders requests by their ledger id, as times from here (positions only)."""
-"""Sessions that ended longer ago than this many half-lives weigh under 0.4 % and are not read."""
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,17 @@ def lock_gpu_type(db: Session, gpu_type: str) -> None:
     """Hold the GPU type's lock until the transaction ends (PostgreSQL: its row; SQLite:
     BEGIN IMMEDIATE holds the whole database already). Take it before any team's lock."""
     if db.get_bind().dialect.name == "postgresql":
-        statement = pg_insert(GPUTypeLock).values(gpu_type=gpu_type)
-        db.execute(
-            statement.on_conflict_do_update(
-                index_elements=["gpu_type"], set_={"gpu_type": statement.excluded.gpu_type}
-            )
-        )
+        db.execute(_type_lock_statement(), {"gpu_type": gpu_type})
+
+
+@lru_cache(maxsize=1)
+def _type_lock_statement() -> Any:
+    """Create the type's lock row if needed and lock it either way, in one round trip (ON
+    CONFLICT DO UPDATE locks the existing row until the transaction ends); built once."""
+    statement = pg_insert(GPUTypeLock).values(gpu_type=bindparam("gpu_type"))
+    return statement.on_conflict_do_update(
+        index_elements=["gpu_type"], set_={"gpu_type": statement.excluded.gpu_type}
+    )
 
 
 def live_requests(db: Session, install: str | None, gpu_type: str) -> list[WaitlistRequest]:
@@ -110,6 +116,27 @@ def quick_check(
 ) -> tuple[int, int | None]:
     """(requests waiting for the type, GPUs of it free now or None when unlimited), in one
     statement: what admission looks at before it needs the whole line."""
+    return quick_check_result(
+        db.execute(select(*quick_check_columns(catalog, install, gpu_type))).one()
+    )
+
+
+def quick_check_columns(catalog: Catalog, install: str | None, gpu_type: str) -> tuple[Any, ...]:
+    """The scalar subqueries `quick_check` selects (for a caller that selects more beside them):
+    the requests waiting, and for a type of known, limited capacity the GPUs the install can get,
+    those in its open sessions and those held."""
+    return free_check_columns(install, gpu_type, limited_capacity(catalog, install, gpu_type))
+
+
+def limited_capacity(catalog: Catalog, install: str | None, gpu_type: str) -> bool:
+    """Whether the install can get only so many GPUs of the type (not autoscaled, known type,
+    an install to count for): what makes free GPUs worth counting."""
+    kind = catalog.gpu_types.get(gpu_type)
+    return not (kind is None or kind.autoscaled or install is None)
+
+
+def free_check_columns(install: Any, gpu_type: Any, limited: bool) -> tuple[Any, ...]:
+    """`quick_check_columns` with the install and GPU type as values or bind parameters."""
     waiting = (
         select(func.count())
         .where(
@@ -119,9 +146,8 @@ def quick_check(
         )
         .scalar_subquery()
     )
-    kind = catalog.gpu_types.get(gpu_type)
-    if kind is None or kind.autoscaled or install is None:
-        return int(db.scalar(select(waiting)) or 0), None
+    if not limited:
+        return (waiting,)
     capacity = (
         select(GPUCapacity.total - GPUCapacity.used_elsewhere)
         .where(GPUCapacity.install == install, GPUCapacity.gpu_type == gpu_type)
@@ -141,11 +167,23 @@ def quick_check(
         .where(GPUHold.gpu_type == gpu_type, GPUHold.install == install)
         .scalar_subquery()
     )
-    count, usable, used, held = db.execute(select(waiting, capacity, in_sessions, in_holds)).one()
-    if usable is None:
-        return int(count or 0), None
-    free = max(int(usable), 0) - int(used or 0) - int(held or 0)
-    return int(count or 0), max(free, 0)
+    return waiting, capacity, in_sessions, in_holds
+
+
+def quick_check_result(values: Sequence[Any]) -> tuple[int, int | None]:
+    """`quick_check`'s answer from the values of `quick_check_columns`."""
+    count, _, free = quick_check_figures(values)
+    return count, free
+
+
+def quick_check_figures(values: Sequence[Any]) -> tuple[int, int | None, int | None]:
+    """(requests waiting, GPUs the install can get, GPUs free) from the values of
+    `quick_check_columns`; the last two None when unlimited or unknown."""
+    count = int(values[0] or 0)
+    if len(values) == 1 or values[1] is None:
+        return count, None, None
+    usable, used, held = max(int(values[1]), 0), int(values[2] or 0), int(values[3] or 0)
+    return count, usable, max(usable - used - held, 0)
 
 
 def light_line(

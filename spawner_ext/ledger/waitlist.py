@@ -11,23 +11,22 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..catalog import Catalog
 from ..policy.admission import Holding, TeamUsage, decide_in
 from ..policy.waitlist import Waiting, estimates, positions, turns
+from .admission_reads import read_for_admission
 from .base import LedgerBase
 from .line import (
     LineView,
     light_line,
     live_requests,
     lock_gpu_type,
-    quick_check,
     read_line,
     same_install,
-    usable_capacity,
 )
 from .models import (
     LIVE_REQUEST_STATES,
@@ -38,8 +37,7 @@ from .models import (
 )
 from .outbox import enqueue
 from .rules import holdings_of
-from .sessions import dialect_insert, of_install
-from .team_reads import hours_this_month, open_spans
+from .sessions import dialect_insert
 
 STARTS = ("auto", "ask")
 WAITABLE = frozenset({"gpu-quota", "no-free-gpu", "line"})
@@ -210,10 +208,15 @@ class WaitlistLedger(LedgerBase):
 
     # --- changes -----------------------------------------------------------------------------
 
-    def join(self, catalog: Catalog, request: JoinRequest) -> WaitRequest:
+    def join(self, catalog: Catalog, request: JoinRequest, place: bool = True) -> WaitRequest:
         """Put a request in line (or give it its turn at once when a GPU is free for it).
         Raises AlreadyWaiting (409) when the user waits for that server already or it runs,
-        NotWaitable (400) when waiting cannot help."""
+        NotWaitable (400) when waiting cannot help.
+
+        The join itself is a short transaction under the GPU type's lock; the new request's
+        place is worked out after it, from a read that holds no lock (the whole line and the
+        teams' recent use: tens of milliseconds with a thousand waiting), and stored unless the
+        service's pass placed it first. `place=False` leaves that to the service's next pass."""
         if request.start not in STARTS:
             raise WaitlistError(f"start must be 'auto' or 'ask', not {request.start!r}")
         if request.gpu_count < 1:
@@ -225,20 +228,34 @@ class WaitlistLedger(LedgerBase):
         now = self.clock()
         with self._sessions.begin() as db:
             lock_gpu_type(db, request.gpu_type)
-            self._check_free_to_join(db, request)
+            self._check_not_waiting(db, request)
+            reads = read_for_admission(
+                db,
+                catalog,
+                self.install,
+                team=request.team,
+                user=request.user,
+                server_name=request.server_name,
+                gpu_type=request.gpu_type,
+                now=now,
+            )
+            if reads.stale:
+                raise AlreadyWaiting(
+                    f"{_server(request.user, request.server_name)} is running or starting; stop "
+                    "it first, or wait for another named server"
+                )
             # Waiting cannot cure a spent budget or the user's own cap: refused as a spawn is.
             # The team's quota being held is what the line is for, so it is judged on the
             # user's own holdings (their sessions and holds) only.
-            team_spans = open_spans(db, request.team)
-            spans = [s for s in team_spans if s.user == request.user]
-            holds = db.scalars(
-                select(GPUHold).where(GPUHold.team == request.team, GPUHold.user == request.user)
-            )
             usage = TeamUsage(
                 user=request.user,
-                holdings=holdings_of(spans)
-                + tuple(Holding(h.user, h.gpu_type, h.gpu_count) for h in holds),
-                gpu_hours_this_month=hours_this_month(db, request.team, now, team_spans),
+                holdings=holdings_of(s for s in reads.spans if s.user == request.user)
+                + tuple(
+                    Holding(h.user, h.gpu_type, h.gpu_count)
+                    for h in reads.holds
+                    if h.team == request.team and h.user == request.user
+                ),
+                gpu_hours_this_month=reads.gpu_hours_this_month(now),
             )
             decision = decide_in(
                 catalog,
@@ -250,7 +267,7 @@ class WaitlistLedger(LedgerBase):
             )
             if not decision.admitted and decision.reason not in WAITABLE:
                 raise NotWaitable(decision.message, decision.reason or "refused")
-            self._check_could_ever_start(db, catalog, request)
+            self._check_could_ever_start(catalog, request, reads.capacity)
             row = WaitlistRequest(
                 install=self.install,
                 user=request.user,
@@ -273,23 +290,41 @@ class WaitlistLedger(LedgerBase):
                     f"{_server(request.user, request.server_name)} is already waiting in line; "
                     "cancel that request first, or follow it"
                 ) from None
-            _, free = quick_check(db, catalog, self.install, request.gpu_type)
-            if free is None or free >= 1:
+            served = reads.free is None or reads.free >= 1
+            if served:
                 # a GPU may be free for someone: give turns now (and place the line)
                 self._serve_type(db, catalog, request.gpu_type, now, ServeResult())
-            else:
-                # nothing is free: only this request's place; its estimate (and everyone's
-                # places) come with the service's next pass, which the API asks for at once
-                row.position = self._place_of(db, catalog, row, now)
-            return self._view(db, catalog, [row])[0]
+            joined = self._view(db, catalog, [row])[0]
+        if served or not place or joined.state != "waiting":
+            return joined
+        # Nothing was free: only this request's place, after the lock is let go; its estimate
+        # (and everyone's places) come with the service's next pass, which the API asks for.
+        position = self._place_after_join(catalog, joined.id, request.gpu_type, now)
+        return replace(joined, position=position)
 
-    def _place_of(
-        self, db: Session, catalog: Catalog, row: WaitlistRequest, now: datetime
+    def _place_after_join(
+        self, catalog: Catalog, uid: str, gpu_type: str, now: datetime
     ) -> int | None:
-        line = light_line(db, catalog, self.install, row.gpu_type, now)
-        return positions(line).get(row.uid)
+        """A newly joined request's place, read without a lock, then stored unless a pass of
+        the service has placed it (or it has ended) meanwhile."""
+        with self._reads() as db:
+            line = light_line(db, catalog, self.install, gpu_type, now)
+        position = positions(line).get(uid)
+        if position is None:
+            return None
+        with self._sessions.begin() as db:
+            db.execute(
+                update(WaitlistRequest)
+                .where(
+                    WaitlistRequest.uid == uid,
+                    WaitlistRequest.state == "waiting",
+                    WaitlistRequest.position.is_(None),
+                )
+                .values(position=position)
+            )
+        return position
 
-    def _check_free_to_join(self, db: Session, request: JoinRequest) -> None:
+    def _check_not_waiting(self, db: Session, request: JoinRequest) -> None:
         live = db.scalar(
             select(WaitlistRequest.uid).where(
                 same_install(WaitlistRequest.install, self.install),
@@ -303,21 +338,10 @@ class WaitlistLedger(LedgerBase):
                 f"{_server(request.user, request.server_name)} is already waiting in line "
                 f"(request {live}); cancel it first, or follow it"
             )
-        running = db.scalar(
-            select(UsageSession.uid).where(
-                of_install(self.install),
-                UsageSession.user == request.user,
-                UsageSession.server_name == request.server_name,
-                UsageSession.ended_at.is_(None),
-            )
-        )
-        if running is not None:
-            raise AlreadyWaiting(
-                f"{_server(request.user, request.server_name)} is running or starting; stop it "
-                "first, or wait for another named server"
-            )
 
-    def _check_could_ever_start(self, db: Session, catalog: Catalog, request: JoinRequest) -> None:
+    def _check_could_ever_start(
+        self, catalog: Catalog, request: JoinRequest, capacity: int | None
+    ) -> None:
         """A request that no turn could ever serve is refused, not left waiting: more GPUs than
         the team's quota of the type, or than the type has in all."""
         quota = catalog.teams[request.team].quota.gpus.get(request.gpu_type, 0)
@@ -330,7 +354,6 @@ class WaitlistLedger(LedgerBase):
                 "smaller profile, or ask an admin to raise the team's quota.",
                 "gpu-quota",
             )
-        capacity = usable_capacity(db, catalog, self.install, request.gpu_type)
         if capacity is not None and request.gpu_count > capacity:
             raise NotWaitable(
                 f"there are {capacity} {name} in all, and {request.profile!r} needs "

@@ -91,6 +91,8 @@ def test_no_free_gpu_refuses_a_direct_spawn_and_the_line_takes_it(
 
     ada = ledger.join(catalog, join("ada"))
     assert (ada.state, ada.position, ada.estimated_start) == ("waiting", 1, None)
+    # the place worked out after the join's transaction is stored, not only answered
+    assert ledger.get(catalog, ada.id).position == 1  # type: ignore[union-attr]
     ledger.serve(catalog)  # the service's next pass works the whole line out
     placed = ledger.get(catalog, ada.id)
     assert placed is not None and placed.position == 1
@@ -189,6 +191,11 @@ def test_a_hold_not_used_expires_and_goes_to_the_next(
     lin = ledger.join(catalog, join("lin"))
     ledger.close(sessions[0], EndReason.STOPPED)
     ledger.serve(catalog)
+    with pytest.raises(AdmissionRefused) as refused:  # the held GPU is nobody else's
+        ledger.admit(catalog, spawn("grace", team="nlp"))
+    assert refused.value.decision.message.endswith(
+        "2 in all, 0 free, held by n1/ (1), and set aside for people in line: ada/ (1)."
+    )
     clock.advance(seconds=catalog.waitlist.hold.total_seconds() - 1)
     ledger.serve(catalog)
     assert ledger.get(catalog, ada.id).state == "held"  # type: ignore[union-attr]

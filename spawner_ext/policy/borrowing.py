@@ -1,0 +1,258 @@
+"""Borrowing other teams' unallocated quota of a GPU type, and giving it back: whose quota a spawn
+uses, which loans move when a lender wants its own quota back, and which borrowed servers are
+reclaimed. Pure: no I/O; the ledger gathers each team's standing and acts on the answer.
+
+The rules (issue 20; `docs/explanation/borrowing.md` says why):
+
+- *Own or borrowed, whole.* A spawn that fits its team's own quota (`own` GPUs held + its GPUs
+  <= quota) is an own server, and an own server is never reclaimed. Any other spawn borrows all
+  of its GPUs from other teams of its cohort; it is never part own, part borrowed, because
+  reclaiming it stops all of its GPUs.
+- *What may be lent* (`lendable`): a team's quota less what it holds itself less what it lends
+  already, capped by its `lend_limit` less what it lends already.
+- *What may be borrowed*: at most the borrower's `borrow_limit` in all, from lenders in the
+  order of the most lendable first (then by key), so loans spread where quota is idlest.
+- *A lender that wants its quota back* (`take_back`): a spawn that fits its own quota but finds
+  part of it lent. First the loans move to other lenders with lendable quota (nothing stops);
+  only what cannot move is reclaimed from borrowed servers (`choose_reclaims`).
+- *Which borrowed servers are reclaimed* (`choose_reclaims`): only those that have run
+  `min_runtime`; idle ones before busy ones (a GPU whose use cannot be told counts as busy);
+  among each, as few servers as cover the need, with the fewest GPUs stopped beyond it, and
+  then the longest running first.
+- *A borrowed server becomes own* (`conversions`) when its team's own quota has room for it
+  again (oldest first): from then on it is never reclaimed, and its session is split there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+
+@dataclass(frozen=True)
+class Share:
+    """One team's standing for one GPU type within its cohort."""
+
+    team: str
+    quota: int
+    own: int = 0
+    """GPUs of the type its own servers (and holds) take, on its own quota."""
+    borrowed: int = 0
+    """GPUs of the type its borrowed servers take, on other teams' quota."""
+    lent: int = 0
+    """GPUs of its quota that other teams' borrowed servers take."""
+    borrow_limit: int = 0
+    lend_limit: int | None = None
+    """None: it lends all of its quota."""
+
+
+@dataclass(frozen=True)
+class Loan:
+    """GPUs of `lender`'s quota that a borrowed server takes."""
+
+    lender: str
+    gpus: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Whose quota a spawn uses: its own (no loans), or loans from others."""
+
+    borrowed: bool
+    loans: tuple[Loan, ...] = ()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a spawn can use neither its own quota nor borrowed quota."""
+
+    reason: str
+    """"gpu-quota" (over its own quota and nothing, or not enough, may be borrowed),
+    "borrow-limit" (it would borrow more than its team may)."""
+    message: str
+
+
+def lendable(share: Share) -> int:
+    """GPUs of the type `share`'s team may lend now."""
+    room = share.quota - share.own - share.lent
+    if share.lend_limit is not None:
+        room = min(room, share.lend_limit - share.lent)
+    return max(room, 0)
+
+
+def fits_own(share: Share, gpus: int) -> bool:
+    """Whether a spawn of `gpus` fits the team's own quota (lent GPUs included: taking them back
+    is the lenders' business, `take_back`)."""
+    return share.own + gpus <= share.quota
+
+
+def place(shares: Mapping[str, Share], team: str, gpus: int) -> Placement | Refusal:
+    """Whose quota a spawn of `gpus` GPUs by `team` uses. `shares` holds the team and the other
+    teams of its cohort (for one GPU type). An own spawn whose quota is partly lent needs
+    `take_back` before it starts."""
+    me = shares[team]
+    if fits_own(me, gpus):
+        return Placement(borrowed=False)
+    if me.borrowed + gpus > me.borrow_limit:
+        return Refusal(
+            "borrow-limit",
+            f"team {team!r} may hold {me.quota} on its own quota ({me.own} held) and borrow "
+            f"{me.borrow_limit} ({me.borrowed} borrowed); {gpus} more is over both",
+        )
+    loans = _loans({t: s for t, s in shares.items() if t != team}, gpus)
+    if loans is None:
+        lend = sum(lendable(s) for t, s in shares.items() if t != team)
+        return Refusal(
+            "gpu-quota",
+            f"team {team!r} has {me.quota - me.own} of its own quota free and other teams lend "
+            f"{lend} now; {gpus} needed",
+        )
+    return Placement(borrowed=True, loans=loans)
+
+
+def _loans(lenders: Mapping[str, Share], gpus: int) -> tuple[Loan, ...] | None:
+    """`gpus` GPUs from `lenders`, the most lendable first (then by key); None if they lack them."""
+    order = sorted(lenders.values(), key=lambda s: (-lendable(s), s.team))
+    loans: list[Loan] = []
+    left = gpus
+    for share in order:
+        take = min(lendable(share), left)
+        if take > 0:
+            loans.append(Loan(share.team, take))
+            left -= take
+        if left == 0:
+            return tuple(loans)
+    return None
+
+
+@dataclass(frozen=True)
+class BorrowedServer:
+    """A running borrowed server of the type, as reclaiming needs it."""
+
+    id: str
+    team: str
+    gpus: int
+    loans: tuple[Loan, ...]
+    started_at: datetime
+    idle: bool
+    """Its GPUs idle as the culler sees them (NVML samples and kernel activity). False when it
+    cannot be told (a MIG slice, no samples): such a server counts as busy."""
+
+
+@dataclass(frozen=True)
+class Move:
+    """Part of a borrowed server's loan moves from one lender to another (nothing stops)."""
+
+    server: str
+    from_lender: str
+    to_lender: str
+    gpus: int
+
+
+@dataclass(frozen=True)
+class TakeBack:
+    """What gives `lender` back `gpus` of its quota: loans moved to other lenders, and what is
+    left to reclaim from borrowed servers (`choose_reclaims`)."""
+
+    moves: tuple[Move, ...]
+    reclaim: int
+
+
+def take_back(
+    shares: Mapping[str, Share],
+    lender: str,
+    gpus: int,
+    servers: Sequence[BorrowedServer],
+) -> TakeBack:
+    """`lender` needs `gpus` more of its own quota than is unlent: move loans from it to other
+    lenders of the cohort with lendable quota (the most lendable first), servers holding the most
+    of its quota first; what cannot move must be reclaimed."""
+    need = max(gpus - max(shares[lender].quota - shares[lender].own - shares[lender].lent, 0), 0)
+    need = min(need, shares[lender].lent)
+    room = {t: lendable(s) for t, s in shares.items() if t != lender}
+    moves: list[Move] = []
+    owed = sorted(
+        ((s, sum(loan.gpus for loan in s.loans if loan.lender == lender)) for s in servers),
+        key=lambda pair: (-pair[1], pair[0].started_at, pair[0].id),
+    )
+    for server, lent_here in owed:
+        left = min(lent_here, need)
+        for to in sorted(room, key=lambda t: (-room[t], t)):
+            if left == 0:
+                break
+            if to == server.team:
+                continue  # a team does not borrow from itself
+            take = min(room[to], left)
+            if take > 0:
+                moves.append(Move(server.id, lender, to, take))
+                room[to] -= take
+                left -= take
+                need -= take
+        if need == 0:
+            break
+    return TakeBack(moves=tuple(moves), reclaim=need)
+
+
+def choose_reclaims(
+    servers: Sequence[BorrowedServer],
+    lender: str,
+    gpus: int,
+    now: datetime,
+    min_runtime: timedelta,
+) -> tuple[BorrowedServer, ...]:
+    """The borrowed servers to stop so that `lender` gets `gpus` of its quota back: only those
+    that have run `min_runtime` and borrow from `lender`; idle before busy; within each, a single
+    server that covers what is left if one does (the one with the fewest GPUs, then the longest
+    running), else the one that gives the most (then the longest running), and again. Fewer
+    than `gpus` may be found (the rest waits for servers to pass `min_runtime`)."""
+    eligible = [s for s in servers if now - s.started_at >= min_runtime and _from(s, lender) > 0]
+    chosen: list[BorrowedServer] = []
+    left = gpus
+    for idle in (True, False):
+        pool = [s for s in eligible if s.idle is idle]
+        while left > 0 and pool:
+            covers = [s for s in pool if _from(s, lender) >= left]
+            if covers:
+                pick = min(covers, key=lambda s: (_from(s, lender), s.started_at, s.id))
+            else:
+                pick = min(pool, key=lambda s: (-_from(s, lender), s.started_at, s.id))
+            chosen.append(pick)
+            pool.remove(pick)
+            left -= _from(pick, lender)
+        if left <= 0:
+            break
+    return tuple(chosen)
+
+
+def _from(server: BorrowedServer, lender: str) -> int:
+    return sum(loan.gpus for loan in server.loans if loan.lender == lender)
+
+
+def conversions(share: Share, servers: Iterable[BorrowedServer]) -> tuple[BorrowedServer, ...]:
+    """The team's borrowed servers that its own quota now has room for, oldest first: each
+    becomes an own server (its loans end) while `own` + its GPUs stays within the quota."""
+    chosen: list[BorrowedServer] = []
+    own = share.own
+    for server in sorted(servers, key=lambda s: (s.started_at, s.id)):
+        if server.team == share.team and own + server.gpus <= share.quota:
+            chosen.append(server)
+            own += server.gpus
+    return tuple(chosen)
+
+
+def after(
+    shares: Mapping[str, Share], team: str, placement: Placement, gpus: int
+) -> dict[str, Share]:
+    """The shares once a spawn placed as `placement` holds its GPUs (for a caller that places
+    several in turn, e.g. the wait-list's turns)."""
+    out = dict(shares)
+    me = out[team]
+    if not placement.borrowed:
+        out[team] = replace(me, own=me.own + gpus)
+        return out
+    out[team] = replace(me, borrowed=me.borrowed + gpus)
+    for loan in placement.loans:
+        lender = out[loan.lender]
+        out[loan.lender] = replace(lender, lent=lender.lent + loan.gpus)
+    return out

@@ -1,0 +1,327 @@
+"""Table tests of the borrowing decisions (policy/borrowing.py): whose quota a spawn uses, what a
+lender may lend, moving loans before reclaiming, which borrowed servers are reclaimed, and when a
+borrowed server becomes own. Each row's expectation is worked out by hand from the rules in the
+module's docstring.
+
+Broken once each (then restored): `fits_own` counting lent GPUs as held made row "lender with
+all lent, own spawn" a borrow; `choose_reclaims` without the idle pass first chose the busy old
+server in "idle before busy"; without the `min_runtime` filter "too young" chose the young one;
+`take_back` without moves reclaimed 2 in "moves first"."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from spawner_ext.policy.borrowing import (
+    BorrowedServer,
+    Loan,
+    Move,
+    Placement,
+    Refusal,
+    Share,
+    after,
+    choose_reclaims,
+    conversions,
+    lendable,
+    place,
+    take_back,
+)
+
+NOW = datetime(2026, 12, 5, 12, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+def shares(*items: Share) -> dict[str, Share]:
+    return {s.team: s for s in items}
+
+
+@pytest.mark.parametrize(
+    ("share", "expected"),
+    [
+        (Share("a", quota=4), 4),
+        (Share("a", quota=4, own=1), 3),
+        (Share("a", quota=4, own=1, lent=2), 1),
+        (Share("a", quota=4, own=5), 0),  # over its quota (a reload lowered it): lends nothing
+        (Share("a", quota=4, lend_limit=2), 2),
+        (Share("a", quota=4, lend_limit=2, lent=2), 0),
+        (Share("a", quota=4, lend_limit=3, lent=1, own=2), 1),
+        (Share("a", quota=4, lend_limit=0), 0),
+        (Share("a", quota=0), 0),
+    ],
+)
+def test_what_a_team_may_lend(share: Share, expected: int) -> None:
+    assert lendable(share) == expected
+
+
+@pytest.mark.parametrize(
+    ("label", "teams", "team", "gpus", "expected"),
+    [
+        (
+            "within its own quota",
+            [Share("a", 4, own=2, borrow_limit=4), Share("b", 4)],
+            "a",
+            2,
+            Placement(borrowed=False),
+        ),
+        (
+            "lender with all lent, own spawn: still own (take_back gives it back)",
+            [Share("a", 2, lent=2), Share("b", 0, borrowed=2, borrow_limit=4)],
+            "a",
+            1,
+            Placement(borrowed=False),
+        ),
+        (
+            "over its quota: borrows the whole server",
+            [Share("a", 2, own=1, borrow_limit=4), Share("b", 4, own=1)],
+            "a",
+            2,
+            Placement(borrowed=True, loans=(Loan("b", 2),)),
+        ),
+        (
+            "the most lendable first, then by key",
+            [Share("a", 0, borrow_limit=8), Share("b", 4, own=3), Share("c", 4), Share("d", 4)],
+            "a",
+            6,
+            Placement(borrowed=True, loans=(Loan("c", 4), Loan("d", 2))),
+        ),
+        (
+            "lend_limit caps a lender",
+            [Share("a", 0, borrow_limit=8), Share("b", 8, lend_limit=1), Share("c", 2)],
+            "a",
+            3,
+            Placement(borrowed=True, loans=(Loan("c", 2), Loan("b", 1))),
+        ),
+        (
+            "borrow_limit",
+            [Share("a", 1, own=1, borrowed=1, borrow_limit=2), Share("b", 8)],
+            "a",
+            2,
+            Refusal("borrow-limit", ""),
+        ),
+        (
+            "no borrowing allowed (limit 0)",
+            [Share("a", 1, own=1), Share("b", 8)],
+            "a",
+            1,
+            Refusal("borrow-limit", ""),
+        ),
+        (
+            "not enough lendable in the cohort",
+            [Share("a", 0, borrow_limit=8), Share("b", 2, own=1), Share("c", 2, lent=1)],
+            "a",
+            3,
+            Refusal("gpu-quota", ""),
+        ),
+    ],
+)
+def test_whose_quota_a_spawn_uses(
+    label: str, teams: list[Share], team: str, gpus: int, expected: Placement | Refusal
+) -> None:
+    got = place(shares(*teams), team, gpus)
+    if isinstance(expected, Refusal):
+        assert isinstance(got, Refusal), label
+        assert got.reason == expected.reason, label
+        assert got.message, label
+    else:
+        assert got == expected, label
+
+
+def test_refusals_say_what_is_free() -> None:
+    got = place(shares(Share("a", 2, own=2, borrow_limit=4), Share("b", 2, own=1)), "a", 2)
+    assert got == Refusal(
+        "gpu-quota", "team 'a' has 0 of its own quota free and other teams lend 1 now; 2 needed"
+    )
+
+
+def borrowed(
+    id: str,
+    team: str,
+    loans: dict[str, int],
+    age: timedelta,
+    idle: bool = False,
+) -> BorrowedServer:
+    return BorrowedServer(
+        id=id,
+        team=team,
+        gpus=sum(loans.values()),
+        loans=tuple(Loan(k, v) for k, v in loans.items()),
+        started_at=NOW - age,
+        idle=idle,
+    )
+
+
+@pytest.mark.parametrize(
+    ("label", "teams", "servers", "gpus", "moves", "reclaim"),
+    [
+        (
+            "unlent room covers it: nothing moves",
+            [Share("a", 4, own=1, lent=2), Share("x", 0, borrowed=2)],
+            [borrowed("s1", "x", {"a": 2}, HOUR)],
+            1,
+            (),
+            0,
+        ),
+        (
+            "moves first",
+            [Share("a", 2, lent=2), Share("b", 4, own=1), Share("x", 0, borrowed=2)],
+            [borrowed("s1", "x", {"a": 2}, HOUR)],
+            2,
+            (Move("s1", "a", "b", 2),),
+            0,
+        ),
+        (
+            "part moves, the rest is reclaimed",
+            [Share("a", 3, lent=3), Share("b", 2, own=1), Share("x", 0, borrowed=3)],
+            [borrowed("s1", "x", {"a": 2}, HOUR), borrowed("s2", "x", {"a": 1}, 2 * HOUR)],
+            3,
+            (Move("s1", "a", "b", 1),),
+            2,
+        ),
+        (
+            "nobody else lends: all reclaimed",
+            [Share("a", 2, lent=2), Share("x", 0, borrowed=2)],
+            [borrowed("s1", "x", {"a": 2}, HOUR)],
+            2,
+            (),
+            2,
+        ),
+        (
+            "never more than is lent",
+            [Share("a", 2, own=1, lent=1), Share("x", 0, borrowed=1)],
+            [borrowed("s1", "x", {"a": 1}, HOUR)],
+            4,
+            (),
+            1,
+        ),
+        (
+            "a loan does not move to its own borrower",
+            [Share("a", 1, lent=1), Share("x", 4, own=0, borrowed=1)],
+            [borrowed("s1", "x", {"a": 1}, HOUR)],
+            1,
+            (),
+            1,
+        ),
+    ],
+)
+def test_a_lender_takes_its_quota_back(
+    label: str,
+    teams: list[Share],
+    servers: list[BorrowedServer],
+    gpus: int,
+    moves: tuple[Move, ...],
+    reclaim: int,
+) -> None:
+    got = take_back(shares(*teams), "a", gpus, servers)
+    assert (got.moves, got.reclaim) == (moves, reclaim), label
+
+
+@pytest.mark.parametrize(
+    ("label", "servers", "gpus", "chosen"),
+    [
+        (
+            "idle before busy",
+            [
+                borrowed("busy-old", "x", {"a": 1}, 5 * HOUR),
+                borrowed("idle-new", "x", {"a": 1}, 2 * HOUR, idle=True),
+            ],
+            1,
+            ["idle-new"],
+        ),
+        (
+            "too young: min_runtime protects it",
+            [
+                borrowed("young-idle", "x", {"a": 1}, HOUR - timedelta(seconds=1), idle=True),
+                borrowed("old-busy", "x", {"a": 1}, 3 * HOUR),
+            ],
+            1,
+            ["old-busy"],
+        ),
+        (
+            "exactly min_runtime old may be reclaimed",
+            [borrowed("s", "x", {"a": 1}, HOUR)],
+            1,
+            ["s"],
+        ),
+        (
+            "the longest running first among equals",
+            [
+                borrowed("b", "x", {"a": 1}, 2 * HOUR),
+                borrowed("a", "y", {"a": 1}, 4 * HOUR),
+                borrowed("c", "x", {"a": 1}, 3 * HOUR),
+            ],
+            2,
+            ["a", "c"],
+        ),
+        (
+            "one server that covers it, the smallest: fewest stopped",
+            [
+                borrowed("four", "x", {"a": 4}, 9 * HOUR, idle=True),
+                borrowed("two", "x", {"a": 2}, 2 * HOUR, idle=True),
+                borrowed("one", "x", {"a": 1}, 8 * HOUR, idle=True),
+            ],
+            2,
+            ["two"],
+        ),
+        (
+            "none covers it: the biggest first",
+            [
+                borrowed("one", "x", {"a": 1}, 8 * HOUR, idle=True),
+                borrowed("two", "x", {"a": 2}, 2 * HOUR, idle=True),
+                borrowed("one-b", "x", {"a": 1}, 3 * HOUR, idle=True),
+            ],
+            3,
+            ["two", "one"],
+        ),
+        (
+            "only servers that borrow from this lender",
+            [
+                borrowed("other", "x", {"b": 2}, 9 * HOUR, idle=True),
+                borrowed("mine", "x", {"a": 1, "b": 1}, 2 * HOUR),
+            ],
+            1,
+            ["mine"],
+        ),
+        (
+            "idle ones do not cover it: busy ones too",
+            [
+                borrowed("idle", "x", {"a": 1}, 2 * HOUR, idle=True),
+                borrowed("busy", "x", {"a": 1}, 2 * HOUR),
+            ],
+            2,
+            ["idle", "busy"],
+        ),
+        ("nothing eligible", [borrowed("s", "x", {"a": 1}, 10 * timedelta(minutes=1))], 1, []),
+        ("nothing needed", [borrowed("s", "x", {"a": 1}, 2 * HOUR)], 0, []),
+    ],
+)
+def test_which_borrowed_servers_are_reclaimed(
+    label: str, servers: list[BorrowedServer], gpus: int, chosen: list[str]
+) -> None:
+    got = choose_reclaims(servers, "a", gpus, NOW, min_runtime=HOUR)
+    assert [s.id for s in got] == chosen, label
+
+
+def test_a_borrowed_server_becomes_own_when_its_quota_has_room_oldest_first() -> None:
+    servers = [
+        borrowed("new", "x", {"a": 1}, HOUR),
+        borrowed("old", "x", {"a": 2}, 3 * HOUR),
+        borrowed("mid", "x", {"a": 1}, 2 * HOUR),
+        borrowed("other-team", "y", {"a": 1}, 9 * HOUR),
+    ]
+    got = conversions(Share("x", quota=4, own=1, borrowed=4), servers)
+    # room for 3: "old" (2) then "mid" (1); "new" no longer fits
+    assert [s.id for s in got] == ["old", "mid"]
+    assert conversions(Share("x", quota=1, own=1, borrowed=4), servers) == ()
+
+
+def test_after_counts_a_placement_on_every_side() -> None:
+    before = shares(Share("a", 0, borrow_limit=4), Share("b", 2), Share("c", 2))
+    placement = place(before, "a", 3)
+    assert isinstance(placement, Placement)
+    got = after(before, "a", placement, 3)
+    assert (got["a"].borrowed, got["b"].lent, got["c"].lent) == (3, 2, 1)
+    assert lendable(got["b"]) + lendable(got["c"]) == 1
+    own = after(got, "b", Placement(borrowed=False), 1)
+    assert (own["b"].own, own["b"].lent) == (1, 2)

@@ -133,7 +133,7 @@ class BudgetAlerter:
             for alert in alerts
         ]
         added = self.outbox.queue(messages, emails, webhook, now)
-        for alert in alerts:
+        for alert in alerts if added else ():  # none added: another service queued them
             log.info(
                 "service: budget alert queued: team %s crossed %s%% (%s) of %s",
                 key,

@@ -9,12 +9,17 @@
  * activity), which relays the service's answer to its reports; "Keep it" POSTs
  * <base>/gpuhub/keep (counted as activity, and recorded by the service, which starts the idle
  * clocks again).
+ *
+ * The same poll feeds the GPU meter in the status bar (meter.ts).
  */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { Notification } from '@jupyterlab/apputils';
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
+import { IStatusBar } from '@jupyterlab/statusbar';
 import { Widget } from '@lumino/widgets';
+
+import { MeterItem, MeterStatus } from './meter';
 
 const POLL_MS = 15_000;
 
@@ -38,20 +43,20 @@ interface BudgetNotice {
   message: string;
 }
 
-interface Status {
+interface Status extends MeterStatus {
   enabled: boolean;
   warning?: CullWarning | null;
   budget?: BudgetNotice | null;
 }
 
-async function call(path: string, init: RequestInit = {}): Promise<Status> {
+async function call<T = Status>(path: string, init: RequestInit = {}): Promise<T> {
   const settings = ServerConnection.makeSettings();
   const url = URLExt.join(settings.baseUrl, 'gpuhub', path);
   const response = await ServerConnection.makeRequest(url, init, settings);
   if (!response.ok) {
     throw new Error(`gpuhub ${path}: ${response.status}`);
   }
-  return (await response.json()) as Status;
+  return (await response.json()) as T;
 }
 
 /** One sentence of the banner: a stop Keep cannot delay, or the team's budget. */
@@ -132,13 +137,25 @@ const plugin: JupyterFrontEndPlugin<void> = {
   id: '@gpuhub/culling-warning:plugin',
   description:
     'Warns before gpuhub stops this server (with a Keep button where Keep helps), and ' +
-    "shows the team's GPU budget from its warning threshold on.",
+    "shows the team's GPU budget from its warning threshold on; a GPU meter in the status bar.",
   autoStart: true,
-  activate: (app: JupyterFrontEnd) => {
+  optional: [IStatusBar],
+  activate: (app: JupyterFrontEnd, statusBar: IStatusBar | null) => {
     let shown: string | null = null; // the cull time and reason of the warning on screen
     let notification: string | null = null;
     const banner = new NoticeBanner();
     app.shell.add(banner, 'header');
+    let meter: MeterItem | null = null;
+    const showMeter = (status: Status): void => {
+      if (!status.enabled || statusBar === null) {
+        return; // not a gpuhub server, or a JupyterLab without a status bar
+      }
+      if (meter === null) {
+        meter = new MeterItem(() => call('history'), POLL_MS);
+        statusBar.registerStatusItem(meter.id, { item: meter, align: 'left', rank: 1000 });
+      }
+      meter.setStatus(status);
+    };
 
     const keep = async (): Promise<void> => {
       try {
@@ -216,6 +233,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       const budget = status.enabled ? (status.budget ?? null) : null;
       showWarning(warning);
       showBanner(warning, budget);
+      showMeter(status);
     };
 
     void app.restored.then(() => {

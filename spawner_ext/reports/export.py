@@ -49,7 +49,15 @@ def table(rows: Iterable[UsageRow], by: tuple[Dimension, ...]) -> str:
     names = columns(by)
     body = [[_cell(name, row.as_json(by)[name]) for name in names] for row in rows]
     widths = [max([len(name), *(len(r[i]) for r in body)]) for i, name in enumerate(names)]
-    numeric = {"gpu_hours", "cost", "idle_gpu_hours", "sessions"}
+    numeric = {
+        "gpu_hours",
+        "cost",
+        "idle_gpu_hours",
+        "sessions",
+        "busy_gpu_hours",
+        "measured_gpu_hours",
+        "utilization",
+    }
 
     def render(cells: list[str]) -> str:
         return "  ".join(
@@ -67,4 +75,6 @@ def table(rows: Iterable[UsageRow], by: tuple[Dimension, ...]) -> str:
 def _cell(name: str, value: Any) -> str:
     if value is None:
         return "-"
+    if name == "utilization":
+        return f"{value:.1%}"
     return f"{value:.2f}" if name == "cost" else str(value)

@@ -5,7 +5,13 @@ A session counts from `started_at` for the seconds it was billed (`gpu_seconds /
 after it ended; until now while open). Its seconds are split exactly at the edges of the period
 and of each day: a session from 23:00 to 01:00 puts one hour in each day. Cost is the session's
 price per hour (of the whole server, as in force when it was admitted: later price changes never
-rewrite history) times its hours in the row."""
+rewrite history) times its hours in the row.
+
+Utilisation is GPU-seconds busy over GPU-seconds measured: the notebook extension's reports
+(ledger table session_gpu_use, per session and UTC day) say, for the time they cover, how many of
+a session's GPUs were above the culling threshold. Held time no report covered (a server without
+the extension, a MIG slice whose utilisation NVML does not tell, a gap in the reports) is neither
+busy nor idle: it is not measured, and a row with none measured has no utilisation (None)."""
 
 from __future__ import annotations
 
@@ -33,10 +39,17 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..ledger.engine import READ_ONLY
-from ..ledger.models import IdleGPUDay, ServerActivity, UsageSession
+from ..ledger.models import (
+    UTILIZATION_COLUMNS,
+    IdleGPUDay,
+    ServerActivity,
+    SessionGPUUse,
+    UsageSession,
+)
 from .query import Dimension, UsageQuery
 
 HOURS = Decimal("0.0001")
+RATIO = Decimal("0.0001")
 CENTS = Decimal("0.01")
 EPOCH_JULIAN_DAY = 2440587.5
 DAY_SECONDS = 86400
@@ -64,6 +77,13 @@ class UsageRow:
     """The ledger session's key, when grouped by session."""
     end_reason: str | None = None
     """How the row's sessions ended (`running`: not yet), when grouped by end_reason."""
+    measured_gpu_hours: Decimal = Decimal(0)
+    """GPU-hours of the row whose utilisation the notebook extension's reports measured."""
+    busy_gpu_hours: Decimal | None = None
+    """Of those, GPU-hours busy (above the culling threshold); None when none was measured."""
+    utilization: Decimal | None = None
+    """Busy over measured GPU-seconds (0 to 1, 4 decimals); None when none was measured (0
+    means measured and never busy, never "not known")."""
 
     def as_json(self, by: tuple[Dimension, ...]) -> dict[str, Any]:
         row: dict[str, Any] = {"team": self.team}
@@ -76,6 +96,9 @@ class UsageRow:
             currency=self.currency,
             idle_gpu_hours=None if self.idle_gpu_hours is None else float(self.idle_gpu_hours),
             sessions=self.sessions,
+            busy_gpu_hours=None if self.busy_gpu_hours is None else float(self.busy_gpu_hours),
+            measured_gpu_hours=float(self.measured_gpu_hours),
+            utilization=None if self.utilization is None else float(self.utilization),
         )
         return row
 
@@ -90,6 +113,9 @@ def columns(by: tuple[Dimension, ...]) -> list[str]:
         "currency",
         "idle_gpu_hours",
         "sessions",
+        "busy_gpu_hours",
+        "measured_gpu_hours",
+        "utilization",
     ]
 
 
@@ -111,7 +137,7 @@ def usage_rows(engine: Engine, query: UsageQuery, now: datetime) -> Iterator[Usa
             yield _row(found._mapping, query)
 
 
-def _billed(dialect: str, query: UsageQuery, now: datetime) -> Any:
+def billed_sessions(dialect: str, query: UsageQuery, now: datetime) -> Any:
     """Each session of the report, with the part of its billed time inside the period, in epoch
     seconds (`low`, `high`) and whole days from the period's start (`first_day`, `last_day`)."""
     period = query.period
@@ -140,6 +166,7 @@ def _billed(dialect: str, query: UsageQuery, now: datetime) -> Any:
             s.gpu_count,
             s.end_reason,
             cast(s.price_per_hour, Float).label("price"),
+            s.price_per_hour.label("price_per_hour"),
             low.label("low"),
             high.label("high"),
             _floor(dialect, (low - origin) / DAY_SECONDS).label("first_day"),
@@ -189,7 +216,7 @@ def _overlapping(query: UsageQuery) -> Any:
 
 def span_statement(dialect: str, query: UsageQuery, now: datetime) -> Select[Any]:
     """How many day boundaries the longest session of the report crosses."""
-    billed = _billed(dialect, query, now)
+    billed = billed_sessions(dialect, query, now)
     return select(func.max(billed.c.last_day - billed.c.first_day))
 
 
@@ -197,7 +224,7 @@ def usage_statement(dialect: str, query: UsageQuery, now: datetime, span: int = 
     """The aggregation. Grouped by day, each session is joined with the day offsets it covers
     (PostgreSQL: generate_series per session; SQLite: the offsets 0..`span`, kept when
     covered), so the work grows with the sessions and their length, not with the period."""
-    billed = _billed(dialect, query, now)
+    billed = billed_sessions(dialect, query, now)
     groups: list[Any] = [billed.c.team.label("team"), billed.c.currency.label("currency")]
     seconds: Any = billed.c.high - billed.c.low
     source: Any = billed
@@ -226,6 +253,7 @@ def usage_statement(dialect: str, query: UsageQuery, now: datetime, span: int = 
         condition = seconds > 0
         groups.append(day)
     idle_seconds, source = _with_idle(dialect, query, billed, source, day if by_day else None)
+    (busy, measured), source = _with_use(dialect, query, billed, source, day if by_day else None)
     for dimension in (Dimension.USER, Dimension.PROFILE, Dimension.GPU_TYPE, Dimension.END_REASON):
         if dimension in query.by:
             groups.append(billed.c[dimension.value].label(dimension.value))
@@ -241,6 +269,8 @@ def usage_statement(dialect: str, query: UsageQuery, now: datetime, span: int = 
         func.sum(seconds * billed.c.price).label("price_seconds"),
         func.count(func.distinct(billed.c.id)).label("sessions"),
         func.sum(idle_seconds).label("idle_seconds"),
+        func.sum(busy).label("busy_gpu_seconds"),
+        func.sum(measured).label("measured_gpu_seconds"),
     ).select_from(source)
     if condition is not None:
         statement = statement.where(condition)
@@ -255,12 +285,7 @@ def _with_idle(dialect: str, query: UsageQuery, billed: Any, source: Any, day: A
     period = query.period
     keys: list[Any] = [d.session_id]
     if day is not None:
-        offset: Any
-        if dialect == "sqlite":
-            offset = cast(func.julianday(d.day) - func.julianday(period.since.isoformat()), Integer)
-        else:
-            offset = d.day - literal(period.since)
-        keys.append(offset.label("k"))
+        keys.append(_day_offset(dialect, d.day, query).label("k"))
     idle = (
         select(*keys, func.sum(d.gpu_seconds).label("gpu_seconds"))
         .where(d.day >= period.since, d.day < period.until)
@@ -274,6 +299,41 @@ def _with_idle(dialect: str, query: UsageQuery, billed: Any, source: Any, day: A
     source = source.outerjoin(sampled, sampled.c.session_id == billed.c.id).outerjoin(idle, joined)
     value = case((sampled.c.session_id.is_(None), None), else_=func.coalesce(idle.c.gpu_seconds, 0))
     return value, source
+
+
+def _with_use(dialect: str, query: UsageQuery, billed: Any, source: Any, day: Any) -> Any:
+    """Each row's busy and measured GPU-seconds (the session's GPU use on the period's days, per
+    day when grouped by day), and the source joined with them: NULL for a session without GPU
+    use (never reported: nothing is known)."""
+    u = SessionGPUUse
+    period = query.period
+    keys: list[Any] = [u.session_id]
+    if day is not None:
+        keys.append(_day_offset(dialect, u.day, query).label("k"))
+    measured_seconds = sum((u.__table__.c[name] for name in UTILIZATION_COLUMNS), literal(0))
+    use = (
+        select(
+            *keys,
+            func.sum(u.busy_gpu_seconds).label("busy_gpu_seconds"),
+            func.sum(measured_seconds).label("measured_seconds"),
+        )
+        .where(u.day >= period.since, u.day < period.until)
+        .group_by(*keys)
+        .subquery("use")
+    )
+    joined = use.c.session_id == billed.c.id
+    if day is not None:
+        joined = and_(joined, use.c.k == day.element)
+    measured = use.c.measured_seconds * billed.c.gpu_count
+    return (use.c.busy_gpu_seconds, measured), source.outerjoin(use, joined)
+
+
+def _day_offset(dialect: str, column: Any, query: UsageQuery) -> Any:
+    """Days from the period's first day to a Date column's day."""
+    since = query.period.since
+    if dialect == "sqlite":
+        return cast(func.julianday(column) - func.julianday(since.isoformat()), Integer)
+    return column - literal(since)
 
 
 def _offsets(span: int) -> Any:
@@ -308,6 +368,8 @@ def _row(found: Any, query: UsageQuery) -> UsageRow:
     price_seconds = Decimal(repr(float(found["price_seconds"] or 0)))
     idle = found["idle_seconds"]
     idle_hours = None if idle is None else (Decimal(int(idle)) / 3600).quantize(HOURS)
+    measured = int(found["measured_gpu_seconds"] or 0)
+    busy = None if not measured else int(found["busy_gpu_seconds"] or 0)
     day = found["day"] if Dimension.DAY in by else None
     if day is not None:
         day = query.period.since + timedelta(days=int(day))
@@ -324,4 +386,7 @@ def _row(found: Any, query: UsageQuery) -> UsageRow:
         cost=(price_seconds / 3600).quantize(CENTS, rounding=ROUND_HALF_UP),
         sessions=int(found["sessions"]),
         idle_gpu_hours=idle_hours,
+        measured_gpu_hours=(Decimal(measured) / 3600).quantize(HOURS),
+        busy_gpu_hours=None if busy is None else (Decimal(busy) / 3600).quantize(HOURS),
+        utilization=None if busy is None else (Decimal(busy) / measured).quantize(RATIO),
     )

@@ -56,9 +56,15 @@ def test_table_csv_and_json_have_the_same_rows(
         "currency",
         "idle_gpu_hours",
         "sessions",
+        "busy_gpu_hours",
+        "measured_gpu_hours",
+        "utilization",
     ]
-    assert lines[2].split() == ["vision", "ada", "h100-80gb", "4.0", "16.40", "USD", "-", "1"]
-    assert lines[3].split() == ["vision", "lin", "a100-40gb", "1.0", "4.10", "USD", "-", "1"]
+    unmeasured = ["-", "0.0", "-"]  # busy, measured, utilisation: no report measured any
+    ada = ["vision", "ada", "h100-80gb", "4.0", "16.40", "USD", "-", "1", *unmeasured]
+    lin = ["vision", "lin", "a100-40gb", "1.0", "4.10", "USD", "-", "1", *unmeasured]
+    assert lines[2].split() == ada
+    assert lines[3].split() == lin
     _, as_csv, _ = run(capsys, *base, "--format", "csv")
     _, as_json, _ = run(capsys, *base, "--format", "json")
     rows = json.loads(as_json)["rows"]

@@ -75,6 +75,9 @@ def test_by_user_splits_sessions_at_the_period_and_keeps_each_sessions_price(
             "currency": "USD",
             "idle_gpu_hours": None,
             "sessions": 2,
+            "busy_gpu_hours": None,
+            "measured_gpu_hours": 0.0,
+            "utilization": None,
         },
         # 2 h at 4.10 + 1 h at 5.00 + 10 s at 3600.00 an hour
         {
@@ -85,6 +88,9 @@ def test_by_user_splits_sessions_at_the_period_and_keeps_each_sessions_price(
             "currency": "USD",
             "idle_gpu_hours": None,
             "sessions": 3,
+            "busy_gpu_hours": None,
+            "measured_gpu_hours": 0.0,
+            "utilization": None,
         },
     ]
 
@@ -186,6 +192,9 @@ def test_columns_follow_the_grouping() -> None:
         "currency",
         "idle_gpu_hours",
         "sessions",
+        "busy_gpu_hours",
+        "measured_gpu_hours",
+        "utilization",
     ]
 
 

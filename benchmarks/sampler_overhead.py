@@ -4,25 +4,101 @@ gpuhub service, here a stub in another process) run many times in a process of i
 with that process's CPU clock. Printed: CPU milliseconds per cycle and the share of one core at
 the default interval (10 s) and at 1 s, for 1 and 8 GPUs. Target: < 0.5 % of a core.
 
+Then the GPU meter's cost (`--no-meter` skips it):
+- per open JupyterLab page, notebook side: the page's requests per minute (the status poll it
+  shares with the culling warning; the history while the panel is open) and the server's CPU per
+  request: the extension's own status and history bodies (a full hour of samples) served by
+  tornado in a process of its own, whose CPU clock is read before and after (jupyter_server's
+  authentication is not in it);
+- the service's cost of serving 1,000 open meters: the meter asks the service nothing (its
+  figures ride on the answer to the reports each server sends anyway, every 10 s); what it adds
+  to each answer is `session_body` and a read of the team's budget state at most every 10 s per
+  team, both timed here on a SQLite ledger with 1,000 running sessions in 10 teams.
+Targets: < 0.5 % of a core per page, < 5 % of a core for the service at 1,000 meters.
+
 Run: .venv/bin/python -m benchmarks.sampler_overhead
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
+from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
+from sqlalchemy import insert
+
+from spawner_ext.catalog import load_catalog
+from spawner_ext.clock import utcnow
 from spawner_ext.fakenvml import FakeGPU, FakeNVML, FakeProcess, build, environment, write_config
+from spawner_ext.ledger.budgets import team_budget_state
+from spawner_ext.ledger.engine import upgrade
+from spawner_ext.ledger.models import UsageSession
+from spawner_ext.ledger.store import Ledger
+from spawner_ext.service.activity_api import session_body
 from spawner_ext.up import free_port
 
 CYCLES = 2000
 TARGET_PERCENT = 0.5
+REQUESTS = 500
+"""Meter requests per row (status, history)."""
+SERVICE_CALLS = 2000
+SERVICE_TARGET_PERCENT = 5.0
+METERS = 1000
+TEAMS = 10
+POLL_SECONDS = 15
+"""The page's status poll (labextension/src/index.ts POLL_MS), and the panel's history poll."""
+REPORT_SECONDS = 10
+ROOT = Path(__file__).parents[1]
+
+PAGE_SERVER = """
+import json, logging, sys, time
+from datetime import UTC, datetime, timedelta
+from tornado import ioloop, web
+from spawner_ext.notebook.extension import GPUReporter, ReporterSettings
+from spawner_ext.notebook.sampler import Activity, GPUSample
+from spawner_ext.notebook.visible import Visible
+
+gpus = int(sys.argv[2])
+settings = ReporterSettings("http://127.0.0.1:9/", "t", "", 10.0, Visible())
+now = datetime.now(UTC)
+reporter = GPUReporter(settings, {}, None, logging.getLogger("bench"), clock=lambda: now)
+samples = [
+    GPUSample(f"GPU-{n}", "NVIDIA H100 80GB HBM3", False, 40 + n, 2**34, 80 * 2**30, 1)
+    for n in range(gpus)
+]
+for k in range(361):  # a full hour, every 10 s
+    reporter.history.add(now - timedelta(seconds=3600 - 10 * k), samples)
+reporter.state.samples, reporter.state.activity = tuple(samples), Activity.BUSY
+reporter.state.session = json.loads(sys.argv[3])
+
+class Status(web.RequestHandler):  # as the extension's handlers build their bodies
+    def get(self):
+        self.finish(json.dumps({"enabled": True, **reporter.state.as_json()}))
+
+class History(web.RequestHandler):
+    def get(self):
+        body = {"enabled": True, **reporter.history.as_json(reporter.clock())}
+        self.finish(json.dumps(body, separators=(",", ":")))
+
+class CPU(web.RequestHandler):
+    def get(self):
+        self.finish({"cpu": time.process_time()})
+
+web.Application([("/status", Status), ("/history", History), ("/cpu", CPU)]).listen(
+    int(sys.argv[1]), "127.0.0.1"
+)
+print("ready", flush=True)
+ioloop.IOLoop.current().start()
+"""
 
 STUB = """
 import sys
@@ -90,7 +166,137 @@ def measure(gpus: int, port: int, library: Path, workdir: Path) -> dict[str, flo
     return result
 
 
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        body: bytes = response.read()
+        return body
+
+
+def page_costs(gpus: int, session: dict[str, object]) -> dict[str, tuple[float, int]]:
+    """Path -> (server CPU seconds per request, body bytes), for a page of a server with
+    `gpus` GPUs and a full hour of history."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", PAGE_SERVER, str(port), str(gpus), json.dumps(session)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    found = {}
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        base = f"http://127.0.0.1:{port}"
+        for path in ("/status", "/history"):
+            size = len(_get(base + path))
+            for _ in range(20):
+                _get(base + path)  # warm up
+            before = json.loads(_get(base + "/cpu"))["cpu"]
+            for _ in range(REQUESTS):
+                _get(base + path)
+            after = json.loads(_get(base + "/cpu"))["cpu"]
+            found[path] = ((after - before) / REQUESTS, size)
+    finally:
+        server.terminate()
+        server.wait(10)
+        if server.stdout is not None:
+            server.stdout.close()
+    return found
+
+
+def service_costs(workdir: Path) -> tuple[float, float, dict[str, object]]:
+    """(CPU s per session_body, CPU s per team budget read, one session body) on a SQLite
+    ledger with METERS running sessions in TEAMS teams."""
+    catalog = load_catalog(ROOT / "hub_config" / "catalog.yaml")
+    url = f"sqlite:///{workdir / 'meter-ledger.sqlite'}"
+    upgrade(url)
+    ledger = Ledger.open(url)
+    now = utcnow()
+    teams = [f"team{n}" for n in range(TEAMS)]
+    rows = [
+        {
+            "user": f"u{n:05d}",
+            "team": teams[n % TEAMS],
+            "server_name": "",
+            "profile": "h100-single",
+            "gpu_type": "h100-80gb",
+            "gpu_count": 1,
+            "price_per_hour": Decimal("4.10"),
+            "currency": "USD",
+            "requested_at": now - timedelta(hours=2),
+            "started_at": now - timedelta(hours=2),
+            "last_seen_at": now,
+            "catalog_version": "bench",
+        }
+        for n in range(METERS)
+    ]
+    with ledger.engine.begin() as db:
+        db.execute(insert(UsageSession), rows)
+    sessions = ledger.open_sessions()
+    assert len(sessions) == METERS
+    for s in sessions:  # charged to a team the catalog knows, with a budget and a stop stage
+        s.team = "vision"
+    state = team_budget_state(ledger, "team0")
+    body = session_body(sessions[0], catalog, state, None, now)
+    start = time.process_time()
+    for n in range(SERVICE_CALLS):
+        session_body(sessions[n % METERS], catalog, state, None, now)
+    per_body = (time.process_time() - start) / SERVICE_CALLS
+    reads = SERVICE_CALLS // 10
+    start = time.process_time()
+    for n in range(reads):
+        team_budget_state(ledger, teams[n % TEAMS])
+    per_read = (time.process_time() - start) / reads
+    ledger.engine.dispose()
+    return per_body, per_read, body
+
+
+def meter(workdir: Path) -> None:
+    per_body, per_read, session = service_costs(workdir)
+    print()
+    print(f"GPU meter, per open JupyterLab page (a full hour of history; {REQUESTS} requests)")
+    print(f"Target < {TARGET_PERCENT} % of a core")
+    print()
+    print("| GPUs | request | per minute | server CPU ms per request | body bytes | % of a core |")
+    print("|---|---|---|---|---|---|")
+    per_minute = 60 / POLL_SECONDS
+    for gpus in (1, 8):
+        costs = page_costs(gpus, session)
+        total = 0.0
+        for path, label in (("/status", "status (always)"), ("/history", "history (panel open)")):
+            cpu, size = costs[path]
+            share = cpu * per_minute / 60 * 100
+            total += share
+            print(
+                f"| {gpus} | {label} | {per_minute:.0f} | {cpu * 1000:.3f} | {size} | {share:.4f} |"
+            )
+        print(f"| {gpus} | both, panel open | {2 * per_minute:.0f} | | | {total:.4f} |")
+    reports = METERS / REPORT_SECONDS
+    reads = TEAMS / REPORT_SECONDS
+    service = (reports * per_body + reads * per_read) * 100
+    print()
+    print(
+        f"Service, {METERS} open meters on {METERS} servers in {TEAMS} teams (SQLite ledger); "
+        f"target < {SERVICE_TARGET_PERCENT} % of a core"
+    )
+    print()
+    print("| work | per second | CPU ms each | % of a core |")
+    print("|---|---|---|---|")
+    print("| meter requests to the service | 0 | | 0 |")
+    print(
+        f"| session_body in each report's answer | {reports:.0f} | {per_body * 1000:.3f} | "
+        f"{reports * per_body * 100:.3f} |"
+    )
+    print(
+        f"| team budget reads (one per team per {REPORT_SECONDS} s) | {reads:.0f} | "
+        f"{per_read * 1000:.3f} | {reads * per_read * 100:.3f} |"
+    )
+    print(f"| total | | | {service:.3f} |")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-meter", action="store_true", help="skip the GPU meter's figures")
+    args = parser.parse_args(argv)
     library = build()
     port = free_port()
     stub = subprocess.Popen(
@@ -126,6 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| {gpus} | {cpu * 1000:.3f} | {wall * 1000:.3f} | {hourly:.2f} | "
             f"{hourly / 3600 * 100:.4f} | {cpu * 100:.3f} |"
         )
+    if not args.no_meter:
+        with tempfile.TemporaryDirectory() as tmp:
+            meter(Path(tmp))
     return 0
 
 

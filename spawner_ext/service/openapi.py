@@ -165,7 +165,10 @@ OPENAPI: dict[str, Any] = {
                 "with the server's JupyterHub token (a token reports only for its owner's "
                 "servers). Answered whether or not the service culls.",
                 "requestBody": _json("ActivityReport"),
-                "responses": _ok("ActivityAnswer", "The server's warning and budget notice."),
+                "responses": _ok(
+                    "ActivityAnswer",
+                    "The server's warning, budget notice and what its GPU meter shows.",
+                ),
             }
         },
         "/keep": {
@@ -472,6 +475,80 @@ OPENAPI: dict[str, Any] = {
                             },
                             "leads": {"type": "string", "description": "Whom to ask."},
                             "message": {"type": "string"},
+                        },
+                    },
+                    "session": {"$ref": "#/components/schemas/MeterSession"},
+                },
+            },
+            "MeterSession": {
+                "type": "object",
+                "nullable": True,
+                "description": "What the server's GPU meter in JupyterLab shows of its session; "
+                "null without a running session.",
+                "properties": {
+                    "started_at": {"type": "string", "format": "date-time", "nullable": True},
+                    "profile": {"type": "string"},
+                    "profile_name": {"type": "string"},
+                    "gpu_type": {"type": "string", "nullable": True},
+                    "gpu_type_name": {"type": "string", "nullable": True},
+                    "gpu_count": {"type": "integer"},
+                    "team": {"type": "string", "nullable": True},
+                    "team_name": {"type": "string", "nullable": True},
+                    "price_per_hour": {
+                        "type": "number",
+                        "description": "The server's price (all its GPUs) as admitted.",
+                    },
+                    "currency": {"type": "string"},
+                    "cost": {
+                        "type": "number",
+                        "description": "At `cost_at`: seconds since `started_at` times "
+                        "`price_per_hour` over 3,600 (the ledger's billing rule).",
+                    },
+                    "cost_at": {"type": "string", "format": "date-time"},
+                    "budget": {
+                        "type": "object",
+                        "nullable": True,
+                        "description": "The charged team's GPU-hours this month, for a team "
+                        "with a monthly budget; null otherwise.",
+                        "properties": {
+                            "monthly_gpu_hours": {"type": "number"},
+                            "gpu_hours_used": {"type": "number"},
+                            "gpu_hours_left": {
+                                "type": "number",
+                                "description": "0 at or past 100 %.",
+                            },
+                            "percent_used": {"type": "integer"},
+                            "resets_at": {"type": "string", "format": "date-time"},
+                        },
+                    },
+                    "deadlines": {
+                        "type": "array",
+                        "description": "Every rule that can stop the server, the soonest first.",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "reason": {
+                                    "type": "string",
+                                    "enum": ["max-age", "budget", "culled-gpu-idle", "culled-idle"],
+                                },
+                                "at": {
+                                    "type": "string",
+                                    "format": "date-time",
+                                    "nullable": True,
+                                    "description": "Null while the rule's clock is not running "
+                                    "(budget not used up, a GPU busy) and, for culled-idle, "
+                                    "until the culler warns.",
+                                },
+                                "after_seconds": {
+                                    "type": "integer",
+                                    "description": "The rule's length: max_age, an idle "
+                                    "timeout, the budget's grace.",
+                                },
+                                "keep": {
+                                    "type": "boolean",
+                                    "description": "Whether Keep can delay this stop.",
+                                },
+                            },
                         },
                     },
                 },

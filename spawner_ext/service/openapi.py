@@ -118,6 +118,27 @@ OPENAPI: dict[str, Any] = {
                 "responses": _ok("Usage", "The report.", csv=True),
             }
         },
+        "/rightsizing": {
+            "get": {
+                "summary": "Right-sizing hints per team, user and profile; the possible saving",
+                "parameters": [
+                    {
+                        "name": "team",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "A team (repeatable). Default: every team you may read.",
+                    },
+                    {
+                        "name": "user",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "Only this user's sessions.",
+                    },
+                    *_PERIOD,
+                ],
+                "responses": _ok("Hints", "The hints, the largest saving first in each team."),
+            }
+        },
         "/allocations": {
             "get": {
                 "summary": "Servers holding GPUs now",
@@ -305,6 +326,62 @@ OPENAPI: dict[str, Any] = {
                         "reports; null when no session of the row was sampled.",
                     },
                     "sessions": {"type": "integer"},
+                    "busy_gpu_hours": {
+                        "type": "number",
+                        "nullable": True,
+                        "description": "GPU-hours above the culling threshold, of those measured; "
+                        "null when none was measured.",
+                    },
+                    "measured_gpu_hours": {
+                        "type": "number",
+                        "description": "GPU-hours whose utilisation the notebook extension's "
+                        "reports measured (0 where none: no extension, MIG slices).",
+                    },
+                    "utilization": {
+                        "type": "number",
+                        "nullable": True,
+                        "description": "busy_gpu_hours / measured_gpu_hours (0 to 1); null when "
+                        "nothing was measured (never counted as idle).",
+                    },
+                },
+            },
+            "Hints": {
+                "type": "object",
+                "properties": {
+                    "since": {"type": "string", "format": "date"},
+                    "until": {"type": "string", "format": "date"},
+                    "teams": {"type": "array", "items": {"type": "string"}, "nullable": True},
+                    "rows": {"type": "array", "items": {"$ref": "#/components/schemas/Hint"}},
+                },
+            },
+            "Hint": {
+                "type": "object",
+                "properties": {
+                    "team": {"type": "string", "nullable": True},
+                    "user": {"type": "string"},
+                    "profile": {"type": "string"},
+                    "gpu_type": {"type": "string"},
+                    "sessions": {"type": "integer"},
+                    "measured_sessions": {
+                        "type": "integer",
+                        "description": "Sessions the notebook extension's reports measured (the "
+                        "ones judged and saved on).",
+                    },
+                    "gpu_hours": {"type": "number", "description": "Held in the period."},
+                    "observed_hours": {"type": "number"},
+                    "busy_percent": {"type": "integer", "nullable": True},
+                    "p95_percent": {"type": "integer", "nullable": True},
+                    "peak_memory_mib": {"type": "integer", "nullable": True},
+                    "memory_total_mib": {"type": "integer", "nullable": True},
+                    "suggested_profile": {"type": "string", "nullable": True},
+                    "suggested_price_per_hour": {"type": "number", "nullable": True},
+                    "price_per_hour": {"type": "number", "nullable": True},
+                    "possible_saving": {
+                        "type": "number",
+                        "description": "What the suggestion would have saved in the period.",
+                    },
+                    "currency": {"type": "string"},
+                    "hint": {"type": "string", "description": "The suggestion, or why none."},
                 },
             },
             "Usage": {

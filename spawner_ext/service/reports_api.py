@@ -1,8 +1,8 @@
 """The service's report API under /services/gpu-usage/api/v1/: usage (JSON, or CSV streamed in
-constant memory), live allocations, a team's budget burn-down, the catalog's status, the
-service's status with its last error (admins) and an OpenAPI description. Authenticated by
-JupyterHub (OAuth in the browser, or a JupyterHub API token in `Authorization: token ...`);
-what each asker may read is reports/access.py."""
+constant memory), right-sizing hints, live allocations, a team's budget burn-down, the catalog's
+status, the service's status with its last error (admins) and an OpenAPI description.
+Authenticated by JupyterHub (OAuth in the browser, or a JupyterHub API token in
+`Authorization: token ...`); what each asker may read is reports/access.py."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from ..reports.access import (
 )
 from ..reports.budget import burn_down
 from ..reports.export import csv_lines, json_document
+from ..reports.hint_query import read_hints
 from ..reports.query import Dimension, ReportError, UsageQuery, current_month, parse_usage_query
 from ..reports.usage import usage_rows
 from .app import GPUHubService
@@ -113,6 +114,29 @@ class UsageHandler(APIHandler):
             if n % CSV_FLUSH_ROWS == 0:
                 await self.flush()
         self.finish()
+
+
+class HintsHandler(APIHandler):
+    """GET api/v1/rightsizing?team=&since=&until=&user=: per team, user and profile, the cheaper
+    profile that would have done and the period's possible saving (the teams one may read)."""
+
+    def get(self) -> None:
+        access = self.access()
+        params = self.params()
+        if "by" in params or "format" in params:
+            raise web.HTTPError(
+                400, "hints are per team, user and profile, as JSON: give team, since, until, user"
+            )
+        query = self.query(access, params)
+        rows = read_hints(self.service.ledger(), self.service.store.catalog, query, utcnow())
+        self.write_json(
+            {
+                "since": query.period.since.isoformat(),
+                "until": query.period.until.isoformat(),
+                "teams": list(query.teams) if query.teams is not None else None,
+                "rows": [row.as_json() for row in rows],
+            }
+        )
 
 
 class AllocationsHandler(APIHandler):
@@ -243,6 +267,7 @@ def report_handlers(
     return [
         (rf"{prefix}metrics", MetricsHandler, {**args, "registry": registry}),
         (rf"{prefix}api/v1/usage", UsageHandler, args),
+        (rf"{prefix}api/v1/rightsizing", HintsHandler, args),
         (rf"{prefix}api/v1/allocations", AllocationsHandler, args),
         (rf"{prefix}api/v1/budget", BudgetHandler, args),
         (rf"{prefix}api/v1/catalog", CatalogHandler, args),

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from .conftest import Hub, usage_hub
+from .measured import BUSY_SECONDS, HELD_SECONDS, Measured, add_measured_session
 
 ROOT = Path(__file__).parents[2]
 
@@ -22,6 +23,11 @@ ROOT = Path(__file__).parents[2]
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     with usage_hub(tmp_path_factory.mktemp("reports")) as started:
         yield started
+
+
+@pytest.fixture(scope="module")
+def measured(hub: Hub) -> Measured:
+    return add_measured_session(hub)
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +161,7 @@ def test_the_openapi_description_is_served(hub: Hub) -> None:
     document = get(hub, "openapi.json", None).json()
     assert set(document["paths"]) == {
         "/usage",
+        "/rightsizing",
         "/allocations",
         "/budget",
         "/catalog",
@@ -167,6 +174,43 @@ def test_the_openapi_description_is_served(hub: Hub) -> None:
         "/waitlist/{id}",
         "/waitlist/{id}/start",
     }
+
+
+@pytest.mark.integration
+def test_a_lead_reads_her_teams_utilisation_and_right_sizing_hints(
+    hub: Hub, tokens: dict[str, str], measured: Measured
+) -> None:
+    """ben's two measured hours last month, 200 s busy: utilisation 200 / 7200; at most 6 GiB,
+    busy 3 % of the time: a MIG slice (10 GiB, 0.30/h, which vision may start) would have done,
+    saving (4.10 - 0.30) x 2 h. broken once: the hints read without reports/access.py's
+    narrowing (grace read vision's hints: 200, not 403)."""
+    usage = rows(get(hub, f"usage?team=vision&by=user&{measured.period}", tokens["ada"]))
+    ben = next(r for r in usage if r["user"] == "ben")
+    assert (ben["busy_gpu_hours"], ben["measured_gpu_hours"], ben["utilization"]) == (
+        round(BUSY_SECONDS / 3600, 4),
+        HELD_SECONDS / 3600,
+        round(BUSY_SECONDS / HELD_SECONDS, 4),
+    )
+    as_csv = get(hub, f"usage?team=vision&by=user&{measured.period}&format=csv", tokens["ada"])
+    line = next(r for r in csv.DictReader(io.StringIO(as_csv.text)) if r["user"] == "ben")
+    assert float(line["utilization"]) == ben["utilization"]
+    response = get(hub, f"rightsizing?team=vision&{measured.period}", tokens["ada"])
+    assert response.status_code == 200, response.text
+    (hint,) = [r for r in response.json()["rows"] if r["user"] == "ben"]
+    assert (hint["profile"], hint["suggested_profile"], hint["busy_percent"]) == (
+        "h100-single",
+        "mig-slice",
+        3,
+    )
+    assert hint["possible_saving"] == pytest.approx((4.10 - 0.30) * 2)
+    assert "would have cost 0.30 USD/h instead of 4.10 USD/h" in hint["hint"]
+    # nobody else reads vision's hints; a member reads only their own; no grouping to choose
+    refused = get(hub, f"rightsizing?team=vision&{measured.period}", tokens["grace"])
+    assert refused.status_code == 403 and "you may not read" in refused.json()["message"]
+    own = get(hub, f"rightsizing?{measured.period}", tokens["lin"]).json()["rows"]
+    assert own == [], "lin had no session last month"
+    grouped = get(hub, "rightsizing?by=user", tokens["ada"])
+    assert grouped.status_code == 400 and "per team, user and profile" in grouped.json()["message"]
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from .conftest import Hub, usage_hub, wait_for
+from .measured import BUSY_SECONDS, HELD_SECONDS, add_measured_session
 
 ROOT = Path(__file__).parents[2]
 ARTIFACTS = Path(os.environ.get("GPUHUB_ARTIFACTS", "/tmp/gpuhub-artifacts"))
@@ -186,3 +187,25 @@ def test_the_home_page_shows_a_running_servers_gpus_and_cost_and_links_the_usage
     page.screenshot(path=str(ARTIFACTS / "home-running-servers.png"), full_page=True)
     page.get_by_role("link", name="GPU usage", exact=True).first.click()
     page.wait_for_selector("#gpuhub-usage")
+
+
+def test_a_lead_sees_utilisation_and_a_right_sizing_hint(page: Any, hub: Hub) -> None:
+    """ben's measured session last month (tests/integration/measured.py): 200 of 7200 seconds
+    busy, at most 6 GiB; the lead picks last month and reads the utilisation and the hint.
+    broken once: usage.js without the hints call (the hints table stayed empty)."""
+    measured = add_measured_session(hub)
+    open_usage(page, hub, "ada")
+    stamp = loaded(page)
+    page.fill("#gpuhub-since", measured.since.isoformat())
+    page.fill("#gpuhub-until", measured.until.isoformat())
+    page.click("#gpuhub-show")
+    loaded(page, stamp)
+    (ben,) = [r for r in table(page, "#gpuhub-usage-table") if r["user"] == "ben"]
+    assert ben["utilization"] == f"{100 * BUSY_SECONDS / HELD_SECONDS:.1f} %"
+    assert float(ben["measured_gpu_hours"]) == HELD_SECONDS / 3600
+    (hint,) = [r for r in table(page, "#gpuhub-hints") if r["user"] == "ben"]
+    assert hint["profile"] == "h100-single" and hint["busy_percent"] == "3 %"
+    assert "`mig-slice` would have cost 0.30 USD/h instead of 4.10 USD/h" in hint["hint"]
+    assert hint["possible_saving"] == f"{(4.10 - 0.30) * HELD_SECONDS / 3600:.2f}"
+    page.locator("#gpuhub-hints").scroll_into_view_if_needed()
+    shot(page, "lead-utilisation-and-hints")

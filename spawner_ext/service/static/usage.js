@@ -5,9 +5,18 @@
   const settings = window.gpuhubSettings;
   const $ = (id) => document.getElementById(id);
   const charts = {};
-  const NUMERIC = new Set(["gpu_hours", "cost", "idle_gpu_hours", "sessions", "gpu_count"]);
+  const NUMERIC = new Set([
+    "gpu_hours", "cost", "idle_gpu_hours", "sessions", "gpu_count", "busy_gpu_hours",
+    "measured_gpu_hours", "utilization", "busy_percent", "possible_saving",
+  ]);
+  // How some columns read (the cell's data-value keeps the number, for sorting).
+  const SHOWN = {
+    utilization: (v) => (v === null ? "not measured" : `${(v * 100).toFixed(1)} %`),
+    busy_percent: (v) => (v === null ? "" : `${v} %`),
+    possible_saving: (v) => v.toFixed(2),
+  };
 
-  function params(format) {
+  function params(format, grouped = true) {
     const query = new URLSearchParams();
     const team = $("gpuhub-team").value;
     if (team) query.append("team", team);
@@ -15,7 +24,7 @@
     query.append("since", $("gpuhub-since").value);
     query.append("until", $("gpuhub-until").value);
     const by = [...document.querySelectorAll("input[name=by]:checked")].map((e) => e.value);
-    if (by.length) query.append("by", by.join(","));
+    if (by.length && grouped) query.append("by", by.join(","));
     if (format) query.append("format", format);
     return query;
   }
@@ -59,7 +68,9 @@
       for (const name of columns) {
         const cell = line.insertCell();
         const value = row[name];
-        cell.textContent = value === null || value === undefined ? "" : String(value);
+        const shown = SHOWN[name];
+        cell.textContent = shown && value !== undefined ? shown(value)
+          : value === null || value === undefined ? "" : String(value);
         if (NUMERIC.has(name)) cell.classList.add("text-end");
         cell.dataset.value = value === null ? "" : String(value);
       }
@@ -110,7 +121,8 @@
     $("gpuhub-download-csv").href = settings.api + "usage?" + params("csv");
     $("gpuhub-download-json").href = settings.api + "usage?" + params("json");
     const report = await api("usage?" + query);
-    const columns = ["team", ...report.by, "gpu_hours", "cost", "currency", "idle_gpu_hours", "sessions"];
+    const columns = ["team", ...report.by, "gpu_hours", "cost", "currency", "idle_gpu_hours", "sessions",
+      "busy_gpu_hours", "measured_gpu_hours", "utilization"];
     fill($("gpuhub-usage-table"), columns, report.rows);
     const daily = new URLSearchParams(query);
     daily.set("by", "day");
@@ -122,6 +134,13 @@
       data: labels.map((d) => days.rows.filter((r) => r.day === d && r.team === team)
         .reduce((sum, r) => sum + r.gpu_hours, 0)),
     })));
+  }
+
+  async function showHints() {
+    const found = await api("rightsizing?" + params(null, false));
+    fill($("gpuhub-hints"),
+      ["team", "user", "profile", "sessions", "gpu_hours", "busy_percent", "hint", "possible_saving", "currency"],
+      found.rows);
   }
 
   async function showBudget() {
@@ -179,7 +198,7 @@
 
   async function refresh() {
     problem("");
-    const results = await Promise.allSettled([showUsage(), showBudget(), showAllocations(), showCatalog()]);
+    const results = await Promise.allSettled([showUsage(), showHints(), showBudget(), showAllocations(), showCatalog()]);
     const failed = results.find((r) => r.status === "rejected");
     if (failed) problem(failed.reason.message);
     document.body.dataset.gpuhubLoaded = String(Date.now());

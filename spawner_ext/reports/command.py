@@ -4,6 +4,7 @@ the same rows as the service's API (in the spirit of Slurm's `sreport`)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -13,7 +14,9 @@ from ..catalog import CatalogError, load_catalog
 from ..clock import utcnow
 from ..ledger.engine import DEFAULT_URL, SchemaError, check_schema, make_engine
 from ..ledger.models import UsageSession
-from .export import csv_lines, json_text, table
+from ..ledger.store import Ledger
+from .export import HINT_COLUMNS, csv_lines, hint_lines, json_text, table, tabulate
+from .hint_query import read_hints
 from .query import ReportError, parse_usage_query
 from .usage import usage_rows
 
@@ -37,6 +40,13 @@ def add_report_command(sub: Any) -> None:
         default=[],
         help="user, profile, gpu-type, day or session (repeatable or comma-separated)",
     )
+    report.add_argument(
+        "--hints",
+        action="store_true",
+        help="right-sizing hints instead of usage: per team, user and profile, the cheaper "
+        "profile that would have done and the period's possible saving (needs --config: the "
+        "catalog's profiles, prices and GPU memory)",
+    )
     report.add_argument("--format", choices=("table", "csv", "json"), default="table")
     report.add_argument(
         "--db-url", default=DEFAULT_URL, help=f"the billing database (default: {DEFAULT_URL})"
@@ -59,6 +69,8 @@ def run_report(args: argparse.Namespace) -> int:
         }
         now = utcnow()
         query = parse_usage_query(params, known_teams=known, today=now.date())
+        if args.hints:
+            return _hints(engine, args, query, now)
         rows = usage_rows(engine, query, now)
         if args.format == "csv":
             for line in csv_lines(rows, query.by):
@@ -72,6 +84,31 @@ def run_report(args: argparse.Namespace) -> int:
         return 2
     finally:
         engine.dispose()
+    return 0
+
+
+def _hints(engine: Any, args: argparse.Namespace, query: Any, now: Any) -> int:
+    if not args.config:
+        raise ReportError(
+            "--hints needs --config: the catalog says which profiles a team may "
+            "start, at what price, with how much GPU memory"
+        )
+    if query.by:
+        raise ReportError("--hints are per team, user and profile; leave out --by")
+    rows = read_hints(Ledger(engine), load_catalog(args.config), query, now)
+    if args.format == "csv":
+        for line in hint_lines(rows):
+            sys.stdout.write(line)
+    elif args.format == "json":
+        document = {
+            "since": query.period.since.isoformat(),
+            "until": query.period.until.isoformat(),
+            "teams": list(query.teams) if query.teams is not None else None,
+            "rows": [row.as_json() for row in rows],
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        print(tabulate(HINT_COLUMNS, [row.as_json() for row in rows], empty="(no GPU sessions)"))
     return 0
 
 

@@ -8,8 +8,34 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .hints import HintRow
 from .query import Dimension, UsageQuery
 from .usage import UsageRow, columns
+
+HINT_COLUMNS = [
+    "team",
+    "user",
+    "profile",
+    "sessions",
+    "gpu_hours",
+    "busy_percent",
+    "suggested_profile",
+    "possible_saving",
+    "currency",
+    "hint",
+]
+"""The hints' columns in a terminal table and CSV (JSON has more: hints.HintRow.as_json)."""
+NUMERIC = {
+    "gpu_hours",
+    "cost",
+    "idle_gpu_hours",
+    "sessions",
+    "busy_gpu_hours",
+    "measured_gpu_hours",
+    "utilization",
+    "busy_percent",
+    "possible_saving",
+}
 
 
 def csv_lines(rows: Iterable[UsageRow], by: tuple[Dimension, ...]) -> Iterator[str]:
@@ -46,30 +72,36 @@ def json_text(rows: Iterable[UsageRow], query: UsageQuery) -> str:
 
 def table(rows: Iterable[UsageRow], by: tuple[Dimension, ...]) -> str:
     """Aligned columns, numbers on the right, as `sreport` prints them."""
-    names = columns(by)
-    body = [[_cell(name, row.as_json(by)[name]) for name in names] for row in rows]
+    return tabulate(columns(by), [row.as_json(by) for row in rows], "(no usage in this period)")
+
+
+def tabulate(names: list[str], rows: list[dict[str, Any]], empty: str) -> str:
+    """`rows` (JSON rows) in aligned columns of `names`; `empty` when there are none."""
+    body = [[_cell(name, row[name]) for name in names] for row in rows]
     widths = [max([len(name), *(len(r[i]) for r in body)]) for i, name in enumerate(names)]
-    numeric = {
-        "gpu_hours",
-        "cost",
-        "idle_gpu_hours",
-        "sessions",
-        "busy_gpu_hours",
-        "measured_gpu_hours",
-        "utilization",
-    }
 
     def render(cells: list[str]) -> str:
         return "  ".join(
-            cell.rjust(width) if name in numeric else cell.ljust(width)
+            cell.rjust(width) if name in NUMERIC else cell.ljust(width)
             for cell, width, name in zip(cells, widths, names, strict=True)
         ).rstrip()
 
     lines = [render(names), render(["-" * w for w in widths])]
     lines += [render(r) for r in body]
     if not body:
-        lines.append("(no usage in this period)")
+        lines.append(empty)
     return "\n".join(lines)
+
+
+def hint_lines(rows: Iterable[HintRow]) -> Iterator[str]:
+    """The hints as CSV: the header, then a line per row."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    for values in [HINT_COLUMNS, *([row.as_json()[n] for n in HINT_COLUMNS] for row in rows)]:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow("" if v is None else v for v in values)
+        yield buffer.getvalue()
 
 
 def _cell(name: str, value: Any) -> str:
@@ -77,4 +109,6 @@ def _cell(name: str, value: Any) -> str:
         return "-"
     if name == "utilization":
         return f"{value:.1%}"
-    return f"{value:.2f}" if name == "cost" else str(value)
+    if name == "busy_percent":
+        return f"{value}%"
+    return f"{value:.2f}" if name in ("cost", "possible_saving") else str(value)

@@ -115,3 +115,70 @@ def test_a_database_without_the_schema_names_the_upgrade(
 ) -> None:
     code, _, err = run(capsys, "--db-url", f"sqlite:///{tmp_path / 'empty.sqlite'}")
     assert code == 2 and "gpuhub db upgrade" in err
+
+
+def test_hints_print_the_suggestion_and_the_saving(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bob's 2 H100s ('h100-duo', a profile since removed) for 2 hours at 8.20 on 3 Nov,
+    measured all along: one GPU in use at most, busy all the time, at most 30 GiB. Another GPU
+    type is out (not light use), so one H100 (4.10) would have done: (8.20 - 4.10) x 2 h saved.
+    broken once: the GPUs in use taken as all the session's GPUs (2): no hint."""
+    from sqlalchemy.orm import Session
+
+    from spawner_ext.ledger.models import UTILIZATION_COLUMNS, SessionGPUUse
+
+    engine = make_engine(db_url)
+    day = datetime(2026, 11, 3, 9, tzinfo=UTC)
+    bob = add_session(
+        engine, "bob", day, day.replace(hour=11), profile="h100-duo", gpus=2, price="8.20"
+    )
+    with Session(engine) as db, db.begin():
+        db.add(
+            SessionGPUUse(
+                session_id=bob,
+                day=datetime(2026, 11, 3, tzinfo=UTC).date(),
+                reports=720,
+                observed_seconds=7200,
+                busy_seconds=7200,
+                busy_gpu_seconds=7200,
+                utilization_unknown=False,
+                peak_memory_mib=30 * 1024,
+                memory_total_mib=80 * 1024,
+                peak_gpus_in_use=1,
+                **{**dict.fromkeys(UTILIZATION_COLUMNS, 0), UTILIZATION_COLUMNS[-1]: 7200},
+            )
+        )
+    engine.dispose()
+    catalog = str(ROOT / "hub_config" / "catalog.yaml")
+    base = ("--db-url", db_url, "--team", "vision", "--hints", "--config", catalog, *PERIOD)
+    code, text, _ = run(capsys, *base)
+    assert code == 0
+    lines = text.splitlines()
+    assert lines[0].split()[:9] == [
+        "team",
+        "user",
+        "profile",
+        "sessions",
+        "gpu_hours",
+        "busy_percent",
+        "suggested_profile",
+        "possible_saving",
+        "currency",
+    ]
+    assert lines[2].split()[:9] == [
+        "vision", "bob", "h100-duo", "1", "4.0", "100%", "h100-single", "8.20", "USD"
+    ]  # fmt: skip
+    assert "on 1 of its 2 GPUs" in lines[2]
+    _, as_json, _ = run(capsys, *base, "--format", "json")
+    _, as_csv, _ = run(capsys, *base, "--format", "csv")
+    rows = json.loads(as_json)["rows"]
+    parsed = list(csv.DictReader(io.StringIO(as_csv)))
+    found = [(r["user"], r["profile"], r["possible_saving"]) for r in rows]
+    assert found == [("bob", "h100-duo", 8.2), ("ada", "h100-single", 0.0), ("lin", "a100", 0.0)]
+    assert [(r["user"], float(r["possible_saving"])) for r in parsed] == [
+        (user, saving) for user, _, saving in found
+    ]
+    assert rows[1]["hint"] == "not measured: no report from the notebook extension"
+    code, _, err = run(capsys, "--db-url", db_url, "--hints")
+    assert code == 2 and "--hints needs --config" in err

@@ -27,8 +27,10 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from sqlalchemy import Engine
 
 from ..ledger.rules import billed_seconds, session_cost
+from ..ledger.use_totals import use_totals
 from .app import GPUHubService
 
 NO_GPU = ""
@@ -214,6 +216,7 @@ class ServiceCollector(Collector):
         for key in self._exported[used.name]:
             running_used.add_metric(list(key), running_seconds.get(key, 0))
         yield running_used
+        yield from self._utilisation_metrics(ledger.engine, closed_seconds)
         money = self._counter(
             "gpuhub_cost",
             "Cost billed to closed sessions (running servers: gpuhub_running_cost).",
@@ -244,6 +247,30 @@ class ServiceCollector(Collector):
             "GPU spawns refused, by reason: gpu-quota, user-cap, budget, billing-unavailable.",
             ["team", "gpu_type", "reason"],
             {(r.team, r.gpu_type, r.reason): r.refusals for r in ledger.refusal_counts()},
+        )
+
+    def _utilisation_metrics(
+        self, engine: Engine, label_sets: Mapping[Labels, int]
+    ) -> Iterator[Metric]:
+        """GPU-seconds busy and measured by the notebook extension's reports, running and closed
+        sessions alike (their GPU use only grows), with the GPU-seconds counter's label sets."""
+        busy: dict[Labels, float] = dict.fromkeys(label_sets, 0.0)
+        measured: dict[Labels, float] = dict.fromkeys(label_sets, 0.0)
+        for total in use_totals(engine):
+            key = (total.team or "", total.gpu_type or NO_GPU)
+            busy[key] = busy.get(key, 0.0) + total.busy_gpu_seconds
+            measured[key] = measured.get(key, 0.0) + total.measured_gpu_seconds
+        yield self._counter(
+            "gpuhub_gpu_busy_seconds",
+            "GPU-seconds above the culling threshold, by the notebook extension's reports.",
+            ["team", "gpu_type"],
+            busy,
+        )
+        yield self._counter(
+            "gpuhub_gpu_measured_seconds",
+            "GPU-seconds whose utilisation the notebook extension's reports measured.",
+            ["team", "gpu_type"],
+            measured,
         )
 
     def _waitlist_metrics(self) -> Iterator[Metric]:

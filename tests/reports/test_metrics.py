@@ -333,3 +333,59 @@ def test_the_waitlist_metrics_count_waiting_turns_and_ends(tmp_path: Path) -> No
     assert ledger.get(catalog, ada).state == "held"  # type: ignore[union-attr]
     ledger.engine.dispose()
     service.ledger().engine.dispose()
+
+
+def test_utilisation_counters_add_up_busy_and_measured_gpu_seconds(tmp_path: Path) -> None:
+    """Two vision H100 sessions (one of 2 GPUs) and an nlp one with GPU use as the ledger keeps
+    it: busy GPU-seconds as reported, measured = seconds with a known utilisation x the
+    session's GPUs; a MIG session observed without utilisation adds to neither. Worked out by
+    hand. broken once: measured not multiplied by the session's GPUs (vision read 4600)."""
+    from datetime import date
+
+    from sqlalchemy.orm import Session
+
+    from spawner_ext.ledger.models import UTILIZATION_COLUMNS, SessionGPUUse
+
+    made = new_service(tmp_path)
+    engine = made.ledger().engine
+    now = utcnow()
+    pair = add_session(engine, "ada", now - timedelta(hours=2), now, gpus=2, price="8.20")
+    one = add_session(engine, "lin", now - timedelta(hours=1), None)
+    nlp = add_session(engine, "grace", now - timedelta(hours=1), now, team="nlp")
+    mig = add_session(engine, "eve", now - timedelta(hours=1), now, gpu_type="a100-1g10gb")
+    zeros = dict.fromkeys(UTILIZATION_COLUMNS, 0)
+    for session, day, known, busy in (
+        (pair, date(2026, 11, 30), 1000, 300),  # 2 GPUs: 2000 GPU-s measured
+        (pair, date(2026, 12, 1), 1000, 700),
+        (one, date(2026, 12, 1), 2600, 0),  # measured and never busy
+        (nlp, date(2026, 12, 1), 500, 500),
+        (mig, date(2026, 12, 1), 0, 0),  # NVML: no utilisation for a slice
+    ):
+        with Session(engine) as db, db.begin():
+            db.add(
+                SessionGPUUse(
+                    session_id=session,
+                    day=day,
+                    reports=1,
+                    observed_seconds=known or 3600,
+                    busy_seconds=busy,
+                    busy_gpu_seconds=busy,
+                    utilization_unknown=not known,
+                    peak_memory_mib=0,
+                    memory_total_mib=0,
+                    peak_gpus_in_use=1,
+                    **{**zeros, "util_00": known},
+                )
+            )
+    found = samples(exposition(metrics_registry(made)).decode())
+    engine.dispose()
+    vision = (("gpu_type", "h100-80gb"), ("team", "vision"))
+    nlp_h100 = (("gpu_type", "h100-80gb"), ("team", "nlp"))
+    mig_labels = (("gpu_type", "a100-1g10gb"), ("team", "vision"))
+    assert found[("gpuhub_gpu_busy_seconds_total", vision)] == 300 + 700 + 0
+    assert found[("gpuhub_gpu_measured_seconds_total", vision)] == 2 * 1000 + 2 * 1000 + 2600
+    assert found[("gpuhub_gpu_busy_seconds_total", nlp_h100)] == 500
+    assert found[("gpuhub_gpu_measured_seconds_total", nlp_h100)] == 500
+    assert found[("gpuhub_gpu_measured_seconds_total", mig_labels)] == 0
+    # a catalog quota's label set is there at 0 before any report (increase() counts from it)
+    assert found[("gpuhub_gpu_busy_seconds_total", (("gpu_type", "l4"), ("team", "vision")))] == 0

@@ -1,6 +1,7 @@
-"""The admin catalog: GPU types, teams, quotas, profiles, the wait-list and notifications from
-one YAML file."""
+"""The admin catalog: GPU types, teams, quotas, profiles, the wait-list, notifications and
+borrowing from one YAML file."""
 
+from .borrowing import Borrowing
 from .loader import load_catalog, parse_catalog
 from .problems import CatalogError, Problem
 from .schema import (
@@ -19,6 +20,7 @@ from .schema import (
 from .waitlist import EmailNotifications, Notifications, Waitlist, WebhookNotifications
 
 __all__ = [
+    "Borrowing",
     "Catalog",
     "CatalogError",
     "Choice",

@@ -64,6 +64,36 @@ def reference_problems(raw: Any) -> list[Found]:
     found += _profile_problems(profiles, gpu_types, teams)
     found += _team_problems(teams, gpu_types, {_slug_of(p) for _, p in profiles} - {None})
     found += _budget_alert_problems(teams, _mapping(doc.get("notifications")))
+    found += _borrowing_problems(teams, doc.get("borrowing"))
+    return found
+
+
+def _borrowing_problems(teams: Mapping[Any, Any], borrowing: Any) -> list[Found]:
+    """Cohorts name known teams; a team's borrow_limit needs the `borrowing` section."""
+    found: list[Found] = []
+    if isinstance(borrowing, Mapping):
+        for cohort, members in _mapping(borrowing.get("cohorts")).items():
+            for j, team in _names(members):
+                if team not in teams:
+                    found.append(
+                        Found(
+                            ("borrowing", "cohorts", cohort, j),
+                            f"unknown team {team!r}{suggest(team, teams)}",
+                        )
+                    )
+        return found
+    for team_name, team in teams.items():
+        limits = _mapping(_mapping(_mapping(team).get("quota")).get("borrow_limit"))
+        if any(limits.values()):
+            found.append(
+                Found(
+                    ("teams", team_name, "quota", "borrow_limit"),
+                    "the team may borrow, but the catalog has no `borrowing` section: add one "
+                    "(its defaults are a 15m notice and a 1h guaranteed run), or remove "
+                    "borrow_limit",
+                    at_key=True,
+                )
+            )
     return found
 
 
@@ -141,15 +171,16 @@ def _team_problems(
     for team_name, team in teams.items():
         team = _mapping(team)
         loc: Loc = ("teams", team_name)
-        for gpu_name in _mapping(_mapping(team.get("quota")).get("gpus")):
-            if gpu_name not in gpu_types:
-                found.append(
-                    Found(
-                        (*loc, "quota", "gpus", gpu_name),
-                        f"unknown GPU type {gpu_name!r}{suggest(str(gpu_name), gpu_types)}",
-                        at_key=True,
+        for key in ("gpus", "borrow_limit", "lend_limit"):
+            for gpu_name in _mapping(_mapping(team.get("quota")).get(key)):
+                if gpu_name not in gpu_types:
+                    found.append(
+                        Found(
+                            (*loc, "quota", key, gpu_name),
+                            f"unknown GPU type {gpu_name!r}{suggest(str(gpu_name), gpu_types)}",
+                            at_key=True,
+                        )
                     )
-                )
         for j, slug in _names(team.get("profiles")):
             if slug not in slugs:
                 found.append(

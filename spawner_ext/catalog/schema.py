@@ -23,6 +23,7 @@ from pydantic import (
 )
 from slugify import slugify
 
+from .borrowing import Borrowing as Borrowing
 from .budget_alerts import AlertRecipients as AlertRecipients
 from .budget_alerts import BudgetAlerts as BudgetAlerts
 from .values import (
@@ -167,6 +168,17 @@ class Quota(Model):
         None,
         description="When the budget is used up, stop running GPU servers after this grace "
         "period. Absent: running servers are left alone and only new GPU servers are refused.",
+    )
+    borrow_limit: FrozenMap[str, Count] = Field(
+        default_factory=dict,
+        description="GPUs per GPU type that the team's servers may hold on other teams' "
+        "unallocated quota at once (needs the `borrowing` section). Absent type: it borrows "
+        "none of it.",
+    )
+    lend_limit: FrozenMap[str, Count] = Field(
+        default_factory=dict,
+        description="GPUs per GPU type of the team's quota that other teams may borrow at once "
+        "(when `borrowing` is on). Absent type: all of its unallocated quota.",
     )
     budget_alerts: BudgetAlerts | None = Field(
         None,
@@ -400,6 +412,11 @@ class Catalog(Model):
     kubernetes: Kubernetes = Field(default_factory=Kubernetes)
     waitlist: Waitlist = Field(default_factory=Waitlist)
     notifications: Notifications = Field(default_factory=Notifications)
+    borrowing: Borrowing | None = Field(
+        None,
+        description="Borrowing of other teams' unallocated GPU quota, and its reclaim "
+        "([lend and borrow GPUs](../how-to/borrow-gpus.md)). Absent: quotas are hard walls.",
+    )
 
     def profile(self, slug: str) -> Profile | None:
         """The profile with this slug, or None."""

@@ -19,7 +19,10 @@ QUOTA_NAME = "gpuhub-gpus"
 
 def team_quota_manifests(catalog: Catalog, install: str) -> dict[str, dict[str, Any]]:
     """Namespace -> ResourceQuota manifest, for every team that has its own namespace. GPU types
-    sharing a resource (two models both `nvidia.com/gpu`) share one limit: the sum."""
+    sharing a resource (two models both `nvidia.com/gpu`) share one limit: the sum. With
+    `borrowing` on, a team's limit is its own quota plus its `borrow_limit`: the backstop
+    allows what admission may grant; admission (the ledger, under the GPU type's lock) keeps
+    the cohort within what its teams lend."""
     out: dict[str, dict[str, Any]] = {}
     for key, team in catalog.teams.items():
         namespace = namespace_of(catalog, key, install)
@@ -28,6 +31,9 @@ def team_quota_manifests(catalog: Catalog, install: str) -> dict[str, dict[str, 
         hard: Counter[str] = Counter()
         for gpu_type, count in team.quota.gpus.items():
             hard[f"requests.{catalog.gpu_types[gpu_type].resource}"] += count
+        if catalog.borrowing is not None:
+            for gpu_type, count in team.quota.borrow_limit.items():
+                hard[f"requests.{catalog.gpu_types[gpu_type].resource}"] += count
         out[namespace] = {
             "apiVersion": "v1",
             "kind": "ResourceQuota",

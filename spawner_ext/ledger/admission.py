@@ -17,12 +17,27 @@ from sqlalchemy.orm import Session
 
 from ..catalog import Catalog
 from ..end_reason import EndReason
-from ..policy.admission import Decision, Holding, TeamUsage, combine_holdings, decide_in
+from ..policy.admission import (
+    Decision,
+    Holding,
+    TeamUsage,
+    combine_holdings,
+    decide_in,
+    decide_with_borrowing,
+)
+from ..policy.borrowing import Loan
 from ..policy.waitlist import Waiting, may_start_directly
-from .admission_reads import AdmissionReads, HoldRow, read_for_admission
+from .admission_reads import AdmissionReads, HoldRow, read_for_admission, read_shares
 from .base import LedgerBase
 from .line import lock_gpu_type, read_line, same_install
-from .models import AdmissionRefusals, GPUHold, TeamLock, UsageSession, WaitlistRequest
+from .models import (
+    AdmissionRefusals,
+    GPUHold,
+    SessionLoan,
+    TeamLock,
+    UsageSession,
+    WaitlistRequest,
+)
 from .reconcile import Server
 from .rules import Span, holdings_of, month_start
 from .sessions import close_row, dialect_insert, new_session, of_install
@@ -63,6 +78,9 @@ class Request(Server):
     waitlist: str | None = None
     """The wait-list request this spawn starts (the service's start at its turn), if any: it is
     admitted only while that request holds its GPUs."""
+    borrow: bool = False
+    """The person chose to run on other teams' unallocated quota if their team's is full (a
+    borrowed server, which may be reclaimed with notice)."""
 
 
 class AdmissionEngine(LedgerBase):
@@ -77,6 +95,7 @@ class AdmissionEngine(LedgerBase):
         with self._sessions.begin() as db:
             warning = None
             own_hold: HoldRow | None = None
+            loans: tuple[Loan, ...] = ()
             if request.team is not None and request.gpu_count > 0:
                 self._lock(db, request.gpu_type, request.team)
                 reads = self._read(db, catalog, request, now)
@@ -84,12 +103,14 @@ class AdmissionEngine(LedgerBase):
                     self._close_stale(db, request.user, request.server_name, now)
                     reads = self._read(db, catalog, request, now)
                 own_hold = self._own_hold(db, request, reads.holds)
-                decision = self._decide(catalog, request, now, own_hold, reads)
+                decision = self._decide(db, catalog, request, now, own_hold, reads)
                 if decision.admitted and own_hold is None and request.gpu_type is not None:
-                    decision = self._line_decision(db, catalog, request, now, reads) or decision
+                    decision = (
+                        self._line_decision(db, catalog, request, now, reads, decision) or decision
+                    )
                 if not decision.admitted:
                     raise AdmissionRefused(decision)
-                warning = decision.warning
+                warning, loans = decision.warning, decision.loans
             else:
                 self._close_stale(db, request.user, request.server_name, now)
             row = new_session(
@@ -98,8 +119,17 @@ class AdmissionEngine(LedgerBase):
                 catalog_version=request.catalog_version,
                 install=self.install,
             )
+            if loans:
+                factor = catalog.borrowing.price_factor if catalog.borrowing else Decimal(1)
+                row.borrowed = True
+                row.price_per_hour = request.price_per_hour * factor
             db.add(row)
             db.flush()
+            if row.borrowed:
+                db.add_all(
+                    SessionLoan(session_id=row.id, lender=loan.lender, gpus=loan.gpus)
+                    for loan in loans
+                )
             if own_hold is not None:
                 consume_hold(db, self.install, request.user, request.server_name, row.uid, now)
             return Admission(row.id, row.uid, warning)
@@ -162,7 +192,13 @@ class AdmissionEngine(LedgerBase):
         return hold if fits else None
 
     def _line_decision(
-        self, db: Session, catalog: Catalog, request: Request, now: datetime, reads: AdmissionReads
+        self,
+        db: Session,
+        catalog: Catalog,
+        request: Request,
+        now: datetime,
+        reads: AdmissionReads,
+        decision: Decision,
     ) -> Decision | None:
         """A refusal when no GPU of the type is free for this spawn, or others wait for the type
         and would get it first (nobody jumps the line); None when it may start."""
@@ -174,6 +210,15 @@ class AdmissionEngine(LedgerBase):
             return Decision(False, "no-free-gpu", why)
         if waiting_count == 0 or not catalog.waitlist.enabled:
             return None  # the common case: a few small queries, no line to read
+        if decision.loans:
+            # People wait for the type on their own teams' quota: they come before a borrow.
+            name = _type_name(catalog, request.gpu_type)
+            return Decision(
+                False,
+                "line",
+                f"{waiting_count} {'person waits' if waiting_count == 1 else 'people wait'} "
+                f"for {name} on their own teams' quota, and come before a borrowed server",
+            )
         # GPUs are free while people wait (their turn is being given, or they are skipped):
         # the order says whether this spawn comes first.
         view = read_line(
@@ -201,6 +246,7 @@ class AdmissionEngine(LedgerBase):
 
     def _decide(
         self,
+        db: Session,
         catalog: Catalog,
         request: Request,
         now: datetime,
@@ -209,7 +255,9 @@ class AdmissionEngine(LedgerBase):
     ) -> Decision:
         """The admission decision on the team's usage read in this (locked) transaction: the
         same inputs `team_usage` gives the form's preview, plus the GPUs held for the team's
-        people in line (not this spawn's own hold, which it uses up)."""
+        people in line (not this spawn's own hold, which it uses up). When the team's own quota
+        refuses it and borrowing is on, its cohort's standing for the type is read (under the
+        type's lock, which every admission of the type takes first) and may lend it quota."""
         assert request.team is not None
         team = request.team
         held = [
@@ -222,8 +270,21 @@ class AdmissionEngine(LedgerBase):
             holdings=combine_holdings((*holdings_of(reads.spans), *held)),
             gpu_hours_this_month=reads.gpu_hours_this_month(now),
         )
-        return decide_in(
+        own = decide_in(
             catalog, team, usage, gpu_type=request.gpu_type, gpu_count=request.gpu_count, now=now
+        )
+        if own.reason != "gpu-quota" or catalog.borrowing is None or request.gpu_type is None:
+            return own
+        cohort = catalog.borrowing.cohort_of(team, tuple(catalog.teams))
+        return decide_with_borrowing(
+            catalog,
+            team,
+            usage,
+            gpu_type=request.gpu_type,
+            gpu_count=request.gpu_count,
+            now=now,
+            shares=read_shares(db, catalog, request.gpu_type, cohort),
+            borrow=request.borrow,
         )
 
     def _lock_team(self, db: Session, team: str) -> None:

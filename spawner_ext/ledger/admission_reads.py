@@ -6,18 +6,20 @@ PostgreSQL these two replace five (`benchmarks/waitlist.py`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, bindparam, literal, null, or_, select, union_all
+from sqlalchemy import and_, bindparam, false, func, literal, null, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from ..catalog import Catalog
+from ..policy.borrowing import Share
 from .line import free_check_columns, limited_capacity, quick_check_figures, same_install
-from .models import GPUHold, TeamMonthUsage, UsageSession
+from .models import GPUHold, SessionLoan, TeamMonthUsage, UsageSession
 from .rules import Span, gpu_seconds_between, month_key, month_start
 from .sessions import of_install
 
@@ -105,7 +107,9 @@ def read_for_admission(
         ):
             stale.append(row.id)
         elif row.team == team and row.gpu_count > 0:
-            spans.append(Span(row.user, row.gpu_type, row.gpu_count, row.started_at, None))
+            spans.append(
+                Span(row.user, row.gpu_type, row.gpu_count, row.started_at, None, row.borrowed)
+            )
     figures = db.execute(figures_statement, values).one()
     waiting, capacity, free = (
         quick_check_figures(figures[1:]) if gpu_type is not None else (0, None, None)
@@ -141,6 +145,7 @@ def _statements(any_install: bool, of_type: bool, limited: bool) -> tuple[Any, A
         s.gpu_count.label("gpu_count"),
         s.started_at.label("started_at"),
         s.team.label("team"),
+        s.borrowed.label("borrowed"),
     ).where(
         s.ended_at.is_(None),
         or_(and_(s.team == team, s.gpu_count > 0), this_server),
@@ -155,6 +160,7 @@ def _statements(any_install: bool, of_type: bool, limited: bool) -> tuple[Any, A
         h.gpu_count,
         null(),
         h.team,
+        false(),
     ).where(
         or_(
             h.team == team,
@@ -172,3 +178,62 @@ def _statements(any_install: bool, of_type: bool, limited: bool) -> tuple[Any, A
         else select(closed)
     )
     return union_all(sessions, holds), figures
+
+
+def read_shares(
+    db: Session, catalog: Catalog, gpu_type: str, teams: Sequence[str]
+) -> dict[str, Share]:
+    """Each of `teams`' standing for `gpu_type` (policy/borrowing.py's `Share`), in one
+    statement: its own servers' and holds' GPUs, its borrowed servers' GPUs, and the GPUs of its
+    quota that others' borrowed servers run on. Quotas are database-wide, as admission's are."""
+    s, h = UsageSession, GPUHold
+    open_of_type = and_(s.gpu_type == gpu_type, s.ended_at.is_(None), s.team.in_(teams))
+    sessions = (
+        select(
+            literal("s").label("kind"),
+            s.team.label("team"),
+            s.borrowed.label("borrowed"),
+            func.sum(s.gpu_count).label("gpus"),
+        )
+        .where(open_of_type, s.gpu_count > 0)
+        .group_by(s.team, s.borrowed)
+    )
+    holds = (
+        select(literal("h"), h.team, false(), func.sum(h.gpu_count))
+        .where(h.gpu_type == gpu_type, h.team.in_(teams))
+        .group_by(h.team)
+    )
+    lent = (
+        select(literal("l"), SessionLoan.lender, false(), func.sum(SessionLoan.gpus))
+        .join(s, s.id == SessionLoan.session_id)
+        .where(s.gpu_type == gpu_type, s.ended_at.is_(None), SessionLoan.lender.in_(teams))
+        .group_by(SessionLoan.lender)
+    )
+    own: dict[str, int] = dict.fromkeys(teams, 0)
+    borrowed = dict(own)
+    lends = dict(own)
+    row: Any
+    for row in db.execute(union_all(sessions, holds, lent)):
+        kind, team, is_borrowed, gpus = row[0], row[1], row[2], int(row[3] or 0)
+        if team not in own:
+            continue
+        if kind == "l":
+            lends[team] += gpus
+        elif kind == "s" and is_borrowed:
+            borrowed[team] += gpus
+        else:
+            own[team] += gpus
+    shares = {}
+    for team in teams:
+        quota = catalog.teams[team].quota
+        limit = quota.lend_limit.get(gpu_type)
+        shares[team] = Share(
+            team=team,
+            quota=quota.gpus.get(gpu_type, 0),
+            own=own[team],
+            borrowed=borrowed[team],
+            lent=lends[team],
+            borrow_limit=quota.borrow_limit.get(gpu_type, 0),
+            lend_limit=limit,
+        )
+    return shares

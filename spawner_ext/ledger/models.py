@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -99,6 +100,9 @@ class UsageSession(Base):
     """Why the gpuhub service asked the hub to stop the server (budget, culling); the session
     ends with this reason once the server is really gone."""
     stop_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    borrowed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Run on other teams' quota (its loans, `SessionLoan`); such a server may be reclaimed.
+    When its terms change (it becomes own, or its loans move), the session is split there."""
 
     __table_args__ = (
         Index("ix_usage_sessions_open", "team", "ended_at"),
@@ -359,3 +363,16 @@ class SessionGPUUse(Base):
     util_95: Mapped[int] = mapped_column(BigInteger, default=0)
     """util_NN: seconds in which the busiest GPU's utilisation was in [NN, NN + 5) percent
     (util_95: [95, 100])."""
+
+
+class SessionLoan(Base):
+    """GPUs of another team's quota that a borrowed session runs on: `gpus` of `lender`'s quota
+    for the session's GPU type, for the session's whole span (a change splits the session)."""
+
+    __tablename__ = "session_loans"
+
+    session_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lender: Mapped[str] = mapped_column(String(63), primary_key=True)
+    gpus: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_session_loans_lender", "lender"),)

@@ -45,11 +45,13 @@ class Span:
     gpu_count: int
     started: datetime | None
     ended: datetime | None
+    borrowed: bool = False
+    """Run on other teams' quota (usage_sessions.borrowed)."""
 
 
 def holdings_of(spans: Iterable[Span]) -> tuple[Holding, ...]:
     """What a team's open spans hold, per user and GPU type: the holdings admission counts."""
-    return combine_holdings(Holding(s.user, s.gpu_type, s.gpu_count) for s in spans)
+    return combine_holdings(Holding(s.user, s.gpu_type, s.gpu_count, s.borrowed) for s in spans)
 
 
 def gpu_seconds_between(spans: Iterable[Span], start: datetime, end: datetime) -> int:

@@ -22,6 +22,7 @@ def open_spans(db: Session, team: str) -> list[Span]:
             UsageSession.gpu_count,
             UsageSession.started_at,
             UsageSession.ended_at,
+            UsageSession.borrowed,
         ).where(
             UsageSession.team == team,
             UsageSession.ended_at.is_(None),

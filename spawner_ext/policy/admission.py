@@ -5,12 +5,13 @@ the callers gather the team's usage (ledger/admission.py, hub/usage.py) and act 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from ..catalog import Catalog, Quota
+from .borrowing import Loan, Placement, Refusal, Share, place
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,9 @@ class Holding:
     user: str
     gpu_type: str | None
     gpu_count: int
+    borrowed: bool = False
+    """On other teams' quota (policy/borrowing.py): not counted against the team's own quota
+    of the type, counted against the user's cap."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,10 @@ class Decision:
     """Short label of a refusal: gpu-quota, user-cap, budget."""
     message: str
     warning: str | None = None
+    loans: tuple[Loan, ...] = ()
+    """Admitted on other teams' quota: whose, and how many GPUs of each (a borrowed server)."""
+    may_borrow: Placement | None = None
+    """Refused for its team's quota, but other teams' quota would take it: how (the offer)."""
 
 
 def next_month_start(now: datetime) -> datetime:
@@ -66,12 +74,15 @@ def next_month_start(now: datetime) -> datetime:
 
 
 def combine_holdings(holdings: Iterable[Holding]) -> tuple[Holding, ...]:
-    """One Holding per (user, GPU type) with GPUs, in a stable order."""
-    held: Counter[tuple[str, str]] = Counter()
+    """One Holding per (user, GPU type, borrowed or not) with GPUs, in a stable order."""
+    held: Counter[tuple[str, str, bool]] = Counter()
     for h in holdings:
         if h.gpu_type is not None and h.gpu_count > 0:
-            held[h.user, h.gpu_type] += h.gpu_count
-    return tuple(Holding(user, gpu_type, n) for (user, gpu_type), n in sorted(held.items()))
+            held[h.user, h.gpu_type, h.borrowed] += h.gpu_count
+    return tuple(
+        Holding(user, gpu_type, n, borrowed)
+        for (user, gpu_type, borrowed), n in sorted(held.items())
+    )
 
 
 def budget_used_up(quota: Quota, hours_used: Decimal | None) -> bool:
@@ -107,10 +118,13 @@ def decide(
     holdings: Sequence[Holding],
     hours_used: Decimal | None,
     now: datetime,
+    own_quota: bool = True,
 ) -> Decision:
     """May `user` start a server with `gpu_count` GPUs of `gpu_type` charged to `team` now?
 
-    `hours_used` None (no metering: only previews pass it) leaves the budget unjudged."""
+    `hours_used` None (no metering: only previews pass it) leaves the budget unjudged.
+    `own_quota` False: the server would run on borrowed quota, so the team's own quota of the
+    type is not judged here (policy/borrowing.py judges the loans); budget and cap still are."""
     if gpu_count == 0 or gpu_type is None:
         return Decision(True, None, "no GPUs requested")
     budget = quota.monthly_gpu_hours
@@ -123,9 +137,9 @@ def decide(
             " UTC, or ask your team lead to raise the budget. CPU profiles still work.",
         )
     allowed = quota.gpus.get(gpu_type, 0)
-    of_type = [h for h in holdings if h.gpu_type == gpu_type]
+    of_type = [h for h in holdings if h.gpu_type == gpu_type and not h.borrowed]
     held = sum(h.gpu_count for h in of_type)
-    if held + gpu_count > allowed:
+    if own_quota and held + gpu_count > allowed:
         holders = Counter[str]()
         for h in of_type:
             holders[h.user] += h.gpu_count
@@ -157,6 +171,7 @@ def decide_in(
     gpu_type: str | None,
     gpu_count: int,
     now: datetime,
+    own_quota: bool = True,
 ) -> Decision:
     """`decide` for `usage.user` with the team's quota and the GPU type's name from `catalog`:
     what admission (ledger/admission.py) and the form's preview (preview.py) both ask."""
@@ -171,4 +186,36 @@ def decide_in(
         holdings=usage.holdings,
         hours_used=usage.gpu_hours_this_month,
         now=now,
+        own_quota=own_quota,
     )
+
+
+def decide_with_borrowing(
+    catalog: Catalog,
+    team: str,
+    usage: TeamUsage,
+    *,
+    gpu_type: str | None,
+    gpu_count: int,
+    now: datetime,
+    shares: Mapping[str, Share] | None,
+    borrow: bool,
+) -> Decision:
+    """`decide_in`, and when the team's own quota of the type is what refuses it, other teams'
+    unallocated quota (`shares`: the team's cohort for the type, None when borrowing is off):
+    admitted on loans when the spawn asks to `borrow`, else refused with the offer
+    (`Decision.may_borrow`). Budget and the user's cap apply to a borrowed server as to any."""
+    own = decide_in(catalog, team, usage, gpu_type=gpu_type, gpu_count=gpu_count, now=now)
+    if own.admitted or own.reason != "gpu-quota" or shares is None or team not in shares:
+        return own
+    placement = place(shares, team, gpu_count)
+    if isinstance(placement, Refusal):
+        return replace(own, message=f"{own.message} Borrowing: {placement.message}.")
+    if not borrow:
+        return replace(own, may_borrow=placement)
+    capped = decide_in(
+        catalog, team, usage, gpu_type=gpu_type, gpu_count=gpu_count, now=now, own_quota=False
+    )
+    if not capped.admitted:
+        return capped
+    return replace(capped, message="admitted on borrowed quota", loans=placement.loans)

@@ -25,6 +25,11 @@ from .profiles import default_profile, only_for, visible_options, visible_profil
 UNLISTED = "--unlisted-choice"
 WAITLIST_OPTION = "waitlist"
 """The user option naming the wait-list request a spawn starts (set by the gpuhub service)."""
+BORROW_OPTION = "borrow"
+"""The user option that lets a spawn run on other teams' unallocated quota when its team's is
+full (`yes`; the form's checkbox sends `on`)."""
+_YES = frozenset({"yes", "on", "true", "1"})
+_NO = frozenset({"no", "off", "false", "0", ""})
 MAX_UNLISTED_LENGTH = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -64,6 +69,8 @@ class SpawnPlan:
     waitlist: str | None = None
     """The wait-list request this spawn starts (option `waitlist`, which the gpuhub service sets
     when it starts a server at its turn in line); None for a spawn made directly."""
+    borrow: bool = False
+    """Run on other teams' unallocated quota if the team's own is full (option `borrow`)."""
 
     @property
     def summary(self) -> ServerSummary:
@@ -91,6 +98,7 @@ def resolve_spawn(
     Raises SpawnRefused."""
     options = _plain_options(user_options)
     waitlist = options.pop(WAITLIST_OPTION, None) or None
+    borrow = _yes_or_no(BORROW_OPTION, options.pop(BORROW_OPTION, None))
     team = _team(catalog, who, options.pop("team", None))
     profile = _profile(catalog, who, team, options.pop("profile", None))
     choices, unlisted = _choices(profile, who, options)
@@ -117,6 +125,7 @@ def resolve_spawn(
         namespace=namespace_of(catalog, team, install),
         catalog_version=catalog_version,
         waitlist=waitlist,
+        borrow=borrow,
     )
 
 
@@ -132,6 +141,14 @@ def namespace_of(catalog: Catalog, team: str | None, install: str) -> str | None
     if not template:
         return None
     return template.replace("{team}", team).replace("{install}", install)
+
+
+def _yes_or_no(name: str, value: str | None) -> bool:
+    if value is None or value.strip().lower() in _NO:
+        return False
+    if value.strip().lower() in _YES:
+        return True
+    raise SpawnRefused(f"option {name!r} must be yes or no, got {value!r}", reason="bad-options")
 
 
 def _plain_options(user_options: Any) -> dict[str, str]:

@@ -15,6 +15,7 @@ import jinja2
 
 from ..catalog import Catalog, Profile, ProfileOption
 from ..policy.admission import TeamUsage
+from ..policy.borrowing_text import reclaim_terms
 from ..policy.identity import Identity, teams_of
 from ..policy.preview import (
     BudgetPreview,
@@ -25,7 +26,7 @@ from ..policy.preview import (
     profile_preview,
 )
 from ..policy.profiles import default_profile, visible_options, visible_profiles
-from ..policy.request import UNLISTED
+from ..policy.request import BORROW_OPTION, UNLISTED
 from ..policy.waitlist_text import waitlist_page_url
 
 OTHER = "--unlisted-choice"
@@ -79,6 +80,10 @@ class FormView:
     selected_options: Mapping[str, str]
     simulated_gpus: str | None
     catalog_version: str
+    borrowing: str | None = None
+    """The terms of a borrowed server, when one of the person's teams may borrow (the form then
+    offers the "Borrow idle quota" checkbox); None otherwise."""
+    borrow_checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,18 @@ def form_view(
         selected_options={k: v for k, v in previous.items() if isinstance(v, str)},
         simulated_gpus=simulated_gpus,
         catalog_version=catalog_version,
+        borrowing=_borrowing_terms(catalog, team_keys),
+        borrow_checked=str(previous.get(BORROW_OPTION, "")).lower() in ("yes", "on", "true", "1"),
     )
+
+
+def _borrowing_terms(catalog: Catalog, teams: Sequence[str | None]) -> str | None:
+    """What borrowing means here, if any of `teams` may borrow some GPU type."""
+    if catalog.borrowing is None:
+        return None
+    if not any(any(catalog.teams[t].quota.borrow_limit.values()) for t in teams if t is not None):
+        return None
+    return f"a borrowed server {reclaim_terms(catalog)}"
 
 
 @cache
@@ -223,6 +239,8 @@ def user_options_from_form(formdata: Mapping[str, Sequence[Any]]) -> dict[str, s
         options["profile"] = profile
     if team:
         options["team"] = team
+    if first(BORROW_OPTION):
+        options[BORROW_OPTION] = "yes"
     if not profile:
         return options
     prefix = f"profile-option-{profile}--"

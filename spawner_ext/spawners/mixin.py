@@ -33,6 +33,7 @@ from ..ledger.engine import DEFAULT_URL, SchemaError
 from ..ledger.sessions import ServerRef
 from ..ledger.store import Ledger
 from ..ledger.waitlist import WAITABLE
+from ..policy.borrowing_text import borrow_offer
 from ..policy.identity import Identity, teams_of
 from ..policy.preview import LineKey, LineSpot, TeamUsage, free_gpus, usable_capacities
 from ..policy.request import SpawnPlan, SpawnRefused, resolve_spawn
@@ -356,6 +357,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
                 currency=plan.currency,
                 catalog_version=plan.catalog_version,
                 waitlist=plan.waitlist,
+                borrow=plan.borrow,
             )
             try:
                 admission = await self._admit_fresh(ledger, request)
@@ -363,6 +365,12 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
                 reason = exc.decision.reason or "quota"
                 self.count_refusal(plan, reason)
                 message, link = exc.decision.message, None
+                may_borrow = exc.decision.may_borrow
+                if may_borrow is not None and plan.gpu_type_key is not None:
+                    catalog = self.catalog_version().catalog
+                    message += " " + borrow_offer(
+                        catalog, may_borrow.loans, plan.gpu_type_key, plan.gpu_count
+                    )
                 offer = self.waitlist_offer(ledger, plan) if reason in WAITABLE else None
                 if offer is not None and plan.waitlist is None:
                     sentence, url = offer

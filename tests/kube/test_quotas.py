@@ -24,3 +24,20 @@ def test_one_quota_per_team_namespace() -> None:
 def test_no_namespaces_no_quotas() -> None:
     catalog = parse_catalog("teams: {a: {quota: {gpus: {}}}}\nprofiles: []\n")
     assert team_quota_manifests(catalog, "jhub") == {}
+
+
+def test_a_team_that_may_borrow_gets_its_borrow_limit_on_top() -> None:
+    text = (Path(__file__).parents[2] / "hub_config" / "catalog.yaml").read_text()
+    text = text.replace(
+        "      gpus_per_user: 4\n", "      gpus_per_user: 4\n      borrow_limit: {h100-80gb: 3}\n"
+    )
+    with_section = parse_catalog(text + "\nborrowing: {}\n")
+    assert team_quota_manifests(with_section, "jhub")["gpuhub-vision"]["spec"]["hard"] == {
+        "requests.nvidia.com/gpu": "23",  # 20 of its own + 3 it may borrow
+        "requests.nvidia.com/mig-1g.10gb": "7",
+    }
+    # the other teams lend, they borrow nothing: their backstop is unchanged
+    assert (
+        team_quota_manifests(with_section, "jhub")["gpuhub-nlp"]
+        == (team_quota_manifests(CATALOG, "jhub")["gpuhub-nlp"])
+    )

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from spawner_ext.catalog import parse_catalog
 from spawner_ext.policy.borrowing import (
     BorrowedServer,
     Loan,
@@ -28,6 +29,7 @@ from spawner_ext.policy.borrowing import (
     place,
     take_back,
 )
+from spawner_ext.policy.borrowing_text import borrow_offer
 
 NOW = datetime(2026, 12, 5, 12, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -325,3 +327,32 @@ def test_after_counts_a_placement_on_every_side() -> None:
     assert lendable(got["b"]) + lendable(got["c"]) == 1
     own = after(got, "b", Placement(borrowed=False), 1)
     assert (own["b"].own, own["b"].lent) == (1, 2)
+
+
+def test_the_offer_names_the_lenders_and_the_terms() -> None:
+    catalog = parse_catalog(
+        """\
+gpu_types:
+  h100: {display_name: NVIDIA H100, price_per_hour: 4}
+profiles:
+  - {display_name: CPU, slug: cpu}
+teams:
+  nlp: {display_name: Language Models, quota: {gpus: {h100: 4}}}
+  vision: {display_name: Computer Vision Labs, quota: {gpus: {h100: 4}}}
+  teaching: {quota: {gpus: {h100: 1}, borrow_limit: {h100: 4}}}
+borrowing: {reclaim_notice: 15m, min_runtime: 1h}
+""",
+        "c.yaml",
+    )
+    one = borrow_offer(catalog, (Loan("nlp", 1),), "h100", 1)
+    assert one == (
+        "You can borrow 1 NVIDIA H100 from Language Models' idle quota: a borrowed server may "
+        'be reclaimed with 15m notice after it has run 1h. To borrow, tick "Borrow idle '
+        'quota" on the form (or send the option "borrow": "yes") and start again; or wait '
+        "for your team's own."
+    )
+    two = borrow_offer(catalog, (Loan("nlp", 1), Loan("vision", 2)), "h100", 3)
+    assert two.startswith(
+        "You can borrow 3 NVIDIA H100 GPUs from Language Models' and Computer Vision Labs' "
+        "idle quota:"
+    )

@@ -175,3 +175,23 @@ profiles:
     plan = resolve_spawn(catalog, ADA, {"tag--unlisted-choice": text})
     assert plan.overrides["image"] == "img:" + text
     assert plan.overrides["extra_labels"] == {"tag": text, "literal": "{other}"}
+
+
+@pytest.mark.parametrize(
+    ("value", "borrow"),
+    [(None, False), ("yes", True), ("on", True), ("True", True), ("no", False), ("", False)],
+)
+def test_the_borrow_option(value: str | None, borrow: bool) -> None:
+    options = {"profile": "h100-single"} | ({} if value is None else {"borrow": value})
+    plan = resolve_spawn(CATALOG, ADA, options)
+    assert plan.borrow is borrow
+    assert "borrow" not in plan.choices  # not a profile option: admission reads it
+
+
+def test_a_bad_borrow_value_is_refused_with_the_values_it_takes() -> None:
+    with pytest.raises(SpawnRefused) as refused:
+        resolve_spawn(CATALOG, ADA, {"profile": "h100-single", "borrow": "maybe"})
+    assert (refused.value.reason, refused.value.message) == (
+        "bad-options",
+        "option 'borrow' must be yes or no, got 'maybe'",
+    )

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from tornado import web
 
-from spawner_ext.catalog import ProfileOption, load_catalog
+from spawner_ext.catalog import ProfileOption, load_catalog, parse_catalog
 from spawner_ext.catalog.store import CatalogVersion
 from spawner_ext.local.spawner import GPULocalSpawner
 from spawner_ext.policy.admission import Holding, TeamUsage
@@ -26,6 +26,7 @@ from spawner_ext.spawners.form import (
     form_view,
     option_note,
     render_form,
+    user_options_from_form,
 )
 from spawner_ext.spawners.mixin import GPUSpawnerMixin
 
@@ -286,3 +287,30 @@ def test_the_local_spawner_still_validates_the_image() -> None:
     with pytest.raises(web.HTTPError) as refused:
         spawner.resolve({"profile": "cpu-small", "image": "tensorflow"})
     assert "'tensorflow' is not a choice of option 'image'" in str(refused.value)
+
+
+def test_a_team_that_may_borrow_gets_the_checkbox_and_a_hint_where_its_quota_is_full() -> None:
+    text = (ROOT / "hub_config" / "catalog.yaml").read_text()
+    text = text.replace(
+        "      gpus_per_user: 4\n",
+        "      gpus_per_user: 4\n      borrow_limit: {h100-80gb: 2}\n",
+        1,
+    )
+    catalog = parse_catalog(text + "\nborrowing: {reclaim_notice: 15m, min_runtime: 1h}\n", "c")
+    html = render_form(form_view(catalog, LIN, USAGE, NOW, previous={"team": "vision"}))
+    parsed = page(html)
+    assert shown(parsed, "h100-single")[-1] == (
+        "Your team's quota is full: tick Borrow idle quota below to run on other teams' idle "
+        "quota, if they have some."
+    )
+    assert 'name="borrow" value="yes"' in html
+    assert "a borrowed server may be reclaimed with 15m notice after it has run 1h" in html
+    assert user_options_from_form({"profile": ["h100-single"], "borrow": ["yes"]}) == {
+        "profile": "h100-single",
+        "borrow": "yes",
+    }
+    # no borrowing section, or no team of the person's that may borrow: no checkbox
+    assert 'name="borrow"' not in render_form(form_view(CATALOG, LIN, USAGE, NOW))
+    assert 'name="borrow"' not in render_form(
+        form_view(catalog, Identity("grace"), {"nlp": TeamUsage("grace")}, NOW)
+    )

@@ -217,6 +217,7 @@ def light_line(
             UsageSession.gpu_type == gpu_type,
             UsageSession.ended_at.is_(None),
             UsageSession.team.in_(teams),
+            UsageSession.borrowed.is_(False),
         )
         .group_by(UsageSession.team)
     ):
@@ -368,12 +369,18 @@ def _standing(
     holds: list[GPUHold],
     exclude_hold_of: tuple[str, str] | None,
 ) -> TeamStanding:
-    """A team's standing for one type: quota, what it holds (sessions of every install, as
-    admission counts them, plus holds), its users' GPUs, its recent use, and whether its budget
-    is spent."""
+    """A team's standing for one type: quota, what it holds on its own quota (sessions of every
+    install, as admission counts them: not its borrowed servers; plus holds), its users' GPUs
+    (borrowed ones too: the user's cap counts them), its recent use, and whether its budget is
+    spent."""
     quota = catalog.teams[team].quota
     open_rows = db.execute(
-        select(UsageSession.user, UsageSession.gpu_type, UsageSession.gpu_count).where(
+        select(
+            UsageSession.user,
+            UsageSession.gpu_type,
+            UsageSession.gpu_count,
+            UsageSession.borrowed,
+        ).where(
             UsageSession.team == team,
             UsageSession.ended_at.is_(None),
             UsageSession.gpu_count > 0,
@@ -382,9 +389,9 @@ def _standing(
     team_holds = db.scalars(select(GPUHold).where(GPUHold.team == team)).all()
     user_held: dict[str, int] = {}
     held = 0
-    for user, kind, count in open_rows:
+    for user, kind, count, borrowed in open_rows:
         user_held[user] = user_held.get(user, 0) + count
-        if kind == gpu_type:
+        if kind == gpu_type and not borrowed:
             held += count
     for hold in team_holds:
         if exclude_hold_of is not None and (hold.user, hold.server_name) == exclude_hold_of:

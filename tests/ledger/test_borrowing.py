@@ -158,6 +158,28 @@ def test_people_waiting_for_the_type_come_before_a_borrow(ledger: Ledger, catalo
     assert loans_of(ledger) == []
 
 
+def test_in_line_a_team_waits_for_its_own_quota_whatever_it_borrows(
+    ledger: Ledger, catalog: Catalog
+) -> None:
+    """teaching runs one borrowed server and none of its own: its person in line is served on
+    its own quota (1) when a GPU frees. Broken once (the line counting borrowed servers as the
+    team's own): the request was skipped for the team's quota and stayed waiting."""
+    ledger.set_capacity("h100", 2)
+    tutor = ledger.admit(catalog, spawn("tutor", "teaching"))
+    ledger.admit(catalog, spawn("s1", "teaching", borrow=True))
+    ledger.close(tutor.session_id, EndReason.STOPPED)
+    v1 = ledger.admit(catalog, spawn("v1", "vision"))
+    joined = ledger.join(
+        catalog,
+        JoinRequest("t2", "", "teaching", "h100-single", "h100", 1, {"profile": "h100-single"}),
+    )
+    assert joined.state == "waiting"
+    ledger.close(v1.session_id, EndReason.STOPPED)
+    ledger.serve(catalog)
+    served = ledger.get(catalog, joined.id)
+    assert served is not None and served.state == "held"
+
+
 # --- races: each contender has its own engine (another hub process) -------------------------
 
 

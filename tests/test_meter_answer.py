@@ -1,10 +1,12 @@
-"""What the activity API's answer tells a server's GPU meter of its session (pure parts; the real
-hub round trip in a browser is tests/integration/test_gpu_meter_browser.py): cost and price,
-profile, team, the team's GPU-hours left, start, and the deadlines that apply to the server,
-each against a value worked out here from the catalog's own numbers."""
+"""What the activity API's answer tells a server's GPU meter of its session (the real hub round
+trip in a browser is tests/integration/test_gpu_meter_browser.py): cost and price, profile, team,
+the team's GPU-hours left, start, the deadlines that apply to the server, and the right-sizing
+hint from the session's GPU use as the real ledger (SQLite) aggregates it, each against a value
+worked out here from the catalog's own numbers."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -12,16 +14,31 @@ from typing import Any
 
 import pytest
 
-from spawner_ext.catalog import load_catalog
-from spawner_ext.ledger.activity import ActivityRecord, CullWarning
+from spawner_ext.catalog import load_catalog, parse_catalog
+from spawner_ext.ledger.activity import ActivityLedger, ActivityRecord, CullWarning
 from spawner_ext.ledger.budgets import TeamBudgetState
+from spawner_ext.ledger.engine import upgrade
 from spawner_ext.ledger.models import UsageSession
-from spawner_ext.notebook.sampler import Activity
-from spawner_ext.policy.activity import ActivityState
-from spawner_ext.service.activity_api import answer_body, session_body
+from spawner_ext.ledger.store import Ledger
+from spawner_ext.notebook.sampler import Activity, GPUSample
+from spawner_ext.policy.activity import ActivityReport, ActivityState
+from spawner_ext.policy.gpu_use import sample_use
+from spawner_ext.service.activity_api import (
+    SessionHints,
+    answer_body,
+    identity_of,
+    rightsizing_body,
+    session_body,
+)
+from spawner_ext.service.culler import REPORT_FRESH
+from tests.ledger.conftest import FakeClock
+from tests.ledger.test_store import request
 
 NOW = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
-CATALOG = load_catalog(Path(__file__).parents[1] / "hub_config" / "catalog.yaml")
+ROOT = Path(__file__).parents[1]
+CATALOG = load_catalog(ROOT / "hub_config" / "catalog.yaml")
+SECOND = timedelta(seconds=1)
+HOUR = timedelta(hours=1)
 
 
 def session(profile: str, team: str | None, started_ago: int, **extra: Any) -> UsageSession:
@@ -161,3 +178,130 @@ def test_the_answer_carries_the_session_beside_the_warning_and_notice() -> None:
     body = answer_body(record(Activity.BUSY, None), CATALOG, "vision", None, meter)
     assert body["session"] is meter
     assert answer_body(None, CATALOG, None, None)["session"] is None
+
+
+# --- the right-sizing hint, from a session's GPU use written through the real ledger ------------
+
+GIB = 1 << 30
+MINUTE = timedelta(minutes=1)
+START = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+MIG_FOR_A_GROUP = (
+    (ROOT / "hub_config" / "catalog.yaml")
+    .read_text()
+    .replace("    slug: mig-slice\n", "    slug: mig-slice\n    allowed_groups: [mig-users]\n")
+)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    """A migrated SQLite ledger (tests/ledger runs the activity ledger on PostgreSQL too)."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    upgrade(url)
+    opened = Ledger.open(url, clock=FakeClock(START))
+    yield opened
+    opened.engine.dispose()
+
+
+def started(ledger: Ledger, server: str, profile: str, gpu_type: str | None, price: str) -> int:
+    known = CATALOG.profile(profile)
+    count = known.gpu.count if known is not None and known.gpu is not None else 0
+    admitted = ledger.admit(
+        CATALOG, request("lin", server, profile, count, "vision", gpu_type, price)
+    )
+    ledger.mark_started(admitted.session, "local:1")
+    return admitted.session_id
+
+
+def report_minutes(ledger: Ledger, first: int, last: int, busy: set[int]) -> None:
+    """lin's H100 reports once a minute, minutes `first`..`last` after START: 2 % busy and
+    4 GiB in use, except the `busy` minutes (90 %, 6 GiB)."""
+    activity = ActivityLedger(ledger)
+    for minute in range(first, last + 1):
+        hot = minute in busy
+        sample = GPUSample(
+            "GPU-1", "NVIDIA H100 80GB HBM3", False, 90 if hot else 2,
+            (6 if hot else 4) * GIB, 80 * GIB, 1,
+        )  # fmt: skip
+        use = sample_use([sample], CATALOG.culling.gpu_utilization_percent)
+        at = START + minute * MINUTE
+        report = ActivityReport(Activity.BUSY if hot else Activity.IDLE)
+        assert activity.record("lin", "", report, "[]", at, REPORT_FRESH, use=use) is not None
+
+
+def test_the_meter_hints_a_cheaper_profile_from_the_sessions_measured_use(
+    ledger: Ledger,
+) -> None:
+    """lin's H100 session (vision, 4.10/h) reports once a minute for 40 minutes: 2 400 s
+    observed, 2 of the 40 minutes at 90 % (120 s busy: 5 %), at most 6 GiB in use. With 25 %
+    headroom it needs 7.5 GiB, and its use was light: every profile vision may start with that
+    much memory per GPU is a candidate; the cheapest is the 10 GiB MIG slice at 0.30/h.
+
+    broken once: `identity_of` dropping the token's groups: the member of the group got
+    l4-single, failed; and the cache's period
+    compared the wrong way round (`>=`): the first answer's null served on, failed."""
+    hints = SessionHints()
+    lin = ledger.session(started(ledger, "", "h100-single", "h100-80gb", "4.10"))
+    assert lin is not None
+    model = {"kind": "user", "name": "lin", "groups": ["vision"]}
+    report_minutes(ledger, 0, 20, busy={10})
+    now = START + 20 * MINUTE
+    assert hints.hint(ledger, CATALOG, lin, identity_of(model), now) is None, "20 min: too few"
+
+    report_minutes(ledger, 21, 40, busy={30})
+    assert hints.hint(ledger, CATALOG, lin, identity_of(model), now + 30 * SECOND) is None, (
+        "read once a minute: the first answer serves on"
+    )
+    hint = hints.hint(ledger, CATALOG, lin, identity_of(model), now + MINUTE)
+    assert hint == {
+        "suggested_profile": "mig-slice",
+        "suggested_profile_name": "A100 MIG slice (1g.10gb)",
+        "suggested_price_per_hour": 0.30,
+        "price_per_hour": 4.10,
+        "currency": "USD",
+        "observed_hours": round(2400 / 3600, 4),
+        "busy_percent": 5,
+        "p95_percent": 5,  # 38 of 40 minutes at 2 %: the first 5 % bucket's upper edge
+        "peak_memory_mib": 6 * 1024,
+        "memory_total_mib": 80 * 1024,
+        "hint": "used at most 6 GB of 80 GB and was busy 5 % of the time: `mig-slice` would "
+        "have cost 0.30 USD/h instead of 4.10 USD/h",
+    }
+    body = session_body(lin, CATALOG, None, None, now, hint)
+    assert body["rightsizing"] is hint
+
+    # a profile only for a group: suggested to members of the group (their token tells it)
+    grouped = parse_catalog(MIG_FOR_A_GROUP)
+    member = identity_of({"name": "lin", "groups": ["vision", "mig-users"]})
+    other = identity_of({"name": "lin", "groups": ["vision"]})
+    as_member = SessionHints().hint(ledger, grouped, lin, member, now)
+    assert as_member is not None and as_member["suggested_profile"] == "mig-slice"
+    not_member = SessionHints().hint(ledger, grouped, lin, other, now)
+    assert not_member is not None
+    assert (not_member["suggested_profile"], not_member["suggested_price_per_hour"]) == (
+        "l4-single",
+        0.70,
+    ), "the next cheapest with 7.5 GiB: the L4's 24 GiB"
+
+    # no memory_gib for the smaller types: nothing is known to fit
+    unknown = parse_catalog(
+        (ROOT / "hub_config" / "catalog.yaml")
+        .read_text()
+        .replace("    memory_gib: 40 ", "   ")
+        .replace("    memory_gib: 10 ", "   ")
+        .replace("    memory_gib: 24 ", "   ")
+    )
+    assert SessionHints().hint(ledger, unknown, lin, other, now) is None
+
+
+def test_a_cpu_server_has_no_hint(ledger: Ledger) -> None:
+    cpu = ledger.session(started(ledger, "cpu", "cpu-small", None, "0"))
+    assert cpu is not None
+    activity = ActivityLedger(ledger)
+    for minute in range(0, 61):
+        at = START + minute * MINUTE
+        report = ActivityReport(Activity.NONE, kernel_busy=True)
+        assert activity.record("lin", "cpu", report, "[]", at, REPORT_FRESH) is not None
+    who = identity_of({"name": "lin", "groups": ["vision"]})
+    assert SessionHints().hint(ledger, CATALOG, cpu, who, START + 2 * HOUR) is None
+    assert rightsizing_body(cpu, CATALOG, who, None) is None
+    assert session_body(cpu, CATALOG, None, None, START)["rightsizing"] is None

@@ -103,6 +103,33 @@ def memory_mib(catalog: Catalog) -> dict[str, int]:
     }
 
 
+def suggestion_for(
+    catalog: Catalog,
+    team: str | None,
+    who: Identity,
+    *,
+    used: tuple[str, str, int, Decimal],
+    currency: str,
+    use: GPUUse,
+    memory: Mapping[str, int] | None = None,
+    rule: RightSizing = DEFAULT_RULE,
+) -> Suggestion | None:
+    """The rule's suggestion for sessions charged to `team` that ran `used` (profile, GPU type,
+    GPU count, the server's price per hour as admitted, in `currency`) and used `use` of their
+    GPUs: the cheapest of the profiles `who` may start for the team that would have done, at
+    the catalog's prices (`memory`: memory_mib(catalog), when the caller has it). None where
+    the team is gone from the catalog or the price was in another currency than the catalog's
+    (prices could not be compared), and where the rule suggests nothing. The leads' hints
+    (hint_rows) and the person's GPU meter (service/activity_api.py) both ask it."""
+    if team is None or team not in catalog.teams or currency != catalog.metering.currency:
+        return None
+    profile, gpu_type, gpu_count, price_per_hour = used
+    offered = candidates(catalog, team, who, memory if memory is not None else memory_mib(catalog))
+    return suggest(
+        use, used_profile(catalog, profile, gpu_type, gpu_count, price_per_hour), offered, rule
+    )
+
+
 def hint_rows(
     sessions: Iterable[HeldSession],
     uses: Mapping[int, GPUUse],
@@ -133,14 +160,17 @@ def _row(
     measured = [s for s in group if s.id in uses and uses[s.id].observed_seconds > 0]
     use = merge_all(uses[s.id] for s in measured)
     suggestion = None
-    team = latest.team
-    if measured and team in catalog.teams and latest.currency == catalog.metering.currency:
-        assert team is not None
-        used = used_profile(
-            catalog, latest.profile, latest.gpu_type, latest.gpu_count, latest.price_per_hour
+    if measured:
+        suggestion = suggestion_for(
+            catalog,
+            latest.team,
+            Identity(latest.user),
+            used=(latest.profile, latest.gpu_type, latest.gpu_count, latest.price_per_hour),
+            currency=latest.currency,
+            use=use,
+            memory=memory,
+            rule=rule,
         )
-        offered = candidates(catalog, team, Identity(latest.user), memory)
-        suggestion = suggest(use, used, offered, rule)
     saving = possible_saving((_for_session(suggestion, s), s.held_seconds) for s in measured)
     gpu_seconds = sum(s.held_seconds * s.gpu_count for s in group)
     return HintRow(

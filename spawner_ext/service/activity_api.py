@@ -4,9 +4,10 @@ JupyterHub token (JUPYTERHUB_API_TOKEN; its `server` role has this service's acc
 answer the culler's current warning for that server (whether Keep can delay it, and whom to ask
 when it cannot), for a GPU server its team's budget notice (policy/notices.py), and what the
 server's GPU meter in JupyterLab shows of its session: start, profile, team, price and cost so
-far, the team's GPU-hours left this month, and the deadlines that apply to it. Those, the share
-used, the stop's deadline and the leads are all a member learns of the team's budget here: the
-budget API stays for leads. It is answered whether or not this service culls.
+far, the team's GPU-hours left this month, the deadlines that apply to it, and the right-sizing
+hint for the session (a cheaper profile that would have done for its use so far). Those, the
+share used, the stop's deadline and the leads are all a member learns of the team's budget here:
+the budget API stays for leads. It is answered whether or not this service culls.
 
 A token may report only for servers of its owner that it may access: a server's own token for
 that server, a user's token for their servers. Forging "busy" can keep only one's own server
@@ -15,6 +16,7 @@ alive, which a busy kernel does too; max_age and the budget still stop it."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -34,7 +36,8 @@ from ..notebook.sampler import Activity, GPUSample, gpu_activity
 from ..policy.activity import ActivityReport
 from ..policy.admission import next_month_start
 from ..policy.culling import ServerActivity, keep_delays, settings_for
-from ..policy.gpu_use import sample_use
+from ..policy.gpu_use import GPUUse, sample_use
+from ..policy.identity import Identity
 from ..policy.notices import (
     BudgetNotice,
     budget_stop_at,
@@ -42,6 +45,8 @@ from ..policy.notices import (
     stop_advice,
     whom_to_ask,
 )
+from ..policy.rightsizing import suggestion_words
+from ..reports.hints import suggestion_for
 from .app import GPUHubService
 from .culler import REPORT_FRESH, gpu_label
 from .reports_api import APIHandler
@@ -50,6 +55,10 @@ MAX_SAMPLES = 64
 BUDGET_READ_EVERY = timedelta(seconds=10)
 """How long a team's budget state read for one server's answer serves the others' (every
 server reports every few seconds)."""
+HINT_READ_EVERY = timedelta(minutes=1)
+"""How long a session's right-sizing hint, worked out from one read of its GPU use, serves its
+server's answers (a server reports every ~10 s; the rule needs 30 minutes of use to say
+anything, so a minute late is nothing)."""
 
 
 class BadReport(ValueError):
@@ -102,18 +111,65 @@ def _hours(hours: Decimal) -> float:
     return float(round(hours, 4))
 
 
+def identity_of(model: Mapping[str, Any]) -> Identity:
+    """The person a server's token reports for, as the right-sizing hint asks which profiles
+    they may start: the name and groups of the hub's user model for the token (JupyterHub tells
+    every token its owner's name and groups). `admin` is not told to a server's token, and no
+    profile depends on it."""
+    return Identity(str(model.get("name", "")), frozenset(model.get("groups") or ()))
+
+
+def rightsizing_body(
+    session: UsageSession, catalog: Catalog, who: Identity, use: GPUUse | None
+) -> dict[str, Any] | None:
+    """The right-sizing hint the GPU meter shows for a session that used `use` of its GPUs so
+    far (None: never measured): the cheapest profile `who` may start for the session's team
+    that would have done, with its price and the session's own (reports/hints.suggestion_for,
+    the rule the leads' hints follow). None for a server without GPUs, one measured for less
+    than the rule's 30 minutes, or where nothing cheaper fits (profiles whose GPU type has no
+    `memory_gib` in the catalog are never suggested)."""
+    if not session.gpu_count or session.gpu_type is None or use is None:
+        return None
+    s = suggestion_for(
+        catalog,
+        session.team,
+        who,
+        used=(session.profile, session.gpu_type, session.gpu_count, session.price_per_hour),
+        currency=session.currency,
+        use=use,
+    )
+    if s is None:
+        return None
+    profile = catalog.profile(s.profile)
+    return {
+        "suggested_profile": s.profile,
+        "suggested_profile_name": profile.display_name if profile is not None else s.profile,
+        "suggested_price_per_hour": float(s.price_per_hour),
+        "price_per_hour": float(s.instead_of_price_per_hour),
+        "currency": session.currency,
+        "observed_hours": round(s.observed_seconds / 3600, 4),
+        "busy_percent": s.busy_percent,
+        "p95_percent": s.p95_percent,
+        "peak_memory_mib": s.peak_memory_mib,
+        "memory_total_mib": s.memory_total_mib,
+        "hint": suggestion_words(s, session.currency),
+    }
+
+
 def session_body(
     session: UsageSession,
     catalog: Catalog,
     budget: TeamBudgetState | None,
     record: ActivityRecord | None,
     now: datetime,
+    rightsizing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What the server's GPU meter shows of its session at `now`: its start, profile, team,
     price per hour and cost so far (the ledger's billing rule on the session's own price), the
     team's GPU-hours left this month (`budget`: the team's budget state, None without a
-    budget) and the deadlines that apply to the server (policy/notices.server_deadlines, from
-    the same inputs the culler and the budget notice use)."""
+    budget), the deadlines that apply to the server (policy/notices.server_deadlines, from
+    the same inputs the culler and the budget notice use) and its right-sizing hint
+    (`rightsizing_body`, None: no hint)."""
     team = catalog.teams.get(session.team or "")
     profile = catalog.profile(session.profile)
     gpu_type = catalog.gpu_types.get(session.gpu_type or "")
@@ -166,6 +222,7 @@ def session_body(
         "cost_at": now.isoformat(),
         "budget": left,
         "deadlines": [d.as_json() for d in deadlines],
+        "rightsizing": rightsizing,
     }
 
 
@@ -220,12 +277,56 @@ class TeamBudgets:
         return team_budget_notice(catalog, team, self.state(ledger, team, now), now)
 
 
+class SessionHints:
+    """Running sessions' right-sizing hints, each worked out from one read of the session's GPU
+    use at most once per HINT_READ_EVERY; hints not asked for in that long are dropped."""
+
+    def __init__(self) -> None:
+        self._read: dict[int, tuple[datetime, dict[str, Any] | None]] = {}
+        self._swept_at: datetime | None = None
+
+    def hint(
+        self,
+        ledger: Ledger,
+        catalog: Catalog,
+        session: UsageSession,
+        who: Identity,
+        now: datetime,
+    ) -> dict[str, Any] | None:
+        if not session.gpu_count:
+            return None  # a server without GPUs: nothing to read
+        cached = self._read.get(session.id)
+        if cached is None or not timedelta(0) <= now - cached[0] < HINT_READ_EVERY:
+            self._sweep(now)
+            use = ActivityLedger(ledger).gpu_use([session.id]).get(session.id)
+            hint = rightsizing_body(session, catalog, who, use)
+            cached = self._read[session.id] = (now, hint)
+        return cached[1]
+
+    def _sweep(self, now: datetime) -> None:
+        """Forget stale hints (of sessions that ended), at most once per HINT_READ_EVERY."""
+        if self._swept_at is not None and timedelta(0) <= now - self._swept_at < HINT_READ_EVERY:
+            return
+        self._swept_at = now
+        self._read = {
+            key: value
+            for key, value in self._read.items()
+            if timedelta(0) <= now - value[0] < HINT_READ_EVERY
+        }
+
+
 class ServerHandler(APIHandler):
     """The server a report is about, from the body, for the token's owner."""
 
-    def initialize(self, service: GPUHubService, budgets: TeamBudgets | None = None) -> None:
+    def initialize(
+        self,
+        service: GPUHubService,
+        budgets: TeamBudgets | None = None,
+        hints: SessionHints | None = None,
+    ) -> None:
         super().initialize(service)
         self.budgets = budgets or TeamBudgets()
+        self.hints = hints or SessionHints()
 
     def body(self) -> dict[str, Any]:
         try:
@@ -262,7 +363,9 @@ class ServerHandler(APIHandler):
             if session is not None and session.gpu_count:  # budgets count GPU-hours
                 notice = team_budget_notice(catalog, team, state, now)
         if session is not None:
-            meter = session_body(session, catalog, state, record, now)
+            who = identity_of(self.get_current_user() or {})
+            hint = self.hints.hint(ledger, catalog, session, who, now)
+            meter = session_body(session, catalog, state, record, now, hint)
         self.write_json(answer_body(record, catalog, team, notice, meter))
 
 
@@ -309,7 +412,7 @@ class KeepHandler(ServerHandler):
 
 
 def activity_handlers(prefix: str, service: GPUHubService) -> list[Any]:
-    args = {"service": service, "budgets": TeamBudgets()}
+    args = {"service": service, "budgets": TeamBudgets(), "hints": SessionHints()}
     return [
         (rf"{prefix}api/v1/activity", ActivityHandler, args),
         (rf"{prefix}api/v1/keep", KeepHandler, args),

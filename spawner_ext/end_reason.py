@@ -18,3 +18,4 @@ class EndReason(enum.StrEnum):
     FAILED = "failed"  # never started
     NODE_LOST = "node-lost"  # its pod vanished behind the hub's back
     RECONCILED = "reconciled"  # found gone by reconciliation (e.g. after a hub crash)
+    RECLAIMED = "reclaimed"  # a borrowed server, stopped to give its GPUs back

@@ -309,6 +309,7 @@ def read_line(
             UsageSession.profile,
             UsageSession.gpu_count,
             UsageSession.started_at,
+            UsageSession.reclaim_at,
         ).where(
             UsageSession.gpu_type == gpu_type,
             UsageSession.ended_at.is_(None),
@@ -457,8 +458,8 @@ def _running(
     lengths: Sequence[float] = (),
 ) -> tuple[Running, ...]:
     """What each open session of the type is expected to free, and when: its max-age deadline,
-    the culler's announced stop, or its likely natural end from the type's recent session
-    lengths (`expected_end`: its residual life at its age)."""
+    the culler's announced stop or its reclaim, or its likely natural end from the type's recent
+    session lengths (`expected_end`: its residual life at its age)."""
     ids = [s[0] for s in sessions]
     culls: dict[int, datetime] = {}
     if ids:
@@ -472,14 +473,15 @@ def _running(
             if cull_at is not None
         }
     found = []
-    for session_id, team, user, profile_slug, count, started in sessions:
+    for session_id, team, user, profile_slug, count, started, reclaim_at in sessions:
         profile = catalog.profile(profile_slug)
         max_age = (profile.max_age if profile else None) or catalog.culling.max_age
+        stops = [at for at in (culls.get(session_id), reclaim_at) if at is not None]
         end = expected_end(
             started or now,
             now=now,
             max_age=max_age,
-            cull_at=culls.get(session_id),
+            cull_at=min(stops) if stops else None,
             typical=typical,
             lengths=lengths,
         )

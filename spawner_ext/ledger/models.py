@@ -101,8 +101,12 @@ class UsageSession(Base):
     ends with this reason once the server is really gone."""
     stop_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     borrowed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    """Run on other teams' quota (its loans, `SessionLoan`); such a server may be reclaimed.
-    When its terms change (it becomes own, or its loans move), the session is split there."""
+    """Run on other teams' quota (its loans, `SessionLoan`); such a server may be reclaimed."""
+    reclaim_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """A borrowed server chosen to give its GPUs back: when it is stopped (its user was warned
+    from the choice on); None when not chosen, or the choice was withdrawn."""
+    reclaim_for: Mapped[str | None] = mapped_column(String(63))
+    """The team whose people in line the GPUs are reclaimed for."""
 
     __table_args__ = (
         Index("ix_usage_sessions_open", "team", "ended_at"),

@@ -6,11 +6,12 @@ from __future__ import annotations
 from ..clock import Clock, utcnow
 from .admission import AdmissionEngine
 from .engine import check_schema, make_engine
+from .reclaims import ReclaimLedger
 from .sessions import SessionLog
 from .waitlist import WaitlistLedger
 
 
-class Ledger(AdmissionEngine, SessionLog, WaitlistLedger):
+class Ledger(AdmissionEngine, SessionLog, WaitlistLedger, ReclaimLedger):
     """The billing ledger at one database URL: admit spawns, record their sessions' lives."""
 
     @classmethod

@@ -37,7 +37,7 @@ from .models import (
 )
 from .outbox import enqueue
 from .rules import holdings_of
-from .sessions import dialect_insert
+from .sessions import dialect_insert, of_install
 
 STARTS = ("auto", "ask")
 WAITABLE = frozenset({"gpu-quota", "no-free-gpu", "line"})
@@ -84,6 +84,9 @@ class WaitRequest:
     estimated_start: datetime | None = None
     blocked: str | None = None
     """Why it is skipped for now though it keeps its place (its team's quota, budget)."""
+    reclaim_at: datetime | None = None
+    """Borrowed GPUs of the type are being reclaimed for its team: when the first is stopped
+    (a waiting request's GPU is on its way, at the latest then)."""
 
     @property
     def live(self) -> bool:
@@ -107,6 +110,7 @@ class WaitRequest:
             "position": self.position,
             "estimated_start": iso(self.estimated_start),
             "blocked": self.blocked,
+            "reclaim_at": iso(self.reclaim_at),
             "joined_at": iso(self.joined_at),
             "turn_at": iso(self.turn_at),
             "hold_until": iso(self.hold_until),
@@ -695,10 +699,32 @@ class WaitlistLedger(LedgerBase):
     ) -> list[WaitRequest]:
         """Rows as WaitRequests, waiting ones with their place and estimate as the line was
         last worked out (`_place_line`: at every turn-giving pass, and a new request's place
-        when it joins)."""
-        del db, catalog
+        when it joins), and when borrowed GPUs being reclaimed for their team free up."""
+        del catalog
+        reclaims: dict[tuple[str, str], datetime] = {}
+        if any(row.state == "waiting" for row in rows):
+            reclaims = {
+                (team, gpu_type): at
+                for team, gpu_type, at in db.execute(
+                    select(
+                        UsageSession.reclaim_for,
+                        UsageSession.gpu_type,
+                        func.min(UsageSession.reclaim_at),
+                    )
+                    .where(
+                        UsageSession.reclaim_at.is_not(None),
+                        UsageSession.ended_at.is_(None),
+                        of_install(self.install),
+                    )
+                    .group_by(UsageSession.reclaim_for, UsageSession.gpu_type)
+                )
+                if team is not None and gpu_type is not None and at is not None
+            }
         return [
-            _request(row, row.position, row.estimated_start, row.blocked)
+            replace(
+                _request(row, row.position, row.estimated_start, row.blocked),
+                reclaim_at=reclaims.get((row.team, row.gpu_type)),
+            )
             if row.state == "waiting"
             else _request(row, None, None, None)
             for row in rows

@@ -1,6 +1,6 @@
 """Borrowing other teams' unallocated quota of a GPU type, and giving it back: whose quota a spawn
-uses, which loans move when a lender wants its own quota back, and which borrowed servers are
-reclaimed. Pure: no I/O; the ledger gathers each team's standing and acts on the answer.
+uses, when GPUs are reclaimed for people waiting on their own quota, and which borrowed servers
+give them. Pure: no I/O; the ledger gathers each team's standing and acts on the answer.
 
 The rules (issue 20; `docs/explanation/borrowing.md` says why):
 
@@ -12,9 +12,10 @@ The rules (issue 20; `docs/explanation/borrowing.md` says why):
   already, capped by its `lend_limit` less what it lends already.
 - *What may be borrowed*: at most the borrower's `borrow_limit` in all, from lenders in the
   order of the most lendable first (then by key), so loans spread where quota is idlest.
-- *A lender that wants its quota back* (`take_back`): a spawn that fits its own quota but finds
-  part of it lent. First the loans move to other lenders with lendable quota (nothing stops);
-  only what cannot move is reclaimed from borrowed servers (`choose_reclaims`).
+- *When GPUs are reclaimed* (`reclaim_need`): people wait in line for the type on their own
+  team's quota (a request within it), no GPU is free for them, and borrowed servers hold GPUs of
+  the type. A lender is not refused because its quota is lent (the free GPUs decide), so loans
+  never need to move; what a waiting person on their own quota needs is GPUs.
 - *Which borrowed servers are reclaimed* (`choose_reclaims`): only those that have run
   `min_runtime`; idle ones before busy ones (a GPU whose use cannot be told counts as busy);
   among each, as few servers as cover the need, with the fewest GPUs stopped beyond it, and
@@ -82,15 +83,15 @@ def lendable(share: Share) -> int:
 
 
 def fits_own(share: Share, gpus: int) -> bool:
-    """Whether a spawn of `gpus` fits the team's own quota (lent GPUs included: taking them back
-    is the lenders' business, `take_back`)."""
+    """Whether a spawn of `gpus` fits the team's own quota. What it lends does not count: a
+    lender's own server needs a free GPU like any other, and if borrowers hold them, it waits in
+    line while they are reclaimed (`reclaim_need`)."""
     return share.own + gpus <= share.quota
 
 
 def place(shares: Mapping[str, Share], team: str, gpus: int) -> Placement | Refusal:
     """Whose quota a spawn of `gpus` GPUs by `team` uses. `shares` holds the team and the other
-    teams of its cohort (for one GPU type). An own spawn whose quota is partly lent needs
-    `take_back` before it starts."""
+    teams of its cohort (for one GPU type)."""
     me = shares[team]
     if fits_own(me, gpus):
         return Placement(borrowed=False)
@@ -140,93 +141,68 @@ class BorrowedServer:
     cannot be told (a MIG slice, no samples): such a server counts as busy."""
 
 
-@dataclass(frozen=True)
-class Move:
-    """Part of a borrowed server's loan moves from one lender to another (nothing stops)."""
-
-    server: str
-    from_lender: str
-    to_lender: str
-    gpus: int
-
-
-@dataclass(frozen=True)
-class TakeBack:
-    """What gives `lender` back `gpus` of its quota: loans moved to other lenders, and what is
-    left to reclaim from borrowed servers (`choose_reclaims`)."""
-
-    moves: tuple[Move, ...]
-    reclaim: int
-
-
-def take_back(
-    shares: Mapping[str, Share],
-    lender: str,
-    gpus: int,
-    servers: Sequence[BorrowedServer],
-) -> TakeBack:
-    """`lender` needs `gpus` more of its own quota than is unlent: move loans from it to other
-    lenders of the cohort with lendable quota (the most lendable first), servers holding the most
-    of its quota first; what cannot move must be reclaimed."""
-    need = max(gpus - max(shares[lender].quota - shares[lender].own - shares[lender].lent, 0), 0)
-    need = min(need, shares[lender].lent)
-    room = {t: lendable(s) for t, s in shares.items() if t != lender}
-    moves: list[Move] = []
-    owed = sorted(
-        ((s, sum(loan.gpus for loan in s.loans if loan.lender == lender)) for s in servers),
-        key=lambda pair: (-pair[1], pair[0].started_at, pair[0].id),
-    )
-    for server, lent_here in owed:
-        left = min(lent_here, need)
-        for to in sorted(room, key=lambda t: (-room[t], t)):
-            if left == 0:
-                break
-            if to == server.team:
-                continue  # a team does not borrow from itself
-            take = min(room[to], left)
-            if take > 0:
-                moves.append(Move(server.id, lender, to, take))
-                room[to] -= take
-                left -= take
-                need -= take
-        if need == 0:
-            break
-    return TakeBack(moves=tuple(moves), reclaim=need)
-
-
 def choose_reclaims(
     servers: Sequence[BorrowedServer],
-    lender: str,
     gpus: int,
     now: datetime,
     min_runtime: timedelta,
 ) -> tuple[BorrowedServer, ...]:
-    """The borrowed servers to stop so that `lender` gets `gpus` of its quota back: only those
-    that have run `min_runtime` and borrow from `lender`; idle before busy; within each, a single
-    server that covers what is left if one does (the one with the fewest GPUs, then the longest
-    running), else the one that gives the most (then the longest running), and again. Fewer
-    than `gpus` may be found (the rest waits for servers to pass `min_runtime`)."""
-    eligible = [s for s in servers if now - s.started_at >= min_runtime and _from(s, lender) > 0]
+    """The borrowed servers of a type to stop so that `gpus` GPUs free up for people waiting on
+    their own quota: only those that have run `min_runtime`; idle before busy; within each, a
+    single server that covers what is left if one does (the one with the fewest GPUs, then the
+    longest running), else the one that gives the most (then the longest running), and again.
+    Fewer than `gpus` may be found (the rest waits for servers to pass `min_runtime`)."""
+    eligible = [s for s in servers if now - s.started_at >= min_runtime]
     chosen: list[BorrowedServer] = []
     left = gpus
     for idle in (True, False):
         pool = [s for s in eligible if s.idle is idle]
         while left > 0 and pool:
-            covers = [s for s in pool if _from(s, lender) >= left]
+            covers = [s for s in pool if s.gpus >= left]
             if covers:
-                pick = min(covers, key=lambda s: (_from(s, lender), s.started_at, s.id))
+                pick = min(covers, key=lambda s: (s.gpus, s.started_at, s.id))
             else:
-                pick = min(pool, key=lambda s: (-_from(s, lender), s.started_at, s.id))
+                pick = min(pool, key=lambda s: (-s.gpus, s.started_at, s.id))
             chosen.append(pick)
             pool.remove(pick)
-            left -= _from(pick, lender)
+            left -= pick.gpus
         if left <= 0:
             break
     return tuple(chosen)
 
 
-def _from(server: BorrowedServer, lender: str) -> int:
-    return sum(loan.gpus for loan in server.loans if loan.lender == lender)
+@dataclass(frozen=True)
+class Wanting:
+    """A request waiting for GPUs of the type, as reclaiming sees it (in the line's order)."""
+
+    team: str
+    gpus: int
+
+
+def reclaim_need(
+    shares: Mapping[str, Share],
+    waiting: Sequence[Wanting],
+    free: int,
+    reclaiming: int,
+) -> tuple[int, str | None]:
+    """(GPUs to reclaim now, for which team): what the requests waiting on their own team's
+    quota need beyond the free GPUs and those already being reclaimed (`reclaiming`), counting
+    only while borrowed servers hold GPUs a within-quota request could use. A request over its
+    own team's quota waits for that quota (or borrows): it reclaims nothing. The team is the
+    first such request's (the one whose line message tells it a GPU is coming)."""
+    own = {team: share.own for team, share in shares.items()}
+    wanted = 0
+    first: str | None = None
+    for request in waiting:
+        share = shares.get(request.team)
+        if share is None or own[request.team] + request.gpus > share.quota:
+            continue
+        own[request.team] += request.gpus
+        wanted += request.gpus
+        first = first or request.team
+    borrowed = sum(share.borrowed for share in shares.values())
+    need = min(wanted - free, borrowed) - reclaiming
+    return max(need, 0), first if need > 0 else None
 
 
 def conversions(share: Share, servers: Iterable[BorrowedServer]) -> tuple[BorrowedServer, ...]:

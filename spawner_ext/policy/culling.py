@@ -75,6 +75,11 @@ class ServerActivity:
     """The last time the user clicked Keep in the warning."""
     budget_stop_at: datetime | None = None
     """When the budget's stop stage stops the team's GPU servers (grace over); None: no stop."""
+    reclaim_at: datetime | None = None
+    """A borrowed server chosen to give its GPUs back: when it is stopped (its user is warned
+    from the choice on, however far ahead); None: not chosen."""
+    reclaim_for: str = ""
+    """The team the GPUs are reclaimed for, as people read it."""
 
 
 KEEP_DELAYS = frozenset({EndReason.CULLED_IDLE, EndReason.CULLED_GPU_IDLE})
@@ -121,6 +126,12 @@ def _why(reason: EndReason, server: ServerActivity, at: datetime, now: datetime)
         return f"it will have run for {_minutes(at - server.started)}, the longest allowed"
     if reason is EndReason.BUDGET:
         return "the team's monthly GPU budget is used up"
+    if reason is EndReason.RECLAIMED:
+        whose = server.reclaim_for or "their team"
+        return (
+            f"it runs on other teams' idle quota, and {whose} needs the GPUs back for people "
+            "waiting on their own quota. Open notebooks are saved first"
+        )
     if reason is EndReason.CULLED_GPU_IDLE:
         since = max(filter(None, (server.gpu_idle_since, server.kept_at)))
         return f"{gpus} been idle for {_minutes(now - since)}"
@@ -138,6 +149,8 @@ def cull_deadlines(
         candidates.append((server.started + settings.max_age, EndReason.MAX_AGE))
     if server.budget_stop_at is not None:  # not idleness: it stops busy GPUs too
         candidates.append((server.budget_stop_at, EndReason.BUDGET))
+    if server.reclaim_at is not None:  # a borrowed server giving its GPUs back, busy or not
+        candidates.append((server.reclaim_at, EndReason.RECLAIMED))
     if not server.gpu_busy:  # idleness never stops a busy GPU
         if settings.idle_timeout is not None:
             last = max(filter(None, (server.last_activity, server.kept_at, server.started)))
@@ -158,7 +171,7 @@ def decide_cull(server: ServerActivity, settings: CullSettings, now: datetime) -
     if now >= at:
         why = _why(reason, server, now, now)
         return CullDecision(CullAction.CULL, reason, at, f"{what} was stopped: {why}.")
-    if at - now <= settings.warn_before:
+    if at - now <= settings.warn_before or reason is EndReason.RECLAIMED:
         why = _why(reason, server, at, now)
         when = f"in {_minutes(at - now)} (at {at.astimezone(UTC):%H:%M} UTC)"
         message = f"{what} will be stopped {when}: {why}."
@@ -169,7 +182,8 @@ def decide_cull(server: ServerActivity, settings: CullSettings, now: datetime) -
 _ORDER = {
     EndReason.MAX_AGE: 0,
     EndReason.BUDGET: 1,
-    EndReason.CULLED_GPU_IDLE: 2,
-    EndReason.CULLED_IDLE: 3,
+    EndReason.RECLAIMED: 2,
+    EndReason.CULLED_GPU_IDLE: 3,
+    EndReason.CULLED_IDLE: 4,
 }
 """Which reason is named when two rules fall due at once."""

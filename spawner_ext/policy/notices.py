@@ -59,6 +59,11 @@ def stop_advice(reason: str | None, ask: str) -> str:
         return ""
     if reason == EndReason.BUDGET:
         return f"Keep cannot delay this: save your work. To raise the budget, ask {ask}."
+    if reason == EndReason.RECLAIMED:
+        return (
+            "Keep cannot delay this: your notebooks are saved before the stop. Start again "
+            "when your team's own quota has room, or wait for a GPU in line."
+        )
     if reason == EndReason.MAX_AGE:
         return (
             "Keep cannot delay this: save your work, and start a new server after it. "
@@ -230,9 +235,12 @@ def server_deadlines(
     }
     if idle_warning_at is not None:
         known[EndReason.CULLED_IDLE] = idle_warning_at
+    if server.reclaim_at is not None:
+        known[EndReason.RECLAIMED] = server.reclaim_at
     rules = (
         (EndReason.MAX_AGE, settings.max_age),
         (EndReason.BUDGET, budget_grace),
+        (EndReason.RECLAIMED, timedelta(0) if server.reclaim_at is not None else None),
         (EndReason.CULLED_GPU_IDLE, settings.gpu_idle_timeout),
         (EndReason.CULLED_IDLE, settings.idle_timeout),
     )

@@ -27,7 +27,7 @@ from tornado import web
 from ..catalog import Catalog
 from ..clock import utcnow
 from ..end_reason import EndReason
-from ..ledger.activity import ActivityLedger, ActivityRecord
+from ..ledger.activity import ActivityLedger, ActivityRecord, CullWarning
 from ..ledger.budgets import TeamBudgetState, team_budget_notice, team_budget_state
 from ..ledger.models import UsageSession
 from ..ledger.rules import billed_seconds, session_cost
@@ -35,7 +35,7 @@ from ..ledger.store import Ledger
 from ..notebook.sampler import Activity, GPUSample, gpu_activity
 from ..policy.activity import ActivityReport
 from ..policy.admission import next_month_start
-from ..policy.culling import ServerActivity, keep_delays, settings_for
+from ..policy.culling import CullSettings, ServerActivity, decide_cull, keep_delays, settings_for
 from ..policy.gpu_use import GPUUse, sample_use
 from ..policy.identity import Identity
 from ..policy.notices import (
@@ -48,7 +48,7 @@ from ..policy.notices import (
 from ..policy.rightsizing import suggestion_words
 from ..reports.hints import suggestion_for
 from .app import GPUHubService
-from .culler import REPORT_FRESH, gpu_label
+from .culler import REPORT_FRESH, gpu_label, reclaim_for_name
 from .reports_api import APIHandler
 
 MAX_SAMPLES = 64
@@ -202,6 +202,8 @@ def session_body(
         gpu_idle_since=state.gpu_idle_since if fresh and state and state.idle else None,
         kept_at=state.kept_at if state else None,
         budget_stop_at=stop_at,
+        reclaim_at=session.reclaim_at,
+        reclaim_for=reclaim_for_name(catalog, session),
     )
     warning = record.warning if record is not None else None
     idle_at = warning.cull_at if warning and warning.reason == EndReason.CULLED_IDLE else None
@@ -232,17 +234,23 @@ def answer_body(
     team: str | None,
     budget: BudgetNotice | None,
     session: dict[str, Any] | None = None,
+    reclaim: CullWarning | None = None,
 ) -> dict[str, Any]:
     """The answer to a server's report or Keep: its activity as recorded, the culler's warning
     (with `keep`: whether Keep can delay that stop, and `advice`: what to do when it cannot,
     naming the leads of `team`, the team the server is charged to), the team's budget
-    notice and what the GPU meter shows of the session (`session_body`)."""
+    notice and what the GPU meter shows of the session (`session_body`). A borrowed server
+    chosen to give its GPUs back (`reclaim`) is warned of that, unless the culler's warning
+    comes first."""
     warning = None
-    if record is not None and record.warning is not None:
-        reason = record.warning.reason
+    shown = record.warning if record is not None else None
+    if reclaim is not None and (shown is None or reclaim.cull_at <= shown.cull_at):
+        shown = reclaim  # the culler may not run (or not yet): the reclaim warns by itself
+    if shown is not None:
+        reason = shown.reason
         warning = {
-            "message": record.warning.message,
-            "cull_at": record.warning.cull_at.isoformat(),
+            "message": shown.message,
+            "cull_at": shown.cull_at.isoformat(),
             "reason": reason,
             "keep": keep_delays(reason),
             "advice": stop_advice(reason, whom_to_ask(catalog.teams.get(team or ""))),
@@ -257,6 +265,32 @@ def answer_body(
         "budget": budget.as_json() if budget is not None else None,
         "session": session,
     }
+
+
+def reclaim_warning(catalog: Catalog, session: UsageSession, now: datetime) -> CullWarning | None:
+    """The warning of a borrowed server chosen to give its GPUs back, worded as the culler words
+    its own (policy/culling.py); None when it is not chosen."""
+    if session.reclaim_at is None or session.ended_at is not None:
+        return None
+    view = ServerActivity(
+        started=session.started_at or now,
+        last_activity=None,
+        gpu_count=session.gpu_count,
+        gpu_label=gpu_label(catalog, session),
+        reclaim_at=session.reclaim_at,
+        reclaim_for=reclaim_for_name(catalog, session),
+    )
+    only_reclaim = CullSettings(
+        idle_timeout=None,
+        gpu_idle_timeout=None,
+        max_age=None,
+        warn_before=timedelta(0),
+        gpu_utilization_percent=catalog.culling.gpu_utilization_percent,
+    )
+    decision = decide_cull(view, only_reclaim, now)
+    if decision.reason is not EndReason.RECLAIMED or decision.cull_at is None:
+        return None
+    return CullWarning(decision.message, decision.cull_at, EndReason.RECLAIMED.value)
 
 
 class TeamBudgets:
@@ -366,7 +400,8 @@ class ServerHandler(APIHandler):
             who = identity_of(self.get_current_user() or {})
             hint = self.hints.hint(ledger, catalog, session, who, now)
             meter = session_body(session, catalog, state, record, now, hint)
-        self.write_json(answer_body(record, catalog, team, notice, meter))
+        reclaim = reclaim_warning(catalog, session, now) if session is not None else None
+        self.write_json(answer_body(record, catalog, team, notice, meter, reclaim))
 
 
 class ActivityHandler(ServerHandler):

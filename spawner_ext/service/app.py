@@ -24,12 +24,13 @@ from ..catalog import Catalog
 from ..catalog.store import CatalogStore
 from ..clock import Clock, utcnow
 from ..end_reason import EndReason
+from ..ledger.activity import ActivityLedger
 from ..ledger.engine import SchemaError
 from ..ledger.models import UsageSession
 from ..ledger.outbox import Outbox
 from ..ledger.store import Ledger
 from .budget_alerts import BudgetAlerter
-from .culler import Culler, CullerStatus
+from .culler import REPORT_FRESH, Culler, CullerStatus
 from .hubapi import HubAPI, HubAPIError, HubServer, ServerUnknown
 from .metering import Listed, enforce_budgets, reconcile_once, strays
 from .notifier import Notifier, NotifierStatus
@@ -62,6 +63,8 @@ class Status:
     turns_given: int = 0
     """Wait-list turns given (GPUs held for the next person in line)."""
     budget_alerts: int = 0
+    reclaims_chosen: int = 0
+    reclaims_stopped: int = 0
     """Budget alert messages queued (one per recipient)."""
 
     def as_json(self) -> dict[str, Any]:
@@ -79,6 +82,8 @@ class Status:
             "budget_stops": self.budget_stops,
             "turns_given": self.turns_given,
             "budget_alerts": self.budget_alerts,
+            "reclaims_chosen": self.reclaims_chosen,
+            "reclaims_stopped": self.reclaims_stopped,
         }
 
     def detail_json(self) -> dict[str, Any]:
@@ -187,7 +192,50 @@ class GPUHubService:
         self.status.budget_stops += len(asked)
         await self.runtime.sync(catalog)
         await self.serve_waitlist(catalog, listed)
+        await self.reclaim_borrowed(catalog)
         self.status.budget_alerts += await self.budget_alerter().step(catalog)
+
+    async def reclaim_borrowed(self, catalog: Catalog) -> None:
+        """Choose borrowed servers to give their GPUs back to people waiting on their own
+        team's quota (warned from now, by the notebook's warning and the notifier), and stop
+        those whose notice is over (the ledger decides, under each GPU type's lock)."""
+        ledger = self.ledger()
+        ids = ledger.open_borrowed()
+        if not ids:
+            return
+        now = self.clock()
+        records = ActivityLedger(ledger).records(ids)
+        idle = {
+            session_id: now - record.state.reported_at <= REPORT_FRESH and record.state.idle
+            for session_id, record in records.items()
+        }
+        result = ledger.reclaim(catalog, idle)
+        self.status.reclaims_chosen += len(result.chosen)
+        for chosen in result.chosen:
+            log.info(
+                "service: %s/%s (%s, borrowed) is reclaimed for team %s at %s",
+                chosen.user,
+                chosen.server_name,
+                chosen.gpu_type,
+                chosen.reclaim_for,
+                chosen.reclaim_at.isoformat(),
+            )
+        for session_id in result.withdrawn:
+            log.info("service: the reclaim of session %s is withdrawn: nobody needs it", session_id)
+        for due in result.due:
+            try:
+                await self.hub.stop_server(due.user, due.server_name)
+            except ServerUnknown:
+                continue  # gone already; its session closes as reclaimed
+            except HubAPIError as exc:
+                log.error(
+                    "service: stopping %s/%s to reclaim its GPUs failed (%s); trying again",
+                    due.user,
+                    due.server_name,
+                    exc,
+                )
+                continue
+            self.status.reclaims_stopped += 1
 
     async def serve_waitlist(self, catalog: Catalog, listed: Sequence[HubServer]) -> None:
         """Give turns in line (the ledger decides, under each GPU type's lock) and ask the hub

@@ -88,7 +88,18 @@ def activity_of(
         gpu_idle_since=state.gpu_idle_since if fresh and state and state.idle else None,
         kept_at=state.kept_at if state else None,
         budget_stop_at=budget_stop_at if session and session.gpu_count else None,
+        reclaim_at=session.reclaim_at if session else None,
+        reclaim_for=reclaim_for_name(catalog, session),
     )
+
+
+def reclaim_for_name(catalog: Catalog, session: UsageSession | None) -> str:
+    """The team a borrowed server's GPUs are reclaimed for, as people read it ('' if none)."""
+    team = session.reclaim_for if session is not None else None
+    if not team:
+        return ""
+    entry = catalog.teams.get(team)
+    return (entry.display_name or team) if entry is not None else team
 
 
 def _parse(value: str | None) -> datetime | None:

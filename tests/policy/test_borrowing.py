@@ -1,12 +1,12 @@
 """Table tests of the borrowing decisions (policy/borrowing.py): whose quota a spawn uses, what a
-lender may lend, moving loans before reclaiming, which borrowed servers are reclaimed, and when a
+lender may lend, when GPUs are reclaimed, which borrowed servers give them, and when a
 borrowed server becomes own. Each row's expectation is worked out by hand from the rules in the
 module's docstring.
 
 Broken once each (then restored): `fits_own` counting lent GPUs as held made row "lender with
 all lent, own spawn" a borrow; `choose_reclaims` without the idle pass first chose the busy old
 server in "idle before busy"; without the `min_runtime` filter "too young" chose the young one;
-`take_back` without moves reclaimed 2 in "moves first"."""
+`reclaim_need` not subtracting the free GPUs reclaimed one in "a free GPU serves it"."""
 
 from __future__ import annotations
 
@@ -18,16 +18,16 @@ from spawner_ext.catalog import parse_catalog
 from spawner_ext.policy.borrowing import (
     BorrowedServer,
     Loan,
-    Move,
     Placement,
     Refusal,
     Share,
+    Wanting,
     after,
     choose_reclaims,
     conversions,
     lendable,
     place,
-    take_back,
+    reclaim_need,
 )
 from spawner_ext.policy.borrowing_text import borrow_offer
 
@@ -155,68 +155,84 @@ def borrowed(
 
 
 @pytest.mark.parametrize(
-    ("label", "teams", "servers", "gpus", "moves", "reclaim"),
+    ("label", "teams", "waiting", "free", "reclaiming", "expected"),
     [
         (
-            "unlent room covers it: nothing moves",
-            [Share("a", 4, own=1, lent=2), Share("x", 0, borrowed=2)],
-            [borrowed("s1", "x", {"a": 2}, HOUR)],
-            1,
-            (),
-            0,
-        ),
-        (
-            "moves first",
-            [Share("a", 2, lent=2), Share("b", 4, own=1), Share("x", 0, borrowed=2)],
-            [borrowed("s1", "x", {"a": 2}, HOUR)],
-            2,
-            (Move("s1", "a", "b", 2),),
-            0,
-        ),
-        (
-            "part moves, the rest is reclaimed",
-            [Share("a", 3, lent=3), Share("b", 2, own=1), Share("x", 0, borrowed=3)],
-            [borrowed("s1", "x", {"a": 2}, HOUR), borrowed("s2", "x", {"a": 1}, 2 * HOUR)],
-            3,
-            (Move("s1", "a", "b", 1),),
-            2,
-        ),
-        (
-            "nobody else lends: all reclaimed",
-            [Share("a", 2, lent=2), Share("x", 0, borrowed=2)],
-            [borrowed("s1", "x", {"a": 2}, HOUR)],
-            2,
-            (),
-            2,
-        ),
-        (
-            "never more than is lent",
+            "a lender waits, nothing free, a borrower runs",
             [Share("a", 2, own=1, lent=1), Share("x", 0, borrowed=1)],
-            [borrowed("s1", "x", {"a": 1}, HOUR)],
-            4,
-            (),
-            1,
+            [Wanting("a", 1)],
+            0,
+            0,
+            (1, "a"),
         ),
         (
-            "a loan does not move to its own borrower",
-            [Share("a", 1, lent=1), Share("x", 4, own=0, borrowed=1)],
-            [borrowed("s1", "x", {"a": 1}, HOUR)],
+            "a free GPU serves it: nothing reclaimed",
+            [Share("a", 2, own=1, lent=1), Share("x", 0, borrowed=1)],
+            [Wanting("a", 1)],
             1,
-            (),
+            0,
+            (0, None),
+        ),
+        (
+            "already being reclaimed",
+            [Share("a", 2, own=1, lent=1), Share("x", 0, borrowed=1)],
+            [Wanting("a", 1)],
+            0,
             1,
+            (0, None),
+        ),
+        (
+            "over its own quota: it waits for its quota, reclaims nothing",
+            [Share("a", 1, own=1), Share("x", 0, borrowed=2)],
+            [Wanting("a", 1)],
+            0,
+            0,
+            (0, None),
+        ),
+        (
+            "within quota, counted in order, the rest over it",
+            [Share("a", 3, own=1), Share("b", 1, own=1), Share("x", 0, borrowed=4)],
+            [Wanting("b", 1), Wanting("a", 1), Wanting("a", 1), Wanting("a", 1)],
+            0,
+            0,
+            (2, "a"),
+        ),
+        (
+            "never more than borrowers hold",
+            [Share("a", 8), Share("x", 0, borrowed=1)],
+            [Wanting("a", 4)],
+            0,
+            0,
+            (1, "a"),
+        ),
+        (
+            "no borrowed server: nothing to reclaim",
+            [Share("a", 8, own=8), Share("b", 8)],
+            [Wanting("b", 2)],
+            0,
+            0,
+            (0, None),
+        ),
+        ("nobody waits", [Share("a", 2), Share("x", 0, borrowed=2)], [], 0, 0, (0, None)),
+        (
+            "a team not in the cohort",
+            [Share("x", 0, borrowed=2)],
+            [Wanting("z", 1)],
+            0,
+            0,
+            (0, None),
         ),
     ],
 )
-def test_a_lender_takes_its_quota_back(
+def test_when_gpus_are_reclaimed(
     label: str,
     teams: list[Share],
-    servers: list[BorrowedServer],
-    gpus: int,
-    moves: tuple[Move, ...],
-    reclaim: int,
+    waiting: list[Wanting],
+    free: int,
+    reclaiming: int,
+    expected: tuple[int, str | None],
 ) -> None:
-    got = take_back(shares(*teams), "a", gpus, servers)
-    assert (got.moves, got.reclaim) == (moves, reclaim), label
+    assert reclaim_need(shares(*teams), waiting, free, reclaiming) == expected, label
 
 
 @pytest.mark.parametrize(
@@ -277,13 +293,13 @@ def test_a_lender_takes_its_quota_back(
             ["two", "one"],
         ),
         (
-            "only servers that borrow from this lender",
+            "whoever lent it: any borrowed server of the type",
             [
-                borrowed("other", "x", {"b": 2}, 9 * HOUR, idle=True),
-                borrowed("mine", "x", {"a": 1, "b": 1}, 2 * HOUR),
+                borrowed("from-b", "x", {"b": 1}, 9 * HOUR, idle=True),
+                borrowed("from-a", "y", {"a": 1}, 2 * HOUR, idle=True),
             ],
             1,
-            ["mine"],
+            ["from-b"],
         ),
         (
             "idle ones do not cover it: busy ones too",
@@ -301,7 +317,7 @@ def test_a_lender_takes_its_quota_back(
 def test_which_borrowed_servers_are_reclaimed(
     label: str, servers: list[BorrowedServer], gpus: int, chosen: list[str]
 ) -> None:
-    got = choose_reclaims(servers, "a", gpus, NOW, min_runtime=HOUR)
+    got = choose_reclaims(servers, gpus, NOW, min_runtime=HOUR)
     assert [s.id for s in got] == chosen, label
 
 

@@ -89,6 +89,9 @@
           ? placeWords(r.position, r.gpu_type, r.estimated_start, now)
           : `In line for ${gpuName(r.gpu_type)}`;
         if (r.blocked) text += ` (skipped for now: ${r.blocked}; you keep your place)`;
+        if (r.reclaim_at) {
+          text += `. A GPU is being reclaimed for your team from a borrowed server: ready by ${clock(r.reclaim_at)} at the latest`;
+        }
         return [text, what];
       }
       case "held":

@@ -1,0 +1,245 @@
+"""Giving borrowed GPUs back: the service's pass that chooses borrowed servers to stop for people
+waiting on their own team's quota (policy/borrowing.py decides), withdraws a choice nobody needs
+any more, and says which are due. Under each GPU type's lock, so two services never choose the
+same GPUs twice; the choice, its time and its message are written in one transaction, so a
+service killed after choosing leaves a warned server that the next pass stops on time."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..catalog import Borrowing, Catalog
+from ..end_reason import EndReason
+from ..policy.borrowing import BorrowedServer, Wanting, choose_reclaims, reclaim_need
+from .admission_reads import read_shares
+from .base import LedgerBase
+from .line import lock_gpu_type, quick_check, same_install
+from .models import SessionLoan, UsageSession, WaitlistRequest
+from .outbox import enqueue
+from .sessions import of_install
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    """A borrowed server chosen to give its GPUs back."""
+
+    session_id: int
+    user: str
+    server_name: str
+    team: str | None
+    gpu_type: str
+    gpu_count: int
+    reclaim_at: datetime
+    reclaim_for: str
+
+
+@dataclass
+class ReclaimResult:
+    chosen: list[Reclaim] = field(default_factory=list)
+    """Chosen in this pass (their users are warned from now on)."""
+    withdrawn: list[int] = field(default_factory=list)
+    """Sessions whose choice was withdrawn (nobody waits for their GPUs any more)."""
+    due: list[Reclaim] = field(default_factory=list)
+    """Chosen and due now: their stop is recorded (reason `reclaimed`); stop their servers."""
+
+
+class ReclaimLedger(LedgerBase):
+    def reclaim(self, catalog: Catalog, idle: Mapping[int, bool]) -> ReclaimResult:
+        """One pass over every GPU type with borrowed servers of this install: choose what to
+        reclaim (`idle`: session id -> its GPUs idle as the culler sees them; absent: busy),
+        withdraw what is no longer needed, and return what is due."""
+        result = ReclaimResult()
+        settings = catalog.borrowing or Borrowing()
+        with self._reads() as db:
+            kinds = sorted(
+                {
+                    kind
+                    for kind in db.scalars(
+                        select(UsageSession.gpu_type)
+                        .where(
+                            UsageSession.borrowed.is_(True),
+                            UsageSession.ended_at.is_(None),
+                            of_install(self.install),
+                        )
+                        .distinct()
+                    )
+                    if kind is not None
+                }
+            )
+        for gpu_type in kinds:
+            now = self.clock()
+            with self._sessions.begin() as db:
+                lock_gpu_type(db, gpu_type)
+                self._reclaim_type(db, catalog, settings, gpu_type, idle, now, result)
+        return result
+
+    def _reclaim_type(
+        self,
+        db: Session,
+        catalog: Catalog,
+        settings: Borrowing,
+        gpu_type: str,
+        idle: Mapping[int, bool],
+        now: datetime,
+        result: ReclaimResult,
+    ) -> None:
+        borrowed = list(
+            db.scalars(
+                select(UsageSession)
+                .where(
+                    UsageSession.gpu_type == gpu_type,
+                    UsageSession.borrowed.is_(True),
+                    UsageSession.ended_at.is_(None),
+                    of_install(self.install),
+                )
+                .order_by(UsageSession.id)
+            )
+        )
+        # Waiting on their own quota, in the line's order as its last pass placed them; those
+        # the line skips (budget, cap) would not start on a freed GPU, so they reclaim nothing.
+        waiting = [
+            Wanting(team, count)
+            for team, count in db.execute(
+                select(WaitlistRequest.team, WaitlistRequest.gpu_count)
+                .where(
+                    WaitlistRequest.gpu_type == gpu_type,
+                    WaitlistRequest.state == "waiting",
+                    WaitlistRequest.blocked.is_(None),
+                    same_install(WaitlistRequest.install, self.install),
+                )
+                .order_by(WaitlistRequest.position.is_(None), WaitlistRequest.position)
+                .order_by(WaitlistRequest.id)
+            )
+        ]
+        _, counted = quick_check(db, catalog, self.install, gpu_type)
+        # unlimited or unknown capacity (autoscaled, nothing recorded): nothing to free up
+        free = counted if counted is not None else sum(w.gpus for w in waiting)
+        shares = read_shares(db, catalog, gpu_type, tuple(catalog.teams))
+        chosen_rows = [s for s in borrowed if s.reclaim_at is not None]
+        reclaiming = sum(s.gpu_count for s in chosen_rows)
+        need, team = reclaim_need(shares, waiting, free, reclaiming)
+        if need > 0 and team is not None:
+            candidates = [
+                BorrowedServer(
+                    id=str(s.id),
+                    team=s.team or "",
+                    gpus=s.gpu_count,
+                    loans=(),
+                    started_at=s.started_at,
+                    idle=idle.get(s.id, False),
+                )
+                for s in borrowed
+                if s.reclaim_at is None and s.started_at is not None  # not yet running: not yet
+            ]
+            picked = {
+                int(c.id) for c in choose_reclaims(candidates, need, now, settings.min_runtime)
+            }
+            for row in borrowed:
+                if row.id in picked:
+                    row.reclaim_at = now + settings.reclaim_notice
+                    row.reclaim_for = team
+                    chosen = _reclaim(row)
+                    result.chosen.append(chosen)
+                    _enqueue_notice(db, catalog, chosen, now)
+        else:
+            # Nobody on their own quota needs as many as are being reclaimed (a GPU freed
+            # elsewhere, a request was cancelled): withdraw the latest choices not yet due.
+            still, _ = reclaim_need(shares, waiting, free, 0)
+            for row in sorted(chosen_rows, key=lambda r: (r.reclaim_at, r.id), reverse=True):
+                if reclaiming <= still:
+                    break
+                assert row.reclaim_at is not None
+                if row.reclaim_at <= now:
+                    continue
+                reclaiming -= row.gpu_count
+                row.reclaim_at = row.reclaim_for = None
+                result.withdrawn.append(row.id)
+        for row in borrowed:
+            if row.reclaim_at is not None and row.reclaim_at <= now:
+                if row.stop_reason is None:
+                    row.stop_reason = EndReason.RECLAIMED.value
+                    row.stop_requested_at = now
+                result.due.append(_reclaim(row))
+
+    def open_borrowed(self) -> list[int]:
+        """Ids of this install's open borrowed sessions (whose idleness a reclaim pass asks)."""
+        with self._reads() as db:
+            return list(
+                db.scalars(
+                    select(UsageSession.id).where(
+                        UsageSession.borrowed.is_(True),
+                        UsageSession.ended_at.is_(None),
+                        of_install(self.install),
+                    )
+                )
+            )
+
+    def loans_of(self, session_id: int) -> dict[str, int]:
+        """Lender -> GPUs of a borrowed session's loans (empty for an own one)."""
+        with self._reads() as db:
+            return {
+                lender: gpus
+                for lender, gpus in db.execute(
+                    select(SessionLoan.lender, SessionLoan.gpus).where(
+                        SessionLoan.session_id == session_id
+                    )
+                )
+            }
+
+
+def _reclaim(row: UsageSession) -> Reclaim:
+    assert row.gpu_type is not None and row.reclaim_at is not None
+    return Reclaim(
+        session_id=row.id,
+        user=row.user,
+        server_name=row.server_name,
+        team=row.team,
+        gpu_type=row.gpu_type,
+        gpu_count=row.gpu_count,
+        reclaim_at=row.reclaim_at,
+        reclaim_for=row.reclaim_for or "",
+    )
+
+
+def _enqueue_notice(db: Session, catalog: Catalog, reclaim: Reclaim, now: datetime) -> None:
+    """Queue the warning to the borrower by the channels the admin configured (once per choice:
+    the key names the session and its stop time)."""
+    kind = catalog.gpu_types.get(reclaim.gpu_type)
+    name = kind.display_name if kind else reclaim.gpu_type
+    lender = catalog.teams.get(reclaim.reclaim_for)
+    whose = (lender.display_name or reclaim.reclaim_for) if lender else reclaim.reclaim_for
+    server = (
+        f"{reclaim.user}/{reclaim.server_name}"
+        if reclaim.server_name
+        else f"{reclaim.user}'s default server"
+    )
+    text = (
+        f"{server} runs on other teams' idle {name} quota, and {whose} needs the GPUs back: it "
+        f"will be stopped at {reclaim.reclaim_at:%H:%M} UTC. Your open notebooks are saved "
+        "first; save anything else before then."
+    )
+    enqueue(
+        db,
+        catalog,
+        key=f"reclaim:{reclaim.session_id}:{reclaim.reclaim_at:%Y%m%dT%H%M%S}",
+        user=reclaim.user,
+        subject=f"Your borrowed {name} server stops at {reclaim.reclaim_at:%H:%M} UTC",
+        text=text,
+        event={
+            "event": "borrowing.reclaim",
+            "user": reclaim.user,
+            "server_name": reclaim.server_name,
+            "team": reclaim.team,
+            "gpu_type": reclaim.gpu_type,
+            "gpu_count": reclaim.gpu_count,
+            "reclaim_at": reclaim.reclaim_at.isoformat(),
+            "reclaim_for": reclaim.reclaim_for,
+            "message": text,
+        },
+        at=now,
+    )

@@ -1,0 +1,212 @@
+"""Reclaiming borrowed GPUs in the ledger, on SQLite and PostgreSQL: a borrowed server is chosen
+for a person waiting on their own team's quota only after `min_runtime`, idle before busy, once
+(repeated passes, two services racing, a new service after a crash), its user's message queued
+once, the stop due after `reclaim_notice` ending the session as `reclaimed`, the freed GPU going
+to the person in line, and a choice withdrawn when nobody needs it any more. Checked against the
+tables themselves (SQL), not the pass's own answer alone.
+
+Broken once each (then restored): `choose_reclaims` without its `min_runtime` filter (the first
+pass chose at 10 minutes); the pass not counting GPUs already being reclaimed (the second pass
+chose s1 too); the type's lock removed from the pass (on PostgreSQL both racing services chose,
+and two warnings were queued, in 3 of 3 attempts); the withdrawal left out (the cancelled
+line's reclaim stayed)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import text
+
+from spawner_ext.catalog import Catalog, parse_catalog
+from spawner_ext.end_reason import EndReason
+from spawner_ext.ledger.admission import Request
+from spawner_ext.ledger.engine import upgrade
+from spawner_ext.ledger.outbox import Outbox
+from spawner_ext.ledger.reclaims import ReclaimResult
+from spawner_ext.ledger.store import Ledger
+from spawner_ext.ledger.waitlist import JoinRequest
+from tests.ledger.conftest import FakeClock
+
+INSTALL = "local"
+CATALOG = """\
+gpu_types:
+  h100: {display_name: NVIDIA H100, price_per_hour: 4}
+profiles:
+  - {display_name: One H100, slug: h100-single, gpu: {type: h100, count: 1}}
+teams:
+  teaching: {quota: {gpus: {h100: 1}, borrow_limit: {h100: 2}}}
+  nlp: {display_name: Language Models, quota: {gpus: {h100: 3}}}
+borrowing: {reclaim_notice: 15m, min_runtime: 1h}
+notifications:
+  webhook: {url: "http://127.0.0.1:9/hook"}
+"""
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    return parse_catalog(CATALOG, "catalog.yaml")
+
+
+@pytest.fixture
+def ledger(db_url: str, clock: FakeClock) -> Iterator[Ledger]:
+    upgrade(db_url)
+    opened = Ledger.open(db_url, clock=clock, install=INSTALL)
+    opened.set_capacity("h100", 3)
+    yield opened
+    opened.engine.dispose()
+
+
+def spawn(user: str, team: str, borrow: bool = False) -> Request:
+    return Request(user, "", team, "h100-single", "h100", 1, Decimal(4), "USD", "v", borrow=borrow)
+
+
+def run(ledger: Ledger, catalog: Catalog, user: str, team: str, borrow: bool = False) -> int:
+    admitted = ledger.admit(catalog, spawn(user, team, borrow))
+    ledger.mark_started(admitted.session, f"local:{user}")
+    return admitted.session_id
+
+
+def full_machine(ledger: Ledger, catalog: Catalog) -> dict[str, int]:
+    """3 H100s: teaching's tutor on its own quota, s1 and s2 on nlp's, all running."""
+    return {
+        user: run(ledger, catalog, user, "teaching", user != "tutor")
+        for user in ("tutor", "s1", "s2")
+    }
+
+
+def nlp_waits(ledger: Ledger, catalog: Catalog) -> str:
+    request = JoinRequest("n1", "", "nlp", "h100-single", "h100", 1, {"profile": "h100-single"})
+    joined = ledger.join(catalog, request)
+    assert joined.state == "waiting"
+    ledger.serve(catalog)  # the line's pass places it
+    return joined.id
+
+
+def reclaims(ledger: Ledger) -> dict[str, tuple[str | None, str | None, str | None]]:
+    """user -> (reclaim_at, reclaim_for, stop_reason) of each open session, from the table."""
+    with ledger.engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                'SELECT "user", reclaim_at, reclaim_for, stop_reason FROM usage_sessions '
+                "WHERE ended_at IS NULL ORDER BY id"
+            )
+        )
+        return {r[0]: (str(r[1]) if r[1] else None, r[2], r[3]) for r in rows}
+
+
+def warnings_queued(ledger: Ledger) -> list[str]:
+    return [m.key for m in Outbox(ledger.engine).messages("reclaim:")]
+
+
+def test_a_borrowed_server_is_reclaimed_for_a_person_waiting_on_their_own_quota(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    ids = full_machine(ledger, catalog)
+    request = nlp_waits(ledger, catalog)
+
+    clock.advance(seconds=10 * 60)
+    assert ledger.reclaim(catalog, {}).chosen == []  # min_runtime: nobody is old enough
+    assert {u: r[0] for u, r in reclaims(ledger).items()} == dict.fromkeys(ids)
+
+    clock.advance(seconds=51 * 60)  # 61 minutes in: both borrowed servers may be reclaimed
+    first = ledger.reclaim(catalog, {ids["s2"]: True})  # s2 idle, s1 busy: s2 goes
+    assert [(c.user, c.reclaim_for) for c in first.chosen] == [("s2", "nlp")]
+    table = reclaims(ledger)
+    assert table["s2"][1:] == ("nlp", None) and table["s2"][0] is not None
+    assert table["s1"] == (None, None, None) and table["tutor"] == (None, None, None)
+    assert len(warnings_queued(ledger)) == 1
+
+    again = ledger.reclaim(catalog, {ids["s2"]: True})  # the next tick: nothing new
+    assert (again.chosen, again.due) == ([], [])
+    assert len(warnings_queued(ledger)) == 1
+
+    # the person in line is told a GPU is on its way, and by when at the latest
+    ledger.serve(catalog)
+    placed = ledger.get(catalog, request)
+    assert placed is not None and placed.reclaim_at == first.chosen[0].reclaim_at
+    assert placed.estimated_start is not None
+    assert placed.estimated_start <= first.chosen[0].reclaim_at
+
+    clock.advance(seconds=15 * 60)
+    due = ledger.reclaim(catalog, {ids["s2"]: True})
+    assert [d.user for d in due.due] == ["s2"]
+    assert reclaims(ledger)["s2"][2] == "reclaimed"
+    ledger.close(ids["s2"], EndReason.STOPPED)  # the hub stopped it
+    with ledger.engine.connect() as connection:
+        ended = connection.execute(
+            text("SELECT end_reason FROM usage_sessions WHERE id = :id"), {"id": ids["s2"]}
+        ).scalar_one()
+    assert ended == "reclaimed"
+    ledger.serve(catalog)
+    turn = ledger.get(catalog, request)
+    assert turn is not None and turn.state == "held"
+
+
+def test_a_reclaim_nobody_needs_any_more_is_withdrawn(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    ids = full_machine(ledger, catalog)
+    request = nlp_waits(ledger, catalog)
+    clock.advance(seconds=61 * 60)
+    chosen = ledger.reclaim(catalog, {})
+    assert len(chosen.chosen) == 1
+    ledger.cancel(catalog, request)
+    withdrawn = ledger.reclaim(catalog, {})
+    assert withdrawn.withdrawn == [chosen.chosen[0].session_id]
+    assert all(r == (None, None, None) for r in reclaims(ledger).values())
+    clock.advance(seconds=20 * 60)
+    assert ledger.reclaim(catalog, {}).due == []
+    assert ids
+
+
+def test_a_new_service_stops_what_a_killed_one_chose(
+    db_url: str, ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    """The service that chose is gone (its engine disposed, as a killed process's connections
+    go); the next one finds the choice in the ledger and stops the server when it is due, with
+    no second warning."""
+    full_machine(ledger, catalog)
+    nlp_waits(ledger, catalog)
+    clock.advance(seconds=61 * 60)
+    chosen = ledger.reclaim(catalog, {})
+    ledger.engine.dispose()
+    clock.advance(seconds=15 * 60)
+    successor = Ledger.open(db_url, clock=clock, install=INSTALL)
+    try:
+        due = successor.reclaim(catalog, {})
+        assert [d.session_id for d in due.due] == [c.session_id for c in chosen.chosen]
+        assert due.chosen == []
+        assert len(warnings_queued(successor)) == 1
+    finally:
+        successor.engine.dispose()
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_two_services_racing_choose_once(
+    db_url: str, ledger: Ledger, catalog: Catalog, clock: FakeClock, attempt: int
+) -> None:
+    full_machine(ledger, catalog)
+    nlp_waits(ledger, catalog)
+    clock.advance(seconds=61 * 60)
+    barrier = threading.Barrier(2)
+    results: list[ReclaimResult] = []
+
+    def service() -> None:
+        own = Ledger.open(db_url, clock=clock, install=INSTALL)
+        try:
+            barrier.wait()
+            results.append(own.reclaim(catalog, {}))
+        finally:
+            own.engine.dispose()
+
+    threads = [threading.Thread(target=service) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(len(r.chosen) for r in results) == 1
+    assert sum(1 for r in reclaims(ledger).values() if r[0] is not None) == 1
+    assert len(warnings_queued(ledger)) == 1

@@ -209,6 +209,11 @@ class Pool:
     def free(self) -> int:
         return CAPACITY - self.used()
 
+    def own(self, team: str) -> int:
+        """GPUs on the team's own quota (what its quota and the line judge): all it holds here;
+        the borrowing benchmark's pool leaves its borrowed servers out."""
+        return self.used(team)
+
     def fits(self, want: Want) -> bool:
         """Stock admission: free GPUs and the team's quota."""
         return want.gpus <= self.free() and self.used(want.team) + want.gpus <= self.quota(want)
@@ -219,7 +224,7 @@ class Pool:
     def start(self, want: Want, t: float) -> None:
         self.holds.pop(want.id, None)
         self.running[want.id] = (want, t)
-        if self.free() < 0 or self.used(want.team) > self.quota(want):
+        if self.free() < 0 or self.own(want.team) > self.quota(want):
             raise AssertionError(f"{want.id} over the GPUs or its team's quota at {t:.1f} min")
 
     def end(self, want: Want, t: float) -> None:
@@ -254,7 +259,7 @@ class Pool:
             name: TeamStanding(
                 name,
                 quota=spec.quota,
-                held=self.used(name),
+                held=self.own(name),
                 recent_gpu_hours=self.recent_gpu_hours(name, t),
             )
             for name, spec in self.teams.items()

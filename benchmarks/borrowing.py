@@ -1,0 +1,715 @@
+"""Borrowing benchmark: the wait-list benchmark's seeded, contended month of people wanting H100s
+(`benchmarks/waitlist.py`: its trace, its teams, its line) run through hard quotas, through
+borrowing as gpuhub does it (the real pure functions of `spawner_ext/policy/borrowing.py`, as the
+ledger calls them) and through a Kueue-like policy, with each session's GPUs busy or idle in
+turn. It prints its figures and whether the issue's targets are met; it asserts nothing.
+
+- *Hard quotas*: the wait-list as today (`waitlist.run_waitlist`'s model: people stay in line
+  until `max_wait`).
+- *Borrowing*: a spawn over its team's own quota borrows (everyone who may, does) when GPUs are
+  free, nobody waits in line for the type (the line comes before a borrow) and `place` finds
+  lendable quota; otherwise it joins the line for its own quota, as admission
+  (`ledger/admission.py`) decides. The service's reclaim pass (`ledger/reclaims.py`), every tick
+  and when a request joins: `reclaim_need` over the requests in line on their own quota (fair
+  order, those the line skips left out), `choose_reclaims` among borrowed servers (past
+  `min_runtime`, idle first), warned `reclaim_notice` ahead, stopped when due (its GPUs free a
+  tick later), a choice withdrawn when nobody needs it any more. Catalog defaults
+  (`reclaim_notice` 15 min, `min_runtime` 1 h); every team may borrow up to its own quota again
+  (`borrow_limit` = quota) and lends all of its quota (no `lend_limit`); one cohort of all teams.
+- *Kueue-like*: borrow freely (a spawn and a request in line over its own quota borrow whenever
+  GPUs are free and quota is lendable, whoever waits), reclaim the most recently admitted
+  borrowed server first, no notice, no `min_runtime` (stopped at the pass, freed a tick later).
+
+GPU activity: each person has a busy fraction (Beta(1.5, 3), mean 1/3) and a mean busy period
+(10-40 min); each session alternates busy and idle periods (exponential, means giving that
+fraction), busy or idle first by the fraction, seeded per request. A server is idle at a reclaim
+pass when its modelled GPUs are idle then (the culler's latest report).
+
+Run: .venv/bin/python -m benchmarks.borrowing [--seed 1] [--days 28]
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import heapq
+import itertools
+import math
+import random
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from benchmarks.admission import machine
+from benchmarks.waitlist import (
+    CAPACITY,
+    EXAMPLE_CATALOG,
+    MINUTE,
+    START,
+    TEAMS,
+    Outcome,
+    Pool,
+    Want,
+    _waiting,
+    demand_line,
+    fmt,
+    make_trace,
+    pct,
+    when,
+)
+from spawner_ext.catalog import Borrowing, load_catalog
+from spawner_ext.catalog.durations import format_duration
+from spawner_ext.catalog.waitlist import Waitlist
+from spawner_ext.policy.borrowing import (
+    BorrowedServer,
+    Loan,
+    Placement,
+    Share,
+    Wanting,
+    choose_reclaims,
+    place,
+    reclaim_need,
+)
+from spawner_ext.policy.waitlist import Waiting, fair_order, may_start_directly, turns
+
+TICK = 0.5  # minutes: the service's pass (metering.reconcile_interval, 30 s)
+BUSY_FRACTION = (1.5, 3.0)  # Beta(a, b) of a person's busy share of session time: mean 1/3
+BUSY_PERIOD = (10.0, 40.0)  # minutes: a person's mean busy period (uniform)
+TARGET_UTILISATION = 4 / 3
+
+
+@dataclass(frozen=True)
+class Policy:
+    label: str
+    borrowing: bool
+    notice: float
+    """Minutes between a reclaim's choice and its stop."""
+    min_runtime: float
+    """Minutes a borrowed server runs before it may be chosen."""
+    kueue: bool
+    """Borrows ignore the line, requests in line borrow too, the newest borrowed server is
+    reclaimed first whatever its GPUs do."""
+
+
+def policies(settings: Borrowing) -> tuple[Policy, ...]:
+    return (
+        Policy("hard quotas", False, 0.0, 0.0, kueue=False),
+        Policy(
+            "borrowing",
+            True,
+            settings.reclaim_notice / MINUTE,
+            settings.min_runtime / MINUTE,
+            kueue=False,
+        ),
+        Policy("Kueue-like", True, 0.0, 0.0, kueue=True),
+    )
+
+
+# --- GPU activity -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Activity:
+    """When a session's GPUs are busy: from its start, busy (or idle) until the first switch,
+    then the other, and so on."""
+
+    busy_first: bool
+    switches: tuple[float, ...]
+    """Minutes since the start at which busy and idle swap."""
+
+    def busy_at(self, age: float) -> bool:
+        return self.busy_first == (bisect.bisect_right(self.switches, age) % 2 == 0)
+
+    def after(self, age: float) -> Activity:
+        """The activity of the session's rest from `age` on."""
+        return Activity(self.busy_at(age), tuple(s - age for s in self.switches if s > age))
+
+    def busy_minutes(self, until: float) -> float:
+        """Busy minutes in the first `until` minutes of the session."""
+        total, busy, last = 0.0, self.busy_first, 0.0
+        for switch in self.switches:
+            if switch >= until:
+                break
+            if busy:
+                total += switch - last
+            busy, last = not busy, switch
+        return total + (until - last if busy and until > last else 0.0)
+
+
+def activities(wants: Sequence[Want], seed: int) -> dict[str, Activity]:
+    """Request id -> its session's GPU activity (seeded, independent of the models)."""
+    rng = random.Random(seed + 3)
+    people = {
+        user: (min(max(rng.betavariate(*BUSY_FRACTION), 0.02), 0.98), rng.uniform(*BUSY_PERIOD))
+        for user in sorted({w.user for w in wants})
+    }
+    found = {}
+    for w in wants:
+        fraction, busy = people[w.user]
+        idle = busy * (1 - fraction) / fraction
+        r = random.Random(f"{seed}:{w.id}")
+        first = state = r.random() < fraction
+        t, switches = 0.0, []
+        while True:
+            t += r.expovariate(1 / (busy if state else idle))
+            if t >= w.length:
+                break
+            switches.append(t)
+            state = not state
+        found[w.id] = Activity(first, tuple(switches))
+    return found
+
+
+# --- the pool, with borrowed servers ----------------------------------------------------------
+
+
+@dataclass
+class BorrowPool(Pool):
+    """The wait-list benchmark's pool, whose running servers may be borrowed (their loans)."""
+
+    loans: dict[str, tuple[Loan, ...]] = field(default_factory=dict)
+    """Request id -> the loans of a borrowed server running now."""
+
+    def own(self, team: str) -> int:
+        borrowed = sum(w.gpus for w, _ in self.running.values() if w.team == team and self.lent(w))
+        return self.used(team) - borrowed
+
+    def lent(self, want: Want) -> bool:
+        return want.id in self.loans
+
+    def end(self, want: Want, t: float) -> None:
+        super().end(want, t)
+        self.loans.pop(want.id, None)
+
+    def shares(self) -> dict[str, Share]:
+        """Each team's `Share`, as `read_shares` reads it: borrow_limit = quota, no lend_limit."""
+        borrowed: dict[str, int] = defaultdict(int)
+        lent: dict[str, int] = defaultdict(int)
+        for want, _ in self.running.values():
+            for loan in self.loans.get(want.id, ()):
+                borrowed[want.team] += loan.gpus
+                lent[loan.lender] += loan.gpus
+        return {
+            name: Share(
+                name,
+                quota=spec.quota,
+                own=self.own(name),
+                borrowed=borrowed[name],
+                lent=lent[name],
+                borrow_limit=spec.quota,
+            )
+            for name, spec in self.teams.items()
+        }
+
+
+# --- one run ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Fate:
+    """What happened to one request beyond its `Outcome`."""
+
+    borrowed: bool = False
+    stopped: float | None = None
+    """When it was reclaimed (its GPUs freed)."""
+    idle_when_chosen: bool = False
+    busy_past_idle: bool = False
+    """Chosen busy while an idle borrowed server of the type was not chosen."""
+    busy_past_eligible_idle: bool = False
+    """... while an idle one past `min_runtime` was not chosen."""
+    rejoined: bool = False
+    """A reclaimed server's person asking again for the rest of their session."""
+    own_reclaimed: bool = False
+    """It was reclaimed on its team's own quota (must never happen)."""
+    extra: float = 0.0
+    """Minutes it waited on its own quota while borrowed servers held the GPUs it needed."""
+    bound: float | None = None
+    """The issue's bound on `extra`, at the moment borrowing first held it up."""
+
+
+@dataclass
+class Run:
+    label: str
+    policy: Policy
+    outcomes: dict[str, Outcome]
+    fates: dict[str, Fate]
+    withdrawn: int
+    seconds: float
+    activity: dict[str, Activity]
+    """Request id -> its GPU activity, rejoined requests' included."""
+
+
+def simulate(
+    wants: Sequence[Want],
+    settings: Waitlist,
+    policy: Policy,
+    activity: dict[str, Activity],
+    *,
+    patience: bool = False,
+) -> Run:
+    """One model on the trace: the wait-list's events (as `waitlist.run_waitlist`, without its
+    estimates; `patience`: a person in line cancels when their stock patience runs out), and
+    for borrowing models the borrowing at a spawn, the service's reclaim pass every tick and at
+    each join, a reclaimed person asking again at once for the rest of their session, and the
+    time borrowing held each lender's request up."""
+    clock = time.process_time()
+    pool = BorrowPool({t.name: t for t in TEAMS}, settings)
+    activity = dict(activity)
+    outcomes = {w.id: Outcome(w) for w in wants}
+    fates = {w.id: Fate() for w in wants}
+    waiting: dict[str, Want] = {}
+    chosen: dict[str, float] = {}
+    """Borrowed request id -> when it is due (reclaim_at)."""
+    stopping: set[str] = set()
+    withdrawn = 0
+    blocked: set[str] = set()
+    heap: list[tuple[float, int, str, Want | None]] = []
+    seq = itertools.count()
+    hold = settings.hold / MINUTE
+
+    def add(t: float, kind: str, want: Want | None) -> None:
+        heapq.heappush(heap, (t, next(seq), kind, want))
+
+    for w in wants:
+        add(w.at, "arrive", w)
+    if policy.borrowing:
+        add(0.0, "tick", None)
+
+    def begin(want: Want, t: float, loans: tuple[Loan, ...] = ()) -> None:
+        if loans:
+            pool.loans[want.id] = loans
+            fates[want.id].borrowed = True
+        pool.start(want, t)
+        outcomes[want.id].started = t
+        add(t + want.length, "end", want)
+
+    def serve(t: float) -> None:
+        for turn in turns(pool.line(list(waiting.values()), t)).serve:
+            want = waiting.pop(turn.id)
+            outcomes[want.id].turn = t
+            if want.start == "auto":
+                begin(want, t)
+                continue
+            pool.holds[want.id] = (want, t)
+            if want.answer is not None and want.answer < hold:
+                add(t + want.answer, "answer", want)
+            else:
+                add(t + hold, "hold expires", want)
+
+    def borrow(want: Want, t: float) -> bool:
+        """Start `want` on borrowed quota if admission would: over its own quota, GPUs free,
+        nobody waiting, and lendable quota found."""
+        team = pool.teams[want.team]
+        if pool.own(want.team) + want.gpus <= team.quota or want.gpus > pool.free():
+            return False
+        if waiting and (not policy.kueue or in_need(t)):
+            # the product: anyone in line comes before a borrow; Kueue-like: those waiting on
+            # their own quota (whom it would preempt for) do
+            return False
+        placement = place(pool.shares(), want.team, want.gpus)
+        if not isinstance(placement, Placement):
+            return False
+        begin(want, t, placement.loans)
+        return True
+
+    def queued_borrow(t: float) -> None:
+        """Kueue-like: requests in line over their own quota borrow, in the line's order."""
+        if not waiting or pool.free() == 0:
+            return
+        line = pool.line(list(waiting.values()), t)
+        skipped = turns(line).skipped
+        for w in fair_order(line):
+            if skipped.get(w.id) != "gpu-quota":
+                continue
+            want = waiting.pop(w.id)
+            if borrow(want, t):
+                outcomes[w.id].turn = t
+            else:
+                waiting[w.id] = want
+
+    def in_need(t: float) -> list[Waiting]:
+        """Requests in line on their own quota as the reclaim pass reads them: in the line's
+        order, those it skips (over their own quota) left out."""
+        if not waiting:
+            return []
+        line = pool.line(list(waiting.values()), t)
+        skipped = turns(line).skipped
+        return [w for w in fair_order(line) if w.id not in skipped]
+
+    def reclaim(t: float) -> None:
+        """The service's pass (ledger/reclaims.py's `_reclaim_type`, for the one type)."""
+        nonlocal withdrawn
+        borrowed = [(w, s) for w, s in pool.running.values() if pool.lent(w)]
+        if not borrowed:
+            return
+        wanting = [Wanting(w.team, w.gpu_count) for w in in_need(t)]
+        shares, free = pool.shares(), pool.free()
+        reclaiming = sum(pool.running[i][0].gpus for i in chosen)
+        need, team = reclaim_need(shares, wanting, free, reclaiming)
+        if need > 0 and team is not None:
+            candidates = [
+                BorrowedServer(
+                    w.id,
+                    w.team,
+                    w.gpus,
+                    pool.loans[w.id],
+                    when(s),
+                    idle=not activity[w.id].busy_at(t - s),
+                )
+                for w, s in borrowed
+                if w.id not in chosen
+            ]
+            if policy.kueue:
+                picked = newest_first(candidates, need)
+            else:
+                picked = choose_reclaims(
+                    candidates, need, when(t), timedelta(minutes=policy.min_runtime)
+                )
+            left = [c for c in candidates if c not in picked]
+            eligible = timedelta(minutes=policy.min_runtime)
+            for server in picked:
+                chosen[server.id] = t + policy.notice
+                fate = fates[server.id]
+                fate.idle_when_chosen = server.idle
+                fate.busy_past_idle = not server.idle and any(c.idle for c in left)
+                fate.busy_past_eligible_idle = not server.idle and any(
+                    c.idle and when(t) - c.started_at >= eligible for c in left
+                )
+        else:
+            still, _ = reclaim_need(shares, wanting, free, 0)
+            for i in sorted(chosen, key=lambda i: (chosen[i], i), reverse=True):
+                if reclaiming <= still:
+                    break
+                if chosen[i] <= t:
+                    continue
+                reclaiming -= pool.running[i][0].gpus
+                del chosen[i]
+                withdrawn += 1
+        for i, due in chosen.items():
+            if due <= t and i not in stopping:
+                stopping.add(i)
+                add(t + TICK, "reclaimed", pool.running[i][0])
+
+    def look(t: float) -> None:
+        """Which requests in line borrowing holds up now: on their own quota (counted in the
+        line's order as `reclaim_need` counts them), not servable from the free GPUs, servable
+        were the borrowed GPUs free. The first time, its bound: the remaining `min_runtime` of
+        the oldest borrowed server, plus `reclaim_notice`, plus a tick."""
+        blocked.clear()
+        borrowed = [(w, s) for w, s in pool.running.values() if pool.lent(w)]
+        if not borrowed or not waiting:
+            return
+        lent = sum(w.gpus for w, _ in borrowed)
+        oldest = min(s for _, s in borrowed)
+        free = pool.free()
+        own = {name: pool.own(name) for name in pool.teams}
+        wanted = 0
+        for w in in_need(t):
+            if own[w.team] + w.gpu_count > pool.teams[w.team].quota:
+                continue
+            own[w.team] += w.gpu_count
+            wanted += w.gpu_count
+            if free < wanted <= free + lent:
+                blocked.add(w.id)
+                fate = fates[w.id]
+                if fate.bound is None:
+                    left = max(policy.min_runtime - (t - oldest), 0.0)
+                    fate.bound = left + policy.notice + TICK
+
+    last = 0.0
+    while heap:
+        t, _, kind, want = heapq.heappop(heap)
+        for i in blocked:
+            fates[i].extra += t - last
+        last = t
+        if kind == "tick":
+            reclaim(t)
+            if heap:  # anything left to happen
+                add(t + TICK, "tick", None)
+            continue
+        assert want is not None
+        outcome = outcomes[want.id]
+        if kind == "arrive":
+            line = pool.line(list(waiting.values()), t)
+            if may_start_directly(line, _waiting(want, held=False)):
+                begin(want, t)
+            elif not (policy.borrowing and borrow(want, t)):
+                outcome.joined = True
+                waiting[want.id] = want
+                add(t + settings.max_wait / MINUTE, "expire", want)
+                if patience:
+                    add(t + want.patience, "cancel", want)
+        elif kind == "end":
+            if want.id not in pool.running:
+                continue  # reclaimed before
+            pool.end(want, t)
+            chosen.pop(want.id, None)
+            stopping.discard(want.id)
+        elif kind == "reclaimed":
+            if want.id not in pool.running:
+                continue  # ended on its own meanwhile
+            fates[want.id].stopped = t
+            fates[want.id].own_reclaimed = not pool.lent(want)
+            started = pool.running[want.id][1]
+            pool.end(want, t)
+            del chosen[want.id]
+            stopping.discard(want.id)
+            again = rejoin(want, t, started)
+            activity[again.id] = activity[want.id].after(t - started)
+            outcomes[again.id], fates[again.id] = Outcome(again), Fate(rejoined=True)
+            add(t, "arrive", again)
+        elif kind == "answer":
+            begin(want, t)
+        elif kind == "hold expires":
+            del pool.holds[want.id]
+            outcome.abandoned, outcome.ended = "hold expired", t
+        elif kind in ("expire", "cancel"):
+            if want.id not in waiting:
+                continue
+            del waiting[want.id]
+            outcome.abandoned = "expired" if kind == "expire" else "cancelled"
+            outcome.ended = t
+        serve(t)
+        if policy.kueue:
+            queued_borrow(t)
+        if policy.borrowing:
+            if kind == "arrive" and want.id in waiting:
+                reclaim(t)  # a join wakes the service
+            look(t)
+    return Run(
+        policy.label, policy, outcomes, fates, withdrawn, time.process_time() - clock, activity
+    )
+
+
+def rejoin(want: Want, t: float, started: float) -> Want:
+    """The person whose server was reclaimed at `t` asks again at once for the rest of it."""
+    return replace(want, id=f"{want.id}r", at=t, length=want.length - (t - started))
+
+
+def newest_first(servers: Sequence[BorrowedServer], gpus: int) -> tuple[BorrowedServer, ...]:
+    """Kueue-like victims: the most recently admitted borrowed servers until `gpus` are covered."""
+    picked: list[BorrowedServer] = []
+    for server in sorted(servers, key=lambda s: (s.started_at, s.id), reverse=True):
+        if gpus <= 0:
+            break
+        picked.append(server)
+        gpus -= server.gpus
+    return tuple(picked)
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TeamFigures:
+    requests: int
+    allocated: float
+    """GPU-hours of sessions within the trace."""
+    borrowed: float
+    """... of them on borrowed quota."""
+    busy: float
+    """... of them with the GPUs busy."""
+    mean_wait: float
+    p95_wait: float
+    abandoned: dict[str, int]
+    reclaimed_idle: int
+    reclaimed_busy: int
+    own_reclaimed: int
+    rejoined: int
+    """Requests of people whose server was reclaimed, for the rest of their session."""
+    worst_extra: float
+    worst_bound: float
+    """The bound of the request with the worst extra wait."""
+    over_bound: int
+    """Requests whose extra wait passed their bound."""
+    busy_past_idle: int
+    busy_past_eligible_idle: int
+
+
+def figures(run: Run, team: str | None, hours: float) -> TeamFigures:
+    """A team's figures (None: all teams) over the trace's `hours`; waits and abandoned requests
+    include those of people asking again after a reclaim."""
+    horizon = hours * 60
+    allocated = borrowed = busy = 0.0
+    waits: list[float] = []
+    abandoned: dict[str, int] = defaultdict(int)
+    reclaimed = [0, 0]
+    own_reclaimed = over = past_idle = past_eligible = rejoined = 0
+    worst, worst_bound, n = 0.0, 0.0, 0
+    for o in run.outcomes.values():
+        w = o.want
+        if team is not None and w.team != team:
+            continue
+        fate = run.fates[w.id]
+        n += not fate.rejoined
+        rejoined += fate.rejoined
+        if o.abandoned:
+            abandoned[o.abandoned] += 1
+        if fate.bound is not None and fate.extra > fate.bound + 1e-9:
+            over += 1
+        if fate.extra > worst:
+            worst, worst_bound = fate.extra, fate.bound or 0.0
+        if o.started is None:
+            continue
+        waits.append(o.started - w.at)
+        end = fate.stopped if fate.stopped is not None else o.started + w.length
+        ran = max(min(end, horizon) - o.started, 0.0)
+        allocated += w.gpus * ran
+        borrowed += w.gpus * ran if fate.borrowed else 0.0
+        busy += w.gpus * run.activity[w.id].busy_minutes(ran)
+        if fate.stopped is not None:
+            reclaimed[fate.idle_when_chosen] += 1
+            own_reclaimed += fate.own_reclaimed
+            past_idle += fate.busy_past_idle
+            past_eligible += fate.busy_past_eligible_idle
+    return TeamFigures(
+        requests=n,
+        allocated=allocated / 60,
+        borrowed=borrowed / 60,
+        busy=busy / 60,
+        mean_wait=statistics.fmean(waits) if waits else math.nan,
+        p95_wait=pct(waits, 95),
+        abandoned=dict(abandoned),
+        reclaimed_idle=reclaimed[1],
+        reclaimed_busy=reclaimed[0],
+        own_reclaimed=own_reclaimed,
+        rejoined=rejoined,
+        worst_extra=worst,
+        worst_bound=worst_bound,
+        over_bound=over,
+        busy_past_idle=past_idle,
+        busy_past_eligible_idle=past_eligible,
+    )
+
+
+def mark(ok: bool) -> str:
+    return "✓" if ok else "✗"
+
+
+def report(
+    runs: Sequence[Run], wants: Sequence[Want], days: int, seed: int, activity: dict[str, Activity]
+) -> str:
+    hours = days * 24.0
+    cpu = ", ".join(f"{r.label} {r.seconds:.1f} s" for r in runs)
+    busy_share = sum(
+        a.busy_minutes(w.length) * w.gpus for w, a in ((w, activity[w.id]) for w in wants)
+    ) / sum(w.length * w.gpus for w in wants)
+    lines = [
+        f"Trace: seed {seed}, {days} days from {START:%Y-%m-%d} (a Monday), {len(wants):,} "
+        f"requests, {CAPACITY} H100s, quotas "
+        + ", ".join(f"{t.name} {t.quota}" for t in TEAMS)
+        + f" (borrow_limit = quota). GPUs busy {100 * busy_share:.1f} % of the trace's "
+        f"session time. CPU: {cpu}.",
+        demand_line(wants, days),
+        "",
+        "| team | quota | model | allocated GPU-h (borrowed) | of quota-hours | busy / allocated "
+        "| mean wait (min) | p95 wait (min) | abandoned | reclaimed: idle + busy "
+        "| within-quota reclaimed | lenders' worst extra wait (its bound), over bound |",
+        "|" + "---|" * 12,
+    ]
+    table: dict[tuple[str | None, str], TeamFigures] = {}
+    quotas = f"{sum(t.quota for t in TEAMS)} of {CAPACITY}"
+    for spec in (*TEAMS, None):
+        for r in runs:
+            name = spec.name if spec else None
+            f = table[name, r.label] = figures(r, name, hours)
+            quota = spec.quota if spec else CAPACITY
+            share = f.allocated / (quota * hours)
+            abandoned = " + ".join(f"{n} {why}" for why, n in sorted(f.abandoned.items())) or "0"
+            extra = (
+                f"{fmt(f.worst_extra, 1)} ({fmt(f.worst_bound, 1)}), {f.over_bound}"
+                if r.policy.borrowing
+                else "-"
+            )
+            lines.append(
+                f"| {name or '**all**'} | {quotas if spec is None else quota} "
+                f"| {r.label} | {fmt(f.allocated)} ({fmt(f.borrowed)}) "
+                f"| {100 * share:.1f} %{'' if spec else ' of the GPUs'} "
+                f"| {100 * f.busy / f.allocated if f.allocated else math.nan:.1f} % "
+                f"| {fmt(f.mean_wait, 1)} | {fmt(f.p95_wait, 1)} | {abandoned} "
+                f"| {f.reclaimed_idle} + {f.reclaimed_busy} "
+                f"| {f.own_reclaimed} | {extra} |"
+            )
+    lines += ["", "Targets (against hard quotas):"]
+    base = table[None, runs[0].label]
+    for r in runs[1:]:
+        total = table[None, r.label]
+        worse = [
+            f"{t.name} {fmt(table[t.name, r.label].p95_wait, 1)} vs "
+            f"{fmt(table[t.name, runs[0].label].p95_wait, 1)}"
+            for t in TEAMS
+            if not table[t.name, r.label].p95_wait <= table[t.name, runs[0].label].p95_wait
+        ]
+        ratio = total.allocated / base.allocated
+        met = [
+            (
+                f"allocated GPU-hours at least {TARGET_UTILISATION:.2f}x hard quotas': "
+                f"{fmt(total.allocated)} vs {fmt(base.allocated)} ({ratio:.2f}x; "
+                f"{100 * total.allocated / (CAPACITY * hours):.1f} % vs "
+                f"{100 * base.allocated / (CAPACITY * hours):.1f} % of the GPU-hours)",
+                ratio >= TARGET_UTILISATION,
+            ),
+            (
+                "p95 wait equal or better for every team: "
+                + ("yes" if not worse else "worse for " + "; ".join(worse)),
+                not worse,
+            ),
+            (f"within-quota servers reclaimed: {total.own_reclaimed}", total.own_reclaimed == 0),
+            (
+                f"busy servers reclaimed while an idle borrowed one was left: "
+                f"{total.busy_past_idle} (of them, an idle one past min_runtime: "
+                f"{total.busy_past_eligible_idle}); reclaimed {total.reclaimed_idle} idle, "
+                f"{total.reclaimed_busy} busy",
+                total.busy_past_idle == 0,
+            ),
+            (
+                f"lenders' extra wait within remaining min_runtime + reclaim_notice + a tick: "
+                f"worst {fmt(total.worst_extra, 1)} min (its bound {fmt(total.worst_bound, 1)}); "
+                f"{total.over_bound} requests over their bound",
+                total.over_bound == 0,
+            ),
+        ]
+        lines += [f"- {r.label} {mark(ok)} {text}" for text, ok in met]
+        lines.append(
+            f"- {r.label}: reclaims chosen then withdrawn (nobody needed them) {r.withdrawn}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.borrowing", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--days", type=int, default=28, help="days of simulated trace")
+    args = parser.parse_args(argv)
+    settings = load_catalog(EXAMPLE_CATALOG).waitlist
+    borrowing = Borrowing()
+    wants = make_trace(args.days, args.seed)
+    activity = activities(wants, args.seed)
+    print(f"Borrowing, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}")
+    print(
+        f"Settings: catalog defaults reclaim_notice {format_duration(borrowing.reclaim_notice)}, "
+        f"min_runtime {format_duration(borrowing.min_runtime)}; the example catalog's waitlist "
+        f"(hold {format_duration(settings.hold)}, max_wait {format_duration(settings.max_wait)}); "
+        f"a tick is {TICK * 60:g} s."
+    )
+    for patience in (False, True):
+        runs = [
+            simulate(wants, settings, p, activity, patience=patience) for p in policies(borrowing)
+        ]
+        print(
+            "\n## People in line keep stock's patience (30-120 min), then cancel\n"
+            if patience
+            else "\n## People stay in line until max_wait\n"
+        )
+        print(report(runs, wants, args.days, args.seed, activity))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,7 +15,18 @@ from ..clock import utcnow
 from ..ledger.engine import DEFAULT_URL, SchemaError, check_schema, make_engine
 from ..ledger.models import UsageSession
 from ..ledger.store import Ledger
-from .export import HINT_COLUMNS, csv_lines, hint_lines, json_text, table, tabulate
+from .borrowing_query import read_borrowing
+from .export import (
+    HINT_COLUMNS,
+    borrowing_document,
+    borrowing_lines,
+    borrowing_table,
+    csv_lines,
+    hint_lines,
+    json_text,
+    table,
+    tabulate,
+)
 from .hint_query import read_hints
 from .query import ReportError, parse_usage_query
 from .usage import usage_rows
@@ -47,6 +58,12 @@ def add_report_command(sub: Any) -> None:
         "profile that would have done and the period's possible saving (needs --config: the "
         "catalog's profiles, prices and GPU memory)",
     )
+    report.add_argument(
+        "--borrowing",
+        action="store_true",
+        help="borrowing instead of usage: per team (and --by user, day or gpu-type) the "
+        "GPU-hours it borrowed, lent to other teams (no user named) and lost to reclaim",
+    )
     report.add_argument("--format", choices=("table", "csv", "json"), default="table")
     report.add_argument(
         "--db-url", default=DEFAULT_URL, help=f"the billing database (default: {DEFAULT_URL})"
@@ -69,8 +86,12 @@ def run_report(args: argparse.Namespace) -> int:
         }
         now = utcnow()
         query = parse_usage_query(params, known_teams=known, today=now.date())
+        if args.hints and args.borrowing:
+            raise ReportError("choose --hints or --borrowing, not both")
         if args.hints:
             return _hints(engine, args, query, now)
+        if args.borrowing:
+            return _borrowing(engine, args, query, now)
         rows = usage_rows(engine, query, now)
         if args.format == "csv":
             for line in csv_lines(rows, query.by):
@@ -109,6 +130,18 @@ def _hints(engine: Any, args: argparse.Namespace, query: Any, now: Any) -> int:
         print(json.dumps(document, indent=2))
     else:
         print(tabulate(HINT_COLUMNS, [row.as_json() for row in rows], empty="(no GPU sessions)"))
+    return 0
+
+
+def _borrowing(engine: Any, args: argparse.Namespace, query: Any, now: Any) -> int:
+    rows = read_borrowing(engine, query, now)
+    if args.format == "csv":
+        for line in borrowing_lines(rows, query.by):
+            sys.stdout.write(line)
+    elif args.format == "json":
+        print(json.dumps(borrowing_document(rows, query), indent=2))
+    else:
+        print(borrowing_table(rows, query.by))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Report rows as CSV (streamed line by line: constant memory), JSON and a terminal table."""
+"""Report rows as CSV (streamed line by line: constant memory), JSON and a terminal table: usage,
+right-sizing hints and borrowing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from . import borrowing
+from .borrowing import BorrowingRow
 from .hints import HintRow
 from .query import Dimension, UsageQuery
 from .usage import UsageRow, columns
@@ -35,6 +38,7 @@ NUMERIC = {
     "utilization",
     "busy_percent",
     "possible_saving",
+    *borrowing.FIGURES,
 }
 
 
@@ -102,6 +106,36 @@ def hint_lines(rows: Iterable[HintRow]) -> Iterator[str]:
         buffer.truncate()
         writer.writerow("" if v is None else v for v in values)
         yield buffer.getvalue()
+
+
+def borrowing_lines(rows: Iterable[BorrowingRow], by: tuple[Dimension, ...]) -> Iterator[str]:
+    """The borrowing rows as CSV: the header, then a line per row."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    names = borrowing.columns(by)
+    for values in [names, *([row.as_json(by)[n] for n in names] for row in rows)]:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow("" if v is None else v for v in values)
+        yield buffer.getvalue()
+
+
+def borrowing_document(rows: Iterable[BorrowingRow], query: UsageQuery) -> dict[str, Any]:
+    return {
+        "since": query.period.since.isoformat(),
+        "until": query.period.until.isoformat(),
+        "by": [d.value for d in query.by],
+        "teams": list(query.teams) if query.teams is not None else None,
+        "rows": [row.as_json(query.by) for row in rows],
+    }
+
+
+def borrowing_table(rows: Iterable[BorrowingRow], by: tuple[Dimension, ...]) -> str:
+    return tabulate(
+        borrowing.columns(by),
+        [row.as_json(by) for row in rows],
+        "(nothing borrowed or lent in this period)",
+    )
 
 
 def _cell(name: str, value: Any) -> str:

@@ -29,6 +29,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
+from ..catalog import Catalog
+from ..ledger.borrow_reads import borrowing_now, borrowing_totals
 from ..ledger.rules import billed_seconds, session_cost
 from ..ledger.use_totals import use_totals
 from .app import GPUHubService
@@ -217,6 +219,7 @@ class ServiceCollector(Collector):
             running_used.add_metric(list(key), running_seconds.get(key, 0))
         yield running_used
         yield from self._utilisation_metrics(ledger.engine, closed_seconds)
+        yield from self._borrowing_metrics(ledger.engine, catalog)
         money = self._counter(
             "gpuhub_cost",
             "Cost billed to closed sessions (running servers: gpuhub_running_cost).",
@@ -272,6 +275,59 @@ class ServiceCollector(Collector):
             ["team", "gpu_type"],
             measured,
         )
+
+    def _borrowing_metrics(self, engine: Engine, catalog: Catalog) -> Iterator[Metric]:
+        """GPUs borrowed and lent now; GPU-seconds borrowed and lent and the reclaims, of closed
+        borrowed sessions (their bills are final). Every quota's label set is there at 0 before
+        the first loan (increase() counts from there)."""
+        zeros: dict[Labels, int] = {
+            (team, gpu_type): 0
+            for team, entry in catalog.teams.items()
+            for gpu_type in entry.quota.gpus
+        }
+        now = borrowing_now(engine)
+        for name, text, found in (
+            (
+                "gpuhub_gpus_borrowed",
+                "GPUs of running borrowed servers, per borrowing team.",
+                now.borrowed,
+            ),
+            (
+                "gpuhub_gpus_lent",
+                "GPUs of a team's quota that other teams' running borrowed servers hold.",
+                now.lent,
+            ),
+        ):
+            gauge = GaugeMetricFamily(name, text, labels=["team", "gpu_type"])
+            for key, value in sorted((zeros | found).items()):
+                gauge.add_metric(list(key), value)
+            yield gauge
+        totals = borrowing_totals(engine)
+        for name, text, counted in (
+            (
+                "gpuhub_borrowed_gpu_seconds",
+                "GPU-seconds billed to closed borrowed sessions, per borrowing team.",
+                totals.borrowed_gpu_seconds,
+            ),
+            (
+                "gpuhub_lent_gpu_seconds",
+                "GPU-seconds of closed borrowed sessions on a team's quota (each session's "
+                "seconds x the GPUs it ran on that team's quota), per lending team.",
+                totals.lent_gpu_seconds,
+            ),
+            (
+                "gpuhub_reclaims",
+                "Borrowed servers stopped to give their GPUs back (sessions ended reclaimed), "
+                "per borrowing team.",
+                totals.reclaims,
+            ),
+        ):
+            yield self._counter(
+                name,
+                text,
+                ["team", "gpu_type"],
+                {key: float(value) for key, value in (zeros | counted).items()},
+            )
 
     def _waitlist_metrics(self) -> Iterator[Metric]:
         """Requests waiting now, how long turns took to come, and how requests ended."""

@@ -1,6 +1,7 @@
 """The service's report API under /services/gpu-usage/api/v1/: usage (JSON, or CSV streamed in
-constant memory), right-sizing hints, live allocations, a team's budget burn-down, the catalog's
-status, the service's status with its last error (admins) and an OpenAPI description.
+constant memory), right-sizing hints, borrowing (what teams borrowed, lent and lost to
+reclaim), live allocations, a team's budget burn-down, the catalog's status, the service's
+status with its last error (admins) and an OpenAPI description.
 Authenticated by JupyterHub (OAuth in the browser, or a JupyterHub API token in
 `Authorization: token ...`); what each asker may read is reports/access.py."""
 
@@ -27,8 +28,9 @@ from ..reports.access import (
     readable_teams,
     refused,
 )
+from ..reports.borrowing_query import read_borrowing
 from ..reports.budget import burn_down
-from ..reports.export import csv_lines, json_document
+from ..reports.export import borrowing_document, borrowing_lines, csv_lines, json_document
 from ..reports.hint_query import read_hints
 from ..reports.query import Dimension, ReportError, UsageQuery, current_month, parse_usage_query
 from ..reports.usage import usage_rows
@@ -70,6 +72,19 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
             message = exc.log_message  # the sentence for a person; the reason stays standard
         self.finish(json.dumps({"status": status_code, "message": message}))
 
+    def wants_csv(self, params: Mapping[str, Sequence[str]]) -> bool:
+        """CSV (format=csv, or Accept: text/csv without format) or JSON; 400 for another."""
+        if params.get("format", ["json"]) not in (["json"], ["csv"]):
+            raise web.HTTPError(400, "format must be json or csv")
+        return params.get("format") == ["csv"] or (
+            "format" not in params and "text/csv" in self.request.headers.get("Accept", "")
+        )
+
+    def attach_csv(self, name: str, query: UsageQuery) -> None:
+        self.set_header("Content-Type", "text/csv; charset=utf-8")
+        filename = f"{name}-{query.period.since}-{query.period.until}.csv"
+        self.set_header("Content-Disposition", f'attachment; filename="{filename}"')
+
     def known_teams(self) -> list[str]:
         return sorted(self.service.store.catalog.teams)
 
@@ -96,19 +111,13 @@ class UsageHandler(APIHandler):
     async def get(self) -> None:
         access = self.access()
         params = self.params()
-        wants_csv = params.get("format") == ["csv"] or (
-            "format" not in params and "text/csv" in self.request.headers.get("Accept", "")
-        )
-        if params.get("format", ["json"]) not in (["json"], ["csv"]):
-            raise web.HTTPError(400, "format must be json or csv")
+        wants_csv = self.wants_csv(params)
         query = self.query(access, params)
         rows = usage_rows(self.service.ledger().engine, query, utcnow())
         if not wants_csv:
             self.write_json(json_document(rows, query))
             return
-        name = f"gpu-usage-{query.period.since}-{query.period.until}.csv"
-        self.set_header("Content-Type", "text/csv; charset=utf-8")
-        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        self.attach_csv("gpu-usage", query)
         for n, line in enumerate(csv_lines(rows, query.by)):
             self.write(line)
             if n % CSV_FLUSH_ROWS == 0:
@@ -137,6 +146,29 @@ class HintsHandler(APIHandler):
                 "rows": [row.as_json() for row in rows],
             }
         )
+
+
+class BorrowingHandler(APIHandler):
+    """GET api/v1/borrowing?team=&since=&until=&by=user,day,gpu_type&user=&format=json|csv: per
+    team, the GPU-hours it borrowed, lent and lost to reclaim (reports/borrowing.py). The
+    teams one may read, as for usage: a lender's lead reads what its quota lent, with no
+    borrower named (lent rows have no user); the borrowers by name are in their own team's
+    rows."""
+
+    def get(self) -> None:
+        access = self.access()
+        params = self.params()
+        wants_csv = self.wants_csv(params)
+        query = self.query(access, params)
+        try:
+            rows = read_borrowing(self.service.ledger().engine, query, utcnow())
+        except ReportError as exc:
+            raise web.HTTPError(400, _reason(exc)) from None
+        if not wants_csv:
+            self.write_json(borrowing_document(rows, query))
+            return
+        self.attach_csv("gpu-borrowing", query)
+        self.finish("".join(borrowing_lines(rows, query.by)))
 
 
 class AllocationsHandler(APIHandler):
@@ -268,6 +300,7 @@ def report_handlers(
         (rf"{prefix}metrics", MetricsHandler, {**args, "registry": registry}),
         (rf"{prefix}api/v1/usage", UsageHandler, args),
         (rf"{prefix}api/v1/rightsizing", HintsHandler, args),
+        (rf"{prefix}api/v1/borrowing", BorrowingHandler, args),
         (rf"{prefix}api/v1/allocations", AllocationsHandler, args),
         (rf"{prefix}api/v1/budget", BudgetHandler, args),
         (rf"{prefix}api/v1/catalog", CatalogHandler, args),

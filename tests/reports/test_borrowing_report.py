@@ -10,9 +10,12 @@ hours through (s1's own report carried vision's lent row)."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -221,3 +224,42 @@ def test_hours_are_exact_decimals(ledger: Ledger, history: datetime) -> None:
     ]
     assert teaching.borrowed_gpu_hours == Decimal("17.0000")
     assert teaching.reclaimed_gpu_hours == Decimal("14.0000")
+
+
+def test_gpuhub_report_borrowing(
+    ledger: Ledger,
+    history: datetime,
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`gpuhub report --borrowing` as a lead runs it: teaching's closed borrowed servers (the
+    running one's hours would grow with the real clock) as CSV and as a table; a grouping the
+    rows do not have exits 2 with the reason."""
+    from spawner_ext.cli import main
+
+    config = tmp_path / "catalog.yaml"
+    config.write_text(CATALOG)
+    base = ["report", "--borrowing", "--db-url", db_url, "--config", str(config)]
+    period = ["--since", "2026-11-01", "--until", "2026-12-01", "--team", "teaching"]
+    assert main([*base, *period, "--by", "user", "--format", "csv"]) == 0
+    found = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [tuple(r.values()) for r in found] == [
+        ("teaching", "s1", "14.0", "1", "0.0", "0", "14.0", "1"),
+        ("teaching", "s2", "3.0", "1", "0.0", "0", "0.0", "0"),
+    ]
+    assert list(found[0]) == [
+        "team",
+        "user",
+        "borrowed_gpu_hours",
+        "borrowed_sessions",
+        "lent_gpu_hours",
+        "lent_sessions",
+        "reclaimed_gpu_hours",
+        "reclaims",
+    ]
+    assert main([*base, *period]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split() == ["teaching", "17.0", "2", "0.0", "0", "14.0", "1"]
+    assert main([*base, *period, "--by", "profile"]) == 2
+    assert "not a grouping of the borrowing report" in capsys.readouterr().err

@@ -8,6 +8,8 @@
  * latest samples and the service's `session` answer) and, while the panel is open,
  * GET <base>/gpuhub/history (the extension's ring buffer of its own samples). It never asks for
  * anything else, so an open page costs the server one request per poll, and two with the panel open.
+ * The panel also shows the session's right-sizing hint when the service's answer has one (a cheaper
+ * profile that would have done for this server's GPU use so far).
  */
 import { Widget } from '@lumino/widgets';
 
@@ -50,6 +52,23 @@ export interface Session {
     resets_at: string;
   } | null;
   deadlines: Deadline[];
+  /** The service's right-sizing hint for this session; null: none (see docs/how-to/gpu-meter.md). */
+  rightsizing?: Rightsizing | null;
+}
+
+export interface Rightsizing {
+  suggested_profile: string;
+  suggested_profile_name: string;
+  suggested_price_per_hour: number;
+  price_per_hour: number;
+  currency: string;
+  observed_hours: number;
+  busy_percent: number | null;
+  p95_percent: number | null;
+  peak_memory_mib: number;
+  memory_total_mib: number;
+  /** 'used at most 6 GB of 80 GB and was busy 3 % of the time: `l4-single` would have cost ...' */
+  hint: string;
 }
 
 export interface MeterStatus {
@@ -278,6 +297,18 @@ function chart(series: Series, spanSeconds: number, nowSeconds: number): SVGSVGE
   return svg;
 }
 
+/** The hint as the panel shows it: 'This server used at most ...', profile slugs in <code>. */
+export function hintNode(r: Rightsizing): HTMLElement {
+  const node = el('dd', 'gpuhub-meter-value gpuhub-meter-rightsizing');
+  node.style.margin = '0';
+  `This server ${r.hint}.`.split('`').forEach((part, i) => {
+    const code = el('code', '', part);
+    code.style.whiteSpace = 'nowrap';
+    node.append(i % 2 ? code : document.createTextNode(part));
+  });
+  return node;
+}
+
 /** The panel the status bar item opens. */
 export class MeterPanel extends Widget {
   constructor() {
@@ -352,7 +383,7 @@ export class MeterPanel extends Widget {
         return box;
       })
     );
-    const facts: [string, string][] = [];
+    const facts: [string, string | Rightsizing][] = [];
     const session = status?.session;
     if (session) {
       facts.push(['Started', session.started_at ? utc(session.started_at) : 'not yet']);
@@ -371,6 +402,9 @@ export class MeterPanel extends Widget {
       session.deadlines.forEach((d, i) => {
         facts.push([i === 0 ? 'Stopped for' : '', deadlineText(d, now)]);
       });
+      if (session.rightsizing) {
+        facts.push(['Right-sizing', session.rightsizing]);
+      }
     } else {
       facts.push(['Cost', status?.service_error ? 'the gpuhub service does not answer' : 'not known yet']);
     }
@@ -378,6 +412,9 @@ export class MeterPanel extends Widget {
       ...facts.flatMap(([term, text]) => {
         const dt = el('dt', 'gpuhub-meter-term', term);
         dt.style.fontWeight = '600';
+        if (typeof text !== 'string') {
+          return [dt, hintNode(text)];
+        }
         const dd = el('dd', 'gpuhub-meter-value', text);
         dd.style.margin = '0';
         return [dt, dd];

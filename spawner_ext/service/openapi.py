@@ -628,6 +628,39 @@ OPENAPI: dict[str, Any] = {
                             },
                         },
                     },
+                    "rightsizing": {
+                        "type": "object",
+                        "nullable": True,
+                        "description": "The cheapest profile the server's user may start for "
+                        "its team that would have done for the session's GPU use so far (the "
+                        "right-sizing rule the leads' hints follow), worked out at most once a "
+                        "minute; null for a server without GPUs, under 30 minutes measured, or "
+                        "when nothing cheaper fits.",
+                        "properties": {
+                            "suggested_profile": {"type": "string"},
+                            "suggested_profile_name": {"type": "string"},
+                            "suggested_price_per_hour": {
+                                "type": "number",
+                                "description": "At the catalog's price.",
+                            },
+                            "price_per_hour": {
+                                "type": "number",
+                                "description": "The server's price as admitted.",
+                            },
+                            "currency": {"type": "string"},
+                            "observed_hours": {"type": "number"},
+                            "busy_percent": {
+                                "type": "integer",
+                                "nullable": True,
+                                "description": "Percent of the observed time any GPU was "
+                                "busy; null for a MIG slice (NVML tells no utilisation).",
+                            },
+                            "p95_percent": {"type": "integer", "nullable": True},
+                            "peak_memory_mib": {"type": "integer"},
+                            "memory_total_mib": {"type": "integer"},
+                            "hint": {"type": "string", "description": "The suggestion in words."},
+                        },
+                    },
                 },
             },
             "StatusDetail": {

@@ -2,10 +2,12 @@
 driven by Playwright): a real hub (`gpuhub up` with simulated GPUs), the gpuhub service, and real
 jupyterhub-singleuser servers whose notebook extension samples the fake NVML through unmodified
 pynvml. lin's H100 server (charged to vision) shows its GPU's utilisation and memory, cost and
-price, vision's GPU-hours left; its panel the last minutes as a chart, the start, profile, team
-and deadlines. tutor's MIG slice shows memory and no utilisation; grace's CPU server its zero
-cost and no GPU. The panel's screenshot is the how-to's: with GPUHUB_DOCS_SCREENSHOTS=1 the test
-writes it to docs/images/gpu-meter.png, else only to the artifacts directory."""
+price, vision's GPU-hours left; its panel the last minutes as a chart, the start, profile, team and
+deadlines, and the right-sizing hint once its session has two hours of measured use (written into
+the hub's ledger by the test, besides what the server reports). tutor's MIG slice shows memory and
+no utilisation; grace's CPU server its zero cost and no GPU. The panel's screenshot is the
+how-to's: with GPUHUB_DOCS_SCREENSHOTS=1 the test writes it to docs/images/gpu-meter.png, else only
+to the artifacts directory."""
 
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ GIB = 2**30
 H100 = "NVIDIA H100 80GB HBM3"
 SLICE = "NVIDIA A100-SXM4-80GB MIG 1g.10gb"
 SLICES = ("MIG-sim-00000000-a100-1g10gb", "MIG-sim-00000001-a100-1g10gb")
+MEASURED_SECONDS = 7200
+MEASURED_BUSY = 200
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +86,12 @@ def utc(moment: datetime) -> str:
 
 def test_a_data_scientist_sees_the_meter_and_opens_its_panel(hub: Hub, browser: Any) -> None:
     """broken once: the status poll's answer not passed to the meter (showMeter removed from
-    poll): no #gpuhub-meter, failed; and the MIG slice drawn with its (null) utilisation as
-    0 %: failed (a utilisation line on the slice's chart)."""
+    poll): no #gpuhub-meter, failed; the MIG slice drawn with its (null) utilisation as
+    0 %: failed (a utilisation line on the slice's chart); and the panel's hint fact left out
+    (`if (session.rightsizing)` never true): no .gpuhub-meter-rightsizing, failed."""
     hub.start_server("lin", {"profile": "h100-single", "team": "vision"})
+    lin_session = hub.sessions("lin")[-1]
+    measured_before_today(hub, lin_session.id)
     hub.start_server("tutor", {"profile": "mig-slice", "team": "teaching"})
     hub.start_server("grace", {"profile": "cpu-small"})
     h100 = hub.server_env("lin")["GPUHUB_SIMULATED_DEVICES"]
@@ -135,6 +142,23 @@ def test_a_data_scientist_sees_the_meter_and_opens_its_panel(hub: Hub, browser: 
         assert "GPUs idle for 30 min: not counting: the GPUs are busy" in body, body
         assert "Team budget used up (stops 2 h after): the budget is not used up" in body, body
         assert "utilisation 63% · memory 21 / 80 GiB" in body, body
+        # the hint: 2 h measured 200 s busy (yesterday's row) and the live reports, all busy, at
+        # most 21 GiB in use (the fake NVML's): with 25 % headroom 26.25 GiB, light use, so the
+        # cheapest profile vision may start with that much is the A100 40GB at 1.80/h
+        hint = panel.locator(".gpuhub-meter-rightsizing")
+        hint.wait_for(timeout=120_000)  # the service works a hint out once a minute
+        words = hint.inner_text()
+        live = (datetime.now(UTC) - started).total_seconds()  # at most this much reported
+        most = -(-100 * (MEASURED_BUSY + live) // (MEASURED_SECONDS + live))
+        found = re.fullmatch(
+            r"This server used at most 21 GB of 80 GB and was busy (\d+) % of the time: "
+            r"a100-single would have cost 1\.80 USD/h instead of 4\.10 USD/h\.",
+            words,
+        )
+        assert found, words
+        assert 3 <= int(found[1]) <= most, (words, most)
+        assert hint.locator("code").inner_text() == "a100-single"
+        assert "Right-sizing\nThis server used at most" in panel.inner_text()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "gpu-meter.png"))
         if os.environ.get("GPUHUB_DOCS_SCREENSHOTS") == "1":
@@ -165,6 +189,39 @@ def test_a_data_scientist_sees_the_meter_and_opens_its_panel(hub: Hub, browser: 
         context.close()
     for user in ("lin", "tutor", "grace"):
         hub.stop_server(user)
+
+
+def measured_before_today(hub: Hub, session_id: int) -> None:
+    """Two hours of measured GPU use for the session, as yesterday's aggregate row in the hub's
+    ledger (the reports of the live server add today's): MEASURED_BUSY seconds at 100 %, the
+    rest at 0 %, at most 6 GiB of 80 GiB in use."""
+    from sqlalchemy.orm import Session
+
+    from spawner_ext.ledger.models import UTILIZATION_COLUMNS, SessionGPUUse
+
+    histogram = dict.fromkeys(UTILIZATION_COLUMNS, 0)
+    histogram[UTILIZATION_COLUMNS[0]] = MEASURED_SECONDS - MEASURED_BUSY
+    histogram[UTILIZATION_COLUMNS[-1]] = MEASURED_BUSY
+    ledger = hub.ledger()
+    try:
+        with Session(ledger.engine) as db, db.begin():
+            db.add(
+                SessionGPUUse(
+                    session_id=session_id,
+                    day=datetime.now(UTC).date() - timedelta(days=1),
+                    reports=MEASURED_SECONDS // 10,
+                    observed_seconds=MEASURED_SECONDS,
+                    busy_seconds=MEASURED_BUSY,
+                    busy_gpu_seconds=MEASURED_BUSY,
+                    utilization_unknown=False,
+                    peak_memory_mib=6 * 1024,
+                    memory_total_mib=80 * 1024,
+                    peak_gpus_in_use=1,
+                    **histogram,
+                )
+            )
+    finally:
+        ledger.engine.dispose()
 
 
 def hub_session(hub: Hub, user: str) -> dict[str, Any]:

@@ -71,13 +71,22 @@ def why_not(catalog: Catalog, profile: Profile, who: Identity, team: str | None)
         return f"profile {profile.slug!r} is only for the teams: " + ", ".join(
             profile.allowed_teams
         )
-    if profile.gpu is not None and entry.quota.gpus.get(profile.gpu.type, 0) < profile.gpu.count:
-        allowed = entry.quota.gpus.get(profile.gpu.type, 0)
+    if profile.gpu is not None and most_gpus(catalog, team, profile.gpu.type) < profile.gpu.count:
+        allowed = most_gpus(catalog, team, profile.gpu.type)
         return (
             f"team {team!r} may hold at most {allowed} GPU(s) of type {profile.gpu.type!r}, "
             f"and profile {profile.slug!r} needs {profile.gpu.count}"
         )
     return None
+
+
+def most_gpus(catalog: Catalog, team: str, gpu_type: str) -> int:
+    """The most GPUs of a type one server of `team` can ever hold: its quota, or with borrowing
+    on its `borrow_limit` if that is more (a server is own or borrowed whole,
+    policy/borrowing.py)."""
+    quota = catalog.teams[team].quota
+    borrowable = quota.borrow_limit.get(gpu_type, 0) if catalog.borrowing is not None else 0
+    return max(quota.gpus.get(gpu_type, 0), borrowable)
 
 
 def visible_profiles(catalog: Catalog, who: Identity, team: str | None) -> tuple[Profile, ...]:

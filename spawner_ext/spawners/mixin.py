@@ -371,7 +371,10 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
                     message += " " + borrow_offer(
                         catalog, may_borrow.loans, plan.gpu_type_key, plan.gpu_count
                     )
-                offer = self.waitlist_offer(ledger, plan) if reason in WAITABLE else None
+                may_wait = reason in WAITABLE and fits_own_quota(
+                    self.catalog_version().catalog, plan
+                )
+                offer = self.waitlist_offer(ledger, plan) if may_wait else None
                 if offer is not None and plan.waitlist is None:
                     sentence, url = offer
                     message += f" {sentence} Join at {url}"
@@ -640,6 +643,15 @@ def _service_url(config: Any) -> str | None:
         if service.get("url"):
             return f"{str(service['url']).rstrip('/')}/services/{SERVICE_NAME}/"
     return None
+
+
+def fits_own_quota(catalog: Catalog, plan: SpawnPlan) -> bool:
+    """Whether the team's own quota of the type could ever hold the plan's server: the line
+    waits for own quota, so a server bigger than it (one that can only borrow) is not offered a
+    place in line."""
+    if plan.team is None or plan.gpu_type_key is None:
+        return False
+    return plan.gpu_count <= catalog.teams[plan.team].quota.gpus.get(plan.gpu_type_key, 0)
 
 
 def _admit(ledger: Ledger, catalog: Catalog, request: Request) -> Admission:

@@ -1,15 +1,17 @@
 """The wait-list on the Kubernetes test bed: the gpuhub service counts a GPU type's free GPUs from
 the matching kwok nodes and the pods bound there (another workload's pod is someone else's GPU),
 a spawn finding none free is refused with the offer to wait, and the turn starts the person's
-pod when a GPU frees; and the same in a real browser (Debian's Chromium driven by Playwright,
-logged in through the hub's dummy authenticator). Pods are read from the API server,
-independently of the ledger."""
+pod when a GPU frees; a borrowed pod reclaimed with notice for a lender's person in line, whose
+pod then starts on the GPU it freed; and the wait-list in a real browser (Debian's Chromium
+driven by Playwright, logged in through the hub's dummy authenticator). Pods are read from the
+API server, independently of the ledger."""
 
 from __future__ import annotations
 
 import dataclasses
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -27,6 +29,7 @@ POOL_LABEL = "gpuhub.test/pool"
 TICK = 1
 TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 INSTALL = "wl"
+RECLAIM_NOTICE = 6
 BROWSER_TIMEOUT_MS = 150_000  # a wait in the browser: a pod's start on the test bed at most
 expect = Expect()  # this module's own, waiting as long as the pods may take
 expect.set_options(timeout=BROWSER_TIMEOUT_MS)
@@ -45,7 +48,17 @@ def catalog(pool: str) -> Json:
                 "tolerations": TOLERATIONS,
             }
         },
-        "teams": {"vision": {"users": ["ada", "lin"], "quota": {"gpus": {"h100-80gb": 4}}}},
+        "teams": {
+            "vision": {"users": ["ada", "lin"], "quota": {"gpus": {"h100-80gb": 4}}},
+            # borrowing (test_a_borrowed_pod_is_reclaimed_for_the_lender_in_line): sam's team
+            # has no H100 quota of its own and may borrow one; grace's lends its one
+            "teaching": {
+                "users": ["sam"],
+                "quota": {"gpus": {"h100-80gb": 0}, "borrow_limit": {"h100-80gb": 1}},
+            },
+            "nlp": {"users": ["grace"], "quota": {"gpus": {"h100-80gb": 1}}},
+        },
+        "borrowing": {"reclaim_notice": f"{RECLAIM_NOTICE}s", "min_runtime": "1s"},
         "profiles": [
             {"display_name": "CPU only", "slug": "cpu-small", "default": True},
             {
@@ -104,7 +117,7 @@ def bed(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -
             # the tests' admin service may make users' tokens (to call the API as them)
             extra_config='c.JupyterHub.load_roles[0]["scopes"].append("tokens")',
         ) as hub:
-            hub.create_users(["ada", "lin"])
+            hub.create_users(["ada", "lin", "sam", "grace"])
             yield Bed(pool, hub, other, nodes[0])
     finally:
         delete_namespaces(control_plane, [hub_ns, other])
@@ -182,6 +195,65 @@ def test_free_gpus_come_from_the_nodes_and_a_turn_starts_the_pod(
         hub.stop_server("lin")
     finally:
         ledger.engine.dispose()
+
+
+def test_a_borrowed_pod_is_reclaimed_for_the_lender_in_line(
+    bed: Bed, control_plane: ControlPlane
+) -> None:
+    """sam (no H100 quota of his own) borrows the node's free H100; grace, whose team lends it,
+    finds none free and waits; the service reclaims sam's pod no earlier than its notice (the
+    pod is deleted, its session ends `reclaimed`) and grace's pod runs on the node."""
+    hub = bed.hub
+    assert hub.ledger_url is not None
+    ledger = Ledger.open(hub.ledger_url, install=INSTALL)
+    try:
+        hub.wait(
+            "the service to count the node's GPUs",
+            lambda: ledger.capacities().get("h100-80gb") == (2, 1),
+            60,
+        )
+        refused = hub.spawn("sam", {"profile": "h100-single"})
+        assert refused.status_code == 400, refused.text
+        assert "You can borrow 1 NVIDIA H100 80GB" in refused.json()["message"]
+        assert "You can wait" not in refused.json()["message"]  # no own quota to wait for
+        assert hub.spawn("sam", {"profile": "h100-single", "borrow": "yes"}).status_code in (
+            201,
+            202,
+        )
+        sam_pod = pod_of(control_plane, hub.wait_ready("sam"))
+        assert sam_pod["spec"]["nodeName"] == bed.h100_node
+        assert hub.spawn("grace", {"profile": "h100-single"}).status_code == 400
+        grace = token_of(hub, "grace")
+        joined = waitlist(hub, grace, "POST", json={"profile": "h100-single", "start": "auto"})
+        assert joined.status_code == 201, joined.text
+
+        def sam_session() -> Any:
+            return next(s for s in ledger.open_sessions() if s.user == "sam")
+
+        chosen = hub.wait("sam's pod to be chosen", lambda: sam_session().reclaim_at, 60)
+        hub.wait("sam's server to be stopped", lambda: hub.server("sam") is None, 90)
+        assert datetime.now(UTC) >= chosen
+        gone = f"/api/v1/namespaces/{sam_pod['metadata']['namespace']}/pods"
+        names = [p["metadata"]["name"] for p in control_plane.api.get(gone)["items"]]
+        assert sam_pod["metadata"]["name"] not in names
+        hub.wait("the service to start grace's server", lambda: hub.server("grace"), 60)
+        model = hub.wait_ready("grace", timeout=150)
+        assert pod_of(control_plane, model)["spec"]["nodeName"] == bed.h100_node
+        ended = [s for s in ledger_sessions(ledger) if s.user == "sam"]
+        assert [s.end_reason for s in ended] == ["reclaimed"]
+        hub.stop_server("grace")
+    finally:
+        ledger.engine.dispose()
+
+
+def ledger_sessions(ledger: Ledger) -> list[Any]:
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from spawner_ext.ledger.models import UsageSession
+
+    with Session(ledger.engine) as db:
+        return list(db.scalars(select(UsageSession).order_by(UsageSession.id)))
 
 
 @pytest.mark.browser

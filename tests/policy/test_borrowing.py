@@ -30,6 +30,8 @@ from spawner_ext.policy.borrowing import (
     reclaim_need,
 )
 from spawner_ext.policy.borrowing_text import borrow_offer
+from spawner_ext.policy.identity import Identity
+from spawner_ext.policy.profiles import most_gpus, visible_profiles
 
 NOW = datetime(2026, 12, 5, 12, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -372,3 +374,22 @@ borrowing: {reclaim_notice: 15m, min_runtime: 1h}
         "You can borrow 3 NVIDIA H100 GPUs from Language Models' and Computer Vision Labs' "
         "idle quota:"
     )
+
+
+def test_a_profile_bigger_than_the_own_quota_is_offered_when_the_team_may_borrow_it() -> None:
+    text = """\
+gpu_types:
+  h100: {display_name: NVIDIA H100, price_per_hour: 4}
+profiles:
+  - {display_name: One H100, slug: one, gpu: {type: h100, count: 1}}
+  - {display_name: Two H100s, slug: two, gpu: {type: h100, count: 2}}
+teams:
+  teaching: {users: [sam], quota: {gpus: {h100: 1}, borrow_limit: {h100: 2}}}
+  nlp: {quota: {gpus: {h100: 4}}}
+"""
+    sam = Identity("sam")
+    with_borrowing = parse_catalog(text + "borrowing: {}\n", "c.yaml")
+    assert [p.slug for p in visible_profiles(with_borrowing, sam, "teaching")] == ["one", "two"]
+    assert most_gpus(with_borrowing, "teaching", "h100") == 2  # own 1, or borrowed 2: whole
+    without = parse_catalog(text.replace(", borrow_limit: {h100: 2}", ""), "c.yaml")
+    assert [p.slug for p in visible_profiles(without, sam, "teaching")] == ["one"]

@@ -139,6 +139,42 @@ OPENAPI: dict[str, Any] = {
                 "responses": _ok("Hints", "The hints, the largest saving first in each team."),
             }
         },
+        "/borrowing": {
+            "get": {
+                "summary": "GPU-hours each team borrowed, lent and lost to reclaim",
+                "parameters": [
+                    {
+                        "name": "team",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "A team (repeatable). Default: every team you may read. "
+                        "A team's rows: its borrowed servers, and other teams' servers on its "
+                        "quota (lent).",
+                    },
+                    {
+                        "name": "by",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["user", "day", "gpu_type"]},
+                        "description": "Grouping (repeatable or comma-separated). Lent hours "
+                        "name no user: by user, they are in the team's row without one.",
+                    },
+                    {
+                        "name": "user",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "Only this user's borrowed servers (no lent hours).",
+                    },
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["json", "csv"]},
+                        "description": "csv: the same rows (also with `Accept: text/csv`).",
+                    },
+                    *_PERIOD,
+                ],
+                "responses": _ok("Borrowing", "The borrowing report.", csv=True),
+            }
+        },
         "/allocations": {
             "get": {
                 "summary": "Servers holding GPUs now",
@@ -392,6 +428,53 @@ OPENAPI: dict[str, Any] = {
                     "by": {"type": "array", "items": {"type": "string"}},
                     "teams": {"type": "array", "items": {"type": "string"}, "nullable": True},
                     "rows": {"type": "array", "items": {"$ref": "#/components/schemas/UsageRow"}},
+                },
+            },
+            "Borrowing": {
+                "type": "object",
+                "properties": {
+                    "since": {"type": "string", "format": "date"},
+                    "until": {"type": "string", "format": "date"},
+                    "by": {"type": "array", "items": {"type": "string"}},
+                    "teams": {"type": "array", "items": {"type": "string"}, "nullable": True},
+                    "rows": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/BorrowingRow"},
+                    },
+                },
+            },
+            "BorrowingRow": {
+                "type": "object",
+                "properties": {
+                    "team": {"type": "string", "nullable": True},
+                    "user": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "Who ran the borrowed servers; null in a row of lent hours.",
+                    },
+                    "day": {"type": "string", "format": "date"},
+                    "gpu_type": {"type": "string", "nullable": True},
+                    "borrowed_gpu_hours": {
+                        "type": "number",
+                        "description": "The team's borrowed servers (charged to it).",
+                    },
+                    "borrowed_sessions": {"type": "integer"},
+                    "lent_gpu_hours": {
+                        "type": "number",
+                        "description": "Other teams' borrowed servers on the team's quota: "
+                        "their billed hours times the GPUs of the loan.",
+                    },
+                    "lent_sessions": {"type": "integer"},
+                    "reclaimed_gpu_hours": {
+                        "type": "number",
+                        "description": "Of the borrowed GPU-hours, those of servers that were "
+                        "reclaimed (ended `reclaimed`).",
+                    },
+                    "reclaims": {
+                        "type": "integer",
+                        "description": "The team's borrowed servers reclaimed, on the day each "
+                        "was stopped.",
+                    },
                 },
             },
             "Allocations": {

@@ -151,11 +151,9 @@ class ReclaimLedger(LedgerBase):
             # elsewhere, a request was cancelled): withdraw the latest choices not yet due.
             still, _ = reclaim_need(shares, waiting, free, 0)
             for row in sorted(chosen_rows, key=lambda r: (r.reclaim_at, r.id), reverse=True):
-                if reclaiming <= still:
-                    break
                 assert row.reclaim_at is not None
-                if row.reclaim_at <= now:
-                    continue
+                if row.reclaim_at <= now or reclaiming - row.gpu_count < still:
+                    continue  # due already, or what is left would no longer cover the need
                 reclaiming -= row.gpu_count
                 row.reclaim_at = row.reclaim_for = None
                 result.withdrawn.append(row.id)

@@ -2,8 +2,10 @@
  * gpuhub's JupyterLab extension: before the gpuhub service stops this server, a notification says
  * when and why, with a button that keeps it where Keep can delay the stop (idleness); and a
  * banner at the top says what Keep cannot change: a stop for the longest run allowed (max_age)
- * or the team's spent budget, with whom to ask, and the team's budget from its warning threshold
- * on (the share used; at 100 %, when its GPU servers are stopped).
+ * or the team's spent budget, or a borrowed server's reclaim, with whom to ask, and the team's
+ * budget from its warning threshold on (the share used; at 100 %, when its GPU servers are
+ * stopped). Before a stop Keep cannot delay, open documents are saved (Save All), a minute
+ * ahead, and for a reclaim also when it is announced.
  *
  * It polls the server's own gpuhub extension (GET <base>/gpuhub/status: not counted as
  * activity), which relays the service's answer to its reports; "Keep it" POSTs
@@ -22,6 +24,9 @@ import { Widget } from '@lumino/widgets';
 import { MeterItem, MeterStatus } from './meter';
 
 const POLL_MS = 15_000;
+/** Open documents are saved this long before a stop Keep cannot delay (and when a borrowed
+ * server's reclaim is first announced). */
+const SAVE_BEFORE_MS = 60_000;
 
 interface CullWarning {
   message: string;
@@ -172,12 +177,33 @@ const plugin: JupyterFrontEndPlugin<void> = {
       notification = null;
     };
 
+    let saveTimer: number | null = null;
+    const saveAll = (): void => {
+      // every open document with unsaved changes, as File > Save All does
+      void app.commands.execute('docmanager:save-all').catch(() => undefined);
+    };
+    const saveBefore = (warning: CullWarning | null): void => {
+      if (saveTimer !== null) {
+        window.clearTimeout(saveTimer);
+        saveTimer = null;
+      }
+      if (!warning || warning.keep !== false) {
+        return; // no stop, or one Keep can delay: the person decides
+      }
+      if (warning.reason === 'reclaimed') {
+        saveAll(); // announced with its notice: saved now, and again just before
+      }
+      const wait = Date.parse(warning.cull_at) - Date.now() - SAVE_BEFORE_MS;
+      saveTimer = window.setTimeout(saveAll, Math.max(wait, 0));
+    };
+
     const showWarning = (warning: CullWarning | null): void => {
       if (!warning) {
         if (notification !== null) {
           Notification.dismiss(notification);
         }
         shown = notification = null;
+        saveBefore(null);
         return;
       }
       const keepable = warning.keep !== false;
@@ -185,6 +211,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       if (shown === key) {
         return;
       }
+      saveBefore(warning);
       if (notification !== null) {
         Notification.dismiss(notification);
       }

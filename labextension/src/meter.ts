@@ -25,7 +25,7 @@ export interface GPU {
 }
 
 export interface Deadline {
-  reason: 'max-age' | 'budget' | 'culled-gpu-idle' | 'culled-idle';
+  reason: 'max-age' | 'budget' | 'reclaimed' | 'culled-gpu-idle' | 'culled-idle';
   at: string | null;
   after_seconds: number;
   keep: boolean;
@@ -166,6 +166,8 @@ export function deadlineText(d: Deadline, now: number = Date.now()): string {
   const what: Record<Deadline['reason'], string> = {
     'max-age': `Longest run allowed (${after})`,
     budget: `Team budget used up (stops ${after} after)`,
+    reclaimed: 'Borrowed GPUs given back to their team',
+
     'culled-gpu-idle': `GPUs idle for ${after}`,
     'culled-idle': `No activity for ${after}`
   };

@@ -541,6 +541,16 @@ OPENAPI: dict[str, Any] = {
                     "closed": {"type": "integer"},
                     "strays_ended": {"type": "integer"},
                     "budget_stops": {"type": "integer"},
+                    "turns_given": {"type": "integer", "description": "Wait-list turns."},
+                    "budget_alerts": {"type": "integer", "description": "Alerts queued."},
+                    "reclaims_chosen": {
+                        "type": "integer",
+                        "description": "Borrowed servers chosen to give their GPUs back.",
+                    },
+                    "reclaims_stopped": {
+                        "type": "integer",
+                        "description": "Borrowed servers stopped when their notice was over.",
+                    },
                 },
             },
             "ServerName": {
@@ -832,6 +842,13 @@ OPENAPI: dict[str, Any] = {
                         "nullable": True,
                         "description": "Why it is skipped for now though it keeps its place "
                         "(its team's quota or budget).",
+                    },
+                    "reclaim_at": {
+                        "type": "string",
+                        "format": "date-time",
+                        "nullable": True,
+                        "description": "Borrowed GPUs of its type are being reclaimed for its "
+                        "team: when the first borrowed server is stopped (UTC); null otherwise.",
                     },
                     "joined_at": {"type": "string", "format": "date-time"},
                     "turn_at": {"type": "string", "format": "date-time", "nullable": True},

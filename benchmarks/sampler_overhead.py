@@ -41,9 +41,10 @@ from spawner_ext.clock import utcnow
 from spawner_ext.fakenvml import FakeGPU, FakeNVML, FakeProcess, build, environment, write_config
 from spawner_ext.ledger.budgets import team_budget_state
 from spawner_ext.ledger.engine import upgrade
-from spawner_ext.ledger.models import UsageSession
+from spawner_ext.ledger.models import SessionGPUUse, UsageSession
 from spawner_ext.ledger.store import Ledger
-from spawner_ext.service.activity_api import session_body
+from spawner_ext.policy.identity import Identity
+from spawner_ext.service.activity_api import HINT_READ_EVERY, SessionHints, session_body
 from spawner_ext.up import free_port
 
 CYCLES = 2000
@@ -57,6 +58,7 @@ TEAMS = 10
 POLL_SECONDS = 15
 """The page's status poll (labextension/src/index.ts POLL_MS), and the panel's history poll."""
 REPORT_SECONDS = 10
+HINT_SECONDS = int(HINT_READ_EVERY.total_seconds())  # a session's hint, at most once a minute
 ROOT = Path(__file__).parents[1]
 
 PAGE_SERVER = """
@@ -203,9 +205,10 @@ def page_costs(gpus: int, session: dict[str, object]) -> dict[str, tuple[float, 
     return found
 
 
-def service_costs(workdir: Path) -> tuple[float, float, dict[str, object]]:
-    """(CPU s per session_body, CPU s per team budget read, one session body) on a SQLite
-    ledger with METERS running sessions in TEAMS teams."""
+def service_costs(workdir: Path) -> tuple[float, float, float, dict[str, object]]:
+    """(CPU s per session_body, CPU s per team budget read, CPU s per right-sizing hint worked
+    out afresh, one session body) on a SQLite ledger with METERS running sessions in TEAMS
+    teams, each with an hour of measured GPU use."""
     catalog = load_catalog(ROOT / "hub_config" / "catalog.yaml")
     url = f"sqlite:///{workdir / 'meter-ledger.sqlite'}"
     upgrade(url)
@@ -246,12 +249,39 @@ def service_costs(workdir: Path) -> tuple[float, float, dict[str, object]]:
     for n in range(reads):
         team_budget_state(ledger, teams[n % TEAMS])
     per_read = (time.process_time() - start) / reads
+    with ledger.engine.begin() as db:  # an hour measured, 5 % busy, 6 GiB at most, per session
+        db.execute(
+            insert(SessionGPUUse),
+            [
+                {
+                    "session_id": s.id,
+                    "day": now.date(),
+                    "reports": 360,
+                    "observed_seconds": 3600,
+                    "busy_seconds": 180,
+                    "busy_gpu_seconds": 180,
+                    "utilization_unknown": False,
+                    "peak_memory_mib": 6144,
+                    "memory_total_mib": 81559,
+                    "peak_gpus_in_use": 1,
+                    **{f"util_{5 * n:02d}": 3420 if n == 0 else 0 for n in range(20)},
+                    "util_95": 180,
+                }
+                for s in sessions
+            ],
+        )
+    who = Identity("u00000", frozenset({"vision"}))
+    hints_calls = SERVICE_CALLS // 4
+    start = time.process_time()
+    for n in range(hints_calls):  # a fresh cache each time: the read and the rule, every call
+        SessionHints().hint(ledger, catalog, sessions[n % METERS], who, now)
+    per_hint = (time.process_time() - start) / hints_calls
     ledger.engine.dispose()
-    return per_body, per_read, body
+    return per_body, per_read, per_hint, body
 
 
 def meter(workdir: Path) -> None:
-    per_body, per_read, session = service_costs(workdir)
+    per_body, per_read, per_hint, session = service_costs(workdir)
     print()
     print(f"GPU meter, per open JupyterLab page (a full hour of history; {REQUESTS} requests)")
     print(f"Target < {TARGET_PERCENT} % of a core")
@@ -272,7 +302,8 @@ def meter(workdir: Path) -> None:
         print(f"| {gpus} | both, panel open | {2 * per_minute:.0f} | | | {total:.4f} |")
     reports = METERS / REPORT_SECONDS
     reads = TEAMS / REPORT_SECONDS
-    service = (reports * per_body + reads * per_read) * 100
+    hints = METERS / HINT_SECONDS
+    service = (reports * per_body + reads * per_read + hints * per_hint) * 100
     print()
     print(
         f"Service, {METERS} open meters on {METERS} servers in {TEAMS} teams (SQLite ledger); "
@@ -289,6 +320,10 @@ def meter(workdir: Path) -> None:
     print(
         f"| team budget reads (one per team per {REPORT_SECONDS} s) | {reads:.0f} | "
         f"{per_read * 1000:.3f} | {reads * per_read * 100:.3f} |"
+    )
+    print(
+        f"| right-sizing hints (one per server per {HINT_SECONDS} s: a GPU-use read and the rule) "
+        f"| {hints:.1f} | {per_hint * 1000:.3f} | {hints * per_hint * 100:.3f} |"
     )
     print(f"| total | | | {service:.3f} |")
 

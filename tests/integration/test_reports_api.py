@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 
+from .borrowed import add_borrowed_session
 from .conftest import Hub, usage_hub
 from .measured import BUSY_SECONDS, HELD_SECONDS, Measured, add_measured_session
 
@@ -215,39 +216,19 @@ def test_a_lead_reads_her_teams_utilisation_and_right_sizing_hints(
 
 
 @pytest.fixture(scope="module")
-def borrowed(hub: Hub, measured: Measured) -> Measured:
-    """kim (vision) ran one H100 borrowed from nlp's quota for three hours on the 12th of last
-    month, and it was reclaimed; written into the hub's ledger (its catalog lends nothing, and
-    the report reads only the ledger)."""
-    from datetime import UTC, datetime, timedelta
-
-    from sqlalchemy.orm import Session
-
-    from spawner_ext.ledger.models import SessionLoan, UsageSession
-    from tests.reports.conftest import add_session
-
-    start = datetime(measured.since.year, measured.since.month, 12, 10, tzinfo=UTC)
-    ledger = hub.ledger()
-    try:
-        engine = ledger.engine
-        kim = add_session(engine, "kim", start, start + timedelta(hours=3), reason="reclaimed")
-        with Session(engine) as db, db.begin():
-            session = db.get(UsageSession, kim)
-            assert session is not None
-            session.borrowed = True
-            db.add(SessionLoan(session_id=kim, lender="nlp", gpus=1))
-    finally:
-        ledger.engine.dispose()
-    return measured
+def borrowed(hub: Hub) -> Measured:
+    return add_borrowed_session(hub)
 
 
 @pytest.mark.integration
 def test_leads_read_what_their_teams_borrowed_lent_and_lost_to_reclaim(
     hub: Hub, tokens: dict[str, str], borrowed: Measured
 ) -> None:
-    """vision's lead reads kim's borrowed, reclaimed hours; nlp's lead reads the hours nlp
-    lent, with no borrower named, as JSON and CSV, and gets 403 for vision's. broken once: the
-    borrowing rows read without reports/access.py's narrowing (grace read vision's: 200)."""
+    """kim (vision) ran one H100 on nlp's quota for 3 h last month and it was reclaimed
+    (tests/integration/borrowed.py). vision's lead reads kim's borrowed, reclaimed hours; nlp's
+    lead reads the hours nlp lent, with no borrower named, as JSON and CSV, and gets 403 for
+    vision's. broken once: the borrowing rows read without reports/access.py's narrowing
+    (grace's report without a team carried vision's row, naming kim)."""
     period = borrowed.period
     vision = rows(get(hub, f"borrowing?team=vision&by=user&{period}", tokens["ada"]))
     assert vision == [

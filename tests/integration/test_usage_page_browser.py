@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from .borrowed import add_borrowed_session
 from .conftest import Hub, usage_hub, wait_for
 from .measured import BUSY_SECONDS, HELD_SECONDS, add_measured_session
 
@@ -209,3 +210,31 @@ def test_a_lead_sees_utilisation_and_a_right_sizing_hint(page: Any, hub: Hub) ->
     assert hint["possible_saving"] == f"{(4.10 - 0.30) * HELD_SECONDS / 3600:.2f}"
     page.locator("#gpuhub-hints").scroll_into_view_if_needed()
     shot(page, "lead-utilisation-and-hints")
+
+
+@pytest.fixture(scope="module")
+def borrowed(hub: Hub) -> Any:
+    return add_borrowed_session(hub)
+
+
+def test_leads_see_what_their_teams_borrowed_and_lent(page: Any, hub: Hub, borrowed: Any) -> None:
+    """kim (vision) ran one H100 on nlp's quota for 3 h last month, reclaimed
+    (tests/integration/borrowed.py): vision's lead reads kim's borrowed and reclaimed hours,
+    nlp's lead the hours nlp lent, with no borrower named. broken once: usage.js without the
+    borrowing call (the table stayed empty, without even its header)."""
+    for user, expected in (
+        ("ada", {"team": "vision", "user": "kim", "borrowed_gpu_hours": "3", "reclaims": "1"}),
+        ("grace", {"team": "nlp", "user": "(lent)", "lent_gpu_hours": "3", "reclaims": "0"}),
+    ):
+        open_usage(page, hub, user)
+        stamp = loaded(page)
+        page.fill("#gpuhub-since", borrowed.since.isoformat())
+        page.fill("#gpuhub-until", borrowed.until.isoformat())
+        page.click("#gpuhub-show")
+        loaded(page, stamp)
+        (row,) = table(page, "#gpuhub-borrowing")
+        assert {name: row[name] for name in expected} == expected, row
+        assert "kim" not in page.inner_text("#gpuhub-borrowing") or user == "ada"
+        page.locator("#gpuhub-borrowing").scroll_into_view_if_needed()
+        shot(page, f"borrowing-{user}")
+        page.context.clear_cookies()

@@ -8,7 +8,11 @@
   const NUMERIC = new Set([
     "gpu_hours", "cost", "idle_gpu_hours", "sessions", "gpu_count", "busy_gpu_hours",
     "measured_gpu_hours", "utilization", "busy_percent", "possible_saving",
+    "borrowed_gpu_hours", "borrowed_sessions", "lent_gpu_hours", "lent_sessions",
+    "reclaimed_gpu_hours", "reclaims",
   ]);
+  // What borrowing rows may be grouped by (the others of the form are left out for them).
+  const BORROWING_BY = ["user", "day", "gpu_type"];
   // How some columns read (the cell's data-value keeps the number, for sorting).
   const SHOWN = {
     utilization: (v) => (v === null ? "not measured" : `${(v * 100).toFixed(1)} %`),
@@ -16,14 +20,15 @@
     possible_saving: (v) => v.toFixed(2),
   };
 
-  function params(format, grouped = true) {
+  function params(format, grouped = true, groupings = null) {
     const query = new URLSearchParams();
     const team = $("gpuhub-team").value;
     if (team) query.append("team", team);
     else if (!settings.everything) query.append("user", settings.user);
     query.append("since", $("gpuhub-since").value);
     query.append("until", $("gpuhub-until").value);
-    const by = [...document.querySelectorAll("input[name=by]:checked")].map((e) => e.value);
+    const by = [...document.querySelectorAll("input[name=by]:checked")].map((e) => e.value)
+      .filter((value) => groupings === null || groupings.includes(value));
     if (by.length && grouped) query.append("by", by.join(","));
     if (format) query.append("format", format);
     return query;
@@ -45,7 +50,7 @@
     box.textContent = message || "";
   }
 
-  function fill(table, columns, rows) {
+  function fill(table, columns, rows, empty = "No usage in this period.") {
     const head = table.tHead, body = table.tBodies[0];
     head.replaceChildren();
     body.replaceChildren();
@@ -78,7 +83,7 @@
     if (!rows.length) {
       const cell = body.insertRow().insertCell();
       cell.colSpan = columns.length;
-      cell.textContent = "No usage in this period.";
+      cell.textContent = empty;
     }
   }
 
@@ -143,6 +148,17 @@
       found.rows);
   }
 
+  async function showBorrowing() {
+    const query = params(null, true, BORROWING_BY);
+    $("gpuhub-borrowing-csv").href = settings.api + "borrowing?" + params("csv", true, BORROWING_BY);
+    const found = await api("borrowing?" + query);
+    fill($("gpuhub-borrowing"),
+      ["team", ...found.by, "borrowed_gpu_hours", "borrowed_sessions", "lent_gpu_hours", "lent_sessions",
+        "reclaimed_gpu_hours", "reclaims"],
+      found.rows.map((r) => ("user" in r && r.user === null ? { ...r, user: "(lent)" } : r)),
+      "Nothing borrowed or lent in this period.");
+  }
+
   async function showBudget() {
     const team = $("gpuhub-team").value;
     const text = $("gpuhub-budget");
@@ -198,7 +214,7 @@
 
   async function refresh() {
     problem("");
-    const results = await Promise.allSettled([showUsage(), showHints(), showBudget(), showAllocations(), showCatalog()]);
+    const results = await Promise.allSettled([showUsage(), showHints(), showBorrowing(), showBudget(), showAllocations(), showCatalog()]);
     const failed = results.find((r) => r.status === "rejected");
     if (failed) problem(failed.reason.message);
     document.body.dataset.gpuhubLoaded = String(Date.now());

@@ -19,3 +19,4 @@ class EndReason(enum.StrEnum):
     NODE_LOST = "node-lost"  # its pod vanished behind the hub's back
     RECONCILED = "reconciled"  # found gone by reconciliation (e.g. after a hub crash)
     RECLAIMED = "reclaimed"  # a borrowed server, stopped to give its GPUs back
+    SPLIT = "split"  # the server ran on: a borrowed server became an own one here

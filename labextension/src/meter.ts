@@ -44,6 +44,8 @@ export interface Session {
   currency: string;
   cost: number;
   cost_at: string;
+  /** It runs on other teams' idle quota, and may be reclaimed (absent from older services). */
+  borrowed?: boolean;
   budget: {
     monthly_gpu_hours: number;
     gpu_hours_used: number;
@@ -206,6 +208,9 @@ export function meterText(status: MeterStatus, now: number = Date.now()): string
     );
     if (session.budget) {
       parts.push(`${hours(session.budget.gpu_hours_left)} GPU-h left`);
+    }
+    if (session.borrowed) {
+      parts.push('borrowed');
     }
   } else if (!(status.gpus ?? []).length) {
     parts.push('cost not known yet');
@@ -391,6 +396,13 @@ export class MeterPanel extends Widget {
       facts.push(['Started', session.started_at ? utc(session.started_at) : 'not yet']);
       facts.push(['Profile', `${session.profile_name} (${session.profile})`]);
       facts.push(['Team charged', session.team_name ?? 'none']);
+      if (session.borrowed) {
+        facts.push([
+          'Quota',
+          "borrowed from other teams' idle quota: it may be stopped, with notice, to give its " +
+            'GPUs back (see the deadlines below)'
+        ]);
+      }
       facts.push(['Price', `${money(session.price_per_hour, session.currency)} per hour`]);
       facts.push(['Cost so far', money(costNow(session, now), session.currency)]);
       if (session.budget) {

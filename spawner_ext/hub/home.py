@@ -56,6 +56,8 @@ class RunningServerView:
     """Cost so far with its currency, e.g. '8.20 USD'; None when it cannot be told."""
     note: str | None = None
     """Why a figure is missing."""
+    borrowed: str | None = None
+    """For a server on other teams' quota: that, and when it stops if it is being reclaimed."""
 
 
 def running_server_view(
@@ -67,9 +69,12 @@ def running_server_view(
     running_since: datetime | None,
     now: datetime,
     note: str | None = None,
+    session: BilledPart | None = None,
 ) -> RunningServerView:
     """The row of a running server. `billed_since` is its ledger session's start (None when
-    unmetered or unreadable: no cost shown); `running_since` when the hub started it."""
+    unmetered or unreadable: no cost shown); `running_since` when the hub started it; `session`
+    what the ledger's session says beyond its start (its price, whether it is borrowed), when
+    read."""
     gpu_type = catalog.gpu_types.get(summary.gpu_type) if summary.gpu_type else None
     if summary.gpu_count and summary.gpu_type:
         name = gpu_type.display_name if gpu_type else summary.gpu_type
@@ -78,12 +83,22 @@ def running_server_view(
         gpus = "CPU only"
     team = catalog.teams.get(summary.team) if summary.team else None
     team_name = (team.display_name or summary.team) if team else summary.team
-    since = billed_since or running_since
+    since = (session.run_since if session else None) or billed_since or running_since
     running_for = spoken_duration(billed_seconds(since, now)) if since else None
     cost: str | None = None
+    borrowed = None
     if billed_since is not None:
-        spent = session_cost(summary.price_per_hour, billed_seconds(billed_since, now))
+        price = session.price_per_hour if session is not None else summary.price_per_hour
+        spent = session_cost(price, billed_seconds(billed_since, now)) + (
+            session.earlier_cost if session is not None else Decimal(0)
+        )
         cost = f"{spent.quantize(Decimal('0.01'))} {summary.currency}"
+    if session is not None and session.borrowed:
+        borrowed = "borrowed from other teams' idle quota" + (
+            f"; stops at {session.reclaim_at:%H:%M} UTC to give its GPUs back"
+            if session.reclaim_at is not None
+            else ""
+        )
     elif not summary.gpu_count:
         cost = "no GPU charge"
     profile = catalog.profile(summary.profile)
@@ -95,7 +110,22 @@ def running_server_view(
         running_for=running_for,
         cost=cost,
         note=note if cost is None else None,
+        borrowed=borrowed,
     )
+
+
+@dataclass(frozen=True)
+class BilledPart:
+    """What the home page reads of a running server's ledger session beyond its start."""
+
+    price_per_hour: Decimal
+    """The session's own price (a borrowed one's includes `borrowing.price_factor`)."""
+    borrowed: bool = False
+    reclaim_at: datetime | None = None
+    run_since: datetime | None = None
+    """When the server's run began, for a session split from an earlier part."""
+    earlier_cost: Decimal = Decimal(0)
+    """What the earlier parts of the run cost (a borrowed part before it became own)."""
 
 
 STOP_REASONS = {

@@ -1,27 +1,36 @@
-"""Giving borrowed GPUs back: the service's pass that chooses borrowed servers to stop for people
-waiting on their own team's quota (policy/borrowing.py decides), withdraws a choice nobody needs
-any more, and says which are due. Under each GPU type's lock, so two services never choose the
+"""Giving borrowed GPUs back: the service's pass that makes borrowed servers own ones when their
+team's quota has room again, chooses borrowed servers to stop for people waiting on their own
+team's quota (policy/borrowing.py decides), withdraws a choice nobody needs any more, and says
+which are due. Under each GPU type's lock, so two services never choose the
 same GPUs twice; the choice, its time and its message are written in one transaction, so a
 service killed after choosing leaves a warned server that the next pass stops on time."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ..catalog import Borrowing, Catalog
 from ..end_reason import EndReason
-from ..policy.borrowing import BorrowedServer, Wanting, choose_reclaims, reclaim_need
+from ..policy.borrowing import (
+    BorrowedServer,
+    Share,
+    Wanting,
+    choose_reclaims,
+    conversions,
+    reclaim_need,
+)
 from .admission_reads import read_shares
 from .base import LedgerBase
 from .line import lock_gpu_type, quick_check, same_install
 from .models import SessionLoan, UsageSession, WaitlistRequest
 from .outbox import enqueue
-from .sessions import of_install
+from .sessions import close_row, of_install
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,8 @@ class ReclaimResult:
     """Sessions whose choice was withdrawn (nobody waits for their GPUs any more)."""
     due: list[Reclaim] = field(default_factory=list)
     """Chosen and due now: their stop is recorded (reason `reclaimed`); stop their servers."""
+    converted: list[int] = field(default_factory=list)
+    """Sessions of borrowed servers that became own ones (their team's quota had room again)."""
 
 
 class ReclaimLedger(LedgerBase):
@@ -120,6 +131,11 @@ class ReclaimLedger(LedgerBase):
         # unlimited or unknown capacity (autoscaled, nothing recorded): nothing to free up
         free = counted if counted is not None else sum(w.gpus for w in waiting)
         shares = read_shares(db, catalog, gpu_type, tuple(catalog.teams))
+        converted = self._convert(db, shares, borrowed, now)
+        if converted:
+            result.converted.extend(converted)
+            shares = read_shares(db, catalog, gpu_type, tuple(catalog.teams))
+            borrowed = [s for s in borrowed if s.id not in converted]
         chosen_rows = [s for s in borrowed if s.reclaim_at is not None]
         reclaiming = sum(s.gpu_count for s in chosen_rows)
         need, team = reclaim_need(shares, waiting, free, reclaiming)
@@ -164,6 +180,52 @@ class ReclaimLedger(LedgerBase):
                     row.stop_requested_at = now
                 result.due.append(_reclaim(row))
 
+    def _convert(
+        self,
+        db: Session,
+        shares: Mapping[str, Share],
+        borrowed: Sequence[UsageSession],
+        now: datetime,
+    ) -> list[int]:
+        """Borrowed servers (not chosen for a reclaim) whose team's own quota has room for them
+        again become own ones, oldest first (`conversions`): each session is split now, the
+        borrowed part closed as `split` with its loans and its price, the server going on in an
+        own part at the type's own price. Returns the sessions that went on as own."""
+        done: list[int] = []
+        for team in sorted({s.team for s in borrowed if s.team is not None and s.team in shares}):
+            rows = {
+                str(s.id): s
+                for s in borrowed
+                if s.team == team and s.reclaim_at is None and s.started_at is not None
+            }
+            candidates = [
+                BorrowedServer(str(s.id), team, s.gpu_count, (), s.started_at, False)
+                for s in rows.values()
+                if s.started_at is not None
+            ]
+            for chosen in conversions(shares[team], candidates):
+                _split(db, rows[chosen.id], now)
+                done.append(rows[chosen.id].id)
+        return done
+
+    def earlier_cost(self, session: UsageSession) -> Decimal:
+        """What the earlier parts of a split session's run cost (its borrowed part before it
+        became own); 0 for a session that is its run's only part."""
+        if session.run_started_at is None or session.started_at is None:
+            return Decimal(0)
+        u = UsageSession
+        query = select(func.coalesce(func.sum(u.cost), 0)).where(
+            u.user == session.user,
+            u.server_name == session.server_name,
+            u.end_reason == EndReason.SPLIT.value,
+            u.started_at >= session.run_started_at,
+            u.ended_at <= session.started_at,
+            u.id != session.id,
+            of_install(session.install),
+        )
+        with self._reads() as db:
+            return Decimal(db.scalar(query) or 0)
+
     def open_borrowed(self) -> list[int]:
         """Ids of this install's open borrowed sessions (whose idleness a reclaim pass asks)."""
         with self._reads() as db:
@@ -188,6 +250,44 @@ class ReclaimLedger(LedgerBase):
                     )
                 )
             }
+
+
+def _split(db: Session, row: UsageSession, now: datetime) -> None:
+    """The borrowed part of `row` until `now` becomes a closed session of its own (billed at the
+    borrowed price, keeping the loans); `row`, which the running server carries, goes on from
+    `now` as an own session at the type's own price, remembering when the run started."""
+    part = UsageSession(
+        user=row.user,
+        team=row.team,
+        server_name=row.server_name,
+        profile=row.profile,
+        gpu_type=row.gpu_type,
+        gpu_count=row.gpu_count,
+        price_per_hour=row.price_per_hour,
+        currency=row.currency,
+        requested_at=row.requested_at,
+        started_at=row.started_at,
+        last_seen_at=now,
+        runtime_ref=row.runtime_ref,
+        catalog_version=row.catalog_version,
+        install=row.install,
+        borrowed=True,
+        price_factor=row.price_factor,
+        run_started_at=row.run_started_at,
+    )
+    db.add(part)
+    db.flush()
+    close_row(db, part, now, EndReason.SPLIT)
+    db.execute(
+        update(SessionLoan).where(SessionLoan.session_id == row.id).values(session_id=part.id)
+    )
+    row.run_started_at = row.run_started_at or row.started_at
+    row.started_at = now
+    row.last_seen_at = now
+    if row.price_factor:
+        row.price_per_hour = row.price_per_hour / row.price_factor
+    row.borrowed = False
+    row.price_factor = None
 
 
 def _reclaim(row: UsageSession) -> Reclaim:

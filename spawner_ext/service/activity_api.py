@@ -163,8 +163,10 @@ def session_body(
     record: ActivityRecord | None,
     now: datetime,
     rightsizing: dict[str, Any] | None = None,
+    earlier_cost: Decimal = Decimal(0),
 ) -> dict[str, Any]:
-    """What the server's GPU meter shows of its session at `now`: its start, profile, team,
+    """What the server's GPU meter shows of its session at `now` (`earlier_cost`: what the
+    run's earlier parts cost, for a borrowed server that became own): its start, profile, team,
     price per hour and cost so far (the ledger's billing rule on the session's own price), the
     team's GPU-hours left this month (`budget`: the team's budget state, None without a
     budget), the deadlines that apply to the server (policy/notices.server_deadlines, from
@@ -194,7 +196,7 @@ def session_body(
         if budget is not None:
             stop_at = budget_stop_at(quota, budget.hours_used, budget.over_since, now)
     view = ServerActivity(
-        started=started or now,
+        started=session.run_started_at or started or now,  # max_age counts the whole run
         last_activity=None,
         gpu_count=session.gpu_count,
         gpu_label=gpu_label(catalog, session),
@@ -209,8 +211,10 @@ def session_body(
     idle_at = warning.cull_at if warning and warning.reason == EndReason.CULLED_IDLE else None
     settings = settings_for(catalog, session.profile, session.gpu_count)
     deadlines = server_deadlines(view, settings, grace, idle_at)
+    run_started = session.run_started_at or started
+    spent = session_cost(session.price_per_hour, billed_seconds(started, now)) + earlier_cost
     return {
-        "started_at": started.isoformat() if started else None,
+        "started_at": run_started.isoformat() if run_started else None,
         "profile": session.profile,
         "profile_name": profile.display_name if profile is not None else session.profile,
         "gpu_type": session.gpu_type,
@@ -220,8 +224,9 @@ def session_body(
         "team_name": (team.display_name or session.team) if team is not None else session.team,
         "price_per_hour": float(session.price_per_hour),
         "currency": session.currency,
-        "cost": float(session_cost(session.price_per_hour, billed_seconds(started, now))),
+        "cost": float(spent),
         "cost_at": now.isoformat(),
+        "borrowed": session.borrowed,
         "budget": left,
         "deadlines": [d.as_json() for d in deadlines],
         "rightsizing": rightsizing,
@@ -399,7 +404,8 @@ class ServerHandler(APIHandler):
         if session is not None:
             who = identity_of(self.get_current_user() or {})
             hint = self.hints.hint(ledger, catalog, session, who, now)
-            meter = session_body(session, catalog, state, record, now, hint)
+            earlier = ledger.earlier_cost(session)  # 0 without a query unless split
+            meter = session_body(session, catalog, state, record, now, hint, earlier)
         reclaim = reclaim_warning(catalog, session, now) if session is not None else None
         self.write_json(answer_body(record, catalog, team, notice, meter, reclaim))
 

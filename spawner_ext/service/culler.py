@@ -76,7 +76,8 @@ def activity_of(
     now: datetime,
 ) -> ServerActivity:
     """The policy's view of one server, from the hub's listing, its session and its report."""
-    started = (session.started_at if session else None) or _parse(server.started) or now
+    run = (session.run_started_at or session.started_at) if session else None
+    started = run or _parse(server.started) or now  # a split session's run began earlier
     fresh = record is not None and now - record.state.reported_at <= REPORT_FRESH
     state = record.state if record is not None else None
     return ServerActivity(

@@ -672,9 +672,16 @@ OPENAPI: dict[str, Any] = {
                     "cost": {
                         "type": "number",
                         "description": "At `cost_at`: seconds since `started_at` times "
-                        "`price_per_hour` over 3,600 (the ledger's billing rule).",
+                        "`price_per_hour` over 3,600 (the ledger's billing rule); for a "
+                        "borrowed server that became own, its borrowed part's cost plus the own "
+                        "part's since then.",
                     },
                     "cost_at": {"type": "string", "format": "date-time"},
+                    "borrowed": {
+                        "type": "boolean",
+                        "description": "It runs on other teams' idle quota (and may be "
+                        "reclaimed: see `deadlines`).",
+                    },
                     "budget": {
                         "type": "object",
                         "nullable": True,
@@ -699,7 +706,13 @@ OPENAPI: dict[str, Any] = {
                             "properties": {
                                 "reason": {
                                     "type": "string",
-                                    "enum": ["max-age", "budget", "culled-gpu-idle", "culled-idle"],
+                                    "enum": [
+                                        "max-age",
+                                        "budget",
+                                        "reclaimed",
+                                        "culled-gpu-idle",
+                                        "culled-idle",
+                                    ],
                                 },
                                 "at": {
                                     "type": "string",

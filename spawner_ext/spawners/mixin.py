@@ -10,6 +10,7 @@ import html
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError
@@ -23,7 +24,13 @@ from ..catalog.store import CatalogStore, CatalogVersion
 from ..clock import utcnow
 from ..end_reason import EndReason
 from ..hub.context import SETTINGS_KEY, HubContext, context_in
-from ..hub.home import RunningServerView, StoppedNotice, running_server_view, stopped_notice
+from ..hub.home import (
+    BilledPart,
+    RunningServerView,
+    StoppedNotice,
+    running_server_view,
+    stopped_notice,
+)
 from ..hub.usage import RunningServersUsage, UsageSource
 from ..hub.waiting import WaitingView, waiting_view
 from ..install import InstallError, checked_install, default_install
@@ -539,7 +546,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         summary = self.server_state().summary
         if summary is None:
             return None
-        billed_since, note = None, None
+        billed_since, note, part = None, None, None
         session = self.usage_session
         if session is None:
             note = "not metered"
@@ -556,6 +563,13 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
                 found, note = None, "the billing database does not answer"
             if found is not None and found.ended_at is None:
                 billed_since = found.started_at
+                part = BilledPart(
+                    price_per_hour=found.price_per_hour,
+                    borrowed=found.borrowed,
+                    reclaim_at=found.reclaim_at,
+                    run_since=found.run_started_at,
+                    earlier_cost=ledger.earlier_cost(found) if ledger is not None else Decimal(0),
+                )
         started = getattr(getattr(self, "orm_spawner", None), "started", None)
         if started is not None and started.tzinfo is None:  # JupyterHub keeps naive UTC times
             started = started.replace(tzinfo=UTC)
@@ -567,6 +581,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
             running_since=started,
             now=utcnow(),
             note=note,
+            session=part,
         )
 
     def stopped_notice(self) -> StoppedNotice | None:

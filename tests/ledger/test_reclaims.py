@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -239,3 +240,82 @@ def test_a_bigger_server_chosen_for_a_smaller_need_stays_chosen(
     clock.advance(seconds=15 * 60)
     assert [d.user for d in ledger.reclaim(catalog, {}).due] == ["s1"]
     assert len(warnings_queued(ledger)) == 1
+
+
+def parts_of(ledger: Ledger, user: str) -> list[tuple[Any, ...]]:
+    """(borrowed, started_at, ended_at, end_reason, price, cost, run_started_at, loans) of each
+    of the user's sessions, oldest first, from the tables."""
+    with ledger.engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT s.borrowed, s.started_at, s.ended_at, s.end_reason, s.price_per_hour, "
+                "s.cost, s.run_started_at, "
+                "(SELECT count(*) FROM session_loans l WHERE l.session_id = s.id) "
+                'FROM usage_sessions s WHERE s."user" = :u ORDER BY s.id'
+            ),
+            {"u": user},
+        )
+        return [tuple(r) for r in rows]
+
+
+def test_a_borrowed_server_becomes_own_when_its_quota_frees_and_is_billed_once(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    """teaching's own server stops; at the next pass its borrowed one becomes own: the session is
+    split there, the borrowed part closed at the borrowed price with its loans, the rest billed
+    at the own price from then, and the run's GPU-seconds counted once. Broken once (the
+    live part keeping its start): the team's GPU-hours counted the borrowed hour twice."""
+    factored = parse_catalog(
+        CATALOG.replace("min_runtime: 1h}", "min_runtime: 1h, price_factor: 1.5}"), "c"
+    )
+    ids = {u: run(ledger, factored, u, "teaching", u != "tutor") for u in ("tutor", "s1")}
+    start = clock()
+    clock.advance(seconds=3600)
+    ledger.close(ids["tutor"], EndReason.STOPPED)
+    result = ledger.reclaim(factored, {})
+    assert result.converted == [ids["s1"]] and result.chosen == []
+    (live, part) = parts_of(ledger, "s1")  # the part is the newer row: the server keeps its own
+    # the borrowed hour: 1 GPU x 1 h x 4.00 x 1.5, closed as split, with its loan
+    assert part[0] and part[3] == "split" and Decimal(part[5]) == Decimal("6")
+    assert part[7] == 1 and live[7] == 0
+    assert not live[0] and live[2] is None and Decimal(live[4]) == Decimal(4)
+    assert str(live[6])[:19] == str(start.replace(tzinfo=None))[:19]  # the run's start, kept
+    clock.advance(seconds=1800)
+    # the team's GPU-hours: tutor's hour + s1's 1.5 h, each second once
+    assert ledger.gpu_hours_this_month("teaching") == Decimal("2.500")
+    (live_row,) = [s for s in ledger.open_sessions() if s.user == "s1"]
+    assert ledger.earlier_cost(live_row) == Decimal(6)
+    # own now: never reclaimed, whoever waits (one GPU left on the machine: s1's)
+    ledger.set_capacity("h100", 1)
+    nlp_waits(ledger, factored)
+    clock.advance(seconds=3 * 3600)
+    assert ledger.reclaim(factored, {}).chosen == []
+
+
+@pytest.mark.parametrize("attempt", range(2))
+def test_two_services_racing_split_once(
+    db_url: str, ledger: Ledger, catalog: Catalog, clock: FakeClock, attempt: int
+) -> None:
+    """Two services make the same borrowed server own at once: it is split once. Broken once
+    (no GPU type lock in the pass): on PostgreSQL both split it, two closed parts."""
+    ids = {u: run(ledger, catalog, u, "teaching", u != "tutor") for u in ("tutor", "s1")}
+    clock.advance(seconds=600)
+    ledger.close(ids["tutor"], EndReason.STOPPED)
+    barrier = threading.Barrier(2)
+    converted: list[int] = []
+
+    def service() -> None:
+        own = Ledger.open(db_url, clock=clock, install=INSTALL)
+        try:
+            barrier.wait()
+            converted.extend(own.reclaim(catalog, {}).converted)
+        finally:
+            own.engine.dispose()
+
+    threads = [threading.Thread(target=service) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert converted == [ids["s1"]]
+    assert [p[3] for p in parts_of(ledger, "s1")] == [None, "split"]

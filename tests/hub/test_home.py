@@ -15,6 +15,7 @@ from spawner_ext.catalog import Catalog, load_catalog
 from spawner_ext.catalog.durations import spoken_duration
 from spawner_ext.clock import utcnow
 from spawner_ext.hub.home import (
+    BilledPart,
     HomeServers,
     RunningServerView,
     running_server_view,
@@ -72,6 +73,35 @@ def test_a_gpu_servers_cost_so_far_is_what_billing_counted(catalog: Catalog) -> 
         running_for="1 h 30 min",  # billed from the session's start, not the spawn request
         cost="12.30 USD",  # 1.5 h at 8.20 an hour (the whole server's price)
     )
+
+
+def test_a_borrowed_server_says_so_and_costs_its_own_price(catalog: Catalog) -> None:
+    """A borrowed server is marked, with its reclaim's stop when one is coming; its cost is its
+    session's price (with the borrowed factor), not the plan's; a split run adds its earlier
+    part and counts its time from the run's start. Broken once: the plan's price used (12.30)."""
+    part = BilledPart(
+        price_per_hour=Decimal("12.30"),  # 8.20 x 1.5
+        borrowed=True,
+        reclaim_at=NOW + timedelta(minutes=15),
+    )
+    view = running_server_view(
+        "b", H100, catalog, billed_since=NOW - timedelta(hours=1), running_since=None, now=NOW,
+        session=part,
+    )  # fmt: skip
+    assert (view.cost, view.borrowed) == (
+        "12.30 USD",
+        "borrowed from other teams' idle quota; stops at 12:15 UTC to give its GPUs back",
+    )
+    own = BilledPart(
+        price_per_hour=Decimal("8.20"),
+        run_since=NOW - timedelta(hours=2),
+        earlier_cost=Decimal("12.30"),
+    )
+    went_on = running_server_view(
+        "b", H100, catalog, billed_since=NOW - timedelta(hours=1), running_since=None, now=NOW,
+        session=own,
+    )  # fmt: skip
+    assert (went_on.cost, went_on.running_for, went_on.borrowed) == ("20.50 USD", "2 h", None)
 
 
 def test_without_the_ledger_the_cost_is_unknown_and_says_why(catalog: Catalog) -> None:

@@ -225,3 +225,30 @@ def test_two_borrowers_race_for_the_last_lendable_gpu(
     assert sorted(r.isdigit() for r in results) == [False, True], results
     assert "gpu-quota" in results
     assert [lender for _, lender, *_ in loans_of(ledger)] == ["nlp"]
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_borrow_races_the_lenders_own_spawn_for_the_last_gpu(
+    db_url: str, ledger: Ledger, catalog: Catalog, clock: FakeClock, attempt: int
+) -> None:
+    """One GPU is left on the machine: teaching (its own quota full) borrows it from nlp's idle
+    quota while an nlp member spawns on nlp's own quota. Exactly one gets it; the machine never
+    holds more servers than GPUs (counted from the sessions table). Broken once (no GPU type
+    lock in admission, so only each team's own lock): on PostgreSQL both were admitted."""
+    ledger.set_capacity("h100", 2)
+    ledger.admit(catalog, spawn("tutor", "teaching"))
+
+    def borrow(own: Ledger) -> str:
+        return str(own.admit(catalog, spawn("s1", "teaching", borrow=True)).session_id)
+
+    def lender(own: Ledger) -> str:
+        return str(own.admit(catalog, spawn("n1", "nlp")).session_id)
+
+    results = race(db_url, clock, [borrow, lender])
+    assert sorted(r.isdigit() for r in results) == [False, True], results
+    assert [r for r in results if not r.isdigit()] == ["no-free-gpu"]
+    with ledger.engine.connect() as connection:
+        open_gpus = connection.execute(
+            text("SELECT sum(gpu_count) FROM usage_sessions WHERE ended_at IS NULL")
+        ).scalar_one()
+    assert open_gpus == 2

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,6 +29,46 @@ class FakeClock:
     def advance(self, **delta: float) -> datetime:
         self.now += timedelta(**delta)
         return self.now
+
+
+def race(
+    db_url: str,
+    clock: FakeClock,
+    jobs: Sequence[Callable[[Ledger], str]],
+    install: str | None,
+    refused: Callable[[Exception], str | None],
+) -> list[str]:
+    """Run `jobs` at once, each in a thread with a ledger of its own (its own engine: another hub
+    or service process), released together by a barrier. Each result is the job's answer, or
+    what `refused` makes of the exception it raised (None: raise it)."""
+    barrier = threading.Barrier(len(jobs))
+    results: list[str] = [""] * len(jobs)
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        own = Ledger.open(db_url, clock=clock, install=install)
+        try:
+            barrier.wait()
+            try:
+                results[n] = jobs[n](own)
+            except Exception as exc:
+                said = refused(exc)
+                if said is None:
+                    raise
+                results[n] = said
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            errors.append(exc)
+        finally:
+            own.engine.dispose()
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 @pytest.fixture

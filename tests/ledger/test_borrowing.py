@@ -10,7 +10,6 @@ borrowers got the one lendable GPU in 3 of 3 attempts)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 
@@ -25,6 +24,7 @@ from spawner_ext.ledger.store import Ledger
 from spawner_ext.ledger.waitlist import JoinRequest
 from spawner_ext.policy.borrowing import Loan, Placement
 from tests.ledger.conftest import FakeClock
+from tests.ledger.conftest import race as race_of
 
 INSTALL = "local"
 
@@ -184,26 +184,12 @@ def test_in_line_a_team_waits_for_its_own_quota_whatever_it_borrows(
 
 
 def race(db_url: str, clock: FakeClock, jobs: list[Callable[[Ledger], str]]) -> list[str]:
-    barrier = threading.Barrier(len(jobs))
-    results: list[str] = [""] * len(jobs)
+    def refused(exc: Exception) -> str | None:
+        if isinstance(exc, AdmissionRefused):
+            return exc.decision.reason or "refused"
+        return None
 
-    def run(n: int) -> None:
-        own = Ledger.open(db_url, clock=clock, install=INSTALL)
-        try:
-            barrier.wait()
-            try:
-                results[n] = jobs[n](own)
-            except AdmissionRefused as exc:
-                results[n] = exc.decision.reason or "refused"
-        finally:
-            own.engine.dispose()
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(jobs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
+    return race_of(db_url, clock, jobs, INSTALL, refused)
 
 
 @pytest.mark.parametrize("attempt", range(3))

@@ -4,7 +4,6 @@ direct spawns and cancels (threads with their own engines, like separate process
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 
@@ -23,6 +22,7 @@ from spawner_ext.ledger.waitlist import (
     UnknownRequest,
 )
 from tests.ledger.conftest import FakeClock
+from tests.ledger.conftest import race as race_of
 
 INSTALL = "local"
 
@@ -260,26 +260,10 @@ def test_a_turn_queues_one_message_per_channel(
 
 
 def race(db_url: str, clock: FakeClock, jobs: list[Callable[[Ledger], str]]) -> list[str]:
-    barrier = threading.Barrier(len(jobs))
-    results: list[str] = [""] * len(jobs)
+    def refused(exc: Exception) -> str | None:
+        return type(exc).__name__ if isinstance(exc, AdmissionRefused | AlreadyWaiting) else None
 
-    def run(n: int) -> None:
-        own = Ledger.open(db_url, clock=clock, install=INSTALL)
-        try:
-            barrier.wait()
-            try:
-                results[n] = jobs[n](own)
-            except (AdmissionRefused, AlreadyWaiting) as exc:
-                results[n] = type(exc).__name__
-        finally:
-            own.engine.dispose()
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(jobs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
+    return race_of(db_url, clock, jobs, INSTALL, refused)
 
 
 @pytest.mark.parametrize("attempt", range(3))

@@ -83,3 +83,18 @@ def test_an_earlier_culler_warning_still_wins() -> None:
         answer_body(record, CATALOG, "teaching", None, None, reclaim)["warning"]["reason"]
         == "reclaimed"
     )
+
+
+def test_a_stale_copy_of_the_reclaim_in_the_culler_s_record_is_not_shown() -> None:
+    """The culler wrote the reclaim's warning at its last cycle; the choice was withdrawn since
+    (no reclaim now): no warning. Broken once (the culler's copy shown): a withdrawn reclaim
+    still warned."""
+    state = ActivityState(
+        reported_at=NOW, gpu_activity=Activity.BUSY, kernel_busy=True, gpu_idle_since=None
+    )
+    stale = CullWarning("stopped in 5 minutes: reclaimed", NOW + timedelta(minutes=5), "reclaimed")
+    record = ActivityRecord(session_id=9, state=state, samples="[]", warning=stale)
+    assert answer_body(record, CATALOG, "teaching", None, None, None)["warning"] is None
+    fresh = reclaim_warning(CATALOG, borrowed(timedelta(minutes=15)), NOW)
+    shown = answer_body(record, CATALOG, "teaching", None, None, fresh)["warning"]
+    assert shown["cull_at"] == (NOW + timedelta(minutes=15)).isoformat()

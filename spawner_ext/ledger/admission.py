@@ -122,7 +122,7 @@ class AdmissionEngine(LedgerBase):
             if loans:
                 factor = catalog.borrowing.price_factor if catalog.borrowing else Decimal(1)
                 row.borrowed = True
-                row.price_factor = factor
+                row.own_price_per_hour = request.price_per_hour
                 row.price_per_hour = request.price_per_hour * factor
             db.add(row)
             db.flush()

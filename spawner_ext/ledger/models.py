@@ -107,9 +107,9 @@ class UsageSession(Base):
     from the choice on); None when not chosen, or the choice was withdrawn."""
     reclaim_for: Mapped[str | None] = mapped_column(String(63))
     """The team whose people in line the GPUs are reclaimed for."""
-    price_factor: Mapped[Decimal | None] = mapped_column(Numeric(8, 4))
-    """A borrowed session's `borrowing.price_factor` at admission (its price is the type's times
-    it); None for an own one."""
+    own_price_per_hour: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
+    """A borrowed session's price had it been own (its `price_per_hour` is that times
+    `borrowing.price_factor`): what it costs from when it becomes own; None for an own one."""
     run_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     """When the server's run started, for a session that continues an earlier part of the same
     run (a borrowed server that became own: the session was split there); None otherwise, when

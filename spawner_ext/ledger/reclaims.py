@@ -8,8 +8,8 @@ service killed after choosing leaves a warned server that the next pass stops on
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import func, select, update
@@ -30,6 +30,7 @@ from .base import LedgerBase
 from .line import lock_gpu_type, quick_check, same_install
 from .models import SessionLoan, UsageSession, WaitlistRequest
 from .outbox import enqueue
+from .rules import billed_seconds
 from .sessions import close_row, of_install
 
 
@@ -45,6 +46,9 @@ class Reclaim:
     gpu_count: int
     reclaim_at: datetime
     reclaim_for: str
+    first: bool = True
+    """Due for the first time in this pass (its stop was recorded now; later passes ask the
+    hub again until the server is gone)."""
 
 
 @dataclass
@@ -139,22 +143,17 @@ class ReclaimLedger(LedgerBase):
         chosen_rows = [s for s in borrowed if s.reclaim_at is not None]
         reclaiming = sum(s.gpu_count for s in chosen_rows)
         need, team = reclaim_need(shares, waiting, free, reclaiming)
+
+        def candidate(s: UsageSession) -> BorrowedServer:
+            assert s.started_at is not None
+            return BorrowedServer(
+                str(s.id), s.team or "", s.gpu_count, (), s.started_at, idle.get(s.id, False)
+            )
+
+        running = [s for s in borrowed if s.started_at is not None]  # not yet running: not yet
         if need > 0 and team is not None:
-            candidates = [
-                BorrowedServer(
-                    id=str(s.id),
-                    team=s.team or "",
-                    gpus=s.gpu_count,
-                    loans=(),
-                    started_at=s.started_at,
-                    idle=idle.get(s.id, False),
-                )
-                for s in borrowed
-                if s.reclaim_at is None and s.started_at is not None  # not yet running: not yet
-            ]
-            picked = {
-                int(c.id) for c in choose_reclaims(candidates, need, now, settings.min_runtime)
-            }
+            unchosen = [candidate(s) for s in running if s.reclaim_at is None]
+            picked = {int(c.id) for c in choose_reclaims(unchosen, need, now, settings.min_runtime)}
             for row in borrowed:
                 if row.id in picked:
                     row.reclaim_at = now + settings.reclaim_notice
@@ -162,23 +161,32 @@ class ReclaimLedger(LedgerBase):
                     chosen = _reclaim(row)
                     result.chosen.append(chosen)
                     _enqueue_notice(db, catalog, chosen, now)
-        else:
-            # Nobody on their own quota needs as many as are being reclaimed (a GPU freed
-            # elsewhere, a request was cancelled): withdraw the latest choices not yet due.
+        elif chosen_rows:
+            # No more needed than is being reclaimed. If fewer are needed now (a GPU freed
+            # elsewhere, a request was cancelled), choose again, for what is still needed, among
+            # the servers not yet due; when that choice is among those already made, withdraw
+            # the others. (Over-covering by the choice itself, e.g. an idle server and then a
+            # busy one that alone would have done, is no reason: the same choice comes again.)
             still, _ = reclaim_need(shares, waiting, free, 0)
-            for row in sorted(chosen_rows, key=lambda r: (r.reclaim_at, r.id), reverse=True):
-                assert row.reclaim_at is not None
-                if row.reclaim_at <= now or reclaiming - row.gpu_count < still:
-                    continue  # due already, or what is left would no longer cover the need
-                reclaiming -= row.gpu_count
-                row.reclaim_at = row.reclaim_for = None
-                result.withdrawn.append(row.id)
+            due = [r for r in chosen_rows if r.reclaim_at is not None and r.reclaim_at <= now]
+            still -= sum(r.gpu_count for r in due)
+            open_choices = {r.id: r for r in chosen_rows if r not in due}
+            pool = [candidate(s) for s in running if s not in due]
+            keep = {
+                int(c.id) for c in choose_reclaims(pool, max(still, 0), now, settings.min_runtime)
+            }
+            if keep <= set(open_choices):
+                for session_id, row in sorted(open_choices.items()):
+                    if session_id not in keep:
+                        row.reclaim_at = row.reclaim_for = None
+                        result.withdrawn.append(session_id)
         for row in borrowed:
             if row.reclaim_at is not None and row.reclaim_at <= now:
-                if row.stop_reason is None:
+                first = row.stop_reason is None
+                if first:
                     row.stop_reason = EndReason.RECLAIMED.value
                     row.stop_requested_at = now
-                result.due.append(_reclaim(row))
+                result.due.append(replace(_reclaim(row), first=first))
 
     def _convert(
         self,
@@ -255,7 +263,10 @@ class ReclaimLedger(LedgerBase):
 def _split(db: Session, row: UsageSession, now: datetime) -> None:
     """The borrowed part of `row` until `now` becomes a closed session of its own (billed at the
     borrowed price, keeping the loans); `row`, which the running server carries, goes on from
-    `now` as an own session at the type's own price, remembering when the run started."""
+    `now` as an own session at the type's own price, remembering when the run started. The
+    split falls on a whole billed second, so the two parts bill every second of the run once."""
+    assert row.started_at is not None
+    at = row.started_at + timedelta(seconds=billed_seconds(row.started_at, now))
     part = UsageSession(
         user=row.user,
         team=row.team,
@@ -267,27 +278,27 @@ def _split(db: Session, row: UsageSession, now: datetime) -> None:
         currency=row.currency,
         requested_at=row.requested_at,
         started_at=row.started_at,
-        last_seen_at=now,
+        last_seen_at=at,
         runtime_ref=row.runtime_ref,
         catalog_version=row.catalog_version,
         install=row.install,
         borrowed=True,
-        price_factor=row.price_factor,
+        own_price_per_hour=row.own_price_per_hour,
         run_started_at=row.run_started_at,
     )
     db.add(part)
     db.flush()
-    close_row(db, part, now, EndReason.SPLIT)
+    close_row(db, part, at, EndReason.SPLIT)
     db.execute(
         update(SessionLoan).where(SessionLoan.session_id == row.id).values(session_id=part.id)
     )
     row.run_started_at = row.run_started_at or row.started_at
-    row.started_at = now
+    row.started_at = at
     row.last_seen_at = now
-    if row.price_factor:
-        row.price_per_hour = row.price_per_hour / row.price_factor
+    if row.own_price_per_hour is not None:
+        row.price_per_hour = row.own_price_per_hour
     row.borrowed = False
-    row.price_factor = None
+    row.own_price_per_hour = None
 
 
 def _reclaim(row: UsageSession) -> Reclaim:

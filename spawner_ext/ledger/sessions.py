@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, func, select, true, update
+from sqlalchemy import Select, func, or_, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -392,6 +392,12 @@ def _correct_early_ends(db: Session, which: Any, at: datetime, reason: EndReason
                 UsageSession.server_name == row.server_name,
                 UsageSession.id != row.id,
                 UsageSession.requested_at >= row.requested_at,
+                # an earlier part of the same run (split off when it became own) is no next
+                # session: it shares the run's admission
+                or_(
+                    UsageSession.end_reason.is_(None),
+                    UsageSession.end_reason != EndReason.SPLIT.value,
+                ),
                 of_install(row.install),
             )
         )

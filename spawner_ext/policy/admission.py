@@ -211,11 +211,11 @@ def decide_with_borrowing(
     placement = place(shares, team, gpu_count)
     if isinstance(placement, Refusal):
         return replace(own, message=f"{own.message} Borrowing: {placement.message}.")
-    if not borrow:
-        return replace(own, may_borrow=placement)
     capped = decide_in(
         catalog, team, usage, gpu_type=gpu_type, gpu_count=gpu_count, now=now, own_quota=False
     )
     if not capped.admitted:
-        return capped
+        return capped  # the user's cap: borrowing cannot help, so no offer
+    if not borrow:
+        return replace(own, may_borrow=placement)
     return replace(capped, message="admitted on borrowed quota", loans=placement.loans)

@@ -249,6 +249,8 @@ def answer_body(
     comes first."""
     warning = None
     shown = record.warning if record is not None else None
+    if shown is not None and shown.reason == EndReason.RECLAIMED:
+        shown = None  # the culler's copy may be stale (withdrawn, chosen again): `reclaim` is not
     if reclaim is not None and (shown is None or reclaim.cull_at <= shown.cull_at):
         shown = reclaim  # the culler may not run (or not yet): the reclaim warns by itself
     if shown is not None:

@@ -223,6 +223,7 @@ class GPUHubService:
         for session_id in result.withdrawn:
             log.info("service: the reclaim of session %s is withdrawn: nobody needs it", session_id)
         for due in result.due:
+            self.status.reclaims_stopped += due.first  # asked once per server, retried silently
             try:
                 await self.hub.stop_server(due.user, due.server_name)
             except ServerUnknown:
@@ -235,7 +236,6 @@ class GPUHubService:
                     exc,
                 )
                 continue
-            self.status.reclaims_stopped += 1
 
     async def serve_waitlist(self, catalog: Catalog, listed: Sequence[HubServer]) -> None:
         """Give turns in line (the ledger decides, under each GPU type's lock) and ask the hub

@@ -549,7 +549,8 @@ OPENAPI: dict[str, Any] = {
                     },
                     "reclaims_stopped": {
                         "type": "integer",
-                        "description": "Borrowed servers stopped when their notice was over.",
+                        "description": "Borrowed servers whose stop was asked for when their "
+                        "notice was over (each once).",
                     },
                 },
             },

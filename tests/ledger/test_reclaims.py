@@ -27,6 +27,7 @@ from spawner_ext.ledger.admission import Request
 from spawner_ext.ledger.engine import upgrade
 from spawner_ext.ledger.outbox import Outbox
 from spawner_ext.ledger.reclaims import ReclaimResult
+from spawner_ext.ledger.sessions import ServerRef
 from spawner_ext.ledger.store import Ledger
 from spawner_ext.ledger.waitlist import JoinRequest
 from tests.ledger.conftest import FakeClock
@@ -39,7 +40,7 @@ profiles:
   - {display_name: One H100, slug: h100-single, gpu: {type: h100, count: 1}}
   - {display_name: Two H100s, slug: h100-pair, gpu: {type: h100, count: 2}}
 teams:
-  teaching: {quota: {gpus: {h100: 1}, borrow_limit: {h100: 2}}}
+  teaching: {quota: {gpus: {h100: 1}, borrow_limit: {h100: 3}}}
   nlp: {display_name: Language Models, quota: {gpus: {h100: 3}}}
 borrowing: {reclaim_notice: 15m, min_runtime: 1h}
 notifications:
@@ -319,3 +320,100 @@ def test_two_services_racing_split_once(
         thread.join()
     assert converted == [ids["s1"]]
     assert [p[3] for p in parts_of(ledger, "s1")] == [None, "split"]
+
+
+def nlp_joins(ledger: Ledger, catalog: Catalog, user: str) -> str:
+    request = JoinRequest(user, "", "nlp", "h100-single", "h100", 1, {"profile": "h100-single"})
+    joined = ledger.join(catalog, request)
+    assert joined.state == "waiting"
+    return joined.id
+
+
+def test_an_idle_server_and_a_busy_one_chosen_together_both_stay_chosen(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    """Two people wait on nlp's quota; the borrowed servers are s1 (1 GPU, idle) and s2 (2 GPUs,
+    busy): idle first, s1 is chosen, then s2 for the rest. s2 alone would cover the need, but
+    s1 is not withdrawn at the next pass (its user was warned for good). Broken once (the
+    review's case, withdrawing whatever the others cover): the next pass withdrew s1."""
+    ledger.set_capacity("h100", 4)
+    run(ledger, catalog, "tutor", "teaching")
+    s1 = run(ledger, catalog, "s1", "teaching", True)
+    pair = ledger.admit(
+        catalog,
+        Request("s2", "", "teaching", "h100-pair", "h100", 2, Decimal(8), "USD", "v", borrow=True),
+    )
+    ledger.mark_started(pair.session, "local:s2")
+    nlp_joins(ledger, catalog, "n1")
+    clock.advance(seconds=1)
+    nlp_joins(ledger, catalog, "n2")
+    ledger.serve(catalog)
+    clock.advance(seconds=61 * 60)
+    first = ledger.reclaim(catalog, {s1: True})
+    assert sorted(c.user for c in first.chosen) == ["s1", "s2"]
+    clock.advance(seconds=30)
+    again = ledger.reclaim(catalog, {s1: True})
+    assert (again.chosen, again.withdrawn) == ([], [])
+    assert len(warnings_queued(ledger)) == 2
+
+
+def test_when_fewer_are_needed_the_choices_not_needed_are_withdrawn(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    """Two people wait, two borrowed servers are chosen; one person cancels: one choice is
+    withdrawn (the newer server's: the longest running stays chosen), the other stands."""
+    ids = full_machine(ledger, catalog)
+    nlp_joins(ledger, catalog, "n1")
+    clock.advance(seconds=1)
+    gone = nlp_joins(ledger, catalog, "n2")
+    ledger.serve(catalog)
+    clock.advance(seconds=61 * 60)
+    assert sorted(c.user for c in ledger.reclaim(catalog, {}).chosen) == ["s1", "s2"]
+    ledger.cancel(catalog, gone)
+    ledger.serve(catalog)
+    assert ledger.reclaim(catalog, {}).withdrawn == [ids["s2"]]
+    assert [u for u, r in reclaims(ledger).items() if r[0] is not None] == ["s1"]
+
+
+def test_a_split_falls_on_a_whole_second_and_bills_every_second_once(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    """The run 09:00:00.0 .. 11:00:01.0 split at 10:00:00.5 bills 7,201 seconds in all, read
+    from the sessions table. Broken once (split at the instant): 7,200."""
+    clock.now = clock.now.replace(hour=9, minute=0, second=0, microsecond=0)
+    tutor = run(ledger, catalog, "tutor", "teaching")
+    s1 = run(ledger, catalog, "s1", "teaching", True)
+    clock.advance(seconds=3600.5)
+    ledger.close(tutor, EndReason.STOPPED)
+    assert ledger.reclaim(catalog, {}).converted == [s1]
+    clock.advance(seconds=3600.5)
+    ledger.close(s1, EndReason.STOPPED)
+    with ledger.engine.connect() as connection:
+        billed = connection.execute(
+            text("SELECT sum(gpu_seconds) FROM usage_sessions WHERE \"user\" = 's1'")
+        ).scalar_one()
+    assert billed == 7201
+
+
+def test_a_late_stop_record_corrects_a_split_run_like_any_other(
+    ledger: Ledger, catalog: Catalog, clock: FakeClock
+) -> None:
+    """After a conversion, reconciliation closes the run's own part early (its last-seen time,
+    during a billing-database outage); the hub's exact stop record then moves its end to the
+    stop. Broken once (the split part taken for the server's next session, as the review
+    found): the end stayed early and the minutes until the stop were never billed."""
+    tutor = run(ledger, catalog, "tutor", "teaching")
+    s1 = run(ledger, catalog, "s1", "teaching", True)
+    clock.advance(seconds=600)
+    ledger.close(tutor, EndReason.STOPPED)
+    assert ledger.reclaim(catalog, {}).converted == [s1]
+    seen = clock.advance(seconds=600)
+    ledger.close(s1, EndReason.RECONCILED, at=seen)  # reconciliation: last seen then
+    stopped = clock.advance(seconds=1800)
+    live = ledger.session(s1)
+    assert live is not None
+    ref = ServerRef("s1", "", live.uid, "local:s1")
+    assert ledger.close_server(ref, EndReason.STOPPED, at=stopped, correct_earlier_end=True)
+    corrected = ledger.session(s1)
+    assert corrected is not None and corrected.ended_at == stopped
+    assert corrected.gpu_seconds == 600 + 1800  # the own part: from the split to the stop

@@ -11,10 +11,12 @@ server in "idle before busy"; without the `min_runtime` filter "too young" chose
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
 from spawner_ext.catalog import parse_catalog
+from spawner_ext.policy.admission import Decision, Holding, TeamUsage, decide_with_borrowing
 from spawner_ext.policy.borrowing import (
     BorrowedServer,
     Loan,
@@ -393,3 +395,36 @@ teams:
     assert most_gpus(with_borrowing, "teaching", "h100") == 2  # own 1, or borrowed 2: whole
     without = parse_catalog(text.replace(", borrow_limit: {h100: 2}", ""), "c.yaml")
     assert [p.slug for p in visible_profiles(without, sam, "teaching")] == ["one"]
+
+
+def test_no_borrow_is_offered_when_the_users_cap_would_refuse_it() -> None:
+    """Broken once (the offer made before the cap was judged): the refusal offered a borrow that
+    the next try refused for the user's cap."""
+    catalog = parse_catalog(
+        """\
+gpu_types:
+  h100: {display_name: NVIDIA H100, price_per_hour: 4}
+profiles:
+  - {display_name: One H100, slug: one, gpu: {type: h100, count: 1}}
+teams:
+  teaching: {quota: {gpus: {h100: 1}, borrow_limit: {h100: 2}, gpus_per_user: 1}}
+  nlp: {quota: {gpus: {h100: 4}}}
+borrowing: {}
+""",
+        "c.yaml",
+    )
+    shares = {"teaching": Share("teaching", 1, own=1, borrow_limit=2), "nlp": Share("nlp", 4)}
+
+    def ask(holdings: tuple[Holding, ...], borrow: bool) -> Decision:
+        usage = TeamUsage("sam", holdings, Decimal(0))
+        return decide_with_borrowing(
+            catalog, "teaching", usage, gpu_type="h100", gpu_count=1,
+            now=NOW, shares=shares, borrow=borrow,
+        )  # fmt: skip
+
+    capped = ask((Holding("sam", "h100", 1),), borrow=False)
+    assert (capped.reason, capped.may_borrow) == ("user-cap", None)
+    offered = ask((Holding("tutor", "h100", 1),), borrow=False)
+    assert offered.reason == "gpu-quota" and offered.may_borrow is not None
+    taken = ask((Holding("tutor", "h100", 1),), borrow=True)
+    assert taken.admitted and taken.loans == (Loan("nlp", 1),)

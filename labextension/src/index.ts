@@ -190,11 +190,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
       if (!warning || warning.keep !== false) {
         return; // no stop, or one Keep can delay: the person decides
       }
-      if (warning.reason === 'reclaimed') {
-        saveAll(); // announced with its notice: saved now, and again just before
-      }
       const wait = Date.parse(warning.cull_at) - Date.now() - SAVE_BEFORE_MS;
-      saveTimer = window.setTimeout(saveAll, Math.max(wait, 0));
+      if (warning.reason === 'reclaimed' || wait <= 0) {
+        saveAll(); // announced with its notice (a reclaim), or seen in the last minute: now
+      }
+      if (wait > 0) {
+        // and again a minute before; never twice at once, which JupyterLab would take for
+        // the file changed on disk and ask the person whether to overwrite it
+        saveTimer = window.setTimeout(saveAll, wait);
+      }
     };
 
     const showWarning = (warning: CullWarning | null): void => {

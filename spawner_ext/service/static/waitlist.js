@@ -85,9 +85,13 @@
     const what = `${profile} for ${serverLabel(r)} (team ${r.team})`;
     switch (r.state) {
       case "waiting": {
-        let text = r.position
-          ? placeWords(r.position, r.gpu_type, r.estimated_start, now)
-          : `In line for ${gpuName(r.gpu_type)}`;
+        // The head's wait is the reclaim's (the estimate does not count it); those behind keep theirs.
+        const reclaiming = r.reclaim_at && r.position === 1;
+        let text = !r.position
+          ? `In line for ${gpuName(r.gpu_type)}`
+          : reclaiming
+            ? `${ordinal(r.position)} in line for ${gpuName(r.gpu_type)}`
+            : placeWords(r.position, r.gpu_type, r.estimated_start, now);
         if (r.blocked) text += ` (skipped for now: ${r.blocked}; you keep your place)`;
         if (r.reclaim_at) {
           text += `. A GPU is being reclaimed for your team from a borrowed server: ready by ${clock(r.reclaim_at)} at the latest`;

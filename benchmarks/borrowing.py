@@ -13,12 +13,17 @@ turn. It prints its figures and whether the issue's targets are met; it asserts 
   and when a request joins: `reclaim_need` over the requests in line on their own quota (fair
   order, those the line skips left out), `choose_reclaims` among borrowed servers (past
   `min_runtime`, idle first), warned `reclaim_notice` ahead, stopped when due (its GPUs free a
-  tick later), a choice withdrawn when nobody needs it any more. Catalog defaults
+  tick later); when fewer GPUs are needed than are being reclaimed (a GPU freed elsewhere, a
+  request left the line), `choose_reclaims` again among the servers not yet due, and the other
+  choices withdrawn when that choice is among those made. First in each pass, a borrowed server
+  not chosen becomes an own one (`conversions`) when its team's own quota has room for it
+  again: no longer reclaimable, its GPU-hours from then on not borrowed. Catalog defaults
   (`reclaim_notice` 15 min, `min_runtime` 1 h); every team may borrow up to its own quota again
   (`borrow_limit` = quota) and lends all of its quota (no `lend_limit`); one cohort of all teams.
 - *Kueue-like*: borrow freely (a spawn and a request in line over its own quota borrow whenever
   GPUs are free and quota is lendable, whoever waits), reclaim the most recently admitted
-  borrowed server first, no notice, no `min_runtime` (stopped at the pass, freed a tick later).
+  borrowed server first, no notice, no `min_runtime` (stopped at the pass, freed a tick later);
+  a borrowed server stays borrowed (no conversion).
 
 GPU activity: each person has a busy fraction (Beta(1.5, 3), mean 1/3) and a mean busy period
 (10-40 min); each session alternates busy and idle periods (exponential, means giving that
@@ -70,6 +75,7 @@ from spawner_ext.policy.borrowing import (
     Share,
     Wanting,
     choose_reclaims,
+    conversions,
     place,
     reclaim_need,
 )
@@ -92,11 +98,6 @@ class Policy:
     kueue: bool
     """Borrows ignore the line, requests in line borrow too, the newest borrowed server is
     reclaimed first whatever its GPUs do."""
-    keep_covering: bool = False
-    """What-if: a choice is withdrawn only while the others still cover the need. The ledger
-    (`_reclaim_type`) withdraws while more GPUs are being reclaimed than needed, so a 2-GPU
-    server chosen for a 1-GPU need is withdrawn at the next pass and chosen again at the one
-    after, its notice starting over each time."""
 
 
 def policies(settings: Borrowing) -> tuple[Policy, ...]:
@@ -108,14 +109,6 @@ def policies(settings: Borrowing) -> tuple[Policy, ...]:
             settings.reclaim_notice / MINUTE,
             settings.min_runtime / MINUTE,
             kueue=False,
-        ),
-        Policy(
-            "borrowing, withdrawal fixed (what-if)",
-            True,
-            settings.reclaim_notice / MINUTE,
-            settings.min_runtime / MINUTE,
-            kueue=False,
-            keep_covering=True,
         ),
         Policy("Kueue-like", True, 0.0, 0.0, kueue=True),
     )
@@ -226,6 +219,8 @@ class Fate:
     """What happened to one request beyond its `Outcome`."""
 
     borrowed: bool = False
+    converted: float | None = None
+    """When its borrowed server became an own one (its team's quota had room again)."""
     stopped: float | None = None
     """When it was reclaimed (its GPUs freed)."""
     idle_when_chosen: bool = False
@@ -252,6 +247,8 @@ class Run:
     choices: int
     """Borrowed servers chosen (each choice queues a warning to its user)."""
     withdrawn: int
+    converted: int
+    """Borrowed servers that became own ones."""
     seconds: float
     activity: dict[str, Activity]
     """Request id -> its GPU activity, rejoined requests' included."""
@@ -279,7 +276,7 @@ def simulate(
     chosen: dict[str, float] = {}
     """Borrowed request id -> when it is due (reclaim_at)."""
     stopping: set[str] = set()
-    withdrawn = choices = 0
+    withdrawn = choices = converted = 0
     blocked: set[str] = set()
     heap: list[tuple[float, int, str, Want | None]] = []
     seq = itertools.count()
@@ -354,9 +351,34 @@ def simulate(
         skipped = turns(line).skipped
         return [w for w in fair_order(line) if w.id not in skipped]
 
+    def server(w: Want, started: float, t: float) -> BorrowedServer:
+        return BorrowedServer(
+            w.id,
+            w.team,
+            w.gpus,
+            pool.loans[w.id],
+            when(started),
+            idle=not activity[w.id].busy_at(t - started),
+        )
+
+    def convert(t: float) -> None:
+        """Borrowed servers not chosen whose team's own quota has room again become own ones,
+        oldest first (ledger/reclaims.py's `_convert`: `conversions` per team)."""
+        nonlocal converted
+        shares = pool.shares()
+        running = [(w, s) for w, s in pool.running.values() if pool.lent(w)]
+        for team in sorted({w.team for w, _ in running}):
+            mine = [server(w, s, t) for w, s in running if w.team == team and w.id not in chosen]
+            for done in conversions(shares[team], mine):
+                del pool.loans[done.id]
+                fates[done.id].converted = t
+                converted += 1
+
     def reclaim(t: float) -> None:
         """The service's pass (ledger/reclaims.py's `_reclaim_type`, for the one type)."""
         nonlocal withdrawn, choices
+        if not policy.kueue:
+            convert(t)
         borrowed = [(w, s) for w, s in pool.running.values() if pool.lent(w)]
         if not borrowed:
             return
@@ -364,50 +386,37 @@ def simulate(
         shares, free = pool.shares(), pool.free()
         reclaiming = sum(pool.running[i][0].gpus for i in chosen)
         need, team = reclaim_need(shares, wanting, free, reclaiming)
+        eligible = timedelta(minutes=policy.min_runtime)
         if need > 0 and team is not None:
-            candidates = [
-                BorrowedServer(
-                    w.id,
-                    w.team,
-                    w.gpus,
-                    pool.loans[w.id],
-                    when(s),
-                    idle=not activity[w.id].busy_at(t - s),
-                )
-                for w, s in borrowed
-                if w.id not in chosen
-            ]
+            candidates = [server(w, s, t) for w, s in borrowed if w.id not in chosen]
             if policy.kueue:
                 picked = newest_first(candidates, need)
             else:
-                picked = choose_reclaims(
-                    candidates, need, when(t), timedelta(minutes=policy.min_runtime)
-                )
+                picked = choose_reclaims(candidates, need, when(t), eligible)
             left = [c for c in candidates if c not in picked]
-            eligible = timedelta(minutes=policy.min_runtime)
-            for server in picked:
+            for pick in picked:
                 choices += 1
-                chosen[server.id] = t + policy.notice
-                fate = fates[server.id]
-                fate.idle_when_chosen = server.idle
-                fate.busy_past_idle = not server.idle and any(c.idle for c in left)
-                fate.busy_past_eligible_idle = not server.idle and any(
+                chosen[pick.id] = t + policy.notice
+                fate = fates[pick.id]
+                fate.idle_when_chosen = pick.idle
+                fate.busy_past_idle = not pick.idle and any(c.idle for c in left)
+                fate.busy_past_eligible_idle = not pick.idle and any(
                     c.idle and when(t) - c.started_at >= eligible for c in left
                 )
-        else:
+        elif chosen:
+            # As the ledger: fewer needed now, so choose again among the servers not yet due
+            # for what is still needed; when that choice is among those made, withdraw the rest.
             still, _ = reclaim_need(shares, wanting, free, 0)
-            for i in sorted(chosen, key=lambda i: (chosen[i], i), reverse=True):
-                if reclaiming <= still:
-                    break
-                if chosen[i] <= t:
-                    continue
-                if policy.keep_covering and reclaiming - pool.running[i][0].gpus < still:
-                    continue
-                reclaiming -= pool.running[i][0].gpus
-                del chosen[i]
-                withdrawn += 1
-        for i, due in chosen.items():
-            if due <= t and i not in stopping:
+            due = {i for i, at in chosen.items() if at <= t}
+            still -= sum(pool.running[i][0].gpus for i in due)
+            pool_left = [server(w, s, t) for w, s in borrowed if w.id not in due]
+            keep = {c.id for c in choose_reclaims(pool_left, max(still, 0), when(t), eligible)}
+            if keep <= set(chosen) - due:
+                for i in sorted(set(chosen) - due - keep):
+                    del chosen[i]
+                    withdrawn += 1
+        for i, due_at in chosen.items():
+            if due_at <= t and i not in stopping:
                 stopping.add(i)
                 add(t + TICK, "reclaimed", pool.running[i][0])
 
@@ -504,6 +513,7 @@ def simulate(
         fates,
         choices,
         withdrawn,
+        converted,
         time.process_time() - clock,
         activity,
     )
@@ -586,7 +596,9 @@ def figures(run: Run, team: str | None, hours: float) -> TeamFigures:
         end = fate.stopped if fate.stopped is not None else o.started + w.length
         ran = max(min(end, horizon) - o.started, 0.0)
         allocated += w.gpus * ran
-        borrowed += w.gpus * ran if fate.borrowed else 0.0
+        if fate.borrowed:
+            own_from = fate.converted if fate.converted is not None else end
+            borrowed += w.gpus * max(min(own_from, end, horizon) - o.started, 0.0)
         busy += w.gpus * run.activity[w.id].busy_minutes(ran)
         if fate.stopped is not None:
             reclaimed[fate.idle_when_chosen] += 1
@@ -705,7 +717,7 @@ def report(
         lines += [f"- {r.label} {mark(ok)} {text}" for text, ok in met]
         lines.append(
             f"- {r.label}: servers chosen (a warning each) {r.choices}, choices withdrawn "
-            f"{r.withdrawn}"
+            f"{r.withdrawn}, borrowed servers that became own {r.converted}"
         )
     return "\n".join(lines)
 

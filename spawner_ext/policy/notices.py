@@ -61,8 +61,8 @@ def stop_advice(reason: str | None, ask: str) -> str:
         return f"Keep cannot delay this: save your work. To raise the budget, ask {ask}."
     if reason == EndReason.RECLAIMED:
         return (
-            "Keep cannot delay this: your notebooks are saved before the stop. Start again "
-            "when your team's own quota has room, or wait for a GPU in line."
+            "Keep cannot delay this. Start again when your team's own quota has room, or wait "
+            "for a GPU in line."
         )
     if reason == EndReason.MAX_AGE:
         return (

@@ -298,7 +298,13 @@ class WaitlistLedger(LedgerBase):
             if served:
                 # a GPU may be free for someone: give turns now (and place the line)
                 self._serve_type(db, catalog, request.gpu_type, now, ServeResult())
-            joined = self._view(db, catalog, [row])[0]
+            # as `_view`, less the borrowed GPUs being reclaimed for the team: one statement
+            # fewer under the type's lock (the page's next read shows them)
+            joined = (
+                self._view(db, catalog, [row])[0]
+                if served
+                else _request(row, row.position, row.estimated_start, row.blocked)
+            )
         if served or not place or joined.state != "waiting":
             return joined
         # Nothing was free: only this request's place, after the lock is let go; its estimate

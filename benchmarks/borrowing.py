@@ -356,7 +356,6 @@ def simulate(
             w.id,
             w.team,
             w.gpus,
-            pool.loans[w.id],
             when(started),
             idle=not activity[w.id].busy_at(t - started),
         )

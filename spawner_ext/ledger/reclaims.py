@@ -147,7 +147,7 @@ class ReclaimLedger(LedgerBase):
         def candidate(s: UsageSession) -> BorrowedServer:
             assert s.started_at is not None
             return BorrowedServer(
-                str(s.id), s.team or "", s.gpu_count, (), s.started_at, idle.get(s.id, False)
+                str(s.id), s.team or "", s.gpu_count, s.started_at, idle.get(s.id, False)
             )
 
         running = [s for s in borrowed if s.started_at is not None]  # not yet running: not yet
@@ -207,7 +207,7 @@ class ReclaimLedger(LedgerBase):
                 if s.team == team and s.reclaim_at is None and s.started_at is not None
             }
             candidates = [
-                BorrowedServer(str(s.id), team, s.gpu_count, (), s.started_at, False)
+                BorrowedServer(str(s.id), team, s.gpu_count, s.started_at, False)
                 for s in rows.values()
                 if s.started_at is not None
             ]
@@ -246,18 +246,6 @@ class ReclaimLedger(LedgerBase):
                     )
                 )
             )
-
-    def loans_of(self, session_id: int) -> dict[str, int]:
-        """Lender -> GPUs of a borrowed session's loans (empty for an own one)."""
-        with self._reads() as db:
-            return {
-                lender: gpus
-                for lender, gpus in db.execute(
-                    select(SessionLoan.lender, SessionLoan.gpus).where(
-                        SessionLoan.session_id == session_id
-                    )
-                )
-            }
 
 
 def _split(db: Session, row: UsageSession, now: datetime) -> None:

@@ -27,7 +27,7 @@ The rules (issue 20; `docs/explanation/borrowing.md` says why):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 
@@ -134,7 +134,6 @@ class BorrowedServer:
     id: str
     team: str
     gpus: int
-    loans: tuple[Loan, ...]
     started_at: datetime
     idle: bool
     """Its GPUs idle as the culler sees them (NVML samples and kernel activity). False when it
@@ -215,20 +214,3 @@ def conversions(share: Share, servers: Iterable[BorrowedServer]) -> tuple[Borrow
             chosen.append(server)
             own += server.gpus
     return tuple(chosen)
-
-
-def after(
-    shares: Mapping[str, Share], team: str, placement: Placement, gpus: int
-) -> dict[str, Share]:
-    """The shares once a spawn placed as `placement` holds its GPUs (for a caller that places
-    several in turn, e.g. the wait-list's turns)."""
-    out = dict(shares)
-    me = out[team]
-    if not placement.borrowed:
-        out[team] = replace(me, own=me.own + gpus)
-        return out
-    out[team] = replace(me, borrowed=me.borrowed + gpus)
-    for loan in placement.loans:
-        lender = out[loan.lender]
-        out[loan.lender] = replace(lender, lent=lender.lent + loan.gpus)
-    return out

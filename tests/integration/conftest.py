@@ -389,6 +389,20 @@ def waitlist_catalog(workdir: Path, tick: int, hold: int) -> Path:
     return catalog
 
 
+def devices_of(hub: Hub, user: str, server: str = "") -> list[str]:
+    """The simulated GPUs a local server holds, from its spawner state as the hub lists it."""
+    devices: list[str] = hub.user(user)["servers"][server]["state"]["gpuhub_devices"]
+    return devices
+
+
+def stop_all(hub: Hub, users: tuple[str, ...] = ("ada", "grace", "lin")) -> None:
+    """Stop every server of `users`, named ones too."""
+    for user in users:
+        hub.ensure_user(user)
+        for server in list(hub.user(user)["servers"]):
+            hub.stop_server(user, server)
+
+
 class Person:
     """A user with their own JupyterHub API token, talking to the wait-list API."""
 

@@ -46,7 +46,7 @@ import pytest
 import requests
 from playwright.sync_api import Expect
 
-from .conftest import Hub, Person, needs_local_hub, wait_for, waitlist_catalog
+from .conftest import Hub, Person, devices_of, needs_local_hub, wait_for, waitlist_catalog
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -147,11 +147,6 @@ def shot(page: Any, name: str) -> Path:
 def latest_session(hub: Hub, user: str) -> Any:
     sessions = hub.sessions(user)
     return sessions[-1] if sessions else None
-
-
-def devices_of(hub: Hub, user: str) -> list[str]:
-    devices: list[str] = hub.user(user)["servers"][""]["state"]["gpuhub_devices"]
-    return devices
 
 
 def test_a_borrower_is_told_on_the_form_before_starting(

@@ -25,7 +25,7 @@ import requests
 from tests.faultdriver import ProcessWatcher, service_pid, service_ticked_since
 from tests.receivers import Web, http_server
 
-from .conftest import Hub, Person, needs_local_hub, wait_for, waitlist_catalog
+from .conftest import Hub, Person, devices_of, needs_local_hub, stop_all, wait_for, waitlist_catalog
 
 TICK = 2
 NOTICE = 12  # seconds between the choice and the stop
@@ -64,27 +64,6 @@ def hub(tmp_path_factory: pytest.TempPathFactory, web: Web) -> Iterator[Hub]:
         yield started
     finally:
         started.cleanup()
-
-
-@pytest.fixture(scope="module")
-def watcher(hub: Hub) -> Iterator[ProcessWatcher]:
-    port = (hub.state_dir / "hub-port").read_text().strip()
-    found = ProcessWatcher(f"JUPYTERHUB_API_URL=http://127.0.0.1:{port}/hub/api".encode())
-    found.start()
-    yield found
-    found.stop()
-
-
-def devices_of(hub: Hub, user: str, server: str = "") -> list[str]:
-    devices: list[str] = hub.user(user)["servers"][server]["state"]["gpuhub_devices"]
-    return devices
-
-
-def stop_all(hub: Hub) -> None:
-    for user in ("ada", "grace", "lin"):
-        hub.ensure_user(user)
-        for server in list(hub.user(user)["servers"]):
-            hub.stop_server(user, server)
 
 
 def session_row(hub: Hub, user: str, server: str) -> Any:

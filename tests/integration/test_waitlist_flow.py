@@ -20,7 +20,7 @@ import pytest
 
 from tests.faultdriver import ProcessWatcher, service_pid, service_ticked_since
 
-from .conftest import Hub, Person, needs_local_hub, wait_for, waitlist_catalog
+from .conftest import Hub, Person, devices_of, needs_local_hub, stop_all, wait_for, waitlist_catalog
 
 TICK = 2  # seconds between the service's ticks (reconciliation, turns) in this catalog
 HOLD = 45  # seconds a GPU is held (longer than a killed service takes to come back)
@@ -40,28 +40,6 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         yield started
     finally:
         started.cleanup()
-
-
-@pytest.fixture(scope="module")
-def watcher(hub: Hub) -> Iterator[ProcessWatcher]:
-    port = (hub.state_dir / "hub-port").read_text().strip()
-    found = ProcessWatcher(f"JUPYTERHUB_API_URL=http://127.0.0.1:{port}/hub/api".encode())
-    found.start()
-    yield found
-    found.stop()
-
-
-def devices_of(hub: Hub, user: str, server: str = "") -> list[str]:
-    model = hub.user(user)["servers"][server]
-    devices: list[str] = model["state"]["gpuhub_devices"]
-    return devices
-
-
-def stop_all(hub: Hub) -> None:
-    for user in ("ada", "grace", "lin"):
-        hub.ensure_user(user)
-        for server in list(hub.user(user)["servers"]):
-            hub.stop_server(user, server)
 
 
 def wait_state(person: Person, uid: str, states: set[str], timeout: float = 60) -> dict[str, Any]:

@@ -62,7 +62,7 @@ c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
 c.ConfigurableHTTPProxy.command = [{chp!r}]
 c.ConfigurableHTTPProxy.pid_file = {proxy_pid!r}
 c.ConfigurableHTTPProxy.auth_token = {proxy_token!r}
-c.JupyterHub.db_url = "sqlite:///{workdir}/jupyterhub.sqlite"
+c.JupyterHub.db_url = {hub_db_url!r}
 c.JupyterHub.cookie_secret_file = "{workdir}/jupyterhub_cookie_secret"
 c.JupyterHub.pid_file = "{workdir}/jupyterhub.pid"
 c.JupyterHub.cleanup_servers = False
@@ -132,9 +132,15 @@ class _StubHandler(BaseHTTPRequestHandler):
         pass
 
 
+class _StubServer(ThreadingHTTPServer):
+    request_queue_size = 1024
+    """A spawn storm's hub checks hundreds of servers at once: the default listen backlog (5)
+    drops their connects, which then wait out TCP's retransmission (seconds to minutes)."""
+
+
 def serve_stub(port: int) -> None:
     """Start the stub in a daemon thread of the calling (hub) process."""
-    server = ThreadingHTTPServer(("127.0.0.1", port), _StubHandler)
+    server = _StubServer(("127.0.0.1", port), _StubHandler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="kwok-stub", daemon=True).start()
 
@@ -181,8 +187,13 @@ class K8sHub:
         poll_interval: int = 5,
         extra_config: str = "",
         install: str | None = None,
+        ledger_url: str | None = None,
+        hub_db_url: str | None = None,
     ) -> None:
-        """`install`: the hub's and its service's install name (None: their default)."""
+        """`install`: the hub's and its service's install name (None: their default).
+        `ledger_url`: a billing database to share with other hubs (already upgraded; None: a
+        SQLite ledger of its own in `workdir`). `hub_db_url`: JupyterHub's own database (None:
+        jupyterhub.sqlite in `workdir`)."""
         self.plane = plane
         self.workdir = workdir
         self.spawner = spawner
@@ -196,8 +207,11 @@ class K8sHub:
         self.ledger_url: str | None = None
         if catalog is not None:
             self.catalog_path.write_text(yaml.safe_dump(dict(catalog), sort_keys=False))
-            self.ledger_url = f"sqlite:///{workdir}/ledger.sqlite"
-            self._upgrade_ledger()
+            if ledger_url is None:
+                self.ledger_url = f"sqlite:///{workdir}/ledger.sqlite"
+                self._upgrade_ledger()
+            else:
+                self.ledger_url = ledger_url
         chp = shutil.which("configurable-http-proxy", path=str(VENV_BIN)) or shutil.which(
             "configurable-http-proxy"
         )
@@ -216,6 +230,7 @@ class K8sHub:
                 proxy_pid=str(workdir / "proxy.pid"),
                 proxy_token=os.urandom(16).hex(),
                 workdir=str(workdir),
+                hub_db_url=hub_db_url or f"sqlite:///{workdir}/jupyterhub.sqlite",
                 token=self.token,
                 start_timeout=start_timeout,
                 http_timeout=http_timeout,

@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +39,35 @@ from .runtimes import Runtime
 from .waitlist_starts import start_request
 
 log = logging.getLogger("gpuhub.service")
+
+TICK_STEPS = (
+    "hub_listing",
+    "runtime_listing",
+    "reconcile",
+    "strays",
+    "budgets",
+    "quota_sync",
+    "waitlist",
+    "reclaims",
+    "budget_alerts",
+)
+"""A tick's steps, in order, as `Status.tick_seconds` names them."""
+
+
+class Laps:
+    """Seconds between marks, by the name of the step each mark ends (monotonic clock)."""
+
+    def __init__(self) -> None:
+        self.started = self._last = time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    def mark(self, step: str) -> None:
+        now = time.monotonic()
+        self.seconds[step] = now - self._last
+        self._last = now
+
+    def with_total(self) -> dict[str, float]:
+        return {**self.seconds, "total": self._last - self.started}
 
 
 @dataclass
@@ -63,9 +93,12 @@ class Status:
     turns_given: int = 0
     """Wait-list turns given (GPUs held for the next person in line)."""
     budget_alerts: int = 0
+    """Budget alert messages queued (one per recipient)."""
     reclaims_chosen: int = 0
     reclaims_stopped: int = 0
-    """Budget alert messages queued (one per recipient)."""
+    tick_seconds: dict[str, float] = field(default_factory=dict)
+    """The last successful tick's seconds by step (TICK_STEPS), and `total`: where a tick's time
+    goes as the number of servers grows."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +117,7 @@ class Status:
             "budget_alerts": self.budget_alerts,
             "reclaims_chosen": self.reclaims_chosen,
             "reclaims_stopped": self.reclaims_stopped,
+            "tick_seconds": dict(self.tick_seconds),
         }
 
     def detail_json(self) -> dict[str, Any]:
@@ -162,9 +196,12 @@ class GPUHubService:
         server) is skipped and tried next tick."""
         catalog = self.store.catalog
         metering = catalog.metering
+        laps = Laps()
         listed = await self.hub.running_servers()
+        laps.mark("hub_listing")
         observed_at = self.clock()
         running = await self.runtime.running(listed)
+        laps.mark("runtime_listing")
         ledger = self.ledger()
         actions = reconcile_once(
             ledger,
@@ -175,6 +212,7 @@ class GPUHubService:
             grace=metering.start_grace,
             listed=frozenset((s.user, s.name) for s in listed),
         )
+        laps.mark("reconcile")
         self._first = False
         self.status.adopted += len(actions.adopt)
         self.status.closed += len(actions.close)
@@ -188,12 +226,19 @@ class GPUHubService:
             )
             await self.runtime.end(server.runtime_ref)
             self.status.strays_ended += 1
+        laps.mark("strays")
         asked = await enforce_budgets(ledger, catalog, self._stop)
         self.status.budget_stops += len(asked)
+        laps.mark("budgets")
         await self.runtime.sync(catalog)
+        laps.mark("quota_sync")
         await self.serve_waitlist(catalog, listed)
+        laps.mark("waitlist")
         await self.reclaim_borrowed(catalog)
+        laps.mark("reclaims")
         self.status.budget_alerts += await self.budget_alerter().step(catalog)
+        laps.mark("budget_alerts")
+        self.status.tick_seconds = laps.with_total()
 
     async def reclaim_borrowed(self, catalog: Catalog) -> None:
         """Choose borrowed servers to give their GPUs back to people waiting on their own

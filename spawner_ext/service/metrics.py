@@ -102,6 +102,14 @@ class ServiceCollector(Collector):
         )
         failing.add_metric([], 1 if status.last_error else 0)
         yield failing
+        steps = GaugeMetricFamily(
+            "gpuhub_service_tick_seconds",
+            "How long the last successful tick took, by step (`total`: the whole tick).",
+            labels=["step"],
+        )
+        for step, seconds in status.tick_seconds.items():
+            steps.add_metric([step], seconds)
+        yield steps
         for name, value, text in (
             ("gpuhub_reconcile_adopted", status.adopted, "Sessions adopted by reconciliation."),
             ("gpuhub_reconcile_closed", status.closed, "Sessions closed by reconciliation."),

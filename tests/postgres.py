@@ -46,6 +46,15 @@ class PostgresServer:
         """Stop the server at once (as a crash or an outage would)."""
         self.pg_ctl("-m", "immediate", "-w", "stop")
 
+    def stop_quietly(self) -> None:
+        """Stop the server at once if it runs (no error if it does not)."""
+        assert self.bindir is not None and self.data is not None
+        subprocess.run(
+            _run_as(self.run_user, [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m",
+                                    "immediate", "-w", "stop"]),
+            check=False, capture_output=True,
+        )  # fmt: skip
+
     def start(self) -> None:
         self.pg_ctl("-l", str(self.data.parent / "server.log") if self.data else "", "-w", "start",
                     "-o", _options(self.port, self.sockets))  # fmt: skip

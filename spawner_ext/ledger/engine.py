@@ -34,7 +34,8 @@ class SchemaError(RuntimeError):
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url`. On SQLite every transaction takes the write lock at BEGIN
     (BEGIN IMMEDIATE), so admissions are serialised across threads and processes; transactions
-    on `engine.execution_options(gpuhub_read_only=True)` only read (a plain BEGIN)."""
+    on `engine.execution_options(gpuhub_read_only=True)` only read (a plain BEGIN). On a server,
+    `server_options` apply (the caller's keyword arguments win)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
@@ -48,7 +49,24 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, **kwargs)
+    return create_engine(url, **{**server_options(url), **kwargs})
+
+
+CONNECT_TIMEOUT_SECONDS = 5
+"""How long a connection attempt waits for a database host that does not answer, unless the URL
+says (`connect_timeout=`); libpq's own default waits as long as the operating system does."""
+
+
+def server_options(url: str) -> dict[str, Any]:
+    """Engine options for a database server (PostgreSQL): a pooled connection is tested before
+    use (one left from before a failover or restart is replaced, not handed out broken), and a
+    connection attempt gives up after CONNECT_TIMEOUT_SECONDS unless the URL gives its own
+    `connect_timeout`. With several hosts in the URL (`?host=a:5432&host=b:5432`) libpq tries
+    them in order, so an unanswering first host costs that long per attempt."""
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if "connect_timeout" not in make_url(url).query:
+        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    return options
 
 
 def alembic_config(url: str) -> Config:

@@ -1,0 +1,473 @@
+"""Billing database failover: a local hub (`gpuhub up`, simulated GPUs) whose ledger is on a
+PostgreSQL primary with a synchronous standby (tests/pg_replica.py), a spawn storm of GPU and CPU
+servers through the REST API, and the primary lost in the middle of it: killed with SIGKILL, or
+(`--primary freeze`) stopped with SIGSTOP as a host that stops answering, then killed (fenced) when
+the standby is promoted. The standby is promoted `--promote-after` seconds after the loss by this
+script, standing in for the operator or a tool such as Patroni; nothing in gpuhub promotes.
+
+The hub and its gpuhub service reach the ledger through a multi-host URL
+(`?host=primary&host=standby&target_session_attrs=read-write&connect_timeout=2`) and are never
+restarted. JupyterHub's own database is SQLite in the hub's state directory, not on the killed
+server. Prints:
+
+- admitted sessions lost: sessions the hub answered a spawn for (201/202) that the promoted
+  database lacks (must be 0);
+- the time from the loss to the first GPU spawn the hub admitted again;
+- what users saw meanwhile: GPU spawns refused with "billing is unavailable" (and anything else),
+  CPU spawns that started, and whether the servers that were running when the primary went
+  (one GPU, one CPU) ran on untouched;
+- the billing error per GPU server: billed seconds against the server's life as a /proc watcher
+  saw it (tests/faultdriver.py), afterwards, on the promoted database.
+
+Not a test: nothing here asserts timing (tests/integration/test_db_failover.py asserts the
+correctness figures on a small storm). What the figure does not cover: the test servers run with
+fsync=off, so a process kill is not a power loss; on one machine a refused connection is answered
+at once, where a remote host that stops answering costs `connect_timeout` per attempt (the freeze
+mode shows that part).
+
+    .venv/bin/python -m benchmarks.failover [--gpu-users 6] [--cpu-users 3] [--primary kill]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import requests
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from spawner_ext.ledger.models import UsageSession
+from spawner_ext.ledger.store import Ledger
+from spawner_ext.wire import STATE_SESSION, read_session
+from tests.faultdriver import ProcessWatcher, check_billing
+from tests.integration.conftest import Hub, needs_local_hub
+from tests.pg_replica import ReplicatedPair, database_name, start_pair
+
+ROOT = Path(__file__).resolve().parents[1]
+TICK = 2  # seconds between the service's reconciliations
+SLACK = 2.0  # the watcher's scans and whole-second billing (as tests/integration/test_faults.py)
+TOLERANCE = TICK + SLACK
+GPU = {"profile": "h100-single"}
+CPU = {"profile": "cpu-small"}
+LEAN_SERVER = {  # jupyter_server with JupyterHub's extension only: the same server, started faster
+    "ServerApp": {
+        "jpserver_extensions": {
+            "jupyterlab": False,
+            "jupyter_lsp": False,
+            "notebook_shim": False,
+            "jupyter_server_terminals": False,
+        }
+    }
+}
+BILLING_UNAVAILABLE = "billing is unavailable"
+PrimaryLoss = Literal["kill", "freeze"]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One spawn asked through the REST API, as the person asking saw it."""
+
+    user: str
+    kind: str  # "gpu" or "cpu"
+    asked: float  # monotonic seconds
+    answered: float
+    status: int  # HTTP status; 0: no answer
+    message: str = ""
+    session: str | None = None  # the admitted server's ledger session key (from its state)
+    ready: bool = False
+
+    @property
+    def admitted(self) -> bool:
+        return self.status in (201, 202)
+
+    @property
+    def outcome(self) -> str:
+        if self.admitted:
+            return "started" if self.ready else "admitted, never ready"
+        if BILLING_UNAVAILABLE in self.message.lower():
+            return "refused: billing is unavailable"
+        return f"HTTP {self.status}: {self.message[:80]}"
+
+
+@dataclass
+class Storm:
+    """What the workers saw, shared between their threads (appends only)."""
+
+    attempts: list[Attempt] = field(default_factory=list)
+    failures: list[BaseException] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class Figures:
+    loss: PrimaryLoss
+    promote_after: float
+    attempts: list[Attempt]
+    lost_at: float
+    promoted_at: float
+    admitted: set[str]
+    in_database: set[str]
+    admitted_without_key: int
+    pinned_untouched: dict[str, bool]
+    service_recovered_after: float | None
+    billing: dict[str, float] | None
+    billing_problem: str | None
+
+    @property
+    def lost(self) -> set[str]:
+        return self.admitted - self.in_database
+
+    def first_gpu_admitted_after_loss(self) -> float | None:
+        times = [a.answered for a in self.attempts if a.kind == "gpu" and a.admitted]
+        after = [t - self.lost_at for t in times if t > self.lost_at]
+        return min(after) if after else None
+
+    def during_outage(self) -> Counter[tuple[str, str]]:
+        """(kind, outcome) -> count, of the spawns asked between the loss and the first GPU
+        spawn admitted again."""
+        first = self.first_gpu_admitted_after_loss()
+        end = self.lost_at + (first if first is not None else float("inf"))
+        return Counter((a.kind, a.outcome) for a in self.attempts if self.lost_at <= a.asked < end)
+
+
+# --- the hub ---------------------------------------------------------------------------------
+
+
+def catalog_text(users: list[str]) -> str:
+    """The example catalog, ticking every TICK seconds, with `users` in team nlp."""
+    text = (ROOT / "hub_config" / "catalog.yaml").read_text()
+    text = text.replace("reconcile_interval: 30s", f"reconcile_interval: {TICK}s")
+    members = "users: [grace, lin]"
+    assert members in text
+    return text.replace(members, f"users: [grace, lin, {', '.join(users)}]", 1)
+
+
+@contextmanager
+def failover_hub(workdir: Path, url: str, users: list[str], gpus: int) -> Iterator[Hub]:
+    """`gpuhub up` with `gpus` simulated H100s and its ledger at `url`; cleaned up after."""
+    needs_local_hub()
+    (workdir / "catalog.yaml").write_text(catalog_text(users))
+    (workdir / "jupyter").mkdir()
+    (workdir / "jupyter" / "jupyter_server_config.json").write_text(json.dumps(LEAN_SERVER))
+    hub = Hub(
+        workdir, f"{gpus}xh100-80gb", "--config", str(workdir / "catalog.yaml"), "--db-url", url
+    )
+    hub.extra_config.write_text(
+        hub.extra_config.read_text()
+        + "c.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}\n"
+        + f"c.Spawner.environment = {{'JUPYTER_CONFIG_DIR': {str(workdir / 'jupyter')!r}}}\n"
+        + "c.Spawner.default_url = '/api'\n"
+    )
+    try:
+        hub.start()
+        yield hub
+    finally:
+        hub.cleanup()
+
+
+def server(hub: Hub, user: str) -> dict[str, Any] | None:
+    """The user's default server as the hub lists it (None: none, or no answer)."""
+    with suppress(requests.RequestException, ValueError, KeyError):
+        response = hub.api("GET", f"/users/{user}")
+        if response.status_code == 200:
+            model: dict[str, Any] | None = response.json()["servers"].get("")
+            return model
+    return None
+
+
+def spawn(hub: Hub, user: str, kind: str, ready_within: float = 90) -> Attempt:
+    """Ask for the user's server; when admitted, wait until it is ready and read its session."""
+    asked = time.monotonic()
+    try:
+        response = hub.api("POST", f"/users/{user}/server", json=GPU if kind == "gpu" else CPU)
+        status, message = response.status_code, _message(response)
+    except requests.RequestException as exc:
+        status, message = 0, str(exc)
+    answered = time.monotonic()
+    if status not in (201, 202):
+        return Attempt(user, kind, asked, answered, status, message)
+    deadline = time.monotonic() + ready_within
+    model = server(hub, user)
+    while (model is None or not model.get("ready")) and time.monotonic() < deadline:
+        time.sleep(0.3)
+        model = server(hub, user)
+    ready = bool(model and model.get("ready"))
+    key = read_session((model or {}).get("state", {}).get(STATE_SESSION)) if ready else None
+    return Attempt(user, kind, asked, answered, status, message, key, ready)
+
+
+def _message(response: requests.Response) -> str:
+    with suppress(ValueError):
+        return str(response.json().get("message", ""))
+    return response.text
+
+
+def stop(hub: Hub, user: str, within: float = 90) -> None:
+    deadline = time.monotonic() + within
+    while server(hub, user) is not None and time.monotonic() < deadline:
+        with suppress(requests.RequestException):
+            hub.api("DELETE", f"/users/{user}/server")
+        time.sleep(0.5)
+
+
+def work(hub: Hub, user: str, kind: str, storm: Storm, hold: tuple[float, float]) -> None:
+    """Cycle the user's server (start, hold, stop) until the storm stops; a refused spawn is
+    asked again half a second later, as a person pressing Start again would."""
+    rng = random.Random(user)
+    try:
+        hub.ensure_user(user)
+        while not storm.stop.is_set():
+            attempt = spawn(hub, user, kind)
+            storm.attempts.append(attempt)
+            if not attempt.admitted:
+                time.sleep(0.5)
+                continue
+            time.sleep(rng.uniform(*hold))
+            stop(hub, user)
+    except BaseException as exc:
+        storm.failures.append(exc)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def sessions(url: str) -> list[UsageSession]:
+    ledger = Ledger.open(url)
+    try:
+        with Session(ledger.engine) as db:
+            return list(db.scalars(select(UsageSession).order_by(UsageSession.id)))
+    finally:
+        ledger.engine.dispose()
+
+
+def service_status(hub: Hub) -> dict[str, Any]:
+    with suppress(requests.RequestException, ValueError):
+        found: dict[str, Any] = requests.get(
+            f"{hub.url}services/gpu-usage/api/v1/status", timeout=10
+        ).json()
+        return found
+    return {}
+
+
+def run(
+    workdir: Path,
+    *,
+    gpu_users: int = 6,
+    cpu_users: int = 3,
+    loss: PrimaryLoss = "kill",
+    lose_after: float = 10,
+    promote_after: float = 5,
+    run_after: float = 15,
+    hold: tuple[float, float] = (1, 4),
+) -> Figures:
+    """One failover under a storm; see the module's docstring. `lose_after`: seconds of storm
+    before the primary is lost; `run_after`: seconds the storm goes on after the first GPU
+    spawn admitted after the promotion."""
+    gpu_names = [f"g{i:02d}" for i in range(gpu_users)]
+    cpu_names = [f"c{i:02d}" for i in range(cpu_users)]
+    pinned = {"pinned-gpu": "gpu", "pinned-cpu": "cpu"}
+    pairs = start_pair()
+    pair = next(pairs)
+    try:
+        name = database_name("failover")
+        pair.create_database(name)
+        url = pair.url(name)
+        users = [*gpu_names, *cpu_names, *pinned]
+        with failover_hub(workdir, url, users, gpus=gpu_users + 1) as hub:
+            return _storm(hub, pair, url, gpu_names, cpu_names, pinned, loss, lose_after,
+                          promote_after, run_after, hold)  # fmt: skip
+    finally:
+        with suppress(StopIteration):
+            next(pairs)
+
+
+def _storm(
+    hub: Hub,
+    pair: ReplicatedPair,
+    url: str,
+    gpu_names: list[str],
+    cpu_names: list[str],
+    pinned: dict[str, str],
+    loss: PrimaryLoss,
+    lose_after: float,
+    promote_after: float,
+    run_after: float,
+    hold: tuple[float, float],
+) -> Figures:
+    port = (hub.state_dir / "hub-port").read_text().strip()
+    watcher = ProcessWatcher(f"JUPYTERHUB_API_URL=http://127.0.0.1:{port}/hub/api".encode())
+    watcher.start()
+    storm = Storm()
+    pids = {}
+    for user, kind in pinned.items():  # running when the primary goes, and after
+        hub.ensure_user(user)
+        attempt = spawn(hub, user, kind)
+        assert attempt.ready, f"{user}'s server did not start: {attempt.outcome}"
+        storm.attempts.append(attempt)
+        pids[user] = int(hub.user(user)["servers"][""]["state"]["pid"])
+    threads = [
+        threading.Thread(target=work, args=(hub, user, kind, storm, hold), daemon=True)
+        for kind, names in (("gpu", gpu_names), ("cpu", cpu_names))
+        for user in names
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(lose_after)
+    lost_at = time.monotonic()
+    lost_wall = time.time()
+    if loss == "kill":
+        pair.kill_primary()
+    else:
+        pair.freeze_primary()
+    time.sleep(promote_after)
+    if loss == "freeze":
+        pair.fence_primary()
+    pair.promote_standby()
+    promoted_at = time.monotonic()
+    print(f"primary {loss}ed; standby promoted {promoted_at - lost_at:.1f} s later", flush=True)
+    recovered = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if recovered is None and _ticked_since(hub, lost_wall):
+            recovered = time.monotonic() - lost_at
+        admitted = any(
+            a.kind == "gpu" and a.admitted and a.asked > promoted_at for a in storm.attempts
+        )
+        if admitted and recovered is not None:
+            break
+        time.sleep(0.3)
+    time.sleep(run_after)
+    storm.stop.set()
+    for thread in threads:
+        thread.join(timeout=180)
+    untouched = {
+        user: pids[user] in watcher.alive() and bool((server(hub, user) or {}).get("ready"))
+        for user in pinned
+    }
+    for user in pinned:
+        stop(hub, user)
+    deadline = time.monotonic() + 60
+    while watcher.alive() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    lives = watcher.stop()
+    time.sleep(3 * TICK)  # the last closes are written, by the hub or by reconciliation
+    rows = sessions(url)
+    gpu_rows = [s for s in rows if s.gpu_count]
+    gpu_lives = [life for life in lives if life.devices]
+    billing, problem = None, None
+    try:
+        billing = check_billing(gpu_rows, gpu_lives, TOLERANCE)
+    except AssertionError as exc:
+        problem = str(exc)
+    if storm.failures:
+        raise storm.failures[0]
+    admitted = [a for a in storm.attempts if a.admitted]
+    return Figures(
+        loss=loss,
+        promote_after=promoted_at - lost_at,
+        attempts=storm.attempts,
+        lost_at=lost_at,
+        promoted_at=promoted_at,
+        admitted={a.session for a in admitted if a.session},
+        in_database={uuid.UUID(s.uid).hex for s in rows},
+        admitted_without_key=sum(1 for a in admitted if not a.session),
+        pinned_untouched=untouched,
+        service_recovered_after=recovered,
+        billing=billing,
+        billing_problem=problem,
+    )
+
+
+def _ticked_since(hub: Hub, moment: float) -> bool:
+    """Whether the gpuhub service finished a tick after `moment` (epoch seconds)."""
+    last = service_status(hub).get("last_tick_at")
+    return bool(last) and datetime.fromisoformat(last).timestamp() > moment
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def report(figures: Figures) -> str:
+    first = figures.first_gpu_admitted_after_loss()
+    lines = [
+        f"primary lost by {figures.loss}; standby promoted {figures.promote_after:.1f} s after "
+        "(by this script, standing in for the operator or Patroni)",
+        f"admitted sessions lost: {len(figures.lost)} of {len(figures.admitted)} "
+        f"(admitted but never ready, no session key read: {figures.admitted_without_key})",
+        "first GPU spawn admitted after the loss: "
+        + (f"{first:.1f} s" if first is not None else "none"),
+        "the gpuhub service's first good tick after the loss: "
+        + (
+            f"{figures.service_recovered_after:.1f} s"
+            if figures.service_recovered_after is not None
+            else "none"
+        ),
+        "spawns asked between the loss and the first GPU spawn admitted again:",
+    ]
+    for (kind, outcome), count in sorted(figures.during_outage().items()):
+        lines.append(f"  {kind}: {outcome}: {count}")
+    lines.append(
+        "servers running when the primary went, still running after: "
+        + ", ".join(f"{u} {'yes' if ok else 'NO'}" for u, ok in figures.pinned_untouched.items())
+    )
+    waits = [a.answered - a.asked for a in figures.attempts if a.asked >= figures.lost_at]
+    if waits:
+        lines.append(
+            f"REST answer to a spawn after the loss: median {statistics.median(waits):.2f} s, "
+            f"max {max(waits):.2f} s"
+        )
+    if figures.billing is not None:
+        b = figures.billing
+        lines.append(
+            f"billing error per GPU server ({b['servers']:.0f} servers, lived "
+            f"{b['shortest_s']:.0f}-{b['longest_s']:.0f} s): max {b['max_error_s']:.1f} s, mean "
+            f"{b['mean_error_s']:.2f} s, signed mean {b['mean_signed_error_s']:+.2f} s "
+            f"(tick {TICK} s, bound {TOLERANCE:.0f} s)"
+        )
+    else:
+        lines.append(f"billing check FAILED: {figures.billing_problem}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpu-users", type=int, default=6)
+    parser.add_argument("--cpu-users", type=int, default=3)
+    parser.add_argument("--primary", choices=["kill", "freeze"], default="kill")
+    parser.add_argument("--lose-after", type=float, default=10.0)
+    parser.add_argument("--promote-after", type=float, default=5.0)
+    parser.add_argument("--run-after", type=float, default=15.0)
+    args = parser.parse_args(argv)
+    print(f"machine: {platform.node()} {os.cpu_count()} CPUs, load {os.getloadavg()}")
+    with tempfile.TemporaryDirectory(prefix="gpuhub-failover-") as workdir:
+        figures = run(
+            Path(workdir),
+            gpu_users=args.gpu_users,
+            cpu_users=args.cpu_users,
+            loss=args.primary,
+            lose_after=args.lose_after,
+            promote_after=args.promote_after,
+            run_after=args.run_after,
+        )
+    print(report(figures))
+    print(f"load after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

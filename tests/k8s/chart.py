@@ -323,6 +323,14 @@ class ChartHub:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
+    def kill(self) -> None:
+        """SIGKILL to the hub's pod, as a node failure or an OOM kill would: the hub, its proxy
+        and the gpuhub service end at once (the launcher is their PID namespace's init)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
     def log(self, lines: int = 150) -> str:
         return tail(self.log_path, lines)
 

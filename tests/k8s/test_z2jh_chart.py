@@ -12,7 +12,9 @@ import json
 import re
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,13 @@ from chart import (
     secret_data,
     service_account_token,
 )
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 from testbed import H100, ApiError, ControlPlane, free_port
+
+from spawner_ext.ledger.models import UsageSession
+from spawner_ext.ledger.store import Ledger
+from tests.faultdriver import PodWatcher, check_billing
 
 pytestmark = pytest.mark.k8s
 
@@ -43,6 +51,7 @@ RELEASE = "jhub"
 VALUE_FILES = ["values.yaml", "values-postgresql.yaml", "values-oidc.yaml"]
 TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 JH55 = HERE.parents[1] / ".venv-jh55" / "bin" / "python"
+TOLERANCE = 2 + 2.0  # the catalog's reconcile tick and the measuring slack (as test_faults.py)
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -383,3 +392,93 @@ def test_a_catalog_edit_applies_without_a_restart_and_a_bad_one_keeps_the_last_g
     chart_hub.wait("the bad edit to be reported", lambda: "catalog.yaml:" in chart_hub.log(400))
     assert chart_hub.process is not None and chart_hub.process.pid == pid, "no restart"
     call(chart_hub, "DELETE", "hub/api/users/lin/server")
+
+
+def test_a_killed_hub_started_again_on_the_same_values_keeps_every_server_billed_once(
+    chart_hub: ChartHub,
+) -> None:
+    """Hub failover as the chart's Deployment does it: the hub's pod is killed (SIGKILL to the
+    hub, its proxy and the gpuhub service at once) with two GPU servers running, and a new one
+    starts on the same values and the same databases (srv/jupyterhub: JupyterHub's and the
+    ledger). The servers' pods are untouched (same uids, Running throughout), a new spawn works,
+    and every server is billed once, for its life as a watcher of the API server saw it.
+    Prints the time until the REST API answers and until the new spawn is ready (no timing is
+    asserted). Broken once: JupyterHub's database deleted while the hub was down (the new hub
+    knows neither the users nor their servers), and the test failed. Deleting the ledger
+    instead does not fail it, by design: reconciliation adopts the running servers from their
+    pods' start times, so they are billed in full."""
+    api = chart_hub.plane.api
+    namespace = chart_hub.team_namespace  # type: ignore[attr-defined]
+    catalog = copy.deepcopy(chart_hub.catalog)  # type: ignore[attr-defined]
+    catalog["teams"]["vision"]["users"] = ["ada", "bob", "cy"]
+    catalog["teams"]["vision"]["quota"]["gpus"]["h100-80gb"] = 3
+    for user in ("ada", "bob", "cy"):
+        assert call(chart_hub, "POST", f"hub/api/users/{user}").status_code in (201, 409)
+    chart_hub.write_catalog(catalog)
+    since = datetime.now(UTC)
+    watcher = PodWatcher(lambda: api.get(f"/api/v1/namespaces/{namespace}/pods")["items"])
+    watcher.start()
+
+    def spawned(user: str) -> bool:
+        body = {"profile": "h100-single"}
+        response = call(chart_hub, "POST", f"hub/api/users/{user}/server", json=body)
+        return response.status_code in (201, 202)
+
+    def ready(user: str) -> Any:
+        server = call(chart_hub, "GET", f"hub/api/users/{user}").json()["servers"].get("")
+        return server and server["ready"] and server
+
+    for user in ("ada", "bob"):  # bob is in the team once the new catalog is in force
+        chart_hub.wait(f"{user}'s spawn to be accepted", lambda u=user: spawned(u), timeout=60)
+    for user in ("ada", "bob"):
+        chart_hub.wait(f"{user}'s server", lambda u=user: ready(u), timeout=120)
+    listed = api.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+    running = {p["metadata"]["uid"] for p in listed}
+    assert len(running) == 2
+
+    killed = time.monotonic()
+    moment = datetime.now(UTC).isoformat()
+    chart_hub.kill()
+    chart_hub.start()  # returns once hub/api/ answers
+    api_back = time.monotonic() - killed
+    chart_hub.wait("cy's spawn to be accepted", lambda: spawned("cy"), timeout=60)
+    chart_hub.wait("cy's server", lambda: ready("cy"), timeout=120)
+    spawn_back = time.monotonic() - killed
+    print(
+        f"hub killed and started again: REST API after {api_back:.1f} s, "
+        f"a new GPU spawn ready after {spawn_back:.1f} s"
+    )
+    pods = api.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+    kept = {p["metadata"]["uid"] for p in pods if p["status"].get("phase") == "Running"}
+    assert running < kept and len(kept) == 3, "the two servers' pods untouched, cy's added"
+    assert all(ready(user) for user in ("ada", "bob")), "the new hub has them ready"
+    chart_hub.wait(
+        "the new service to tick",
+        lambda: (
+            (r := call(chart_hub, "GET", "services/gpu-usage/api/v1/status")).ok
+            and (r.json().get("last_tick_at") or "") > moment
+        ),
+    )
+    open_sessions = [s for s in ledger_sessions(chart_hub, since) if s.ended_at is None]
+    assert sorted(s.user for s in open_sessions) == ["ada", "bob", "cy"], "one each, still billed"
+
+    time.sleep(2 * TOLERANCE + 1)  # cy's server lives long enough to check its billing
+    for user in ("ada", "bob", "cy"):
+        assert call(chart_hub, "DELETE", f"hub/api/users/{user}/server").status_code in (202, 204)
+    lifetimes = watcher.stop()
+    chart_hub.wait(
+        "every session to close",
+        lambda: all(s.ended_at for s in ledger_sessions(chart_hub, since)),
+    )
+    figures = check_billing(ledger_sessions(chart_hub, since), lifetimes, TOLERANCE)
+    assert figures["shortest_s"] > 2 * TOLERANCE, "servers live long enough to tell"
+
+
+def ledger_sessions(hub: ChartHub, since: datetime) -> list[UsageSession]:
+    ledger = Ledger.open(f"sqlite:///{hub.ledger_path}")
+    try:
+        with Session(ledger.engine) as db:
+            query = select(UsageSession).where(UsageSession.requested_at >= since)
+            return list(db.scalars(query.order_by(UsageSession.id)))
+    finally:
+        ledger.engine.dispose()

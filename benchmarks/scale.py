@@ -1,0 +1,418 @@
+"""The platform at an organisation's size: a spawn storm of N GPU servers, a hub restart with them
+all running, the gpuhub service's tick and a culling cycle against the real hub, and the hub's and
+the service's memory and CPU, at N = 250, 500 and 1,000, with GPUKubeSpawner and the gpuhub
+service beside stock KubeSpawner and stock jupyterhub-idle-culler 2.0, in one run, on the same
+control plane (tests/k8s/testbed.py: 128 kwok nodes of 8 H100s) and equal work.
+
+For each N, each side gets a fresh hub (tests/k8s/hub.py) with 5,000 users in its database, the
+first user of each of the 8 teams starting and stopping a server first (as after any earlier
+spawn: gpuhub's team namespaces exist with their ResourceQuota), then:
+
+- **storm**: N users POST their one-H100 spawn at once; the seconds until every pod is Running
+  and until the hub has every server ready; quota violations (running GPUs of a team over its
+  quota, nodes over-committed; both must be 0). gpuhub's teams have 128 H100s each (1,024, the
+  pool), so every spawn is admitted, as with stock.
+- **restart**: the hub is stopped with SIGTERM (as Kubernetes stops the chart's hub pod; the
+  proxy, a pod of its own in the chart, lives on) and started again on the same databases: the
+  seconds until the REST API answers, and until one more user's new spawn is ready; then the
+  servers still Running (pods, from the API server) and ready (the hub), and for gpuhub the open
+  sessions in the ledger (billed), which must all equal N.
+- **tick** (gpuhub): the service's own timing of its ticks (api/v1/status `tick_seconds`, median
+  of 3 ticks after the restart) by step; the service's and the hub's CPU seconds per tick
+  (/proc, over those ticks) and resident memory.
+- **culling cycle**: one cycle of each culler against its own hub, every server active (nothing
+  is culled): gpuhub's `Culler.cycle` (pages at once, the ledger's reports) and stock
+  `cull_idle` with `--api-page-size=200` (its best setting; the hub's maximum page), median of 3,
+  with the hub's CPU seconds per cycle.
+
+Not a test: nothing here asserts timing. The quota and the survival counts are printed for the
+reader to check (tests/k8s check them at CI size).
+
+    .venv/bin/python -m benchmarks.scale [--servers 250 500 1000] [--nodes 128] [--users 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "k8s"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hub import K8sHub, running_hub
+from testbed import H100, ControlPlane, build_binaries
+
+from benchmarks.spawn_storm import (
+    catalog,
+    first_spawns,
+    singleuser_pods,
+    stock_profile_list,
+    user_name,
+    violations,
+    wait_ready,
+    wait_running,
+)
+from spawner_ext.catalog import load_catalog
+from spawner_ext.clock import utcnow
+from spawner_ext.ledger.store import Ledger
+from spawner_ext.service.app import TICK_STEPS
+from spawner_ext.service.culler import Culler
+from spawner_ext.service.hubapi import HubAPI
+from tests.faultdriver import service_pid
+
+TEAMS = 8
+EQUAL_QUOTA = 128  # 8 x 128 = 1,024 H100s: the pool; every spawn is admitted
+PAGE_SIZE = 200
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def name(index: int) -> str:
+    return user_name(index)
+
+
+@dataclass
+class Side:
+    label: str
+    servers: int
+    admitted: int = 0
+    failed: int = 0
+    storm_running_s: float = float("nan")
+    storm_ready_s: float = float("nan")
+    over_quota: int = 0
+    overcommitted: int = 0
+    restart_api_s: float = float("nan")
+    restart_spawn_s: float = float("nan")
+    after_running: int = 0
+    after_ready: int = 0
+    after_billed: int | None = None
+    tick: dict[str, float] = field(default_factory=dict)
+    service_cpu_per_tick: float | None = None
+    hub_cpu_per_tick: float | None = None
+    service_rss_mib: float | None = None
+    hub_rss_mib: float = float("nan")
+    cull_s: float = float("nan")
+    hub_cpu_per_cull: float = float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def create_users(hub: K8sHub, count: int) -> None:
+    """`count` users in the hub's database, 500 per request."""
+    names = [name(i) for i in range(count)]
+    for start in range(0, count, 500):
+        response = hub.api("POST", "/users", json={"usernames": names[start : start + 500]})
+        if response.status_code not in (201, 409):
+            raise RuntimeError(f"creating users: {response.status_code} {response.text[:200]}")
+
+
+def storm(hub: K8sHub, servers: int) -> tuple[list[str], float]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def spawn(index: int) -> tuple[str, int]:
+        response = requests.post(
+            f"{hub.url}hub/api/users/{name(index)}/server",
+            json={"profile": "h100-single"},
+            headers={"Authorization": f"token {hub.token}"},
+            timeout=900,
+        )
+        return name(index), response.status_code
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=min(servers, 250)) as pool:
+        answers = list(pool.map(spawn, range(TEAMS, TEAMS + servers)))
+    return [user for user, status in answers if status in (201, 202)], started
+
+
+def restart(hub: K8sHub, extra_user: str) -> tuple[float, float]:
+    """SIGTERM to the hub (its proxy lives on), started again: (s until the API answers, s until
+    `extra_user`'s new server is ready)."""
+    assert hub.process is not None
+    hub.process.send_signal(signal.SIGTERM)
+    hub.process.wait(timeout=120)
+    hub.process = None
+    began = time.monotonic()
+    hub.start()  # returns once GET /hub/api/ answers
+    api = time.monotonic() - began
+    response = hub.spawn(extra_user, {"profile": "h100-single"})
+    if response.status_code not in (201, 202):
+        raise RuntimeError(f"spawn after restart: {response.status_code} {response.text[:300]}")
+    hub.wait_ready(extra_user, timeout=900)
+    return api, time.monotonic() - began
+
+
+def status(hub: K8sHub) -> dict[str, Any]:
+    answer: dict[str, Any] = requests.get(
+        f"{hub.url}services/gpu-usage/api/v1/status", timeout=30
+    ).json()
+    return answer
+
+
+def measure_ticks(hub: K8sHub, side: Side, ticks: int = 3) -> None:
+    """The service's own timing of `ticks` ticks (median by step) and the CPU both processes
+    spent over them."""
+    pid = hub.wait("the gpuhub service", lambda: service_pid(hub.workdir), 120)
+    assert hub.process is not None
+    first = hub.wait("a tick", lambda: status(hub)["ticks"] or None, 300, every=0.5)
+    cpu0 = (cpu_seconds(pid), cpu_seconds(hub.process.pid))
+    seen: list[dict[str, float]] = []
+    last = first
+    while len(seen) < ticks:
+        answer = hub.wait("the next tick", lambda done=last: _after(hub, done), 300, every=0.2)
+        last = answer["ticks"]
+        seen.append(answer["tick_seconds"])
+    done = status(hub)["ticks"] - first
+    cpu1 = (cpu_seconds(pid), cpu_seconds(hub.process.pid))
+    side.tick = {
+        step: statistics.median(t.get(step, float("nan")) for t in seen)
+        for step in (*TICK_STEPS, "total")
+    }
+    side.service_cpu_per_tick = (cpu1[0] - cpu0[0]) / done
+    side.hub_cpu_per_tick = (cpu1[1] - cpu0[1]) / done
+    side.service_rss_mib = rss_mib(pid)
+
+
+def _after(hub: K8sHub, ticks: int) -> dict[str, Any] | None:
+    answer = status(hub)
+    return answer if answer["ticks"] > ticks else None
+
+
+def measure_culling(hub: K8sHub, side: Side, servers: int, repeat: int = 3) -> None:
+    assert hub.process is not None
+    pid = hub.process.pid
+    once: Callable[[], Any]
+    if hub.ledger_url is not None:
+        catalog_in_force = load_catalog(hub.catalog_path)
+        ledger = Ledger.open(hub.ledger_url)
+
+        async def ours() -> None:
+            api = HubAPI(f"{hub.url}hub/api", hub.token)
+            try:
+                considered = await Culler(api, ledger).cycle(catalog_in_force, utcnow())
+            finally:
+                api.close()
+            assert len(considered) >= servers, len(considered)
+
+        once = ours
+    else:
+        from jupyterhub_idle_culler import cull_idle
+
+        quiet = logging.getLogger("stock-culler")
+        quiet.setLevel(logging.WARNING)
+
+        async def stock() -> None:
+            await cull_idle(
+                url=f"{hub.url}hub/api",
+                api_token=hub.token,
+                inactive_limit=3600,
+                logger=quiet,
+                api_page_size=PAGE_SIZE,
+            )
+
+        once = stock
+    times = []
+    cpu = cpu_seconds(pid)
+    for _ in range(repeat):
+        began = time.monotonic()
+        asyncio.run(once())
+        times.append(time.monotonic() - began)
+    side.hub_cpu_per_cull = (cpu_seconds(pid) - cpu) / repeat
+    side.cull_s = statistics.median(times)
+    if hub.ledger_url is not None:
+        ledger.engine.dispose()
+
+
+def billed(hub: K8sHub) -> int:
+    """Open sessions in the ledger that have started: servers being billed now."""
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from spawner_ext.ledger.models import UsageSession
+
+    ledger = Ledger.open(hub.ledger_url or "")
+    try:
+        with Session(ledger.engine) as db:
+            query = select(func.count()).where(
+                UsageSession.ended_at.is_(None), UsageSession.started_at.is_not(None)
+            )
+            return int(db.scalar(query) or 0)
+    finally:
+        ledger.engine.dispose()
+
+
+def ready_count(hub: K8sHub) -> int:
+    count = 0
+    offset = 0
+    while True:
+        page = hub.api(
+            "GET", "/users", params={"state": "ready", "limit": "200", "offset": str(offset)}
+        ).json()
+        count += len(page)
+        if len(page) < 200:
+            return count
+        offset += 200
+
+
+def run_side(plane: ControlPlane, workdir: Path, servers: int, users: int, ours: bool) -> Side:
+    prefix = f"scale-{'gpuhub' if ours else 'stock'}-{servers}"
+    settings: dict[str, Any] = {"namespace": f"{prefix}-hub", "start_timeout": 900}
+    if ours:
+        quotas = (EQUAL_QUOTA,) * TEAMS
+        document = catalog(users, prefix, quotas)
+        document["metering"]["reconcile_interval"] = "15s"
+        document["culling"] = {"interval": "1h"}  # the benchmark runs its cycles itself
+        settings["catalog"] = document
+        settings["extra_config"] = "c.GPUKubeSpawner.manage_resource_quotas = True"
+    else:
+        settings["spawner"] = "kubespawner"
+        settings["extra_config"] = f"c.KubeSpawner.profile_list = {stock_profile_list()!r}"
+    side = Side("gpuhub" if ours else "stock", servers)
+    namespaces = [f"{prefix}-hub"] + [f"{prefix}-t{t}" for t in range(TEAMS)]
+    (workdir / prefix).mkdir()
+    with running_hub(plane, workdir / prefix, **settings) as hub:
+        try:
+            create_users(hub, users)
+            first_spawns(hub, plane, namespaces, TEAMS)
+            admitted, started = storm(hub, servers)
+            side.admitted = len(admitted)
+            running_at, failed = wait_running(plane, hub, admitted, timeout=1200)
+            side.storm_running_s = running_at - started
+            side.storm_ready_s = wait_ready(hub, sorted(set(admitted) - failed), 1200) - started
+            side.failed = len(failed)
+            limits = {f"t{t}": EQUAL_QUOTA for t in range(TEAMS)} if ours else None
+            side.over_quota, side.overcommitted, _ = violations(plane, limits)
+            side.restart_api_s, side.restart_spawn_s = restart(hub, name(TEAMS + servers))
+            side.after_running = sum(
+                1 for p in singleuser_pods(plane) if p["status"].get("phase") == "Running"
+            )
+            side.after_ready = ready_count(hub)
+            if ours:
+                side.after_billed = billed(hub)
+                measure_ticks(hub, side)
+            assert hub.process is not None
+            side.hub_rss_mib = rss_mib(hub.process.pid)
+            measure_culling(hub, side, servers)
+        finally:
+            from benchmarks.spawn_storm import clear
+
+            clear(hub, plane, namespaces)
+    return side
+
+
+def table(sides: list[Side]) -> str:
+    def f(value: float | int | None, digits: int = 1) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    rows: list[tuple[str, ...]] = [
+        ("", *(f"{s.label} N={s.servers}" for s in sides)),
+        ("admitted / failed after", *(f"{s.admitted} / {s.failed}" for s in sides)),
+        ("storm: s until all pods Running", *(f(s.storm_running_s) for s in sides)),
+        ("storm: s until the hub has all ready", *(f(s.storm_ready_s) for s in sides)),
+        (
+            "teams over quota / nodes over-committed",
+            *(f"{s.over_quota} / {s.overcommitted}" for s in sides),
+        ),
+        ("restart: s until the REST API answers", *(f(s.restart_api_s) for s in sides)),
+        ("restart: s until a new spawn is ready", *(f(s.restart_spawn_s) for s in sides)),
+        ("after restart: pods Running (N+1)", *(str(s.after_running) for s in sides)),
+        ("after restart: servers ready (N+1)", *(str(s.after_ready) for s in sides)),
+        ("after restart: sessions billed (N+1)", *(f(s.after_billed) for s in sides)),
+        *(
+            (f"tick: {step} s", *(f(s.tick.get(step), 3) if s.tick else "-" for s in sides))
+            for step in (*TICK_STEPS, "total")
+        ),
+        ("service CPU s per tick", *(f(s.service_cpu_per_tick, 3) for s in sides)),
+        ("hub CPU s per tick", *(f(s.hub_cpu_per_tick, 3) for s in sides)),
+        ("service RSS MiB", *(f(s.service_rss_mib, 0) for s in sides)),
+        ("hub RSS MiB", *(f(s.hub_rss_mib, 0) for s in sides)),
+        ("culling cycle s (median of 3)", *(f(s.cull_s, 2) for s in sides)),
+        ("hub CPU s per culling cycle", *(f(s.hub_cpu_per_cull, 2) for s in sides)),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    )
+
+
+def ratios(sides: list[Side]) -> str:
+    lines = []
+    by = {(s.label, s.servers): s for s in sides}
+    for servers in sorted({s.servers for s in sides}):
+        ours, stock = by.get(("gpuhub", servers)), by.get(("stock", servers))
+        if ours is None or stock is None:
+            continue
+        running = ours.storm_running_s / stock.storm_running_s
+        lines.append(
+            f"N={servers}: ours/stock until Running {running:.2f}x,"
+            f" until ready {ours.storm_ready_s / stock.storm_ready_s:.2f}x,"
+            f" restart API {ours.restart_api_s / stock.restart_api_s:.2f}x,"
+            f" restart spawn {ours.restart_spawn_s / stock.restart_spawn_s:.2f}x,"
+            f" culling cycle {ours.cull_s / stock.cull_s:.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--servers", type=int, nargs="+", default=[250, 500, 1000])
+    parser.add_argument("--nodes", type=int, default=128)
+    parser.add_argument("--users", type=int, default=5000)
+    parser.add_argument("--keep", type=Path, help="keep the hubs' directories here")
+    args = parser.parse_args(argv)
+    if (
+        max(args.servers) + TEAMS + 1 > args.nodes * H100.gpus
+        or max(args.servers) + TEAMS + 1 > args.users
+    ):
+        parser.error("--servers must leave room: N + 9 GPUs and users at most")
+    print(f"{platform.node()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}", flush=True)
+    sides: list[Side] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="scale-") as scratch,
+        ControlPlane(build_binaries()) as plane,
+    ):
+        workdir = args.keep or Path(scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
+        plane.add_kwok_gpu_nodes(args.nodes, H100)
+        for servers in args.servers:
+            for ours in (True, False):
+                began = time.monotonic()
+                side = run_side(plane, workdir, servers, args.users, ours)
+                sides.append(side)
+                print(
+                    f"  {side.label} N={servers}: {time.monotonic() - began:.0f} s, "
+                    f"load {os.getloadavg()[0]:.2f}",
+                    flush=True,
+                )
+    print(table(sides))
+    print(ratios(sides))
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

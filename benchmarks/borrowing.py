@@ -19,18 +19,39 @@ turn. It prints its figures and whether the issue's targets are met; it asserts 
   not chosen becomes an own one (`conversions`) when its team's own quota has room for it
   again: no longer reclaimable, its GPU-hours from then on not borrowed. Catalog defaults
   (`reclaim_notice` 15 min, `min_runtime` 1 h); every team may borrow up to its own quota again
-  (`borrow_limit` = quota) and lends all of its quota (no `lend_limit`); one cohort of all teams.
+  (`borrow_limit` = quota; `--borrow-limit pool`: the rest of the pool) and lends all of its
+  quota (no `lend_limit`); one cohort of all teams.
 - *Kueue-like*: borrow freely (a spawn and a request in line over its own quota borrow whenever
-  GPUs are free and quota is lendable, whoever waits), reclaim the most recently admitted
-  borrowed server first, no notice, no `min_runtime` (stopped at the pass, freed a tick later);
-  a borrowed server stays borrowed (no conversion).
+  GPUs are free and quota is lendable, unless someone waits on their own quota), reclaim the
+  most recently admitted borrowed server first, no notice, no `min_runtime` (stopped at the
+  pass, freed a tick later); a borrowed server stays borrowed (no conversion).
+- `--what-if`: the product's rules with a line that gives borrowed turns as Kueue-like's does
+  (not what gpuhub does), and hard quotas with no quotas at all (every team may hold the whole
+  pool: the most any borrowing allocates, the ceiling of the utilisation target).
+
+Quotas: the wait-list benchmark's 6/4/2/2 (sum 14 on 8 GPUs), or `--quotas` (e.g. 4,2,1,1: the
+same shares scaled to partition the pool, as Kueue's nominal quotas usually do); the trace does
+not depend on them.
+
+Lenders' extra wait: the minutes a request in line on its own quota could not be served from
+the free GPUs but could have been were the borrowed GPUs free (counted in the line's order, as
+`reclaim_need` counts). Two bounds are checked. The issue's words: the remaining `min_runtime` of
+the oldest borrowed server + `reclaim_notice` + a tick, taken when first held up. The corrected
+one (`deadline`): order the borrowed servers by when their GPUs are free at the latest (chosen:
+`reclaim_at`; not chosen: once past `min_runtime`, or now, + `reclaim_notice`) and take the one
+at which they cover what the request is short (its GPUs and those of the requests before it,
+less the free ones) + two ticks (one for the pass that chooses it or finds it due, one for the
+stop); it moves later only when what the request is short grows (a request came before it in
+the fair order, GPUs freed went to a request behind it) or a borrowed server it counted on
+became own, each counted. `--explain` prints the timeline of each request past either.
 
 GPU activity: each person has a busy fraction (Beta(1.5, 3), mean 1/3) and a mean busy period
 (10-40 min); each session alternates busy and idle periods (exponential, means giving that
 fraction), busy or idle first by the fraction, seeded per request. A server is idle at a reclaim
 pass when its modelled GPUs are idle then (the culler's latest report).
 
-Run: .venv/bin/python -m benchmarks.borrowing [--seed 1] [--days 28]
+Run: .venv/bin/python -m benchmarks.borrowing [--seed 1] [--days 28] [--quotas 4,2,1,1]
+     [--borrow-limit quota|pool] [--what-if] [--explain]
 """
 
 from __future__ import annotations

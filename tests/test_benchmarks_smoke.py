@@ -209,6 +209,25 @@ def test_borrowing_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert len([t for t in targets if "within-quota servers reclaimed" in t]) == 4
 
 
+def test_borrowing_benchmark_runs_with_quotas_that_partition_the_pool(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The second scenario (quotas adding up to the pool), the what-ifs and the timelines.
+
+    Broken once: `--quotas` parsed but not handed to the simulation (the quotas printed were
+    6/4/2/2)."""
+    from benchmarks import borrowing
+
+    argv = ["--days", "2", "--quotas", "4,2,1,1", "--borrow-limit", "pool", "--what-if"]
+    assert borrowing.main([*argv, "--explain"]) == 0
+    out = capsys.readouterr().out
+    totals = [line.split(" | ")[:3] for line in out.splitlines() if line.startswith("| **all** |")]
+    models = ["hard quotas", "borrowing", "Kueue-like", "what-if: line borrows"]
+    assert totals == [["| **all**", "8 of 8", m] for m in models] * 2
+    assert "quotas nlp 4, vision 2, robotics 1, teaching 1" in out
+    assert out.count("No quotas (every team may hold all 8 GPUs") == 2
+
+
 def test_hard_quotas_in_the_borrowing_benchmark_are_the_waitlist_model() -> None:
     """The borrowing benchmark's own event loop, borrowing off, serves every request of the trace
     when and as `waitlist.run_waitlist` (written separately) does, so the borrowing models differ

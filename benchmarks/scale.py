@@ -63,8 +63,6 @@ from benchmarks.spawn_storm import (
     stock_profile_list,
     user_name,
     violations,
-    wait_ready,
-    wait_running,
 )
 from spawner_ext.catalog import load_catalog
 from spawner_ext.clock import utcnow
@@ -263,17 +261,59 @@ def billed(hub: K8sHub) -> int:
         ledger.engine.dispose()
 
 
-def ready_count(hub: K8sHub) -> int:
-    count = 0
-    offset = 0
+def users(hub: K8sHub, **params: str) -> list[dict[str, Any]]:
+    """Every user the hub lists (with `params`), 200 per page: unpaged, the hub answers the
+    first 200 only."""
+    found: list[dict[str, Any]] = []
     while True:
         page = hub.api(
-            "GET", "/users", params={"state": "ready", "limit": "200", "offset": str(offset)}
+            "GET", "/users", params={**params, "limit": "200", "offset": str(len(found))}
         ).json()
-        count += len(page)
+        found += page
         if len(page) < 200:
-            return count
-        offset += 200
+            return found
+
+
+def ready_count(hub: K8sHub) -> int:
+    return len(users(hub, state="ready"))
+
+
+def without_server(hub: K8sHub, names: set[str]) -> set[str]:
+    """Those of `names` whose admitted spawn has failed since: the hub has no server for them."""
+    return {u["name"] for u in users(hub) if u["name"] in names and "" not in (u["servers"] or {})}
+
+
+def wait_running(
+    plane: ControlPlane, hub: K8sHub, names: list[str], timeout: float
+) -> tuple[float, set[str]]:
+    """(when every admitted spawn's pod is Running, the spawns that failed instead)."""
+    deadline = time.monotonic() + timeout
+    failed: set[str] = set()
+    looked = time.monotonic()
+    while time.monotonic() < deadline:
+        pods = singleuser_pods(plane)
+        running = sum(1 for pod in pods if pod.get("status", {}).get("phase") == "Running")
+        if running >= len(names) - len(failed):
+            return time.monotonic(), failed
+        if time.monotonic() - looked > 5:
+            failed, looked = without_server(hub, set(names)), time.monotonic()
+        time.sleep(0.5)
+    return float("nan"), without_server(hub, set(names))
+
+
+def wait_ready(hub: K8sHub, names: list[str], timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    wanted = set(names)
+    looked = time.monotonic()
+    while time.monotonic() < deadline:
+        ready = {user["name"] for user in users(hub, state="ready")}
+        if ready >= wanted:
+            return time.monotonic()
+        if time.monotonic() - looked > 5:
+            wanted -= without_server(hub, wanted - ready)
+            looked = time.monotonic()
+        time.sleep(1)
+    return float("nan")
 
 
 def run_side(plane: ControlPlane, workdir: Path, servers: int, users: int, ours: bool) -> Side:

@@ -260,10 +260,12 @@ class SessionLog(LedgerBase):
         with self._reads() as db:
             return {ref: ended for ref, ended in db.execute(query) if ref and ended}
 
-    def open_sessions(self) -> list[UsageSession]:
-        """The install's open sessions (see `install`)."""
+    def open_sessions(self, *, every_install: bool = False) -> list[UsageSession]:
+        """The install's open sessions (see `install`); with `every_install`, those of every
+        install sharing the database (what a report on a team reads: a team is one team on
+        every hub)."""
         query = select(UsageSession).where(
-            UsageSession.ended_at.is_(None), of_install(self.install)
+            UsageSession.ended_at.is_(None), of_install(None if every_install else self.install)
         )
         with self._reads() as db:
             return list(db.scalars(query))

@@ -487,6 +487,7 @@ OPENAPI: dict[str, Any] = {
                             "properties": {
                                 "user": {"type": "string"},
                                 "server_name": {"type": "string"},
+                                "install": {"type": "string", "nullable": True},
                                 "team": {"type": "string", "nullable": True},
                                 "profile": {"type": "string"},
                                 "gpu_type": {"type": "string", "nullable": True},

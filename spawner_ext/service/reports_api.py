@@ -172,13 +172,15 @@ class BorrowingHandler(APIHandler):
 
 
 class AllocationsHandler(APIHandler):
-    """GET api/v1/allocations: who holds which GPUs now, since when, at what cost so far."""
+    """GET api/v1/allocations: who holds which GPUs now, since when, at what cost so far, on
+    every install sharing the billing database (a lead's team on every hub), each with its
+    install."""
 
     def get(self) -> None:
         access = self.access()
         now = utcnow()
         found = []
-        for s in self.service.ledger().open_sessions():
+        for s in self.service.ledger().open_sessions(every_install=True):
             if s.started_at is None or not (
                 (s.team is not None and access.may_read(s.team)) or s.user == access.user
             ):
@@ -193,6 +195,7 @@ def _allocation(s: UsageSession, now: Any) -> dict[str, Any]:
     return {
         "user": s.user,
         "server_name": s.server_name,
+        "install": s.install,
         "team": s.team,
         "profile": s.profile,
         "gpu_type": s.gpu_type,

@@ -364,7 +364,8 @@ def test_a_gpu_freed_on_one_hub_serves_the_line_on_the_other(
     and v7 joins hub A's line. Through several of A's ticks v7 waits (the line counts the
     team's servers on B); when one of them stops on B, A's service gives v7 the turn and
     starts the server on A. Broken once: the line's team standing reading only its own
-    install's sessions (of_install in line.py's `_standing`): v7 was served at once."""
+    install's sessions (of_install in line.py's `_standing`): v7's request was given its turn
+    (`starting`) while B's four ran."""
     on_b = ["v3", "v4", "v5", "v6"]
     token = token_of(hubs.a, "v7")
     waitlist = f"{hubs.a.url}services/gpu-usage/api/v1/waitlist"
@@ -407,8 +408,9 @@ def test_a_service_ends_only_its_own_servers_while_the_other_hub_is_down(
     in its ledger whose server it never sees. v2 then starts a server on hub A (the same user
     and server name) that A's culler stops at its max age. A's service, ticking past the
     strays' grace, leaves B's pod running and B's session open with no stop asked for.
-    Broken once: `of_install` matching every install's sessions: A's service closed B's
-    session (and A's spawn had closed it as stale)."""
+    Broken once: `of_install` matching every install's sessions: B's session was found
+    closed (hub A's spawn of v2 takes it for its own stale one, and A's reconciliation for a
+    server gone)."""
     pod = started(hubs.b, "v2")
     key = pod["metadata"]["labels"]["gpuhub.io/session"]
     path = f"/api/v1/namespaces/{pod['metadata']['namespace']}/pods/{pod['metadata']['name']}"

@@ -171,7 +171,7 @@ def policies(settings: Borrowing, *, what_if: bool = False) -> tuple[Policy, ...
         settings.min_runtime / MINUTE,
         kueue=False,
     )
-    found = (
+    found: tuple[Policy, ...] = (
         Policy("hard quotas", False, 0.0, 0.0, kueue=False),
         ours,
         Policy("Kueue-like", True, 0.0, 0.0, kueue=True, line_borrows=True),

@@ -42,6 +42,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -94,6 +95,9 @@ class Attempt:
 
     @property
     def admitted(self) -> bool:
+        """JupyterHub answers a spawn once it is ready or after `slow_spawn_timeout` (10 s);
+        gpuhub admits or refuses before the server starts, so a refusal is the answer (503) and
+        201/202 means admitted. (With slow_spawn_timeout 0 every answer would be 202.)"""
         return self.status in (201, 202)
 
     @property
@@ -117,7 +121,8 @@ class Storm:
 @dataclass(frozen=True)
 class Figures:
     loss: PrimaryLoss
-    promote_after: float
+    promote_asked: float
+    """Seconds from the loss to the promotion's start (`promoted_at` is when it was done)."""
     attempts: list[Attempt]
     lost_at: float
     promoted_at: float
@@ -133,16 +138,18 @@ class Figures:
     def lost(self) -> set[str]:
         return self.admitted - self.in_database
 
-    def first_gpu_admitted_after_loss(self) -> float | None:
-        times = [a.answered for a in self.attempts if a.kind == "gpu" and a.admitted]
-        after = [t - self.lost_at for t in times if t > self.lost_at]
-        return min(after) if after else None
+    def first_gpu_admitted_after_loss(self) -> Attempt | None:
+        """The first GPU spawn asked after the loss that the hub admitted."""
+        after = [
+            a for a in self.attempts if a.kind == "gpu" and a.admitted and a.asked > self.lost_at
+        ]
+        return min(after, key=lambda a: a.asked) if after else None
 
     def during_outage(self) -> Counter[tuple[str, str]]:
         """(kind, outcome) -> count, of the spawns asked between the loss and the first GPU
         spawn admitted again."""
         first = self.first_gpu_admitted_after_loss()
-        end = self.lost_at + (first if first is not None else float("inf"))
+        end = first.asked if first is not None else float("inf")
         return Counter((a.kind, a.outcome) for a in self.attempts if self.lost_at <= a.asked < end)
 
 
@@ -170,7 +177,6 @@ def failover_hub(workdir: Path, url: str, users: list[str], gpus: int) -> Iterat
     )
     hub.extra_config.write_text(
         hub.extra_config.read_text()
-        + "c.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}\n"
         + f"c.Spawner.environment = {{'JUPYTER_CONFIG_DIR': {str(workdir / 'jupyter')!r}}}\n"
         + "c.Spawner.default_url = '/api'\n"
     )
@@ -193,6 +199,7 @@ def server(hub: Hub, user: str) -> dict[str, Any] | None:
 
 def spawn(hub: Hub, user: str, kind: str, ready_within: float = 90) -> Attempt:
     """Ask for the user's server; when admitted, wait until it is ready and read its session."""
+    hub.ensure_user(user)
     asked = time.monotonic()
     try:
         response = hub.api("POST", f"/users/{user}/server", json=GPU if kind == "gpu" else CPU)
@@ -204,9 +211,9 @@ def spawn(hub: Hub, user: str, kind: str, ready_within: float = 90) -> Attempt:
         return Attempt(user, kind, asked, answered, status, message)
     deadline = time.monotonic() + ready_within
     model = server(hub, user)
-    while (model is None or not model.get("ready")) and time.monotonic() < deadline:
+    while model is not None and not model.get("ready") and time.monotonic() < deadline:
         time.sleep(0.3)
-        model = server(hub, user)
+        model = server(hub, user)  # None: the spawn failed after the hub answered
     ready = bool(model and model.get("ready"))
     key = read_session((model or {}).get("state", {}).get(STATE_SESSION)) if ready else None
     return Attempt(user, kind, asked, answered, status, message, key, ready)
@@ -231,14 +238,13 @@ def work(hub: Hub, user: str, kind: str, storm: Storm, hold: tuple[float, float]
     asked again half a second later, as a person pressing Start again would."""
     rng = random.Random(user)
     try:
-        hub.ensure_user(user)
         while not storm.stop.is_set():
             attempt = spawn(hub, user, kind)
             storm.attempts.append(attempt)
             if not attempt.admitted:
                 time.sleep(0.5)
                 continue
-            time.sleep(rng.uniform(*hold))
+            storm.stop.wait(rng.uniform(*hold))
             stop(hub, user)
     except BaseException as exc:
         storm.failures.append(exc)
@@ -288,9 +294,9 @@ def run(
         name = database_name("failover")
         pair.create_database(name)
         url = pair.url(name)
-        users = [*gpu_names, *cpu_names, *pinned]
-        with failover_hub(workdir, url, users, gpus=gpu_users + 1) as hub:
-            return _storm(hub, pair, url, gpu_names, cpu_names, pinned, loss, lose_after,
+        users = [*gpu_names, *cpu_names, *pinned, *PROBES]
+        with failover_hub(workdir, url, users, gpus=gpu_users + 2) as hub:
+            return _storm(hub, pair, name, gpu_names, cpu_names, pinned, loss, lose_after,
                           promote_after, run_after, hold)  # fmt: skip
     finally:
         with suppress(StopIteration):
@@ -300,7 +306,7 @@ def run(
 def _storm(
     hub: Hub,
     pair: ReplicatedPair,
-    url: str,
+    database: str,
     gpu_names: list[str],
     cpu_names: list[str],
     pinned: dict[str, str],
@@ -314,13 +320,12 @@ def _storm(
     watcher = ProcessWatcher(f"JUPYTERHUB_API_URL=http://127.0.0.1:{port}/hub/api".encode())
     watcher.start()
     storm = Storm()
-    pids = {}
-    for user, kind in pinned.items():  # running when the primary goes, and after
-        hub.ensure_user(user)
-        attempt = spawn(hub, user, kind)
-        assert attempt.ready, f"{user}'s server did not start: {attempt.outcome}"
-        storm.attempts.append(attempt)
-        pids[user] = int(hub.user(user)["servers"][""]["state"]["pid"])
+    with ThreadPoolExecutor(len(pinned)) as pool:  # running when the primary goes, and after
+        started = list(pool.map(lambda item: spawn(hub, *item), pinned.items()))
+    for attempt in started:
+        assert attempt.ready, f"{attempt.user}'s server did not start: {attempt.outcome}"
+    storm.attempts.extend(started)
+    pids = {user: int(hub.user(user)["servers"][""]["state"]["pid"]) for user in pinned}
     threads = [
         threading.Thread(target=work, args=(hub, user, kind, storm, hold), daemon=True)
         for kind, names in (("gpu", gpu_names), ("cpu", cpu_names))
@@ -335,12 +340,17 @@ def _storm(
         pair.kill_primary()
     else:
         pair.freeze_primary()
+    probes = threading.Thread(target=_probe, args=(hub, storm), daemon=True)
+    probes.start()
     time.sleep(promote_after)
     if loss == "freeze":
         pair.fence_primary()
+    promote_asked = time.monotonic() - lost_at
     pair.promote_standby()
     promoted_at = time.monotonic()
-    print(f"primary {loss}ed; standby promoted {promoted_at - lost_at:.1f} s later", flush=True)
+    print(
+        f"primary lost ({loss}); standby promoted {promoted_at - lost_at:.1f} s later", flush=True
+    )
     recovered = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -354,20 +364,20 @@ def _storm(
         time.sleep(0.3)
     time.sleep(run_after)
     storm.stop.set()
-    for thread in threads:
+    for thread in [*threads, probes]:
         thread.join(timeout=180)
     untouched = {
         user: pids[user] in watcher.alive() and bool((server(hub, user) or {}).get("ready"))
         for user in pinned
     }
-    for user in pinned:
+    for user in [*pinned, *PROBES]:
         stop(hub, user)
     deadline = time.monotonic() + 60
     while watcher.alive() and time.monotonic() < deadline:
         time.sleep(0.5)
     lives = watcher.stop()
     time.sleep(3 * TICK)  # the last closes are written, by the hub or by reconciliation
-    rows = sessions(url)
+    rows = sessions(pair.standby.url(database))  # the promoted server's, not through the URL
     gpu_rows = [s for s in rows if s.gpu_count]
     gpu_lives = [life for life in lives if life.devices]
     billing, problem = None, None
@@ -380,18 +390,32 @@ def _storm(
     admitted = [a for a in storm.attempts if a.admitted]
     return Figures(
         loss=loss,
-        promote_after=promoted_at - lost_at,
+        promote_asked=promote_asked,
         attempts=storm.attempts,
         lost_at=lost_at,
         promoted_at=promoted_at,
         admitted={a.session for a in admitted if a.session},
         in_database={uuid.UUID(s.uid).hex for s in rows},
-        admitted_without_key=sum(1 for a in admitted if not a.session),
+        # A CPU server started while the ledger is down starts unmetered (no session yet; the
+        # service adopts it later), so only GPU spawns must carry one.
+        admitted_without_key=sum(1 for a in admitted if a.kind == "gpu" and not a.session),
         pinned_untouched=untouched,
         service_recovered_after=recovered,
         billing=billing,
         billing_problem=problem,
     )
+
+
+PROBES = {"probe-gpu": "gpu", "probe-cpu": "cpu"}
+"""Users who each ask for a server once, right after the primary is lost."""
+
+
+def _probe(hub: Hub, storm: Storm) -> None:
+    try:
+        for user, kind in PROBES.items():
+            storm.attempts.append(spawn(hub, user, kind))
+    except BaseException as exc:
+        storm.failures.append(exc)
 
 
 def _ticked_since(hub: Hub, moment: float) -> bool:
@@ -406,12 +430,19 @@ def _ticked_since(hub: Hub, moment: float) -> bool:
 def report(figures: Figures) -> str:
     first = figures.first_gpu_admitted_after_loss()
     lines = [
-        f"primary lost by {figures.loss}; standby promoted {figures.promote_after:.1f} s after "
-        "(by this script, standing in for the operator or Patroni)",
+        f"primary lost by {figures.loss}; standby promotion asked {figures.promote_asked:.1f} s "
+        f"after, done {figures.promoted_at - figures.lost_at:.1f} s after (by this script, "
+        "standing in for the operator or Patroni)",
         f"admitted sessions lost: {len(figures.lost)} of {len(figures.admitted)} "
         f"(admitted but never ready, no session key read: {figures.admitted_without_key})",
         "first GPU spawn admitted after the loss: "
-        + (f"{first:.1f} s" if first is not None else "none"),
+        + (
+            f"asked {first.asked - figures.lost_at:.1f} s after it, answered "
+            f"{first.answered - figures.lost_at:.1f} s after it (the answer waits for the server "
+            "to be ready, at most slow_spawn_timeout: 10 s)"
+            if first is not None
+            else "none"
+        ),
         "the gpuhub service's first good tick after the loss: "
         + (
             f"{figures.service_recovered_after:.1f} s"

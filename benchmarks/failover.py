@@ -114,6 +114,8 @@ class Storm:
     """What the workers saw, shared between their threads (appends only)."""
 
     attempts: list[Attempt] = field(default_factory=list)
+    pings: list[tuple[float, float]] = field(default_factory=list)
+    """(asked, answered) of the hub's REST API root, asked again as soon as it answers."""
     failures: list[BaseException] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -133,6 +135,7 @@ class Figures:
     service_recovered_after: float | None
     billing: dict[str, float] | None
     billing_problem: str | None
+    pings: list[tuple[float, float]]
 
     @property
     def lost(self) -> set[str]:
@@ -233,6 +236,16 @@ def stop(hub: Hub, user: str, within: float = 90) -> None:
         time.sleep(0.5)
 
 
+def ping(hub: Hub, storm: Storm) -> None:
+    """Ask the hub's REST API root every 0.1 s: how long the hub keeps a person waiting."""
+    while not storm.stop.is_set():
+        asked = time.monotonic()
+        with suppress(requests.RequestException):
+            hub.api("GET", "/")
+        storm.pings.append((asked, time.monotonic()))
+        time.sleep(0.1)
+
+
 def work(hub: Hub, user: str, kind: str, storm: Storm, hold: tuple[float, float]) -> None:
     """Cycle the user's server (start, hold, stop) until the storm stops; a refused spawn is
     asked again half a second later, as a person pressing Start again would."""
@@ -331,6 +344,7 @@ def _storm(
         for kind, names in (("gpu", gpu_names), ("cpu", cpu_names))
         for user in names
     ]
+    threads.append(threading.Thread(target=ping, args=(hub, storm), daemon=True))
     for thread in threads:
         thread.start()
     time.sleep(lose_after)
@@ -340,8 +354,12 @@ def _storm(
         pair.kill_primary()
     else:
         pair.freeze_primary()
-    probes = threading.Thread(target=_probe, args=(hub, storm), daemon=True)
-    probes.start()
+    probes = [
+        threading.Thread(target=_probe, args=(hub, storm, user, kind), daemon=True)
+        for user, kind in PROBES.items()
+    ]
+    for thread in probes:
+        thread.start()
     time.sleep(promote_after)
     if loss == "freeze":
         pair.fence_primary()
@@ -364,7 +382,7 @@ def _storm(
         time.sleep(0.3)
     time.sleep(run_after)
     storm.stop.set()
-    for thread in [*threads, probes]:
+    for thread in [*threads, *probes]:
         thread.join(timeout=180)
     untouched = {
         user: pids[user] in watcher.alive() and bool((server(hub, user) or {}).get("ready"))
@@ -403,17 +421,23 @@ def _storm(
         service_recovered_after=recovered,
         billing=billing,
         billing_problem=problem,
+        pings=storm.pings,
     )
 
 
 PROBES = {"probe-gpu": "gpu", "probe-cpu": "cpu"}
-"""Users who each ask for a server once, right after the primary is lost."""
+"""Users who ask for a server from the moment the primary is lost: the GPU one every half second
+until admitted (the time until GPU spawns work again), the CPU one once."""
 
 
-def _probe(hub: Hub, storm: Storm) -> None:
+def _probe(hub: Hub, storm: Storm, user: str, kind: str) -> None:
     try:
-        for user, kind in PROBES.items():
-            storm.attempts.append(spawn(hub, user, kind))
+        while not storm.stop.is_set():
+            attempt = spawn(hub, user, kind)
+            storm.attempts.append(attempt)
+            if attempt.admitted or kind == "cpu":
+                return
+            time.sleep(0.5)
     except BaseException as exc:
         storm.failures.append(exc)
 
@@ -457,6 +481,12 @@ def report(figures: Figures) -> str:
         "servers running when the primary went, still running after: "
         + ", ".join(f"{u} {'yes' if ok else 'NO'}" for u, ok in figures.pinned_untouched.items())
     )
+    stalls = [done - asked for asked, done in figures.pings if done >= figures.lost_at]
+    if stalls:
+        lines.append(
+            f"the hub's REST API root (GET /hub/api/) after the loss: longest answer "
+            f"{max(stalls):.2f} s, median {statistics.median(stalls):.2f} s"
+        )
     waits = [a.answered - a.asked for a in figures.attempts if a.asked >= figures.lost_at]
     if waits:
         lines.append(

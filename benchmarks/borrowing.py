@@ -14,13 +14,13 @@ turn. It prints its figures and whether the issue's targets are met; it asserts 
   order, those the line skips left out), `choose_reclaims` among borrowed servers (past
   `min_runtime`, idle first), warned `reclaim_notice` ahead, stopped when due (its GPUs free a
   tick later); when fewer GPUs are needed than are being reclaimed (a GPU freed elsewhere, a
-  request left the line), `choose_reclaims` again among the servers not yet due, and the other
-  choices withdrawn when that choice is among those made. First in each pass, a borrowed server
-  not chosen becomes an own one (`conversions`) when its team's own quota has room for it
-  again: no longer reclaimable, its GPU-hours from then on not borrowed. Catalog defaults
-  (`reclaim_notice` 15 min, `min_runtime` 1 h); every team may borrow up to its own quota again
-  (`borrow_limit` = quota; `--borrow-limit pool`: the rest of the pool) and lends all of its
-  quota (no `lend_limit`); one cohort of all teams.
+  request left the line), `withdraw_reclaims`: the choices not yet due that are due soonest stay
+  while they cover what is still needed, the others are withdrawn. First in each pass, a
+  borrowed server not chosen becomes an own one (`conversions`) when its team's own quota has
+  room for it again: no longer reclaimable, its GPU-hours from then on not borrowed. Catalog
+  defaults (`reclaim_notice` 15 min, `min_runtime` 1 h); every team may borrow up to its own
+  quota again (`borrow_limit` = quota; `--borrow-limit pool`: the rest of the pool) and lends
+  all of its quota (no `lend_limit`); one cohort of all teams.
 - *Kueue-like*: borrow freely (a spawn and a request in line over its own quota borrow whenever
   GPUs are free and quota is lendable, unless someone waits on their own quota), reclaim the
   most recently admitted borrowed server first, no notice, no `min_runtime` (stopped at the
@@ -100,6 +100,7 @@ from spawner_ext.policy.borrowing import (
     conversions,
     place,
     reclaim_need,
+    withdraw_reclaims,
 )
 from spawner_ext.policy.waitlist import Waiting, fair_order, may_start_directly, turns
 
@@ -526,18 +527,20 @@ def simulate(
                     c.idle and when(t) - c.started_at >= eligible for c in left
                 )
         elif chosen:
-            # As the ledger: fewer needed now, so choose again among the servers not yet due
-            # for what is still needed; when that choice is among those made, withdraw the rest.
+            # As the ledger: fewer needed now, so the choices not yet due that are due soonest
+            # stay while they cover what is still needed; the others are withdrawn.
             still, _ = reclaim_need(shares, wanting, free, 0)
             due = {i for i, at in chosen.items() if at <= t}
             still -= sum(pool.running[i][0].gpus for i in due)
-            pool_left = [server(w, s, t) for w, s in borrowed if w.id not in due]
-            keep = {c.id for c in choose_reclaims(pool_left, max(still, 0), when(t), eligible)}
-            if keep <= set(chosen) - due:
-                for i in sorted(set(chosen) - due - keep):
-                    log(t, i, "choice withdrawn")
-                    del chosen[i]
-                    withdrawn += 1
+            not_due = [
+                (server(w, s, t), when(chosen[w.id]))
+                for w, s in borrowed
+                if w.id in chosen and w.id not in due
+            ]
+            for gone in withdraw_reclaims(not_due, max(still, 0), when(t)):
+                log(t, gone.id, "choice withdrawn")
+                del chosen[gone.id]
+                withdrawn += 1
         for i, due_at in chosen.items():
             if due_at <= t and i not in stopping:
                 stopping.add(i)

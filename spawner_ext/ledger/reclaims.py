@@ -1,9 +1,10 @@
 """Giving borrowed GPUs back: the service's pass that makes borrowed servers own ones when their
 team's quota has room again, chooses borrowed servers to stop for people waiting on their own
-team's quota (policy/borrowing.py decides), withdraws a choice nobody needs any more, and says
-which are due. Under each GPU type's lock, so two services never choose the
-same GPUs twice; the choice, its time and its message are written in one transaction, so a
-service killed after choosing leaves a warned server that the next pass stops on time."""
+team's quota (policy/borrowing.py decides), withdraws the choices nobody needs any more (the
+soonest due stay), and says which are due. Under each GPU type's lock, so two services never
+choose the same GPUs twice; the choice, its time and its message are written in one
+transaction, so a service killed after choosing leaves a warned server that the next pass stops
+on time."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ..policy.borrowing import (
     choose_reclaims,
     conversions,
     reclaim_need,
+    withdraw_reclaims,
 )
 from .admission_reads import read_shares
 from .base import LedgerBase
@@ -163,23 +165,24 @@ class ReclaimLedger(LedgerBase):
                     _enqueue_notice(db, catalog, chosen, now)
         elif chosen_rows:
             # No more needed than is being reclaimed. If fewer are needed now (a GPU freed
-            # elsewhere, a request was cancelled), choose again, for what is still needed, among
-            # the servers not yet due; when that choice is among those already made, withdraw
-            # the others. (Over-covering by the choice itself, e.g. an idle server and then a
-            # busy one that alone would have done, is no reason: the same choice comes again.)
+            # elsewhere, a request was cancelled), the choices not yet due that are due soonest
+            # stay chosen while they cover what is still needed; the others are withdrawn
+            # (`withdraw_reclaims`). Nothing is chosen anew, so a kept choice is never traded for
+            # a later stop, and a choice that gives more than is needed (a 2-GPU server for one
+            # GPU) stays chosen rather than being withdrawn and chosen again.
             still, _ = reclaim_need(shares, waiting, free, 0)
             due = [r for r in chosen_rows if r.reclaim_at is not None and r.reclaim_at <= now]
             still -= sum(r.gpu_count for r in due)
-            open_choices = {r.id: r for r in chosen_rows if r not in due}
-            pool = [candidate(s) for s in running if s not in due]
-            keep = {
-                int(c.id) for c in choose_reclaims(pool, max(still, 0), now, settings.min_runtime)
-            }
-            if keep <= set(open_choices):
-                for session_id, row in sorted(open_choices.items()):
-                    if session_id not in keep:
-                        row.reclaim_at = row.reclaim_for = None
-                        result.withdrawn.append(session_id)
+            open_choices = [
+                (candidate(r), r.reclaim_at)
+                for r in chosen_rows  # in id order, as the withdrawals come back
+                if r.reclaim_at is not None and r not in due
+            ]
+            rows = {str(r.id): r for r in chosen_rows}
+            for server in withdraw_reclaims(open_choices, max(still, 0), now):
+                row = rows[server.id]
+                row.reclaim_at = row.reclaim_for = None
+                result.withdrawn.append(row.id)
         for row in borrowed:
             if row.reclaim_at is not None and row.reclaim_at <= now:
                 first = row.stop_reason is None

@@ -20,6 +20,11 @@ The rules (issue 20; `docs/explanation/borrowing.md` says why):
   `min_runtime`; idle ones before busy ones (a GPU whose use cannot be told counts as busy);
   among each, as few servers as cover the need, with the fewest GPUs stopped beyond it, and
   then the longest running first.
+- *Which choices are withdrawn* (`withdraw_reclaims`) when fewer GPUs are needed than the
+  choices not yet due give: those due soonest that cover what is still needed stay chosen (among
+  those due at the same time, the ones `choose_reclaims` would choose for what is left), the
+  others are withdrawn. Only choices are kept, so nothing is chosen anew (and warned with a later
+  stop) while a kept choice covers it, and a lender is never made to wait for a later stop.
 - *A borrowed server becomes own* (`conversions`) when its team's own quota has room for it
   again (oldest first): from then on it is never reclaimed, and its session is split there.
 """
@@ -168,6 +173,33 @@ def choose_reclaims(
         if left <= 0:
             break
     return tuple(chosen)
+
+
+def withdraw_reclaims(
+    chosen: Sequence[tuple[BorrowedServer, datetime]],
+    gpus: int,
+    now: datetime,
+) -> tuple[BorrowedServer, ...]:
+    """Which of the choices not yet due (each a borrowed server with its `reclaim_at`) to
+    withdraw when only `gpus` of their GPUs are still needed: the soonest due stay chosen until
+    they cover `gpus`; of those due at the same time, if not all are needed, the ones
+    `choose_reclaims` would choose for what is left (already chosen, so `min_runtime` is no
+    longer asked); the others are withdrawn, in the order given. A choice due sooner is never
+    withdrawn for one due later, however many GPUs it stops beyond the need."""
+    by_time: dict[datetime, list[BorrowedServer]] = {}
+    for server, reclaim_at in chosen:
+        by_time.setdefault(reclaim_at, []).append(server)
+    kept: set[str] = set()
+    left = gpus
+    for reclaim_at in sorted(by_time):
+        if left <= 0:
+            break
+        due_then = by_time[reclaim_at]
+        if sum(s.gpus for s in due_then) > left:
+            due_then = list(choose_reclaims(due_then, left, now, timedelta(0)))
+        kept.update(s.id for s in due_then)
+        left -= sum(s.gpus for s in due_then)
+    return tuple(server for server, _ in chosen if server.id not in kept)
 
 
 @dataclass(frozen=True)

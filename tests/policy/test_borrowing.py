@@ -29,6 +29,7 @@ from spawner_ext.policy.borrowing import (
     lendable,
     place,
     reclaim_need,
+    withdraw_reclaims,
 )
 from spawner_ext.policy.borrowing_text import borrow_offer
 from spawner_ext.policy.identity import Identity
@@ -321,6 +322,130 @@ def test_which_borrowed_servers_are_reclaimed(
 ) -> None:
     got = choose_reclaims(servers, gpus, NOW, min_runtime=HOUR)
     assert [s.id for s in got] == chosen, label
+
+
+MINUTE = timedelta(minutes=1)
+
+
+def due_in(server: BorrowedServer, minutes: int) -> tuple[BorrowedServer, datetime]:
+    """A choice: `server`, chosen, its stop due `minutes` from now."""
+    return server, NOW + minutes * MINUTE
+
+
+@pytest.mark.parametrize(
+    ("label", "chosen", "gpus", "withdrawn"),
+    [
+        (
+            "the one due sooner stays, though the later one alone would cover it",
+            [
+                due_in(borrowed("one", "x", {"a": 1}, 2 * HOUR), 5),
+                due_in(borrowed("two", "x", {"a": 2}, 3 * HOUR), 9),
+            ],
+            2,
+            [],
+        ),
+        (
+            "fewer needed: the later one goes",
+            [
+                due_in(borrowed("one", "x", {"a": 1}, 2 * HOUR), 5),
+                due_in(borrowed("two", "x", {"a": 2}, 3 * HOUR), 9),
+            ],
+            1,
+            ["two"],
+        ),
+        (
+            "the sooner one stays though it stops more than needed",
+            [
+                due_in(borrowed("two", "x", {"a": 2}, 2 * HOUR), 5),
+                due_in(borrowed("one", "x", {"a": 1}, 3 * HOUR, idle=True), 9),
+            ],
+            1,
+            ["one"],
+        ),
+        (
+            "the two due soonest cover it; the later bigger one goes",
+            [
+                due_in(borrowed("big", "x", {"a": 2}, 5 * HOUR, idle=True), 14),
+                due_in(borrowed("first", "x", {"a": 1}, 2 * HOUR), 3),
+                due_in(borrowed("second", "y", {"a": 1}, 2 * HOUR), 7),
+            ],
+            2,
+            ["big"],
+        ),
+        (
+            "a bigger server for a smaller need stays chosen",
+            [due_in(borrowed("pair", "x", {"a": 2}, 2 * HOUR), 10)],
+            1,
+            [],
+        ),
+        (
+            "same time: an idle one and a busy one chosen together both stay",
+            [
+                due_in(borrowed("idle", "x", {"a": 1}, 2 * HOUR, idle=True), 10),
+                due_in(borrowed("busy", "x", {"a": 2}, 3 * HOUR), 10),
+            ],
+            2,
+            [],
+        ),
+        (
+            "same time, fewer needed: the one choose_reclaims would choose stays (idle)",
+            [
+                due_in(borrowed("busy-old", "x", {"a": 1}, 5 * HOUR), 10),
+                due_in(borrowed("idle-new", "x", {"a": 1}, 2 * HOUR, idle=True), 10),
+            ],
+            1,
+            ["busy-old"],
+        ),
+        (
+            "same time: one that covers it rather than two",
+            [
+                due_in(borrowed("a", "x", {"a": 1}, 2 * HOUR), 10),
+                due_in(borrowed("b", "x", {"a": 1}, 2 * HOUR), 10),
+                due_in(borrowed("c", "x", {"a": 2}, 2 * HOUR), 10),
+            ],
+            2,
+            ["a", "b"],
+        ),
+        (
+            "sooner ones all kept, then the same-time group chosen among",
+            [
+                due_in(borrowed("soon", "x", {"a": 1}, 2 * HOUR), 2),
+                due_in(borrowed("late-old", "x", {"a": 1}, 6 * HOUR), 12),
+                due_in(borrowed("late-new", "x", {"a": 1}, 3 * HOUR), 12),
+            ],
+            2,
+            ["late-new"],
+        ),
+        (
+            "all still needed",
+            [
+                due_in(borrowed("a", "x", {"a": 1}, 2 * HOUR), 4),
+                due_in(borrowed("b", "x", {"a": 1}, 2 * HOUR), 8),
+            ],
+            2,
+            [],
+        ),
+        (
+            "nothing needed: all withdrawn, in the order given",
+            [
+                due_in(borrowed("b", "x", {"a": 1}, 2 * HOUR), 8),
+                due_in(borrowed("a", "x", {"a": 1}, 2 * HOUR), 4),
+            ],
+            0,
+            ["b", "a"],
+        ),
+        ("no choices", [], 1, []),
+    ],
+)
+def test_which_choices_are_withdrawn(
+    label: str, chosen: list[tuple[BorrowedServer, datetime]], gpus: int, withdrawn: list[str]
+) -> None:
+    """Broken once (the old rule: keep what `choose_reclaims` chooses among the choices for what
+    is still needed, withdraw the rest): 4 rows failed, among them "the one due sooner stays"
+    (withdrew "one", due 4 min before "two") and "the two due soonest cover it" (withdrew
+    "first" and "second" for "big")."""
+    got = withdraw_reclaims(chosen, gpus, NOW)
+    assert [s.id for s in got] == withdrawn, label
 
 
 def test_a_borrowed_server_becomes_own_when_its_quota_has_room_oldest_first() -> None:

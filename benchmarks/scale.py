@@ -104,6 +104,10 @@ class Side:
     hub_rss_mib: float = float("nan")
     cull_s: float = float("nan")
     hub_cpu_per_cull: float = float("nan")
+    cull_considered: int = 0
+    """Servers the last culling cycle looked at (gpuhub's: ready ones; N + 1 expected)."""
+    errors: list[str] = field(default_factory=list)
+    """Steps that failed, with why (the others are still measured)."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -212,7 +216,15 @@ def measure_culling(hub: K8sHub, side: Side, servers: int, repeat: int = 3) -> N
                 considered = await Culler(api, ledger).cycle(catalog_in_force, utcnow())
             finally:
                 api.close()
-            assert len(considered) >= servers, len(considered)
+            side.cull_considered = len(considered)
+            if len(considered) <= servers:
+                listed = await HubAPI(f"{hub.url}hub/api", hub.token).running_servers()
+                side.errors.append(
+                    f"culling looked at {len(considered)} of {servers + 1}: the service's "
+                    f"listing has {len(listed)} ({sum(s.ready for s in listed)} ready, "
+                    f"{sum(bool(s.pending) for s in listed)} pending); page by page the hub "
+                    f"lists {ready_count(hub)} ready"
+                )
 
         once = ours
     else:
@@ -222,6 +234,7 @@ def measure_culling(hub: K8sHub, side: Side, servers: int, repeat: int = 3) -> N
         quiet.setLevel(logging.WARNING)
 
         async def stock() -> None:
+            side.cull_considered = servers + 1  # it does not say
             await cull_idle(
                 url=f"{hub.url}hub/api",
                 api_token=hub.token,
@@ -241,6 +254,14 @@ def measure_culling(hub: K8sHub, side: Side, servers: int, repeat: int = 3) -> N
     side.cull_s = statistics.median(times)
     if hub.ledger_url is not None:
         ledger.engine.dispose()
+
+
+def attempt(side: Side, step: str, measure: Callable[[], None]) -> None:
+    """Run one measurement; a failure is recorded on `side` and the run goes on."""
+    try:
+        measure()
+    except Exception as error:  # a benchmark reports what failed rather than stopping
+        side.errors.append(f"{step}: {type(error).__name__}: {error}")
 
 
 def billed(hub: K8sHub) -> int:
@@ -351,10 +372,10 @@ def run_side(plane: ControlPlane, workdir: Path, servers: int, users: int, ours:
             side.after_ready = ready_count(hub)
             if ours:
                 side.after_billed = billed(hub)
-                measure_ticks(hub, side)
+                attempt(side, "tick", lambda: measure_ticks(hub, side))
             assert hub.process is not None
             side.hub_rss_mib = rss_mib(hub.process.pid)
-            measure_culling(hub, side, servers)
+            attempt(side, "culling", lambda: measure_culling(hub, side, servers))
         finally:
             from benchmarks.spawn_storm import clear
 
@@ -391,6 +412,7 @@ def table(sides: list[Side]) -> str:
         ("service RSS MiB", *(f(s.service_rss_mib, 0) for s in sides)),
         ("hub RSS MiB", *(f(s.hub_rss_mib, 0) for s in sides)),
         ("culling cycle s (median of 3)", *(f(s.cull_s, 2) for s in sides)),
+        ("servers the culling cycle looked at", *(str(s.cull_considered) for s in sides)),
         ("hub CPU s per culling cycle", *(f(s.hub_cpu_per_cull, 2) for s in sides)),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -447,10 +469,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(
                     f"  {side.label} N={servers}: {time.monotonic() - began:.0f} s, "
                     f"load {os.getloadavg()[0]:.2f}",
+                    *(f"\n  failed: {e}" for e in side.errors),
                     flush=True,
                 )
-    print(table(sides))
-    print(ratios(sides))
+            print(table(sides), ratios(sides), sep="\n", flush=True)
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 

@@ -73,9 +73,13 @@ class ReplicatedPair:
         """Promote the standby (the operator's or Patroni's step) and reset its
         synchronous_standby_names: with no standby left to confirm them, every commit on the new
         primary would wait forever."""
+        self.standby.pg_ctl("-w", "promote")
+        self.reset_synchronous_standby_names()
+
+    def reset_synchronous_standby_names(self) -> None:
+        """The promoted standby's commits stop waiting for a standby of their own."""
         import psycopg
 
-        self.standby.pg_ctl("-w", "promote")
         with psycopg.connect(_conninfo(self.standby), autocommit=True) as conn:
             conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
             conn.execute("SELECT pg_reload_conf()")

@@ -20,12 +20,15 @@ on an invalidated connection (spawners/mixin.py `_admit`), so pre-ping only spar
 
 from __future__ import annotations
 
+import threading
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 
 from benchmarks.failover import BILLING_UNAVAILABLE, report, run
 from spawner_ext.ledger.engine import CONNECT_TIMEOUT_SECONDS, server_options
+from tests.pg_replica import start_pair
 
 
 def test_server_engines_test_pooled_connections_and_time_out_connecting() -> None:
@@ -35,6 +38,43 @@ def test_server_engines_test_pooled_connections_and_time_out_connecting() -> Non
     }
     failover = "postgresql+psycopg://u@/x?host=a:5432&host=b:5432&connect_timeout=2"
     assert server_options(failover) == {"pool_pre_ping": True}, "the URL's own timeout wins"
+
+
+@pytest.mark.postgres
+def test_a_promoted_standby_commits_without_waiting_only_once_its_standby_name_is_reset() -> None:
+    """Why promotion resets synchronous_standby_names (copied from the primary by
+    pg_basebackup): until then every commit waits for a standby that does not exist. The wait
+    is cut here by cancelling the statement, which PostgreSQL reports as a warning (the
+    transaction stays committed on the new primary alone).
+
+    Broken once (2026-12-06): `reset_synchronous_standby_names` doing nothing: "Left contains one
+    more item: 'canceling wait for synchronous replication due to user request'"."""
+    import psycopg
+
+    pairs = start_pair()
+    pair = next(pairs)
+    try:
+        pair.kill_primary()
+        pair.standby.pg_ctl("-w", "promote")
+        conninfo = f"host={pair.standby.host} port={pair.standby.port} user={pair.standby.user}"
+        with psycopg.connect(f"{conninfo} dbname=postgres", autocommit=True) as conn:
+            warnings: list[str] = []
+            conn.add_notice_handler(lambda notice: warnings.append(notice.message_primary))
+            cancel = threading.Timer(1.0, conn.cancel_safe)  # as a client that gives up
+            cancel.start()
+            conn.execute("CREATE TABLE waits (i int)")
+            cancel.join()
+            assert any("synchronous replication" in w for w in warnings), warnings
+            pair.reset_synchronous_standby_names()
+            warnings.clear()
+            guard = threading.Timer(5.0, conn.cancel_safe)  # a wait fails the test, not hangs it
+            guard.start()
+            conn.execute("CREATE TABLE goes_on (i int)")
+            guard.cancel()
+            assert warnings == []
+    finally:
+        with suppress(StopIteration):
+            next(pairs)
 
 
 @pytest.mark.integration

@@ -85,17 +85,13 @@ def gpu_capacity(
 
 async def read_capacity(api: Any, catalog: Catalog, install: str) -> dict[str, tuple[int, int]]:
     """`gpu_capacity` of the cluster now (needs permission to list nodes and pods)."""
-    from .serialize import to_manifest
+    from .serialize import list_items
 
     if not any(not kind.autoscaled for kind in catalog.gpu_types.values()):
         return {}
-    nodes = await api.list_node()
-    pods = await api.list_pod_for_all_namespaces(
-        field_selector="status.phase!=Succeeded,status.phase!=Failed"
+    nodes = await list_items(api.list_node)
+    pods = await list_items(
+        api.list_pod_for_all_namespaces,
+        field_selector="status.phase!=Succeeded,status.phase!=Failed",
     )
-    return gpu_capacity(
-        catalog,
-        (to_manifest(node) for node in nodes.items),
-        (to_manifest(pod) for pod in pods.items),
-        install,
-    )
+    return gpu_capacity(catalog, nodes, pods, install)

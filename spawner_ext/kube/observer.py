@@ -91,10 +91,10 @@ class PodObserver:
     async def running(self, install: str, listed: Collection[str]) -> Pods:
         """The running notebook pods, split by install (`listed`: `namespace/pod` of the
         servers the install's hub lists)."""
-        from .serialize import to_manifest
+        from .serialize import list_items
 
-        pods = await self._api.list_pod_for_all_namespaces(label_selector=PROFILE_LABEL)
-        return pods_of_install((to_manifest(pod) for pod in pods.items), install, listed)
+        pods = await list_items(self._api.list_pod_for_all_namespaces, label_selector=PROFILE_LABEL)
+        return pods_of_install(pods, install, listed)
 
     async def stop(self, runtime_ref: str, install: str) -> bool:
         """Delete a server's pod (JupyterHub notices on its next poll), if it is `install`'s:

@@ -174,14 +174,33 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         if kind is not None and kind.autoscaled and kind.scale_up_timeout is not None:
             self.start_timeout = max(self.start_timeout, int(kind.scale_up_timeout.total_seconds()))
 
+    _starting = False
+    """True while this spawner's own start runs (KubeSpawner's `_start`)."""
+
     async def _metered_start(self) -> Any:
+        self._starting = True
         try:
             result = await self._start()
         except BaseException:
             self.metering_ended(EndReason.FAILED)
             raise
+        finally:
+            self._starting = False
         self.metering_started(f"{self.namespace}/{self.pod_name}")
         return result
+
+    async def stop(self, now: bool = False) -> None:
+        if now and self._starting:
+            # KubeSpawner's own retry inside start (JupyterHub never stops with now=True):
+            # creating the pod found one of its name (409), most often this start's own first
+            # create, which timed out on a slow API server yet went through; it deletes that pod
+            # and creates it again. The admitted session goes on, unstarted: billing starts when
+            # the pod that start returns runs. Closing it here left the server running unbilled
+            # and outside its team's quota (seen in benchmarks/scale.py's storms).
+            self.log.info("gpuhub: %s replaces a pod of its name; billing waits", self._log_name)
+            await KubeSpawner.stop(self, now=now)
+            return
+        await super().stop(now=now)
 
     async def refresh_capacity(self, ledger: Ledger, catalog: Catalog) -> bool:
         """The matching nodes' free GPUs now (kube/capacity.py), into the ledger: asked when

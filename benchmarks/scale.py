@@ -46,6 +46,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +57,8 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "k8s"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hub import K8sHub, running_hub
-from testbed import H100, ControlPlane, build_binaries
+from hub import K8sHub, delete_namespaces, running_hub
+from testbed import H100, ControlPlane, Json, build_binaries
 
 from benchmarks.spawn_storm import (
     catalog,
@@ -65,7 +66,6 @@ from benchmarks.spawn_storm import (
     singleuser_pods,
     stock_profile_list,
     user_name,
-    violations,
 )
 from spawner_ext.catalog import load_catalog
 from spawner_ext.clock import utcnow
@@ -255,15 +255,16 @@ def measure_culling(hub: K8sHub, side: Side, servers: int, repeat: int = 3) -> N
 
         once = stock
     times = []
-    cpu = cpu_seconds(pid)
+    cpu = 0.0
     for _ in range(repeat):
         if hub.ledger_url is not None:  # right after a tick: not queued behind its listing
             ticks = status(hub)["ticks"]
             hub.wait("the next tick", lambda done=ticks: _after(hub, done), 300, every=0.1)
-        began = time.monotonic()
+        began, before = time.monotonic(), cpu_seconds(pid)
         asyncio.run(once())
         times.append(time.monotonic() - began)
-    side.hub_cpu_per_cull = (cpu_seconds(pid) - cpu) / repeat
+        cpu += cpu_seconds(pid) - before
+    side.hub_cpu_per_cull = cpu / repeat
     side.cull_s = statistics.median(times)
     if hub.ledger_url is not None:
         ledger.engine.dispose()
@@ -317,15 +318,47 @@ def without_server(hub: K8sHub, names: set[str]) -> set[str]:
     return {u["name"] for u in users(hub) if u["name"] in names and "" not in (u["servers"] or {})}
 
 
+def pods_of(plane: ControlPlane, prefix: str) -> list[Json]:
+    """The notebook pods in this side's namespaces (others may share the control plane)."""
+    return [
+        pod
+        for pod in singleuser_pods(plane)
+        if pod["metadata"]["namespace"].startswith(f"{prefix}-")
+    ]
+
+
+def violations(plane: ControlPlane, prefix: str, quota: int | None) -> tuple[int, int]:
+    """(teams over `quota` GPUs, nodes with more GPUs bound than they have) among the Running
+    pods of this side."""
+    per_team: Counter[str] = Counter()
+    per_node: Counter[str] = Counter()
+    bound: Counter[str] = Counter()
+    for pod in singleuser_pods(plane):
+        if pod["status"].get("phase") != "Running" or pod["metadata"].get("deletionTimestamp"):
+            continue
+        gpus = int(pod["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
+        bound[pod["spec"]["nodeName"]] += gpus
+        if pod["metadata"]["namespace"].startswith(f"{prefix}-"):
+            per_team[pod["metadata"]["labels"].get("gpuhub.io/team", "")] += gpus
+            per_node[pod["spec"]["nodeName"]] += gpus
+    allocatable = {
+        node["metadata"]["name"]: int(node["status"]["allocatable"].get("nvidia.com/gpu", 0))
+        for node in plane.api.get("/api/v1/nodes")["items"]
+    }
+    over_quota = 0 if quota is None else sum(1 for used in per_team.values() if used > quota)
+    over_node = sum(1 for node in per_node if bound[node] > allocatable.get(node, 0))
+    return over_quota, over_node
+
+
 def wait_running(
-    plane: ControlPlane, hub: K8sHub, names: list[str], timeout: float
+    plane: ControlPlane, hub: K8sHub, prefix: str, names: list[str], timeout: float
 ) -> tuple[float, set[str]]:
     """(when every admitted spawn's pod is Running, the spawns that failed instead)."""
     deadline = time.monotonic() + timeout
     failed: set[str] = set()
     looked = time.monotonic()
     while time.monotonic() < deadline:
-        pods = singleuser_pods(plane)
+        pods = pods_of(plane, prefix)
         running = sum(1 for pod in pods if pod.get("status", {}).get("phase") == "Running")
         if running >= len(names) - len(failed):
             return time.monotonic(), failed
@@ -350,7 +383,12 @@ def wait_ready(hub: K8sHub, names: list[str], timeout: float) -> float:
     return float("nan")
 
 
-def run_side(plane: ControlPlane, workdir: Path, servers: int, users: int, ours: bool) -> Side:
+def run_side(
+    plane: ControlPlane, workdir: Path, servers: int, users: int, ours: bool, measure: bool = True
+) -> Side:
+    """One side at N = `servers`: storm, restart and what survived it; with `measure`, the
+    tick, the idle hub and the culling cycles too (tests/k8s/test_scale_small.py runs it
+    without, at CI size)."""
     prefix = f"scale-{'gpuhub' if ours else 'stock'}-{servers}"
     settings: dict[str, Any] = {"namespace": f"{prefix}-hub", "start_timeout": 900}
     if ours:
@@ -372,28 +410,33 @@ def run_side(plane: ControlPlane, workdir: Path, servers: int, users: int, ours:
             first_spawns(hub, plane, namespaces, TEAMS)
             admitted, started = storm(hub, servers)
             side.admitted = len(admitted)
-            running_at, failed = wait_running(plane, hub, admitted, timeout=1200)
+            running_at, failed = wait_running(plane, hub, prefix, admitted, timeout=1200)
             side.storm_running_s = running_at - started
             side.storm_ready_s = wait_ready(hub, sorted(set(admitted) - failed), 1200) - started
             side.failed = len(failed)
-            limits = {f"t{t}": EQUAL_QUOTA for t in range(TEAMS)} if ours else None
-            side.over_quota, side.overcommitted, _ = violations(plane, limits)
+            side.over_quota, side.overcommitted = violations(
+                plane, prefix, EQUAL_QUOTA if ours else None
+            )
             side.restart_api_s, side.restart_spawn_s = restart(hub, name(TEAMS + servers))
             side.after_running = sum(
-                1 for p in singleuser_pods(plane) if p["status"].get("phase") == "Running"
+                1 for p in pods_of(plane, prefix) if p["status"].get("phase") == "Running"
             )
             side.after_ready = ready_count(hub)
             if ours:
                 side.after_billed = billed(hub)
-                attempt(side, "tick", lambda: measure_ticks(hub, side))
-            assert hub.process is not None
-            side.hub_rss_mib = rss_mib(hub.process.pid)
-            attempt(side, "idle hub", lambda: measure_idle_hub(hub, side))
-            attempt(side, "culling", lambda: measure_culling(hub, side, servers))
+            if measure:
+                if ours:
+                    attempt(side, "tick", lambda: measure_ticks(hub, side))
+                assert hub.process is not None
+                side.hub_rss_mib = rss_mib(hub.process.pid)
+                attempt(side, "idle hub", lambda: measure_idle_hub(hub, side))
+                attempt(side, "culling", lambda: measure_culling(hub, side, servers))
         finally:
-            from benchmarks.spawn_storm import clear
-
-            clear(hub, plane, namespaces)
+            hub.stop()
+            delete_namespaces(plane, namespaces)
+            deadline = time.monotonic() + 600
+            while pods_of(plane, prefix) and time.monotonic() < deadline:
+                time.sleep(1)
     return side
 
 

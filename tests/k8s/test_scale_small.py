@@ -6,7 +6,8 @@ over-committed, and after the restart every server still running, ready in the h
 the ledger (an open, started session each). No timing is asserted.
 
 Broken once: GPUKubeSpawner's start no longer marked its session started (metering_started
-skipped), and the test failed with no server billed after the restart."""
+skipped), and the test failed: 30 of 31 billed (reconciliation had marked the storm's sessions
+started from their pods, a tick late; the server spawned after the restart was not yet)."""
 
 from __future__ import annotations
 

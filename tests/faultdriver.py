@@ -19,13 +19,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 import requests
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from spawner_ext.ledger.models import UsageSession
+from spawner_ext.ledger.store import Ledger
 
 
 class Target(Protocol):
@@ -345,6 +349,17 @@ def service_ticked_since(hub_url: str, moment: str) -> bool:
 
 
 # --- the check -----------------------------------------------------------------------------------
+
+
+def sessions_since(ledger_url: str, since: datetime) -> list[UsageSession]:
+    """The ledger's sessions requested at or after `since`, in the order they were made."""
+    ledger = Ledger.open(ledger_url)
+    try:
+        with Session(ledger.engine) as db:
+            query = select(UsageSession).where(UsageSession.requested_at >= since)
+            return list(db.scalars(query.order_by(UsageSession.id)))
+    finally:
+        ledger.engine.dispose()
 
 
 def check_billing(

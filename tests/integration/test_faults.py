@@ -30,11 +30,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from spawner_ext.ledger.models import UsageSession
-from spawner_ext.ledger.store import Ledger
 from tests.faultdriver import (
     ProcessWatcher,
     check_billing,
@@ -42,6 +38,7 @@ from tests.faultdriver import (
     run_cycles,
     service_pid,
     service_ticked_since,
+    sessions_since,
 )
 
 from .conftest import Hub, needs_local_hub, wait_for
@@ -107,16 +104,6 @@ def ready(hub: Hub) -> bool:
         return False
 
 
-def sessions_since(hub: Hub, since: datetime) -> list[UsageSession]:
-    ledger = Ledger.open(f"sqlite:///{hub.state_dir / 'gpuhub-ledger.sqlite'}")
-    try:
-        with Session(ledger.engine) as db:
-            query = select(UsageSession).where(UsageSession.requested_at >= since)
-            return list(db.scalars(query.order_by(UsageSession.id)))
-    finally:
-        ledger.engine.dispose()
-
-
 @pytest.mark.integration
 @pytest.mark.faults
 def test_hub_and_service_sigkills_at_random_moments_bill_every_server_exactly_once(
@@ -153,7 +140,11 @@ def test_hub_and_service_sigkills_at_random_moments_bill_every_server_exactly_on
     wait_for("every server to end", lambda: not watcher.alive(), START_GRACE + 90, 0.5)
     lifetimes = watcher.stop()
     time.sleep(3 * TICK)  # the last closes are written, by the hub or by reconciliation
-    figures = check_billing(sessions_since(hub, since), lifetimes, TOLERANCE)
+    figures = check_billing(
+        sessions_since(f"sqlite:///{hub.state_dir / 'gpuhub-ledger.sqlite'}", since),
+        lifetimes,
+        TOLERANCE,
+    )
     assert all(len(times) >= KILLS_EACH for times in outcome.kills.values()), outcome.kills
     assert figures["shortest_s"] > 2 * TOLERANCE, "servers live long enough to tell"
     print(report("local mode", outcome, figures, TICK, TOLERANCE))

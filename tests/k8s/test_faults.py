@@ -31,12 +31,8 @@ from datetime import UTC, datetime
 
 import pytest
 from hub import K8sHub, delete_namespaces, running_hub
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 from testbed import H100, ControlPlane, Json
 
-from spawner_ext.ledger.models import UsageSession
-from spawner_ext.ledger.store import Ledger
 from tests.faultdriver import (
     PodWatcher,
     check_billing,
@@ -44,6 +40,7 @@ from tests.faultdriver import (
     run_cycles,
     service_pid,
     service_ticked_since,
+    sessions_since,
 )
 
 pytestmark = [pytest.mark.k8s, pytest.mark.faults]
@@ -144,14 +141,7 @@ def test_hub_and_service_sigkills_at_random_moments_bill_every_pod_exactly_once(
     )
     lifetimes = watcher.stop()
     time.sleep(3 * TICK)
-    ledger = Ledger.open(hub.ledger_url or "")
-    try:
-        with Session(ledger.engine) as db:
-            query = select(UsageSession).where(UsageSession.requested_at >= since)
-            sessions = list(db.scalars(query.order_by(UsageSession.id)))
-    finally:
-        ledger.engine.dispose()
-    figures = check_billing(sessions, lifetimes, TOLERANCE)
+    figures = check_billing(sessions_since(hub.ledger_url or "", since), lifetimes, TOLERANCE)
     assert all(len(times) >= KILLS_EACH for times in outcome.kills.values()), outcome.kills
     assert figures["shortest_s"] > 2 * TOLERANCE, "pods live long enough to tell"
     print(report("Kubernetes", outcome, figures, TICK, TOLERANCE))

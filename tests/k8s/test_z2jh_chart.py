@@ -36,13 +36,10 @@ from chart import (
     secret_data,
     service_account_token,
 )
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 from testbed import H100, ApiError, ControlPlane, free_port
 
 from spawner_ext.ledger.models import UsageSession
-from spawner_ext.ledger.store import Ledger
-from tests.faultdriver import PodWatcher, check_billing
+from tests.faultdriver import PodWatcher, check_billing, sessions_since
 
 pytestmark = pytest.mark.k8s
 
@@ -475,10 +472,4 @@ def test_a_killed_hub_started_again_on_the_same_values_keeps_every_server_billed
 
 
 def ledger_sessions(hub: ChartHub, since: datetime) -> list[UsageSession]:
-    ledger = Ledger.open(f"sqlite:///{hub.ledger_path}")
-    try:
-        with Session(ledger.engine) as db:
-            query = select(UsageSession).where(UsageSession.requested_at >= since)
-            return list(db.scalars(query.order_by(UsageSession.id)))
-    finally:
-        ledger.engine.dispose()
+    return sessions_since(f"sqlite:///{hub.ledger_path}", since)

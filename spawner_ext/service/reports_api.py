@@ -8,6 +8,7 @@ Authenticated by JupyterHub (OAuth in the browser, or a JupyterHub API token in
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import date
 from decimal import Decimal
@@ -15,6 +16,7 @@ from typing import Any
 
 from jupyterhub.services.auth import HubOAuthenticated
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from sqlalchemy.exc import DBAPIError
 from tornado import web
 
 from ..clock import utcnow
@@ -39,6 +41,12 @@ from .metrics import exposition, metrics_registry
 from .openapi import OPENAPI
 
 CSV_FLUSH_ROWS = 1000
+BILLING_UNAVAILABLE = (
+    "the billing database is not answering; nothing was recorded or read, try again in a minute"
+)
+RETRY_AFTER_SECONDS = 30
+
+log = logging.getLogger("gpuhub.service")
 
 
 class APIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
@@ -70,7 +78,24 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
         exc = kwargs.get("exc_info", (None, None))[1]
         if isinstance(exc, web.HTTPError) and exc.log_message:
             message = exc.log_message  # the sentence for a person; the reason stays standard
+        elif isinstance(exc, DBAPIError):  # an outage or a failover, not a bug: 503, retry
+            status_code, message = 503, BILLING_UNAVAILABLE
+            self.set_status(status_code)
+            self.set_header("Retry-After", str(RETRY_AFTER_SECONDS))
         self.finish(json.dumps({"status": status_code, "message": message}))
+
+    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
+        """A billing database that does not answer is one line in the log, not a traceback."""
+        if isinstance(value, DBAPIError):
+            first = str(value.orig or value).splitlines()[0] if str(value) else ""
+            log.warning(
+                "service: %s %s answered 503, the billing database did not answer: %s",
+                self.request.method,
+                self.request.path,
+                first,
+            )
+            return
+        super().log_exception(typ, value, tb)
 
     def wants_csv(self, params: Mapping[str, Sequence[str]]) -> bool:
         """CSV (format=csv, or Accept: text/csv without format) or JSON; 400 for another."""

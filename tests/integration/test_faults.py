@@ -52,9 +52,9 @@ WORKERS = {
     "grace": {"profile": "h100-single"},
     "lin": {"profile": "h100-single", "team": "vision"},
 }
-CYCLES_PER_WORKER = 6  # at least; more while the kills are still to come
+CYCLES_PER_WORKER = 4  # at least; more while the kills are still to come
 HOLD = (8, 24)  # seconds a server runs once ready (seeded uniform); it lives ~2 s longer
-PAUSE = (10, 20)  # seconds between kills (seeded uniform), after the last one recovered
+PAUSE = (5, 10)  # seconds between kills (seeded uniform), after the last one recovered
 KILLS_EACH = 3
 # Seconds the measurement itself may be off: the watcher's scan (0.1 s apart, up to 0.5 s on a
 # loaded 2-core machine) at each end of a life, whole-second billing (< 1 s), and the hub's look

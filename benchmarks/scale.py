@@ -32,12 +32,14 @@ Not a test: nothing here asserts timing. The quota and the survival counts are p
 reader to check (tests/k8s check them at CI size).
 
     .venv/bin/python -m benchmarks.scale [--servers 250 500 1000] [--nodes 128] [--users 5000]
+        [--postgres] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import platform
@@ -69,6 +71,7 @@ from benchmarks.spawn_storm import (
 )
 from spawner_ext.catalog import load_catalog
 from spawner_ext.clock import utcnow
+from spawner_ext.ledger.engine import upgrade
 from spawner_ext.ledger.store import Ledger
 from spawner_ext.service.app import TICK_STEPS
 from spawner_ext.service.culler import Culler
@@ -384,13 +387,23 @@ def wait_ready(hub: K8sHub, names: list[str], timeout: float) -> float:
 
 
 def run_side(
-    plane: ControlPlane, workdir: Path, servers: int, users: int, ours: bool, measure: bool = True
+    plane: ControlPlane,
+    workdir: Path,
+    servers: int,
+    users: int,
+    ours: bool,
+    measure: bool = True,
+    ledger_url: str | None = None,
 ) -> Side:
     """One side at N = `servers`: storm, restart and what survived it; with `measure`, the
     tick, the idle hub and the culling cycles too (tests/k8s/test_scale_small.py runs it
-    without, at CI size)."""
+    without, at CI size). `ledger_url`: gpuhub's ledger (an empty database, upgraded here;
+    None: SQLite in the hub's directory)."""
     prefix = f"scale-{'gpuhub' if ours else 'stock'}-{servers}"
     settings: dict[str, Any] = {"namespace": f"{prefix}-hub", "start_timeout": 900}
+    if ours and ledger_url is not None:
+        upgrade(ledger_url)
+        settings["ledger_url"] = ledger_url
     if ours:
         quotas = (EQUAL_QUOTA,) * TEAMS
         document = catalog(users, prefix, quotas)
@@ -497,12 +510,29 @@ def ratios(sides: list[Side]) -> str:
     return "\n".join(lines)
 
 
+def create_database(server: Any, name: str) -> str:
+    """A new database `name` on the PostgreSQL `server`; its SQLAlchemy URL."""
+    import psycopg
+
+    admin = f"host={server.host} port={server.port} user={server.user} dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    url: str = server.url(name)
+    return url
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", type=int, nargs="+", default=[250, 500, 1000])
     parser.add_argument("--nodes", type=int, default=128)
     parser.add_argument("--users", type=int, default=5000)
     parser.add_argument("--keep", type=Path, help="keep the hubs' directories here")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="gpuhub's ledger on a throwaway PostgreSQL server (tests/postgres.py), a database "
+        "per N, instead of SQLite in the hub's directory",
+    )
     args = parser.parse_args(argv)
     if (
         max(args.servers) + TEAMS + 1 > args.nodes * H100.gpus
@@ -514,14 +544,23 @@ def main(argv: list[str] | None = None) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="scale-") as scratch,
         ControlPlane(build_binaries()) as plane,
+        contextlib.ExitStack() as stack,
     ):
         workdir = args.keep or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
         plane.add_kwok_gpu_nodes(args.nodes, H100)
+        postgres = None
+        if args.postgres:
+            from tests.postgres import start_server
+
+            postgres = stack.enter_context(contextlib.contextmanager(start_server)())
         for servers in args.servers:
             for ours in (True, False):
                 began = time.monotonic()
-                side = run_side(plane, workdir, servers, args.users, ours)
+                url = None
+                if ours and postgres is not None:
+                    url = create_database(postgres, f"scale_{servers}")
+                side = run_side(plane, workdir, servers, args.users, ours, ledger_url=url)
                 sides.append(side)
                 print(
                     f"  {side.label} N={servers}: {time.monotonic() - began:.0f} s, "

@@ -31,7 +31,6 @@ mode shows that part).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -57,7 +56,7 @@ from spawner_ext.ledger.models import UsageSession
 from spawner_ext.ledger.store import Ledger
 from spawner_ext.wire import STATE_SESSION, read_session
 from tests.faultdriver import ProcessWatcher, check_billing
-from tests.integration.conftest import Hub, needs_local_hub
+from tests.integration.conftest import Hub, lean_servers, needs_local_hub
 from tests.pg_replica import ReplicatedPair, database_name, start_pair
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,16 +65,6 @@ SLACK = 2.0  # the watcher's scans and whole-second billing (as tests/integratio
 TOLERANCE = TICK + SLACK
 GPU = {"profile": "h100-single"}
 CPU = {"profile": "cpu-small"}
-LEAN_SERVER = {  # jupyter_server with JupyterHub's extension only: the same server, started faster
-    "ServerApp": {
-        "jpserver_extensions": {
-            "jupyterlab": False,
-            "jupyter_lsp": False,
-            "notebook_shim": False,
-            "jupyter_server_terminals": False,
-        }
-    }
-}
 BILLING_UNAVAILABLE = "billing is unavailable"
 PrimaryLoss = Literal["kill", "freeze"]
 
@@ -173,16 +162,10 @@ def failover_hub(workdir: Path, url: str, users: list[str], gpus: int) -> Iterat
     """`gpuhub up` with `gpus` simulated H100s and its ledger at `url`; cleaned up after."""
     needs_local_hub()
     (workdir / "catalog.yaml").write_text(catalog_text(users))
-    (workdir / "jupyter").mkdir()
-    (workdir / "jupyter" / "jupyter_server_config.json").write_text(json.dumps(LEAN_SERVER))
     hub = Hub(
         workdir, f"{gpus}xh100-80gb", "--config", str(workdir / "catalog.yaml"), "--db-url", url
     )
-    hub.extra_config.write_text(
-        hub.extra_config.read_text()
-        + f"c.Spawner.environment = {{'JUPYTER_CONFIG_DIR': {str(workdir / 'jupyter')!r}}}\n"
-        + "c.Spawner.default_url = '/api'\n"
-    )
+    lean_servers(hub)
     try:
         hub.start()
         yield hub

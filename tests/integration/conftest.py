@@ -5,6 +5,7 @@ process it started is ended afterwards, even on failure."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -338,6 +339,32 @@ class Hub:
             timeout=60,
         )
         return session, response
+
+
+LEAN_SERVER = {  # jupyter_server with JupyterHub's extension only: the same server, started faster
+    "ServerApp": {
+        "jpserver_extensions": {
+            "jupyterlab": False,
+            "jupyter_lsp": False,
+            "notebook_shim": False,
+            "jupyter_server_terminals": False,
+        }
+    }
+}
+
+
+def lean_servers(hub: Hub) -> None:
+    """The hub's servers start as jupyter_server with JupyterHub's extension only (LEAN_SERVER,
+    from a Jupyter config directory in the hub's workdir), their default URL the server's API:
+    for tests that start and stop many servers and never open JupyterLab. Call before start."""
+    config_dir = hub.workdir / "jupyter"
+    config_dir.mkdir(exist_ok=True)
+    (config_dir / "jupyter_server_config.json").write_text(json.dumps(LEAN_SERVER))
+    hub.extra_config.write_text(
+        hub.extra_config.read_text()
+        + f"c.Spawner.environment = {{'JUPYTER_CONFIG_DIR': {str(config_dir)!r}}}\n"
+        + "c.Spawner.default_url = '/api'\n"
+    )
 
 
 def _field(text: str, pattern: str, *, required: bool = True) -> str:

@@ -19,7 +19,6 @@ process by its configuration, on a copy of the code; see docs/benchmarks.md):
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -41,7 +40,7 @@ from tests.faultdriver import (
     sessions_since,
 )
 
-from .conftest import Hub, needs_local_hub, wait_for
+from .conftest import Hub, lean_servers, needs_local_hub, wait_for
 
 ROOT = Path(__file__).parents[2]
 TICK = 2  # seconds between reconciliations in this test's catalog
@@ -61,16 +60,6 @@ KILLS_EACH = 3
 # at a stopping server (0.1 s) with its ledger write. docs/benchmarks.md states the same bound.
 SLACK = 2.0
 TOLERANCE = TICK + SLACK  # a server the hub lost track of is billed until reconciliation saw it
-LEAN_SERVER = {  # jupyter_server with JupyterHub's extension only: the same server, started faster
-    "ServerApp": {
-        "jpserver_extensions": {
-            "jupyterlab": False,
-            "jupyter_lsp": False,
-            "notebook_shim": False,
-            "jupyter_server_terminals": False,
-        }
-    }
-}
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +70,10 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     text = text.replace("reconcile_interval: 30s", f"reconcile_interval: {TICK}s")
     text = text.replace("metering:\n", f"metering:\n  start_grace: {START_GRACE}s\n", 1)
     (workdir / "catalog.yaml").write_text(text)
-    (workdir / "jupyter").mkdir()
-    (workdir / "jupyter" / "jupyter_server_config.json").write_text(json.dumps(LEAN_SERVER))
     hub = Hub(workdir, "6xh100-80gb", "--config", str(workdir / "catalog.yaml"))
+    lean_servers(hub)
     hub.extra_config.write_text(
-        hub.extra_config.read_text()
-        + "c.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}\n"
-        + f"c.Spawner.environment = {{'JUPYTER_CONFIG_DIR': {str(workdir / 'jupyter')!r}}}\n"
-        + "c.Spawner.default_url = '/api'\n"
+        hub.extra_config.read_text() + "c.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}\n"
     )
     try:
         hub.start()

@@ -87,7 +87,7 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
         """A billing database that does not answer is one line in the log, not a traceback."""
         if isinstance(value, DBAPIError):
-            first = str(value.orig or value).splitlines()[0] if str(value) else ""
+            first = (str(value.orig or value).splitlines() or [""])[0]
             log.warning(
                 "service: %s %s answered 503, the billing database did not answer: %s",
                 self.request.method,

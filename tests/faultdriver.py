@@ -351,12 +351,15 @@ def service_ticked_since(hub_url: str, moment: str) -> bool:
 # --- the check -----------------------------------------------------------------------------------
 
 
-def sessions_since(ledger_url: str, since: datetime) -> list[UsageSession]:
-    """The ledger's sessions requested at or after `since`, in the order they were made."""
+def sessions_since(ledger_url: str, since: datetime | None = None) -> list[UsageSession]:
+    """The ledger's sessions requested at or after `since` (None: all), in the order they were
+    made."""
     ledger = Ledger.open(ledger_url)
     try:
         with Session(ledger.engine) as db:
-            query = select(UsageSession).where(UsageSession.requested_at >= since)
+            query = select(UsageSession)
+            if since is not None:
+                query = query.where(UsageSession.requested_at >= since)
             return list(db.scalars(query.order_by(UsageSession.id)))
     finally:
         ledger.engine.dispose()

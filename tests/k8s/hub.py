@@ -377,6 +377,14 @@ class K8sHub:
 
         return self.wait(f"{name}'s server {server!r} to be ready", ready, timeout)
 
+    def ready_pod(self, name: str, server: str = "") -> dict[str, Any]:
+        """The pod of the user's server once it is ready, as the API server has it."""
+        state = self.wait_ready(name, server)["state"]
+        pod: dict[str, Any] = self.plane.api.get(
+            f"/api/v1/namespaces/{state['namespace']}/pods/{state['pod_name']}"
+        )
+        return pod
+
     def stop_server(self, name: str, server: str = "", timeout: float = 90) -> None:
         response = self.api("DELETE", server_path(name, server))
         if response.status_code not in (202, 204):

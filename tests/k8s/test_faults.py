@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 
 import pytest
 from hub import K8sHub, delete_namespaces, running_hub
-from testbed import H100, ControlPlane, Json
+from testbed import H100, POOL_LABEL, ControlPlane, Json, pooled_h100_type
 
 from tests.faultdriver import (
     PodWatcher,
@@ -45,7 +45,6 @@ from tests.faultdriver import (
 
 pytestmark = [pytest.mark.k8s, pytest.mark.faults]
 
-POOL_LABEL = "gpuhub.test/pool"
 TICK = 2  # seconds between reconciliations in this test's catalog
 # Seconds the measurement itself may be off: the watcher's listing (0.2 s apart, up to 0.5 s on
 # a loaded machine) at each end of a life, whole-second billing (< 1 s), and the hub's own view
@@ -58,22 +57,13 @@ CYCLES_PER_WORKER = 3  # at least; more while the kills are still to come
 HOLD = (8, 24)  # seconds a server runs once ready (seeded uniform)
 PAUSE = (5, 10)  # seconds between kills (seeded uniform), after the last one recovered
 KILLS_EACH = 3
-TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
 def catalog(pool: str, prefix: str) -> Json:
     return {
         "metering": {"currency": "USD", "reconcile_interval": f"{TICK}s", "start_grace": "20s"},
         "kubernetes": {"namespace_template": f"{prefix}-{{team}}"},
-        "gpu_types": {
-            "h100-80gb": {
-                "display_name": "NVIDIA H100 80GB",
-                "resource": "nvidia.com/gpu",
-                "price_per_hour": 4.10,
-                "node_selector": {"nvidia.com/gpu.product": H100.product, POOL_LABEL: pool},
-                "tolerations": TOLERATIONS,
-            }
-        },
+        "gpu_types": {"h100-80gb": pooled_h100_type(pool)},
         "teams": {
             "vision": {"users": USERS, "quota": {"gpus": {"h100-80gb": 8}}},
         },

@@ -24,20 +24,16 @@ from typing import Any
 import pytest
 import requests
 from hub import VENV_BIN, K8sHub, delete_namespaces, running_hub, server_path
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-from testbed import H100, ControlPlane, GpuNodeSpec, Json
+from testbed import H100, POOL_LABEL, ControlPlane, GpuNodeSpec, Json, pooled_h100_type
 
 from spawner_ext.end_reason import EndReason
 from spawner_ext.ledger.models import UsageSession
-from spawner_ext.ledger.store import Ledger
+from tests.faultdriver import sessions_since
 
 pytestmark = [pytest.mark.k8s, pytest.mark.postgres]
 
-POOL_LABEL = "gpuhub.test/pool"
 TICK = 1
 GRACE = 4
-TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 INSTALL = "gpuhub.io/install"
 TEAM = "gpuhub.io/team"
 A, B = "dept-a", "dept-b"
@@ -60,15 +56,7 @@ def catalog(pool: str) -> Json:
         },
         "culling": {"interval": "1s"},
         "kubernetes": {"namespace_template": f"hl-{pool}-{{install}}-{{team}}"},
-        "gpu_types": {
-            "h100-80gb": {
-                "display_name": "NVIDIA H100 80GB",
-                "resource": "nvidia.com/gpu",
-                "price_per_hour": 4.10,
-                "node_selector": {"nvidia.com/gpu.product": H100.product, POOL_LABEL: pool},
-                "tolerations": TOLERATIONS,
-            }
-        },
+        "gpu_types": {"h100-80gb": pooled_h100_type(pool)},
         "teams": {
             "vision": {
                 "users": VISION,
@@ -179,27 +167,14 @@ def live_pods(plane: ControlPlane, hubs: Hubs, team: str) -> list[Json]:
 
 
 def sessions(hubs: Hubs) -> list[UsageSession]:
-    ledger = Ledger.open(hubs.ledger_url)
-    try:
-        with Session(ledger.engine) as db:
-            return list(db.scalars(select(UsageSession).order_by(UsageSession.id)))
-    finally:
-        ledger.engine.dispose()
-
-
-def pod_of(hub: K8sHub, user: str) -> Json:
-    state = hub.wait_ready(user)["state"]
-    pod: Json = hub.plane.api.get(
-        f"/api/v1/namespaces/{state['namespace']}/pods/{state['pod_name']}"
-    )
-    return pod
+    return sessions_since(hubs.ledger_url)
 
 
 def started(hub: K8sHub, user: str, profile: str = "h100-single") -> Json:
     """Spawn `user`'s server on `hub` and return its running pod."""
     response = hub.spawn(user, {"profile": profile})
     assert response.status_code in (201, 202), response.text
-    return pod_of(hub, user)
+    return hub.ready_pod(user)
 
 
 def settle(hub: K8sHub, user: str) -> bool:
@@ -389,7 +364,7 @@ def test_a_gpu_freed_on_one_hub_serves_the_line_on_the_other(
         assert hubs.a.server("v7") is None
         hubs.b.stop_server("v3")
         hubs.a.wait("A's service to start v7's server", lambda: hubs.a.server("v7"), 60)
-        pod = pod_of(hubs.a, "v7")
+        pod = hubs.a.ready_pod("v7")
         assert pod["metadata"]["labels"][INSTALL] == A
         running = live_pods(control_plane, hubs, "vision")
         assert len(running) == VISION_QUOTA, [p["metadata"]["name"] for p in running]

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import pytest
 from hub import HubError, K8sHub, delete_namespaces, running_hub
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 from testbed import H100, ControlPlane, GpuNodeSpec, Json
 
 from spawner_ext.ledger.models import UsageSession
 from spawner_ext.ledger.store import Ledger
+from tests.faultdriver import sessions_since
 
 pytestmark = pytest.mark.k8s
 
@@ -119,21 +120,7 @@ def pods(plane: ControlPlane, namespace: str) -> dict[str, Json]:
 
 def sessions(hub: K8sHub) -> list[UsageSession]:
     assert hub.ledger_url is not None
-    ledger = Ledger.open(hub.ledger_url)
-    try:
-        with Session(ledger.engine) as db:
-            return list(db.scalars(select(UsageSession).order_by(UsageSession.id)))
-    finally:
-        ledger.engine.dispose()
-
-
-def running_pod(hub: K8sHub, user: str) -> Json:
-    model = hub.wait_ready(user)
-    state = model["state"]
-    pod: Json = hub.plane.api.get(
-        f"/api/v1/namespaces/{state['namespace']}/pods/{state['pod_name']}"
-    )
-    return pod
+    return sessions_since(hub.ledger_url)
 
 
 def wait_ticks(hub: K8sHub, count: int) -> None:
@@ -158,7 +145,7 @@ def test_two_installs_bill_and_keep_only_their_own_servers(
             response = hub.spawn(user, {"profile": profile})
             assert response.status_code in (201, 202), response.text
     started = {
-        (name, user): running_pod(hub, user)
+        (name, user): hub.ready_pod(user)
         for name, hub in (("blue", blue), ("green", green))
         for user in ("ada", "lin")
     }
@@ -232,7 +219,7 @@ def test_pods_from_before_installs_are_billed_by_the_hub_that_lists_them(
     blue, green = installs.blue, installs.green
     response = blue.spawn("ada", {"profile": "h100-single"})
     assert response.status_code in (201, 202), response.text
-    pod = running_pod(blue, "ada")
+    pod = blue.ready_pod("ada")
     meta = pod["metadata"]
     path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
     control_plane.api.merge_patch(path, {"metadata": {"labels": {INSTALL: None}}})

@@ -18,16 +18,22 @@ import pytest
 import requests
 from hub import K8sHub, delete_namespaces, ensure_namespace, running_hub
 from playwright.sync_api import Expect
-from testbed import H100, ControlPlane, GpuNodeSpec, Json
+from testbed import (
+    GPU_TOLERATIONS,
+    H100,
+    POOL_LABEL,
+    ControlPlane,
+    GpuNodeSpec,
+    Json,
+    pooled_h100_type,
+)
 
 from spawner_ext.catalog import load_catalog
 from spawner_ext.ledger.store import Ledger
 
 pytestmark = pytest.mark.k8s
 
-POOL_LABEL = "gpuhub.test/pool"
 TICK = 1
-TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 INSTALL = "wl"
 RECLAIM_NOTICE = 6
 BROWSER_TIMEOUT_MS = 150_000  # a wait in the browser: a pod's start on the test bed at most
@@ -39,15 +45,7 @@ def catalog(pool: str) -> Json:
     return {
         "metering": {"currency": "USD", "reconcile_interval": f"{TICK}s", "start_grace": "60s"},
         "waitlist": {"hold": "2m"},
-        "gpu_types": {
-            "h100-80gb": {
-                "display_name": "NVIDIA H100 80GB",
-                "resource": "nvidia.com/gpu",
-                "price_per_hour": 4.10,
-                "node_selector": {"nvidia.com/gpu.product": H100.product, POOL_LABEL: pool},
-                "tolerations": TOLERATIONS,
-            }
-        },
+        "gpu_types": {"h100-80gb": pooled_h100_type(pool)},
         "teams": {
             "vision": {"users": ["ada", "lin"], "quota": {"gpus": {"h100-80gb": 4}}},
             # borrowing (test_a_borrowed_pod_is_reclaimed_for_the_lender_in_line): sam's team
@@ -97,7 +95,7 @@ def bed(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -
                 "metadata": {"name": "training", "labels": {"app": "training"}},
                 "spec": {
                     "nodeSelector": {POOL_LABEL: pool, "nvidia.com/gpu.product": H100.product},
-                    "tolerations": TOLERATIONS,
+                    "tolerations": GPU_TOLERATIONS,
                     "containers": [
                         {
                             "name": "train",

@@ -125,6 +125,21 @@ A100 = GpuNodeSpec(
     mig_resources={"nvidia.com/mig-1g.5gb": 7},
 )
 L4 = GpuNodeSpec(product="NVIDIA-L4", gpus=4, gpu_memory_mib=23034, mig_resources={})
+POOL_LABEL = "gpuhub.test/pool"
+"""A node label that keeps one test's kwok nodes (its pool) to that test's pods."""
+GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+"""What a pod needs to land on a GPU node's taint."""
+
+
+def pooled_h100_type(pool: str) -> dict[str, Any]:
+    """The catalog's `h100-80gb` GPU type, its pods kept to the nodes labelled with `pool`."""
+    return {
+        "display_name": "NVIDIA H100 80GB",
+        "resource": "nvidia.com/gpu",
+        "price_per_hour": 4.10,
+        "node_selector": {"nvidia.com/gpu.product": H100.product, POOL_LABEL: pool},
+        "tolerations": GPU_TOLERATIONS,
+    }
 
 
 def gpu_node_labels(name: str, spec: GpuNodeSpec) -> dict[str, str]:

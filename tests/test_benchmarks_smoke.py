@@ -92,7 +92,7 @@ async def test_monthly_totals_after_the_migration_match_the_history(tmp_path: Pa
                 )
                 expected[plan.key] = (Decimal(seconds) / 3600).quantize(Decimal("0.001"))
         for plan in plans:
-            usage = await ledger.team_usage(catalog, plan.key, "nobody")
+            usage = ledger.team_usage(catalog, plan.key, "nobody")
             assert usage.gpu_hours_this_month == expected[plan.key], plan.key
     finally:
         ledger.engine.dispose()

@@ -1,8 +1,9 @@
-"""The hub process's one HubContext: the catalog in force (with its reload watcher) and the billing
-ledger, plus what one runtime shares between spawns (local GPUs, team namespaces). Built on first
-use and kept in JupyterHub's own application settings, which every User and so every spawner
-shares, so there is one per hub (not per module); spawners reach it through their `context`
-trait, which tests and config can set to another.
+"""The hub process's one HubContext: the catalog in force (with its reload watcher), the billing
+ledger with the threads its calls run in (its lane, hub/ledger_lane.py), and what one runtime
+shares between spawns (local GPUs, team namespaces). Built on first use and kept in JupyterHub's
+own application settings, which every User and so every spawner shares, so there is one per hub
+(not per module); spawners reach it through their `context` trait, which tests and config can
+set to another.
 
 Per-spawn work only: hub-wide loops (reconciliation, budgets, quotas) live in the gpuhub service.
 """
@@ -11,22 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+import threading
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy.exc import DBAPIError
-
 from ..catalog.store import CatalogStore
-from ..ledger.engine import SchemaError
 from ..ledger.store import Ledger
+from .ledger_lane import CALL_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS, LedgerLane
 
 SETTINGS_KEY = "gpuhub_context"
 """Key of the HubContext in JupyterHub's tornado settings."""
 RELOAD_INTERVAL_SECONDS = 2.0
-RETRY_SECONDS = 2.0
-"""How often ledger writes that found the billing database down are tried again."""
 
 T = TypeVar("T")
 
@@ -42,6 +39,8 @@ class HubContext:
         install: str | None = None,
         log: logging.Logger | None = None,
         reload_interval: float = RELOAD_INTERVAL_SECONDS,
+        call_timeout: float = CALL_TIMEOUT_SECONDS,
+        read_timeout: float = READ_TIMEOUT_SECONDS,
     ) -> None:
         self.catalog_path = str(Path(catalog_path).absolute())
         self.ledger_url = ledger_url
@@ -52,8 +51,11 @@ class HubContext:
         self._watcher: asyncio.Task[None] | None = None
         self._ledger: Ledger | None = None
         self._parts: dict[type[Any], Any] = {}
-        self._pending: deque[tuple[str, Callable[[Ledger], object]]] = deque()
-        self._retrying: asyncio.Task[None] | None = None
+        self._opening = threading.Lock()
+        self.lane = LedgerLane(
+            self.ledger, self.log, call_timeout=call_timeout, read_timeout=read_timeout
+        )
+        """Where the hub's ledger work runs, off its event loop."""
 
     @property
     def store(self) -> CatalogStore:
@@ -66,11 +68,13 @@ class HubContext:
 
     def ledger(self) -> Ledger | None:
         """The billing ledger (None without metering); raises SchemaError naming
-        `gpuhub db upgrade` while its schema is missing or old (and tries again next call)."""
+        `gpuhub db upgrade` while its schema is missing or old (and tries again next call).
+        Opening it reads the database: in the hub, ask through `lane`, not in the event loop."""
         if not self.ledger_url:
             return None
-        if self._ledger is None:
-            self._ledger = Ledger.open(self.ledger_url, install=self.install)
+        with self._opening:  # the lane's and the read pool's threads may ask at once
+            if self._ledger is None:
+                self._ledger = Ledger.open(self.ledger_url, install=self.install)
         return self._ledger
 
     def write(
@@ -78,64 +82,18 @@ class HubContext:
         what: str,
         change: Callable[[Ledger], object],
         late: Callable[[Ledger], object] | None = None,
-    ) -> None:
-        """Apply a ledger write now. If the billing database does not answer (or earlier
-        writes still wait), keep it, in order with later writes, and retry every
-        `RETRY_SECONDS` until it does; a write that waited is applied as `late` if given (the
-        write carries its own times, so a late write bills the same). Lost only if the hub dies
-        first; reconciliation then closes the session at its last-seen time."""
-        waited = bool(self._pending)
-        if not waited and self._apply(what, change, waiting=1):
-            return
-        self._pending.append((what, late or change))
-        if waited and self.flush():
-            return
-        self._ensure_retry()
+    ) -> asyncio.Future[bool] | None:
+        """Queue a ledger write on the hub's ledger lane (hub/ledger_lane.py: in order, retried
+        while the billing database does not answer, applied late as `late`)."""
+        return self.lane.write(what, change, late)
 
     def flush(self) -> bool:
         """Try the pending writes in order; True when none is left."""
-        while self._pending:
-            what, change = self._pending[0]
-            if not self._apply(what, change, waiting=len(self._pending)):
-                return False
-            self._pending.popleft()
-        return True
-
-    def _apply(self, what: str, change: Callable[[Ledger], object], *, waiting: int) -> bool:
-        """Write `change`; False (and a warning naming it) while the database does not answer."""
-        try:
-            ledger = self.ledger()
-            if ledger is not None:
-                change(ledger)
-        except (DBAPIError, SchemaError) as exc:
-            self.log.warning(
-                "gpuhub: billing database unavailable; %d write(s) wait, first the %s: %s",
-                waiting,
-                what,
-                str(exc).splitlines()[0],
-            )
-            return False
-        return True
+        return self.lane.flush()
 
     @property
     def pending_writes(self) -> int:
-        return len(self._pending)
-
-    def _ensure_retry(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # tried again at the next write
-        if self._retrying is not None and not self._retrying.done():
-            return
-
-        async def retry() -> None:
-            while self._pending:
-                await asyncio.sleep(RETRY_SECONDS)
-                if self.flush():
-                    self.log.info("gpuhub: billing database back; pending writes recorded")
-
-        self._retrying = loop.create_task(retry())
+        return self.lane.pending_writes
 
     def part(self, kind: type[T], make: Callable[[], T]) -> T:
         """The one `kind` object of this hub (e.g. the local GPU allocator), made on first ask."""
@@ -166,9 +124,9 @@ class HubContext:
             self._watcher = loop.create_task(store.watch(self.reload_interval))
 
     def close(self) -> None:
-        for task in (self._watcher, self._retrying):
-            if task is not None:
-                task.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
+        self.lane.close()
         if self._ledger is not None:
             self._ledger.engine.dispose()
 
@@ -179,13 +137,14 @@ def context_in(
     ledger_url: str,
     log: logging.Logger | None = None,
     install: str | None = None,
+    call_timeout: float = CALL_TIMEOUT_SECONDS,
 ) -> HubContext:
     """The hub's HubContext, kept in its application `settings`; made on first call. Raises
     ValueError when spawners of one hub are configured with different catalogs or ledgers."""
     found = settings.get(SETTINGS_KEY)
     if found is None:
         found = settings[SETTINGS_KEY] = HubContext(
-            catalog_path, ledger_url, install=install, log=log
+            catalog_path, ledger_url, install=install, log=log, call_timeout=call_timeout
         )
     if (
         not isinstance(found, HubContext)

@@ -11,12 +11,13 @@ JupyterHub calls with the page's user. `home_page_config()` gives both settings.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
@@ -30,11 +31,13 @@ from ..ledger.rules import billed_seconds, session_cost
 from ..ledger.store import Ledger
 from ..policy.notices import BudgetNotice
 from ..wire import ServerState, ServerSummary
+from .ledger_lane import LedgerTimeout
 from .waiting import WaitingView
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE_VAR = "gpuhub_servers"
 TIMES = "\N{MULTIPLICATION SIGN}"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -164,88 +167,93 @@ def stopped_notice(
     return StoppedNotice(server_name, ended_at, reason, text)
 
 
+class _Lane(Protocol):
+    async def read(self, what: str, fn: Callable[[Ledger], T]) -> T: ...
+
+
 class _Context(Protocol):
     @property
     def store(self) -> CatalogStore: ...
 
-    def ledger(self) -> Ledger | None: ...
+    @property
+    def lane(self) -> _Lane: ...
 
 
 class _HasHomeView(Protocol):
     active: bool
     context: _Context
+    ledger_url: str
 
-    def home_view(self) -> RunningServerView | None: ...
+    async def home_view(self) -> RunningServerView | None: ...
 
-    def stopped_notice(self) -> StoppedNotice | None: ...
+    async def stopped_notice(self) -> StoppedNotice | None: ...
 
     def server_state(self) -> ServerState: ...
 
 
 class _HasWaiting(Protocol):
-    def waiting_views(self) -> list[WaitingView]: ...
+    async def waiting_views(self) -> list[WaitingView]: ...
 
 
 class HomeServers:
     """The `gpuhub_servers` template variable: a user's running gpuhub servers, read only when
-    a template iterates it (JupyterHub computes template variables for every page)."""
+    a template iterates it (JupyterHub computes template variables for every page). Its reads
+    are coroutines (the ledger is read off the hub's event loop): JupyterHub renders pages
+    with Jinja's async mode, which awaits them."""
 
     def __init__(self, user: Any) -> None:
         self.user = user
 
-    def _spawners(self) -> Iterator[_HasHomeView]:
+    def _spawners(self) -> list[_HasHomeView]:
         spawners = getattr(self.user, "spawners", None) or {}
-        for name in sorted(spawners):
-            spawner = spawners[name]
-            if hasattr(spawner, "home_view"):
-                yield spawner
+        return [spawners[name] for name in sorted(spawners) if hasattr(spawners[name], "home_view")]
 
-    def __iter__(self) -> Iterator[RunningServerView]:
-        for spawner in self._spawners():
-            view = spawner.home_view() if getattr(spawner, "active", False) else None
+    def __aiter__(self) -> AsyncIterator[RunningServerView]:
+        return self._views()
+
+    async def _views(self) -> AsyncIterator[RunningServerView]:
+        active = [s for s in self._spawners() if getattr(s, "active", False)]
+        for view in await asyncio.gather(*(s.home_view() for s in active)):
             if view is not None:
                 yield view
 
-    def budget_notices(self) -> list[BudgetNotice]:
+    async def budget_notices(self) -> list[BudgetNotice]:
         """The budget notice of each team the user's running GPU servers are charged to (one per
         team), where the team is at or past its warning threshold."""
         teams: dict[str, _HasHomeView] = {}
         for spawner in self._spawners():
             summary = spawner.server_state().summary if getattr(spawner, "active", False) else None
-            if summary is not None and summary.team and summary.gpu_count:
+            if summary is not None and summary.team and summary.gpu_count and spawner.ledger_url:
                 teams.setdefault(summary.team, spawner)
         notices = []
         now = utcnow()
         for team, spawner in sorted(teams.items()):
             try:
-                ledger = spawner.context.ledger()
-                if ledger is None:
-                    continue
-                state = team_budget_state(ledger, team)
-            except (DBAPIError, SchemaError):
+                state = await spawner.context.lane.read(
+                    f"budget of team {team}",
+                    lambda ledger, team=team: team_budget_state(ledger, team),  # type: ignore[misc]
+                )
+            except (DBAPIError, SchemaError, LedgerTimeout):
                 continue  # the row's cost says the billing database does not answer
             notice = team_budget_notice(spawner.context.store.catalog, team, state, now)
             if notice is not None:
                 notices.append(notice)
         return notices
 
-    def stopped(self) -> list[StoppedNotice]:
+    async def stopped(self) -> list[StoppedNotice]:
         """Servers gpuhub stopped in the last day (not running again since)."""
-        found = []
-        for spawner in self._spawners():
-            notice = None if getattr(spawner, "active", False) else spawner.stopped_notice()
-            if notice is not None:
-                found.append(notice)
-        return found
+        stopped = [s for s in self._spawners() if not getattr(s, "active", False)]
+        found = await asyncio.gather(*(s.stopped_notice() for s in stopped))
+        return [notice for notice in found if notice is not None]
 
-    def waiting(self) -> list[WaitingView]:
+    async def waiting(self) -> list[WaitingView]:
         """The user's live wait-list requests. They are the user's, not one server's: asked of
         one of their gpuhub spawners (the default server's when it is one)."""
         spawners = getattr(self.user, "spawners", None) or {}
         for name in sorted(spawners):  # '' first
             spawner: _HasWaiting = spawners[name]
             if hasattr(spawner, "waiting_views"):
-                return spawner.waiting_views()
+                return await spawner.waiting_views()
         return []
 
 

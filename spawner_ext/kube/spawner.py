@@ -182,11 +182,11 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         try:
             result = await self._start()
         except BaseException:
-            self.metering_ended(EndReason.FAILED)
+            await self.metering_ended(EndReason.FAILED)
             raise
         finally:
             self._starting = False
-        self.metering_started(f"{self.namespace}/{self.pod_name}")
+        await self.metering_started(f"{self.namespace}/{self.pod_name}")
         return result
 
     async def stop(self, now: bool = False) -> None:
@@ -202,7 +202,7 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
             return
         await super().stop(now=now)
 
-    async def refresh_capacity(self, ledger: Ledger, catalog: Catalog) -> bool:
+    async def refresh_capacity(self, catalog: Catalog) -> bool:
         """The matching nodes' free GPUs now (kube/capacity.py), into the ledger: asked when
         admission found none free on the gpuhub service's last count, which may be a tick old
         (a workload or a filler pod just went, a node just came)."""
@@ -213,8 +213,12 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         except (ApiException, OSError) as exc:
             self.log.warning("gpuhub: could not count the cluster's free GPUs: %s", exc)
             return False
-        for gpu_type, (total, elsewhere) in found.items():
-            ledger.set_capacity(gpu_type, total, elsewhere)
+
+        def record(ledger: Ledger) -> None:
+            for gpu_type, (total, elsewhere) in found.items():
+                ledger.set_capacity(gpu_type, total, elsewhere)
+
+        await self.context.lane.call("count of the cluster's free GPUs", record)
         return bool(found)
 
     def gone_reason(self) -> EndReason:

@@ -361,8 +361,8 @@ class AdmissionEngine(LedgerBase):
 
     # --- usage -------------------------------------------------------------------------------
 
-    async def team_usage(self, catalog: Catalog, team: str | None, user: str) -> TeamUsage:
-        """UsageSource for previews: what admission would count now (the team's holdings and
+    def team_usage(self, catalog: Catalog, team: str | None, user: str) -> TeamUsage:
+        """For the form's previews: what admission would count now (the team's holdings and
         GPU-hours used this month), as `_decide` reads it."""
         if team is None:
             return TeamUsage(user=user)

@@ -16,15 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from jupyterhub.spawner import LocalProcessSpawner
-from sqlalchemy.exc import DBAPIError
 from traitlets import Unicode
 
 from ..end_reason import EndReason
 from ..fakenvml import BuildError, build, environment, write_config
-from ..ledger.engine import SchemaError
 from ..notebook import NOTEBOOK_CONFIG, NOTEBOOK_DATA
 from ..policy.request import SpawnRefused
-from ..spawners.mixin import GPUSpawnerMixin, refusal
+from ..spawners.mixin import LEDGER_DOWN, GPUSpawnerMixin, refusal
 from ..wire import ServerState, read_state, server_env
 from .allocator import Allocator, NoFreeGPUs, RestoreError, visible_devices_env
 from .fakegpus import FakeNVMLFiles, fake_nvml_for
@@ -101,13 +99,14 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
 
         self.context.write("this machine's GPUs", record)
 
-    def _held_for_others(self, gpu_type: str) -> int:
+    async def _held_for_others(self, gpu_type: str) -> int:
         """GPUs of a type held for other people in line (0 when the ledger does not answer:
         admission, which counts holds, has let this spawn through already)."""
+        if not self.ledger_url:
+            return 0
         try:
-            ledger = self.context.ledger()
-            holds = ledger.holds() if ledger is not None else []
-        except (DBAPIError, SchemaError):
+            holds = await self.context.lane.read("holds", lambda ledger: ledger.holds())
+        except LEDGER_DOWN:
             return 0
         return sum(
             h.gpu_count
@@ -125,17 +124,15 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
         image) do nothing here, and the form says so."""
         return "local"
 
-    def _claim(self) -> None:
+    async def _claim(self) -> None:
         plan = self.plan
         if plan is None or not plan.gpu_type_key:
             self.devices = ()
             return
+        reserved = await self._held_for_others(plan.gpu_type_key)
         try:
             self.devices = self._allocator().claim(
-                self.server_key,
-                plan.gpu_type_key,
-                plan.gpu_count,
-                reserved=self._held_for_others(plan.gpu_type_key),
+                self.server_key, plan.gpu_type_key, plan.gpu_count, reserved=reserved
             )
         except NoFreeGPUs as exc:
             raise refusal(SpawnRefused(str(exc), reason="no-free-gpu")) from None
@@ -152,15 +149,15 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
         self._release()  # a previous run of this server that never reported its stop
         await self.plan_spawn()
         try:
-            self._claim()
+            await self._claim()
             url = await super().start()
         except BaseException:
             self._release()
-            self.metering_ended(EndReason.FAILED)
+            await self.metering_ended(EndReason.FAILED)
             raise
         # Billed from the process's start: it holds its GPUs from then on, whatever JupyterHub
         # records (reconciliation of a server the hub never recorded bills from there too).
-        self.metering_started(f"local:{self.pid}", process_start_time(self.pid))
+        await self.metering_started(f"local:{self.pid}", process_start_time(self.pid))
         return url
 
     def release_resources(self) -> None:

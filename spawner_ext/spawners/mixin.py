@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import DBAPIError
 from tornado import web
 from traitlets import Any as AnyTrait
-from traitlets import Instance, TraitError, Unicode, default, validate
+from traitlets import Float, Instance, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from ..catalog import Catalog
@@ -31,12 +31,14 @@ from ..hub.home import (
     running_server_view,
     stopped_notice,
 )
+from ..hub.ledger_lane import CALL_TIMEOUT_SECONDS, LedgerTimeout
 from ..hub.usage import RunningServersUsage, UsageSource
 from ..hub.waiting import WaitingView, waiting_view
 from ..install import InstallError, checked_install, default_install
 from ..ledger.activity import ActivityLedger
 from ..ledger.admission import Admission, AdmissionRefused, Request
 from ..ledger.engine import DEFAULT_URL, SchemaError
+from ..ledger.models import UsageSession
 from ..ledger.sessions import ServerRef
 from ..ledger.store import Ledger
 from ..ledger.waitlist import WAITABLE
@@ -62,6 +64,8 @@ except ImportError:  # pragma: no cover - older JupyterHub
 
 
 BILLING_UNAVAILABLE = "billing-unavailable"
+LEDGER_DOWN = (DBAPIError, SchemaError, LedgerTimeout)
+"""What a ledger call raises when the billing database does not answer (in time)."""
 
 
 def refusal(
@@ -162,6 +166,15 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         "simulated GPUs for real ones.",
     )
 
+    ledger_timeout = Float(
+        CALL_TIMEOUT_SECONDS,
+        config=True,
+        help="Seconds a spawn waits for its admission by the billing database (run off the "
+        "hub's event loop, behind the hub's earlier ledger work) before it is refused as "
+        "'billing is unavailable'. An admission that finishes later is closed unstarted. "
+        "Read once, when the hub's first spawner is made.",
+    )
+
     context = Instance(
         HubContext,
         config=True,
@@ -181,7 +194,12 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
             settings = {}
         fresh = SETTINGS_KEY not in settings
         context = context_in(
-            settings, self.catalog_path, self.ledger_url, self.log, install=self.install
+            settings,
+            self.catalog_path,
+            self.ledger_url,
+            self.log,
+            install=self.install,
+            call_timeout=self.ledger_timeout,
         )
         if fresh and self.ledger_url and not _service_registered(self.config):
             self.log.warning(
@@ -236,25 +254,20 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         groups = frozenset(group.name for group in getattr(self.user, "groups", []) or [])
         return Identity(self.user.name, groups, bool(getattr(self.user, "admin", False)))
 
-    def ledger(self) -> Ledger | None:
-        try:
-            ledger: Ledger | None = self.context.ledger()
-        except SchemaError as exc:
-            self.log.error("gpuhub: %s", exc)
-            raise web.HTTPError(503, f"The billing database is not ready: {exc}") from None
-        except DBAPIError as exc:
-            raise _billing_unavailable(self, exc) from None
-        return ledger
-
     async def _team_usage(self, team: str | None, user: str) -> TeamUsage:
         catalog = self.catalog_version().catalog
-        fallback = RunningServersUsage(self.db)
+        fallback: UsageSource = RunningServersUsage(self.db)
         try:
-            source: UsageSource = self.usage_source or self.ledger() or fallback
-            return await source.team_usage(catalog, team, user)
-        except (DBAPIError, web.HTTPError) as exc:
+            if self.usage_source is not None:
+                source: UsageSource = self.usage_source
+                return await source.team_usage(catalog, team, user)
+            if self.ledger_url:
+                return await self.context.lane.read(
+                    f"usage of team {team}", lambda ledger: ledger.team_usage(catalog, team, user)
+                )
+        except LEDGER_DOWN as exc:
             self.log.warning("gpuhub: form preview without the billing database: %s", exc)
-            return await fallback.team_usage(catalog, team, user)
+        return await fallback.team_usage(catalog, team, user)
 
     # --- form ------------------------------------------------------------------------------
 
@@ -265,7 +278,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         usage: dict[str | None, TeamUsage] = {
             team: await self._team_usage(team, who.name) for team in teams
         }
-        lines = self.form_lines(catalog, who.name, line_keys(catalog, who))
+        lines = await self.form_lines(catalog, who.name, line_keys(catalog, who))
         view = form_view(
             catalog,
             who,
@@ -281,33 +294,22 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         )
         return render_form(view)
 
-    def form_lines(
+    async def form_lines(
         self, catalog: Catalog, user: str, keys: Iterable[LineKey]
     ) -> dict[LineKey, LineSpot] | None:
         """The GPU types' lines for the form, read from the ledger: the GPUs free per type, and
         (wait-list on) the place and estimate a request of `user` would get for each key. None
         without the billing database, or when it does not answer: the form then offers no
         wait."""
+        if not self.ledger_url:
+            return None
         try:
-            ledger = self.context.ledger()
-            if ledger is None:
-                return None
-            taken = [(s.gpu_type, s.gpu_count) for s in ledger.open_sessions()]
-            taken += [(h.gpu_type, h.gpu_count) for h in ledger.holds()]
-            usable = usable_capacities(catalog, ledger.capacities())
-            free = free_gpus(usable, taken)
-            lines = {}
-            for team, gpu_type, gpu_count in keys:
-                place, when = None, None
-                if catalog.waitlist.enabled:
-                    place, when = ledger.preview(catalog, team, user, gpu_type, gpu_count)
-                lines[team, gpu_type, gpu_count] = LineSpot(
-                    place, when, free.get(gpu_type), usable.get(gpu_type)
-                )
-        except (DBAPIError, SchemaError, web.HTTPError) as exc:
+            return await self.context.lane.read(
+                "form's lines", lambda ledger: _form_lines(ledger, catalog, user, keys)
+            )
+        except (*LEDGER_DOWN, web.HTTPError) as exc:
             self.log.warning("gpuhub: form without the wait-list (billing database): %s", exc)
             return None
-        return lines
 
     def form_runtime(self) -> str:
         """Where this spawner's servers run, for the form's notes on options that do nothing
@@ -345,14 +347,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         plan = self.resolve(self.user_options)
         self.usage_session = None
         self.runtime_ref = None
-        try:
-            ledger = self.ledger()
-        except web.HTTPError:
-            if plan.gpu_count:
-                self.count_refusal(plan, BILLING_UNAVAILABLE)
-                raise
-            ledger = None  # a CPU server starts unmetered; reconciliation adopts it later
-        if ledger is not None:
+        if self.ledger_url:
             request = Request(
                 user=plan.user,
                 server_name=self.name,
@@ -367,7 +362,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
                 borrow=plan.borrow,
             )
             try:
-                admission = await self._admit_fresh(ledger, request)
+                admission = await self._admit_fresh(request)
             except AdmissionRefused as exc:
                 reason = exc.decision.reason or "quota"
                 self.count_refusal(plan, reason)
@@ -381,16 +376,22 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
                 may_wait = reason in WAITABLE and fits_own_quota(
                     self.catalog_version().catalog, plan
                 )
-                offer = self.waitlist_offer(ledger, plan) if may_wait else None
+                offer = await self.waitlist_offer(plan) if may_wait else None
                 if offer is not None and plan.waitlist is None:
                     sentence, url = offer
                     message += f" {sentence} Join at {url}"
                     link = ("Wait for a GPU", url)
                 raise refusal(SpawnRefused(message, reason=reason), link=link) from None
-            except DBAPIError as exc:
+            except LEDGER_DOWN as exc:
                 if plan.gpu_count:
                     self.count_refusal(plan, BILLING_UNAVAILABLE)
+                    if isinstance(exc, SchemaError):
+                        self.log.error("gpuhub: %s", exc)
+                        raise web.HTTPError(
+                            503, f"The billing database is not ready: {exc}"
+                        ) from None
                     raise _billing_unavailable(self, exc) from None
+                # a CPU server starts unmetered; reconciliation adopts it later
                 self.log.warning("gpuhub: %s starts unmetered: %s", self._log_name, exc)
             else:
                 self.usage_session = admission.session
@@ -398,38 +399,46 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         self.plan = plan
         return plan
 
-    async def _admit_fresh(self, ledger: Ledger, request: Request) -> Admission:
-        """Admission; when it finds no free GPU and this spawner can count them afresh
-        (`refresh_capacity`), once more on the fresh count: a snapshot of the cluster's free GPUs
-        may be a tick old, and a refusal on a stale one would send a person to wait for a GPU
-        that is free."""
+    async def _admit_fresh(self, request: Request) -> Admission:
+        """Admission, in the hub's ledger lane; when it finds no free GPU and this spawner can
+        count them afresh (`refresh_capacity`), once more on the fresh count: a snapshot of the
+        cluster's free GPUs may be a tick old, and a refusal on a stale one would send a person
+        to wait for a GPU that is free. An admission that comes back after the spawn gave up
+        waiting for it (LedgerTimeout) is closed at once, unstarted: nothing is billed."""
         catalog = self.catalog_version().catalog
+        what = f"admission of {self._log_name}"
         try:
-            return _admit(ledger, catalog, request)
+            return await self.context.lane.call(
+                what, lambda ledger: _admit(ledger, catalog, request), on_late=_undo_admission
+            )
         except AdmissionRefused as exc:
             if exc.decision.reason != "no-free-gpu":
                 raise
-            if not await self.refresh_capacity(ledger, catalog):
+            if not await self.refresh_capacity(catalog):
                 raise
-        return _admit(ledger, catalog, request)
+        return await self.context.lane.call(
+            what, lambda ledger: _admit(ledger, catalog, request), on_late=_undo_admission
+        )
 
-    async def refresh_capacity(self, ledger: Ledger, catalog: Catalog) -> bool:
+    async def refresh_capacity(self, catalog: Catalog) -> bool:
         """Record each GPU type's capacity afresh in the ledger; True when it did. Nothing here
         (local mode records its machine's GPUs as they change); GPUKubeSpawner reads the
         cluster."""
         return False
 
-    def waitlist_offer(self, ledger: Ledger, plan: SpawnPlan) -> tuple[str, str] | None:
+    async def waitlist_offer(self, plan: SpawnPlan) -> tuple[str, str] | None:
         """What a refusal that waiting can cure adds: where the person would stand in line and
         about when (a sentence), and where to join (the gpuhub service's wait-list page)."""
         catalog = self.catalog_version().catalog
-        if not catalog.waitlist.enabled or plan.team is None or plan.gpu_type_key is None:
+        team, gpu_type = plan.team, plan.gpu_type_key
+        if not catalog.waitlist.enabled or team is None or gpu_type is None:
             return None
         try:
-            place, when = ledger.preview(
-                catalog, plan.team, plan.user, plan.gpu_type_key, plan.gpu_count
+            place, when = await self.context.lane.read(
+                "wait-list preview",
+                lambda ledger: ledger.preview(catalog, team, plan.user, gpu_type, plan.gpu_count),
             )
-        except DBAPIError:
+        except LEDGER_DOWN:
             return None
         url = waitlist_page_url(
             self.hub_base_url(), self.name, _join_options(plan, self.user_options)
@@ -452,20 +461,22 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
             lambda ledger: ledger.count_refusal(team, gpu_type, reason, at),
         )
 
-    def metering_started(self, runtime_ref: str, at: datetime | None = None) -> None:
+    async def metering_started(self, runtime_ref: str, at: datetime | None = None) -> None:
         """Billing starts at `at` (default now): the server runs with its GPUs bound. With the
-        billing database down, the write waits in the hub's context and is retried (with this
-        start time)."""
+        billing database down, the write waits in the hub's ledger lane and is retried (with
+        this start time)."""
         self.runtime_ref = runtime_ref
         session, at = self.usage_session, at or utcnow()
         if session is None or not self.ledger_url:
             return
-        self.context.write(
-            f"start of session {session}",
-            lambda ledger: ledger.mark_started(session, runtime_ref, at=at),
+        await self.context.lane.settle(
+            self.context.write(
+                f"start of session {session}",
+                lambda ledger: ledger.mark_started(session, runtime_ref, at=at),
+            )
         )
 
-    def metering_ended(
+    async def metering_ended(
         self, reason: EndReason = EndReason.STOPPED, *, found_gone: bool = False
     ) -> None:
         """Billing ends (idempotent): now, when the hub stops the server; at the last time the
@@ -479,7 +490,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         if not self.ledger_url or (server.session is None and server.runtime_ref is None):
             return
         at = utcnow()
-        self.context.write(
+        written = self.context.write(
             f"end of {server.user}/{server.server_name}",
             lambda ledger: ledger.close_server(server, reason, found_gone=found_gone, at=at),
             # Written late (the billing database was down): the service may have closed the
@@ -488,6 +499,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
                 server, reason, found_gone=found_gone, at=at, correct_earlier_end=True
             ),
         )
+        await self.context.lane.settle(written)
 
     # --- lifecycle: what both spawners do around the concrete spawner's start/stop/poll ------
 
@@ -509,7 +521,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
             self.release_resources()
             # Ran until now: billed until now. Already gone: billed until it was last seen
             # running (and, written late, never moves an end reconciliation recorded).
-            self.metering_ended(found_gone=not running)
+            await self.metering_ended(found_gone=not running)
 
     async def _still_running(self) -> bool:
         """Whether the server runs as the stop begins (True when that cannot be told)."""
@@ -523,7 +535,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         status: int | None = await super().poll()
         if status is not None and not self.stopping:
             self.release_resources()
-            self.metering_ended(self.gone_reason(), found_gone=True)
+            await self.metering_ended(self.gone_reason(), found_gone=True)
         return status
 
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
@@ -540,7 +552,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
 
     # --- the hub's home page ----------------------------------------------------------------
 
-    def home_view(self) -> RunningServerView | None:
+    async def home_view(self) -> RunningServerView | None:
         """This server's row on the hub's home page (hub/home.py), None without a summary.
         Reads the ledger session's start: cost so far is what billing has counted."""
         summary = self.server_state().summary
@@ -552,23 +564,24 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
             note = "not metered"
         else:
             try:
-                ledger = self.context.ledger()
-                found = (
-                    ledger.session_of(self.user.name, self.name, session)
-                    if ledger is not None
-                    else None
+                found = await self.context.lane.read(
+                    f"session of {self._log_name}",
+                    lambda ledger: _open_session_with_cost(
+                        ledger, self.user.name, self.name, session
+                    ),
                 )
-            except (DBAPIError, SchemaError) as exc:
+            except LEDGER_DOWN as exc:
                 self.log.warning("gpuhub: home page without the billing database: %s", exc)
                 found, note = None, "the billing database does not answer"
-            if found is not None and found.ended_at is None:
-                billed_since = found.started_at
+            if found is not None:
+                row, earlier_cost = found
+                billed_since = row.started_at
                 part = BilledPart(
-                    price_per_hour=found.price_per_hour,
-                    borrowed=found.borrowed,
-                    reclaim_at=found.reclaim_at,
-                    run_since=found.run_started_at,
-                    earlier_cost=ledger.earlier_cost(found) if ledger is not None else Decimal(0),
+                    price_per_hour=row.price_per_hour,
+                    borrowed=row.borrowed,
+                    reclaim_at=row.reclaim_at,
+                    run_since=row.run_started_at,
+                    earlier_cost=earlier_cost,
                 )
         started = getattr(getattr(self, "orm_spawner", None), "started", None)
         if started is not None and started.tzinfo is None:  # JupyterHub keeps naive UTC times
@@ -584,26 +597,33 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
             session=part,
         )
 
-    def stopped_notice(self) -> StoppedNotice | None:
+    async def stopped_notice(self) -> StoppedNotice | None:
         """Why gpuhub stopped this server, if it did in the last day (hub/home.py)."""
-        try:
-            ledger = self.context.ledger()
-            last = ledger.last_session(self.user.name, self.name) if ledger else None
-            if ledger is None or last is None:
-                return None
-            message = ActivityLedger(ledger).stop_message(last.id)
-        except (DBAPIError, SchemaError):
+        if not self.ledger_url:
             return None
+        try:
+            found = await self.context.lane.read(
+                f"last session of {self._log_name}",
+                lambda ledger: _last_session_with_message(ledger, self.user.name, self.name),
+            )
+        except LEDGER_DOWN:
+            return None
+        if found is None:
+            return None
+        last, message = found
         return stopped_notice(self.name, last.end_reason, last.ended_at, message, utcnow())
 
-    def waiting_views(self) -> list[WaitingView]:
+    async def waiting_views(self) -> list[WaitingView]:
         """The user's live wait-list requests, for the home page (hub/waiting.py); none without
         the billing database or when it does not answer."""
         catalog = self.catalog_version().catalog
+        if not self.ledger_url:
+            return []
         try:
-            ledger = self.context.ledger()
-            requests = ledger.requests(catalog, user=self.user.name) if ledger else []
-        except (DBAPIError, SchemaError) as exc:
+            requests = await self.context.lane.read(
+                "wait-list requests", lambda ledger: ledger.requests(catalog, user=self.user.name)
+            )
+        except LEDGER_DOWN as exc:
             self.log.warning("gpuhub: home page without the wait-list: %s", exc)
             return []
         now, base_url = utcnow(), self.hub_base_url()
@@ -669,6 +689,24 @@ def fits_own_quota(catalog: Catalog, plan: SpawnPlan) -> bool:
     return plan.gpu_count <= catalog.teams[plan.team].quota.gpus.get(plan.gpu_type_key, 0)
 
 
+def _form_lines(
+    ledger: Ledger, catalog: Catalog, user: str, keys: Iterable[LineKey]
+) -> dict[LineKey, LineSpot]:
+    taken = [(s.gpu_type, s.gpu_count) for s in ledger.open_sessions()]
+    taken += [(h.gpu_type, h.gpu_count) for h in ledger.holds()]
+    usable = usable_capacities(catalog, ledger.capacities())
+    free = free_gpus(usable, taken)
+    lines = {}
+    for team, gpu_type, gpu_count in keys:
+        place, when = None, None
+        if catalog.waitlist.enabled:
+            place, when = ledger.preview(catalog, team, user, gpu_type, gpu_count)
+        lines[team, gpu_type, gpu_count] = LineSpot(
+            place, when, free.get(gpu_type), usable.get(gpu_type)
+        )
+    return lines
+
+
 def _admit(ledger: Ledger, catalog: Catalog, request: Request) -> Admission:
     """Admission, tried a second time when the first found its pooled connection dead (the
     billing database restarted since it was last used)."""
@@ -678,6 +716,31 @@ def _admit(ledger: Ledger, catalog: Catalog, request: Request) -> Admission:
         if not exc.connection_invalidated:
             raise
         return ledger.admit(catalog, request)
+
+
+def _open_session_with_cost(
+    ledger: Ledger, user: str, server_name: str, session: str
+) -> tuple[UsageSession, Decimal] | None:
+    """The server's open session of key `session`, with what its earlier parts cost."""
+    found = ledger.session_of(user, server_name, session)
+    if found is None or found.ended_at is not None:
+        return None
+    return found, ledger.earlier_cost(found)
+
+
+def _last_session_with_message(
+    ledger: Ledger, user: str, server_name: str
+) -> tuple[UsageSession, str | None] | None:
+    """The server's last session, with the message its stop left (if any)."""
+    last = ledger.last_session(user, server_name)
+    if last is None:
+        return None
+    return last, ActivityLedger(ledger).stop_message(last.id)
+
+
+def _undo_admission(ledger: Ledger, admission: Admission) -> None:
+    """Close an admission its spawn gave up waiting for (the server never starts)."""
+    ledger.close(admission.session_id, EndReason.FAILED)
 
 
 def _billing_unavailable(spawner: GPUSpawnerMixin, exc: Exception) -> web.HTTPError:

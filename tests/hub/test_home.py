@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -21,6 +22,7 @@ from spawner_ext.hub.home import (
     running_server_view,
     stopped_notice,
 )
+from spawner_ext.hub.ledger_lane import LedgerLane
 from spawner_ext.ledger.engine import SchemaError, upgrade
 from spawner_ext.ledger.models import TeamMonthUsage
 from spawner_ext.ledger.rules import month_key
@@ -138,7 +140,7 @@ class Spawner:
     def __init__(self, active: bool, view: RunningServerView | None) -> None:
         self.active, self.view = active, view
 
-    def home_view(self) -> RunningServerView | None:
+    async def home_view(self) -> RunningServerView | None:
         return self.view
 
 
@@ -147,7 +149,11 @@ class User:
         self.spawners = spawners
 
 
-def test_only_active_gpuhub_servers_are_listed_in_name_order() -> None:
+async def listed(servers: HomeServers) -> list[RunningServerView]:
+    return [view async for view in servers]
+
+
+async def test_only_active_gpuhub_servers_are_listed_in_name_order() -> None:
     a = RunningServerView("a", "p", "CPU only", None, "1 s", "no GPU charge")
     default = RunningServerView("", "p", "CPU only", None, "1 s", "no GPU charge")
     user = User(
@@ -159,8 +165,8 @@ def test_only_active_gpuhub_servers_are_listed_in_name_order() -> None:
             "other-spawner": object(),
         }
     )
-    assert list(HomeServers(user)) == [default, a]
-    assert list(HomeServers(None)) == []
+    assert await listed(HomeServers(user)) == [default, a]
+    assert await listed(HomeServers(None)) == []
 
 
 def test_a_server_gpuhub_stopped_is_explained_for_a_day() -> None:
@@ -181,7 +187,7 @@ class TeamSpawner(Spawner):
 
     def __init__(self, active: bool, summary: ServerSummary, context: object) -> None:
         super().__init__(active, None)
-        self.summary, self.context = summary, context
+        self.summary, self.context, self.ledger_url = summary, context, "sqlite://"
 
     def server_state(self) -> SimpleNamespace:
         return SimpleNamespace(summary=self.summary)
@@ -191,6 +197,7 @@ class Context:
     def __init__(self, catalog: Catalog, ledger: Ledger | None) -> None:
         self.store = SimpleNamespace(catalog=catalog)
         self._ledger = ledger
+        self.lane = LedgerLane(self.ledger, logging.getLogger("test"))
 
     def ledger(self) -> Ledger | None:
         if self._ledger is None:
@@ -198,7 +205,7 @@ class Context:
         return self._ledger
 
 
-def test_each_team_of_the_users_gpu_servers_gets_its_budget_notice(
+async def test_each_team_of_the_users_gpu_servers_gets_its_budget_notice(
     catalog: Catalog, tmp_path: Path
 ) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
@@ -218,11 +225,11 @@ def test_each_team_of_the_users_gpu_servers_gets_its_budget_notice(
             "stopped": TeamSpawner(False, replace(H100, team="nlp"), context),
         }
     )
-    (notice,) = HomeServers(user).budget_notices()
+    (notice,) = await HomeServers(user).budget_notices()
     assert (notice.team, notice.level, notice.percent_used) == ("vision", "warning", 85)
     assert "ask ada or a member of vision-leads" in notice.message
     user.spawners["stopped"] = TeamSpawner(True, replace(H100, team="nlp"), context)
-    assert [n.team for n in HomeServers(user).budget_notices()] == ["nlp", "vision"]
+    assert [n.team for n in await HomeServers(user).budget_notices()] == ["nlp", "vision"]
     down = User({"": TeamSpawner(True, H100, Context(catalog, None))})
-    assert HomeServers(down).budget_notices() == [], "no billing database: no notice, no error"
+    assert await HomeServers(down).budget_notices() == [], "no billing database: no notice"
     ledger.engine.dispose()

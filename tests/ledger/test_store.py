@@ -73,7 +73,7 @@ async def test_usage_and_price_snapshot(ledger: Ledger, catalog: Catalog, clock:
     second = ledger.admit(catalog, request(user="bob", price="5.00"))
     ledger.mark_started(second.session)
     clock.advance(hours=1)
-    usage = await ledger.team_usage(catalog, "vision", "ada")
+    usage = ledger.team_usage(catalog, "vision", "ada")
     assert usage.gpus_in_use == {"h100-80gb": 2}
     assert usage.user_gpus_in_use == 1
     assert usage.gpu_hours_this_month == Decimal("3.000")
@@ -205,7 +205,7 @@ async def test_reads_do_not_wait_for_a_writer_on_sqlite(
     writer.isolation_level = None
     writer.execute("BEGIN IMMEDIATE")  # another hub in the middle of an admission
     try:
-        usage = await ledger.team_usage(catalog, "vision", "ada")
+        usage = ledger.team_usage(catalog, "vision", "ada")
         assert usage.gpus_in_use == {}
         assert ledger.open_sessions() == []
     finally:

@@ -54,7 +54,7 @@ async def preview_then_admit(
     """The preview's `blocked` for a MIG slice, checked against what admission then does."""
     profile = catalog.profile("mig-slice")
     assert profile is not None
-    usage = await ledger.team_usage(catalog, "teaching", user)
+    usage = ledger.team_usage(catalog, "teaching", user)
     shown = profile_preview(catalog, profile, "teaching", usage, ledger.clock())
     try:
         ledger.admit(catalog, mig(user, server))
@@ -75,13 +75,13 @@ async def test_the_ledgers_usage_carries_holdings_and_hours(
         )
         ledger.mark_started(ledger.admit(catalog, request).session)
     clock.advance(hours=2)
-    usage = await ledger.team_usage(catalog, "vision", "ada")
+    usage = ledger.team_usage(catalog, "vision", "ada")
     assert usage.holdings == (Holding("ada", "h100-80gb", 3), Holding("bob", "h100-80gb", 1))
     assert usage.user == "ada"
     assert usage.user_gpus_in_use == 3
     assert usage.gpu_hours_this_month == Decimal("8.000")
-    assert (await ledger.team_usage(catalog, "nlp", "ada")).holdings == ()
-    assert (await ledger.team_usage(catalog, None, "ada")).holdings == ()
+    assert (ledger.team_usage(catalog, "nlp", "ada")).holdings == ()
+    assert (ledger.team_usage(catalog, None, "ada")).holdings == ()
 
 
 async def test_preview_and_admission_agree_on_the_ledger(

@@ -156,7 +156,7 @@ def test_the_form_counts_free_gpus_as_the_line_does(context: HubContext) -> None
     assert free_gpus(usable, taken) == {H100: line.free} == {H100: 0}
 
 
-def test_the_home_page_lists_the_users_requests(context: HubContext) -> None:
+async def test_the_home_page_lists_the_users_requests(context: HubContext) -> None:
     ledger = ledger_of(context)
     grace_holds_the_only_h100(ledger)
     ledger.join(
@@ -167,12 +167,12 @@ def test_the_home_page_lists_the_users_requests(context: HubContext) -> None:
     )
     ledger.serve(CATALOG)  # the service's pass that works out estimates
     ada = SimpleNamespace(spawners={"": spawner(context), "big": object()})
-    (row,) = HomeServers(ada).waiting()
+    (row,) = await HomeServers(ada).waiting()
     assert row.server_name == "big"
     assert row.text.startswith("1st in line for NVIDIA H100 80GB; about "), row.text
     assert (row.state, row.action, row.note) == ("waiting", None, None)
     assert row.url == "/base/services/gpu-usage/waitlist"
-    assert HomeServers(SimpleNamespace(spawners={"": object()})).waiting() == []
+    assert await HomeServers(SimpleNamespace(spawners={"": object()})).waiting() == []
 
 
 def request(**changes: Any) -> WaitRequest:

@@ -29,7 +29,7 @@ class Base:
 class Spawner(GPUSpawnerMixin, Base):
     ended: list[tuple[EndReason, bool]]
 
-    def metering_ended(
+    async def metering_ended(
         self, reason: EndReason = EndReason.STOPPED, *, found_gone: bool = False
     ) -> None:
         self.ended.append((reason, found_gone))

@@ -175,6 +175,16 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         "Read once, when the hub's first spawner is made.",
     )
 
+    @validate("ledger_timeout")
+    def _ledger_timeout_valid(self, proposal: Any) -> float:
+        seconds = float(proposal["value"])
+        if not seconds > 0:
+            raise TraitError(
+                f"c.{type(self).__name__}.ledger_timeout must be a number of seconds above 0, "
+                f"not {proposal['value']!r} (default {CALL_TIMEOUT_SECONDS:g})"
+            )
+        return seconds
+
     context = Instance(
         HubContext,
         config=True,

@@ -28,6 +28,7 @@ from types import SimpleNamespace
 
 import pytest
 from tornado import web
+from traitlets import TraitError
 
 from spawner_ext.hub.context import HubContext
 from spawner_ext.hub.ledger_lane import LedgerLane, LedgerTimeout
@@ -176,3 +177,10 @@ async def test_a_write_queued_before_a_call_is_applied_before_it() -> None:
     lane.write("close", lambda _l: (time.sleep(0.2), seen.append("close")))
     assert await lane.call("admission", lambda _l: list(seen)) == ["close"]
     lane.close()
+
+
+@pytest.mark.parametrize("bad", [0, -5.0])
+def test_a_ledger_timeout_that_is_not_above_zero_is_refused_with_what_to_set(bad: float) -> None:
+    with pytest.raises(TraitError, match=r"ledger_timeout must be a number of seconds above 0"):
+        LedgerSpawner(ledger_timeout=bad)
+    assert LedgerSpawner(ledger_timeout=2.5).ledger_timeout == 2.5

@@ -77,24 +77,6 @@ class HubContext:
                 self._ledger = Ledger.open(self.ledger_url, install=self.install)
         return self._ledger
 
-    def write(
-        self,
-        what: str,
-        change: Callable[[Ledger], object],
-        late: Callable[[Ledger], object] | None = None,
-    ) -> asyncio.Future[bool] | None:
-        """Queue a ledger write on the hub's ledger lane (hub/ledger_lane.py: in order, retried
-        while the billing database does not answer, applied late as `late`)."""
-        return self.lane.write(what, change, late)
-
-    def flush(self) -> bool:
-        """Try the pending writes in order; True when none is left."""
-        return self.lane.flush()
-
-    @property
-    def pending_writes(self) -> int:
-        return self.lane.pending_writes
-
     def part(self, kind: type[T], make: Callable[[], T]) -> T:
         """The one `kind` object of this hub (e.g. the local GPU allocator), made on first ask."""
         found = self._parts.get(kind)

@@ -97,7 +97,7 @@ class GPULocalSpawner(GPUSpawnerMixin, LocalProcessSpawner):  # type: ignore[mis
             for gpu_type, total in totals.items():
                 ledger.set_capacity(gpu_type, total)
 
-        self.context.write("this machine's GPUs", record)
+        self.context.lane.write("this machine's GPUs", record)
 
     async def _held_for_others(self, gpu_type: str) -> int:
         """GPUs of a type held for other people in line (0 when the ledger does not answer:

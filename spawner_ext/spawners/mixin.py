@@ -466,7 +466,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         team, gpu_type, at = plan.team, plan.gpu_type_key, utcnow()
         if team is None or gpu_type is None or not self.ledger_url:
             return
-        self.context.write(
+        self.context.lane.write(
             f"refusal of {self._log_name} ({reason})",
             lambda ledger: ledger.count_refusal(team, gpu_type, reason, at),
         )
@@ -480,7 +480,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         if session is None or not self.ledger_url:
             return
         await self.context.lane.settle(
-            self.context.write(
+            self.context.lane.write(
                 f"start of session {session}",
                 lambda ledger: ledger.mark_started(session, runtime_ref, at=at),
             )
@@ -500,7 +500,7 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         if not self.ledger_url or (server.session is None and server.runtime_ref is None):
             return
         at = utcnow()
-        written = self.context.write(
+        written = self.context.lane.write(
             f"end of {server.user}/{server.server_name}",
             lambda ledger: ledger.close_server(server, reason, found_gone=found_gone, at=at),
             # Written late (the billing database was down): the service may have closed the

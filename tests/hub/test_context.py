@@ -47,27 +47,27 @@ def test_one_context_per_hub_settings() -> None:
 def test_writes_wait_in_order_while_the_database_is_down(caplog: pytest.LogCaptureFixture) -> None:
     ledger = FlakyLedger()
     context = context_with(ledger)
-    context.write("start", lambda led: led.record("start"))  # type: ignore[attr-defined]
+    context.lane.write("start", lambda led: led.record("start"))  # type: ignore[attr-defined]
     ledger.up = False
     with caplog.at_level(logging.WARNING):
-        context.write("stop of a", lambda led: led.record("stop a"))  # type: ignore[attr-defined]
-        context.write("stop of b", lambda led: led.record("stop b"))  # type: ignore[attr-defined]
+        context.lane.write("stop of a", lambda led: led.record("stop a"))  # type: ignore[attr-defined]
+        context.lane.write("stop of b", lambda led: led.record("stop b"))  # type: ignore[attr-defined]
     assert "billing database unavailable; 1 write(s) wait" in caplog.text
-    assert context.pending_writes == 2
-    assert not context.flush()
+    assert context.lane.pending_writes == 2
+    assert not context.lane.flush()
     ledger.up = True
-    assert context.flush()
+    assert context.lane.flush()
     assert ledger.done == ["start", "stop a", "stop b"]
-    assert context.pending_writes == 0
+    assert context.lane.pending_writes == 0
 
 
 def test_a_write_after_an_outage_waits_behind_the_earlier_ones() -> None:
     ledger = FlakyLedger()
     context = context_with(ledger)
     ledger.up = False
-    context.write("first", lambda led: led.record("first"))  # type: ignore[attr-defined]
+    context.lane.write("first", lambda led: led.record("first"))  # type: ignore[attr-defined]
     ledger.up = True
-    context.write("second", lambda led: led.record("second"))  # type: ignore[attr-defined]
+    context.lane.write("second", lambda led: led.record("second"))  # type: ignore[attr-defined]
     assert ledger.done == ["first", "second"]
 
 
@@ -76,11 +76,11 @@ def test_a_write_that_waited_is_applied_as_its_late_version() -> None:
     (Ledger.close_server's correct_earlier_end); one written at once may not."""
     ledger = FlakyLedger()
     context = context_with(ledger)
-    context.write("now", lambda led: led.record("now"), late=lambda led: led.record("late"))  # type: ignore[attr-defined]
+    context.lane.write("now", lambda led: led.record("now"), late=lambda led: led.record("late"))  # type: ignore[attr-defined]
     ledger.up = False
-    context.write("a", lambda led: led.record("a"), late=lambda led: led.record("a late"))  # type: ignore[attr-defined]
+    context.lane.write("a", lambda led: led.record("a"), late=lambda led: led.record("a late"))  # type: ignore[attr-defined]
     ledger.up = True
-    context.write("b", lambda led: led.record("b"), late=lambda led: led.record("b late"))  # type: ignore[attr-defined]
+    context.lane.write("b", lambda led: led.record("b"), late=lambda led: led.record("b late"))  # type: ignore[attr-defined]
     assert ledger.done == ["now", "a late", "b late"], "b waited behind a"
 
 

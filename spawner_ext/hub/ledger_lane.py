@@ -242,11 +242,13 @@ class LedgerLane:
         return self._reads
 
     def close(self) -> None:
+        """Stop retrying and take no more work; what the lane has queued still runs (its thread
+        finishes it before the process exits), so no billing write queued here is dropped."""
         if self._retrying is not None:
             self._retrying.cancel()
         for pool in (self._lane, self._reads):
             if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+                pool.shutdown(wait=False)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -319,7 +319,7 @@ class AdmissionEngine(LedgerBase):
                     index_elements=["team", "gpu_type", "reason"],
                     set_={
                         "refusals": AdmissionRefusals.refusals + 1,
-                        # writes arrive in order (HubContext keeps waiting ones in order)
+                        # writes arrive in order (the hub's ledger lane keeps waiting ones in order)
                         "last_refused_at": statement.excluded.last_refused_at,
                     },
                 )

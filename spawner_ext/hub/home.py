@@ -19,19 +19,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy.exc import DBAPIError
-
 from ..catalog import Catalog
 from ..catalog.durations import spoken_duration
 from ..catalog.store import CatalogStore
 from ..clock import utcnow
 from ..ledger.budgets import team_budget_notice, team_budget_state
-from ..ledger.engine import SchemaError
 from ..ledger.rules import billed_seconds, session_cost
 from ..ledger.store import Ledger
 from ..policy.notices import BudgetNotice
 from ..wire import ServerState, ServerSummary
-from .ledger_lane import LedgerTimeout
+from .ledger_lane import LEDGER_DOWN
 from .waiting import WaitingView
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -233,7 +230,7 @@ class HomeServers:
                     f"budget of team {team}",
                     lambda ledger, team=team: team_budget_state(ledger, team),  # type: ignore[misc]
                 )
-            except (DBAPIError, SchemaError, LedgerTimeout):
+            except LEDGER_DOWN:
                 continue  # the row's cost says the billing database does not answer
             notice = team_budget_notice(spawner.context.store.catalog, team, state, now)
             if notice is not None:

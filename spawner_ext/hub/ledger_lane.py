@@ -49,6 +49,10 @@ class LedgerTimeout(Exception):
         super().__init__(f"the {what} did not finish within {seconds:g} s")
 
 
+LEDGER_DOWN = (DBAPIError, SchemaError, LedgerTimeout)
+"""What a ledger call raises when the billing database does not answer (in time)."""
+
+
 class _Handoff:
     """Who gets a call's result: the waiting caller, or (once it gave up) `on_late`."""
 

@@ -20,9 +20,10 @@ from traitlets import Unicode
 
 from ..end_reason import EndReason
 from ..fakenvml import BuildError, build, environment, write_config
+from ..hub.ledger_lane import LEDGER_DOWN
 from ..notebook import NOTEBOOK_CONFIG, NOTEBOOK_DATA
 from ..policy.request import SpawnRefused
-from ..spawners.mixin import LEDGER_DOWN, GPUSpawnerMixin, refusal
+from ..spawners.mixin import GPUSpawnerMixin, refusal
 from ..wire import ServerState, read_state, server_env
 from .allocator import Allocator, NoFreeGPUs, RestoreError, visible_devices_env
 from .fakegpus import FakeNVMLFiles, fake_nvml_for

@@ -31,7 +31,7 @@ from ..hub.home import (
     running_server_view,
     stopped_notice,
 )
-from ..hub.ledger_lane import CALL_TIMEOUT_SECONDS, LedgerTimeout
+from ..hub.ledger_lane import CALL_TIMEOUT_SECONDS, LEDGER_DOWN
 from ..hub.usage import RunningServersUsage, UsageSource
 from ..hub.waiting import WaitingView, waiting_view
 from ..install import InstallError, checked_install, default_install
@@ -64,8 +64,6 @@ except ImportError:  # pragma: no cover - older JupyterHub
 
 
 BILLING_UNAVAILABLE = "billing-unavailable"
-LEDGER_DOWN = (DBAPIError, SchemaError, LedgerTimeout)
-"""What a ledger call raises when the billing database does not answer (in time)."""
 
 
 def refusal(
@@ -416,19 +414,22 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
         to wait for a GPU that is free. An admission that comes back after the spawn gave up
         waiting for it (LedgerTimeout) is closed at once, unstarted: nothing is billed."""
         catalog = self.catalog_version().catalog
-        what = f"admission of {self._log_name}"
-        try:
+
+        async def admit() -> Admission:
             return await self.context.lane.call(
-                what, lambda ledger: _admit(ledger, catalog, request), on_late=_undo_admission
+                f"admission of {self._log_name}",
+                lambda ledger: _admit(ledger, catalog, request),
+                on_late=_undo_admission,
             )
+
+        try:
+            return await admit()
         except AdmissionRefused as exc:
             if exc.decision.reason != "no-free-gpu":
                 raise
             if not await self.refresh_capacity(catalog):
                 raise
-        return await self.context.lane.call(
-            what, lambda ledger: _admit(ledger, catalog, request), on_late=_undo_admission
-        )
+        return await admit()
 
     async def refresh_capacity(self, catalog: Catalog) -> bool:
         """Record each GPU type's capacity afresh in the ledger; True when it did. Nothing here

@@ -452,19 +452,12 @@ def scratch_database(backend: str, rows: int, server: Any, workdir: Path) -> Ite
         finally:
             path.unlink(missing_ok=True)
         return
-    import psycopg
-
     name = f"bench_admission_{rows}"
-    admin = f"host={server.host} port={server.port} user={server.user} dbname=postgres"
-    conninfo = f"host={server.host} port={server.port} user={server.user} dbname={name}"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        connection.execute(f'CREATE DATABASE "{name}"')
+    url, conninfo = server.create_database(name), server.conninfo(name)
     try:
-        yield Database(backend, server.url(name), lambda c: fill_postgresql(conninfo, c))
+        yield Database(backend, url, lambda c: fill_postgresql(conninfo, c))
     finally:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        server.drop_database(name)
 
 
 def run_case(

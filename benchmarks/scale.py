@@ -523,17 +523,6 @@ def ratios(sides: list[Side]) -> str:
     return "\n".join(lines)
 
 
-def create_database(server: Any, name: str) -> str:
-    """A new database `name` on the PostgreSQL `server`; its SQLAlchemy URL."""
-    import psycopg
-
-    admin = f"host={server.host} port={server.port} user={server.user} dbname=postgres"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    url: str = server.url(name)
-    return url
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", type=int, nargs="+", default=[250, 500, 1000])
@@ -572,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
                 began = time.monotonic()
                 url = None
                 if ours and postgres is not None:
-                    url = create_database(postgres, f"scale_{servers}")
+                    url = postgres.create_database(f"scale_{servers}")
                 side = run_side(plane, workdir, servers, args.users, ours, ledger_url=url)
                 sides.append(side)
                 print(

@@ -264,18 +264,12 @@ def scratch_url(backend: str, server: Any, workdir: Path) -> Iterator[str]:
         finally:
             path.unlink(missing_ok=True)
         return
-    import psycopg
-
     name = "bench_waitlist"
-    admin = f"host={server.host} port={server.port} user={server.user} dbname=postgres"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        connection.execute(f'CREATE DATABASE "{name}"')
+    url = server.create_database(name)
     try:
-        yield server.url(name)
+        yield url
     finally:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        server.drop_database(name)
 
 
 def latency_table(results: Sequence[Timed]) -> str:

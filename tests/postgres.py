@@ -34,6 +34,26 @@ class PostgresServer:
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
 
+    def conninfo(self, database: str = "postgres") -> str:
+        """libpq's connection string for `database` (the server's own by default)."""
+        return f"host={self.host} port={self.port} user={self.user} dbname={database}"
+
+    def create_database(self, name: str) -> str:
+        """A new, empty database `name` (one of that name left from an earlier run is dropped
+        first); its SQLAlchemy URL."""
+        import psycopg
+
+        with psycopg.connect(self.conninfo(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def drop_database(self, name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.conninfo(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
     def pg_ctl(self, *args: str) -> None:
         assert self.bindir is not None and self.data is not None
         subprocess.run(
@@ -131,15 +151,10 @@ def start_server() -> Iterator[PostgresServer]:
 
 def fresh_database(request: pytest.FixtureRequest) -> Iterator[str]:
     """A new, empty database on the session's server; dropped afterwards."""
-    import psycopg
-
     server: PostgresServer = request.getfixturevalue("postgres_server")
     name = "t_" + uuid.uuid4().hex[:12]
-    admin = f"host={server.host} port={server.port} user={server.user} dbname=postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    url = server.create_database(name)
     try:
-        yield server.url(name)
+        yield url
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        server.drop_database(name)

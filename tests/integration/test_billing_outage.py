@@ -33,13 +33,8 @@ def pg() -> Iterator[PostgresServer]:
 
 @pytest.fixture(scope="module")
 def hub(pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    import psycopg
-
     needs_local_hub()
-    name = "outage_" + uuid.uuid4().hex[:8]
-    admin = f"host={pg.host} port={pg.port} user={pg.user} dbname=postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    url = pg.create_database("outage_" + uuid.uuid4().hex[:8])
     workdir = tmp_path_factory.mktemp("outage")
     text = (ROOT / "hub_config" / "catalog.yaml").read_text()
     (workdir / "catalog.yaml").write_text(
@@ -51,9 +46,9 @@ def hub(pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "--config",
         str(workdir / "catalog.yaml"),
         "--db-url",
-        pg.url(name),
+        url,
     )
-    hub.db_url = pg.url(name)  # type: ignore[attr-defined]
+    hub.db_url = url  # type: ignore[attr-defined]
     try:
         hub.start()
         yield hub

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..catalog.frozen import thaw
 from ..policy.request import SpawnPlan
-from ..wire import pod_annotations, pod_labels
+from ..wire import pod_annotations, pod_labels, read_pod
 
 GPU_RESOURCE_PREFIX = "nvidia.com/"
 
@@ -87,3 +87,19 @@ def apply_placement(pod: Mapping[str, Any], where: PodPlacement) -> dict[str, An
     if env:
         container["env"] = env
     return out
+
+
+def made_by_this_spawn(existing: Mapping[str, Any], session: str | None, install: str) -> bool:
+    """Whether a pod found under the server's name (a create answered 409) is the one this
+    spawn's own earlier create made: it carries this spawn's ledger session and install, and
+    nobody is deleting it. Without a session (a CPU server started while the ledger was
+    down) nothing tells the pods apart: False."""
+    if session is None:
+        return False
+    meta = existing.get("metadata") or {}
+    record = read_pod(meta.get("labels"), meta.get("annotations"))
+    return (
+        record.session == session
+        and record.install == install
+        and not meta.get("deletionTimestamp")
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,7 +30,7 @@ from ..wire import install_labels
 from .capacity import read_capacity
 from .namespaces import ForeignNamespace, TeamNamespaces
 from .netpol import HubPeers
-from .placement import apply_placement, placement
+from .placement import apply_placement, made_by_this_spawn, placement
 from .progress import explain
 from .serialize import from_manifest, to_manifest
 
@@ -189,14 +190,73 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         await self.metering_started(f"{self.namespace}/{self.pod_name}")
         return result
 
+    async def _make_create_pod_request(self, pod: Any, request_timeout: int) -> bool:
+        """KubeSpawner's pod create (one try of its retry loop), keeping the pod this spawn's
+        own earlier try made. A create that times out on a slow API server may still go
+        through; KubeSpawner's next try then meets that pod (409) and deletes and creates it
+        again, which under a storm of creates times out in turn, until its retry timeout
+        gives up the spawn. A pod of this spawn's session and install (`made_by_this_spawn`)
+        is the one asked for: the try succeeds. Any other pod of the name goes KubeSpawner's
+        way (deleted, then created again; see `stop`)."""
+        from kubernetes_asyncio.client.rest import ApiException
+
+        try:
+            await asyncio.wait_for(
+                self.api.create_namespaced_pod(self.namespace, pod), request_timeout
+            )
+            return True
+        except TimeoutError:
+            return False  # tried again; the pod may exist by then (409, below)
+        except ApiException as exc:
+            if exc.status != 409:
+                self.log.error("gpuhub: creating pod %s failed: %s", pod.metadata.name, exc)
+                raise
+        found = await self._pod_of_the_name(pod.metadata.name, request_timeout)
+        if found is None:
+            return False  # unread (timed out, or gone meanwhile): the next try looks again
+        if made_by_this_spawn(found, self.usage_session, self.install):
+            self.log.info(
+                "gpuhub: %s keeps pod %s, which its own timed-out create made",
+                self._log_name,
+                pod.metadata.name,
+            )
+            return True
+        self.log.info(
+            "gpuhub: %s found another pod named %s; replacing it", self._log_name, pod.metadata.name
+        )
+        await self.stop(True)
+        return False
+
+    async def _pod_of_the_name(self, name: str, request_timeout: int) -> dict[str, Any] | None:
+        """The pod named `name` in this spawn's namespace: the pod reflector's copy, else the
+        API server's; None when it cannot be read within `request_timeout` or is gone."""
+        from kubernetes_asyncio.client.rest import ApiException
+
+        reflected = self.pod_reflector.pods.get(f"{self.namespace}/{name}")
+        if reflected is not None:
+            return dict(reflected)
+        try:
+            response = await asyncio.wait_for(
+                self.api.read_namespaced_pod(name, self.namespace, _preload_content=False),
+                request_timeout,
+            )
+            if response.status != 200:  # unpreloaded, an error answer raises nothing
+                response.release()
+                return None
+            found: dict[str, Any] = json.loads(await response.read())
+        except (TimeoutError, ApiException, ValueError):
+            return None
+        return found
+
     async def stop(self, now: bool = False) -> None:
         if now and self._starting:
-            # KubeSpawner's own retry inside start (JupyterHub never stops with now=True):
-            # creating the pod found one of its name (409), most often this start's own first
-            # create, which timed out on a slow API server yet went through; it deletes that pod
-            # and creates it again. The admitted session goes on, unstarted: billing starts when
-            # the pod that start returns runs. Closing it here left the server running unbilled
-            # and outside its team's quota (seen in benchmarks/scale.py's storms).
+            # Our own create's retry inside start (JupyterHub never stops with now=True):
+            # creating the pod found another pod of its name (409; a pod this spawn's own
+            # timed-out create made is kept instead, see _make_create_pod_request); it deletes
+            # that pod and creates it again. The admitted session goes on, unstarted: billing
+            # starts when the pod that start returns runs. Closing it here left the server
+            # running unbilled and outside its team's quota (seen in benchmarks/scale.py's
+            # storms).
             self.log.info("gpuhub: %s replaces a pod of its name; billing waits", self._log_name)
             await KubeSpawner.stop(self, now=now)
             return

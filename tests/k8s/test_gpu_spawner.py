@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -62,6 +63,33 @@ c.JupyterHub.allow_named_servers = True
 # Where notebook pods (the process kubelet's, on this machine) report GPU activity, so that their
 # extension samples their GPUs.
 c.GPUKubeSpawner.activity_url = c.JupyterHub.bind_url + "services/gpu-usage/"
+
+import asyncio
+
+
+# The fault of test_a_create_answered_too_late_keeps_the_pod_it_made, for servers named
+# 'late-answer' only: the API server makes the pod, but its answer to the first create comes
+# after k8s_api_request_timeout, as from a loaded API server.
+def answer_the_first_create_late(spawner):
+    if spawner.name != "late-answer":
+        return
+    api, first = spawner.api, [True]
+
+    class LateFirstAnswer:
+        def __getattr__(self, name):
+            return getattr(api, name)
+
+        async def create_namespaced_pod(self, namespace, body, **kwargs):
+            made = await api.create_namespaced_pod(namespace, body, **kwargs)
+            if first:
+                first.clear()
+                await asyncio.sleep(spawner.k8s_api_request_timeout + 2)
+            return made
+
+    spawner.api = LateFirstAnswer()
+
+
+c.Spawner.pre_spawn_hook = answer_the_first_create_late
 """
 
 
@@ -694,6 +722,51 @@ def test_a_pod_left_under_the_servers_name_is_replaced_and_the_new_one_billed(
     row = wait_closed(hub, ledger, sid)
     assert row.end_reason == "stopped"
     assert life.seconds > 2 * TICK
+    assert abs(billed(row) - life.seconds) <= SLACK, (billed(row), life)
+
+
+def test_a_create_answered_too_late_keeps_the_pod_it_made(
+    hub: K8sHub, control_plane: ControlPlane, ledger: Ledger, pods: PodWatcher, pool: Pool
+) -> None:
+    """The API server makes the pod but answers the create after KubeSpawner's
+    k8s_api_request_timeout (HUB_CONFIG's fault), as 232 creates of one 1,000-server storm did
+    (benchmarks/scale.py). KubeSpawner's next try meets the pod (409) and would delete it and
+    create it again; GPUKubeSpawner keeps it, as it carries this spawn's session. The API
+    server's own watch of the namespace (not the hub's account) shows one pod made under the
+    name and none deleted; it is billed from its Running. Broken once: the override's 409
+    branch sent every pod to KubeSpawner's delete, and the watch saw two pods made (the first
+    deleted)."""
+    namespace = pool.namespace("nlp")
+    pods_path = f"/api/v1/namespaces/{namespace}/pods"
+    since = control_plane.api.get(pods_path)["metadata"]["resourceVersion"]
+    seen: list[Json] = []
+    watcher = threading.Thread(
+        target=lambda: seen.extend(control_plane.api.watch(pods_path, since, 30)), daemon=True
+    )
+    watcher.start()
+    response = hub.spawn("grace", {"profile": "h100-single"}, server="late-answer")
+    assert response.status_code in (201, 202), f"{response.status_code} {response.text}"
+    model = hub.wait_ready("grace", "late-answer")
+    pod = pod_of(control_plane, model)
+    watcher.join(60)
+    assert not watcher.is_alive(), "the watch ended"
+
+    name = pod["metadata"]["name"]
+    mine = [e for e in seen if e["object"]["metadata"]["name"] == name]
+    made = {e["object"]["metadata"]["uid"] for e in mine if e["type"] == "ADDED"}
+    deleted = [e for e in mine if e["type"] == "DELETED"]
+    assert made == {pod["metadata"]["uid"]}, f"one pod made, and it is the server's: {made}"
+    assert deleted == [], "none deleted"
+    sid = session_id(pod)
+    life = life_of(hub, pods, pod)
+    row = session_row(ledger, sid)
+    assert row.ended_at is None and row.started_at is not None, "billed while it runs"
+    assert abs(row.started_at.timestamp() - life.started) <= SLACK, "billed from Running"
+
+    hub.stop_server("grace", "late-answer")
+    wait_pod_gone(hub, control_plane, pod_path(model))
+    row = wait_closed(hub, ledger, sid)
+    assert row.end_reason == "stopped"
     assert abs(billed(row) - life.seconds) <= SLACK, (billed(row), life)
 
 

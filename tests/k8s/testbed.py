@@ -439,6 +439,24 @@ class KubeApi:
     def get(self, path: str, **params: str) -> Json:
         return self.request("GET", path, params=params)
 
+    def watch(self, path: str, resource_version: str, seconds: int) -> list[Json]:
+        """Every watch event on the collection at `path` after `resource_version`, for
+        `seconds` (the API server ends the watch then): what happened, not only what is left."""
+        url = (
+            self.server
+            + path
+            + "?"
+            + urllib.parse.urlencode(
+                {"watch": "1", "resourceVersion": resource_version, "timeoutSeconds": str(seconds)}
+            )
+        )
+        request = urllib.request.Request(url)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context(cafile=str(self.ca_file))
+        with urllib.request.urlopen(request, timeout=seconds + 30, context=self._ssl) as response:
+            return [json.loads(line) for line in response.read().splitlines() if line.strip()]
+
     def gone(self, path: str) -> bool:
         """True when the object at `path` does not exist (404)."""
         try:

@@ -11,7 +11,7 @@ import yaml
 from kubespawner.objects import make_pod
 
 from spawner_ext.catalog import load_catalog
-from spawner_ext.kube.placement import apply_placement, placement
+from spawner_ext.kube.placement import apply_placement, made_by_this_spawn, placement
 from spawner_ext.kube.serialize import to_manifest
 from spawner_ext.policy.identity import Identity
 from spawner_ext.policy.request import resolve_spawn
@@ -96,3 +96,17 @@ def test_apply_placement_does_not_touch_its_input() -> None:
     before = yaml.safe_dump(pod)
     apply_placement(pod, placement(resolve_spawn(CATALOG, LIN, {"profile": "h100-quad"}), "jhub"))
     assert yaml.safe_dump(pod) == before
+
+
+def test_a_pod_of_this_spawns_session_and_install_is_its_own() -> None:
+    """A 409 on create finds a pod of the server's name: the pod this spawn's own timed-out
+    create made carries its session and install; any other is not its own."""
+    plan = resolve_spawn(CATALOG, ADA, {"profile": "h100-single"}, catalog_version="0123456789ab")
+    made = apply_placement(base_pod(), placement(plan, "jhub", "", session="a" * 32))
+    assert made_by_this_spawn(made, "a" * 32, "jhub")
+    assert not made_by_this_spawn(made, "b" * 32, "jhub"), "an earlier spawn's pod"
+    assert not made_by_this_spawn(made, "a" * 32, "other"), "another install's pod"
+    assert not made_by_this_spawn(made, None, "jhub"), "no session: nothing tells them apart"
+    going = {**made, "metadata": {**made["metadata"], "deletionTimestamp": "2026-12-06T00:00:00Z"}}
+    assert not made_by_this_spawn(going, "a" * 32, "jhub"), "being deleted"
+    assert not made_by_this_spawn(base_pod(), "a" * 32, "jhub"), "a pod without our labels"

@@ -44,6 +44,7 @@ import contextlib
 import logging
 import os
 import platform
+import re
 import signal
 import statistics
 import sys
@@ -117,6 +118,18 @@ class Side:
     """Culling cycles no service tick overlapped (the hub's CPU per cycle is their median)."""
     cull_considered: int | None = None
     """Servers the last culling cycle looked at (gpuhub's: ready ones; N + 1 expected)."""
+    pods_created: int | None = None
+    """Pods the API server made during the storm (its own count of POSTs answered 201): N,
+    plus one for every pod deleted and made again."""
+    create_conflicts: int | None = None
+    """Pod creates the API server answered 409 during the storm: a try that met a pod of the
+    name, most often the pod its own earlier, timed-out try made."""
+    create_mean_s: float | None = None
+    """The API server's mean time to answer a pod create during the storm (its own histogram)."""
+    quota_admission_mean_s: float | None = None
+    """Its ResourceQuota admission's mean time per create during the storm."""
+    hub_log: dict[str, int] = field(default_factory=dict)
+    """What the hub's log says happened during the storm (STORM_LOG: lines counted)."""
     errors: list[str] = field(default_factory=list)
     """Steps that failed, with why (the others are still measured)."""
 
@@ -285,6 +298,65 @@ def measure_culling(hub: K8sHub, side: Side, repeat: int = 5) -> None:
             )
 
 
+STORM_LOG = {
+    "create tries": "Attempting to create pod",
+    "creates met a pod (409)": "attempting to kill",  # KubeSpawner's "Found existing pod"
+    "pods kept (ours)": "which its own timed-out create made",
+    "pods replaced (ours)": "replacing it",
+    "pod never showed up (reflector restarted)": "never showed up in reflector",
+    "pod did not disappear (reflector restarted)": "did not disappear, restarting",
+}
+"""Lines of the hub's log counted over the storm (KubeSpawner's own, and GPUKubeSpawner's)."""
+
+
+def count_log(path: Path, offset: int) -> dict[str, int]:
+    """STORM_LOG's lines in the hub's log after byte `offset`."""
+    with path.open("rb") as log:
+        log.seek(offset)
+        text = log.read().decode(errors="replace")
+    return {what: text.count(needle) for what, needle in STORM_LOG.items()}
+
+
+METRIC_LINE = re.compile(r"^(?P<name>[a-z_:]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+
+
+def api_metrics(plane: ControlPlane) -> dict[str, float]:
+    """The API server's own counts of pod creates (/metrics): answered 201 and 409, their
+    summed and counted durations, and its ResourceQuota admission's for creates."""
+    wanted = {
+        "created": ("apiserver_request_total", 'code="201"'),
+        "conflicts": ("apiserver_request_total", 'code="409"'),
+        "seconds": ("apiserver_request_duration_seconds_sum", ""),
+        "answered": ("apiserver_request_duration_seconds_count", ""),
+    }
+    pod_create = ('resource="pods"', 'subresource=""', 'verb="POST"')
+    found = dict.fromkeys([*wanted, "quota_seconds", "quota_count"], 0.0)
+    for line in str(plane.api.get("/metrics")["text"]).splitlines():
+        match = METRIC_LINE.match(line)
+        if match is None:
+            continue
+        metric, labels = match["name"], match["labels"]
+        value = float(match["value"])
+        for key, (name, extra) in wanted.items():
+            if metric == name and all(p in labels for p in pod_create) and extra in labels:
+                found[key] += value
+        if 'name="ResourceQuota"' in labels and 'operation="CREATE"' in labels:
+            if metric == "apiserver_admission_controller_admission_duration_seconds_sum":
+                found["quota_seconds"] += value
+            elif metric == "apiserver_admission_controller_admission_duration_seconds_count":
+                found["quota_count"] += value
+    return found
+
+
+def record_storm(side: Side, before: dict[str, float], after: dict[str, float]) -> None:
+    delta = {key: after[key] - before[key] for key in after}
+    side.pods_created = int(delta["created"])
+    side.create_conflicts = int(delta["conflicts"])
+    side.create_mean_s = delta["seconds"] / delta["answered"] if delta["answered"] else None
+    if delta["quota_count"]:
+        side.quota_admission_mean_s = delta["quota_seconds"] / delta["quota_count"]
+
+
 def attempt(side: Side, step: str, measure: Callable[[], None]) -> None:
     """Run one measurement; a failure is recorded on `side` and the run goes on."""
     try:
@@ -433,12 +505,15 @@ def run_side(
         try:
             create_users(hub, users)
             first_spawns(hub, plane, namespaces, TEAMS)
+            log_offset, metrics = hub.log_path.stat().st_size, api_metrics(plane)
             admitted, started = storm(hub, servers)
             side.admitted = len(admitted)
             running_at, failed = wait_running(plane, hub, prefix, admitted, timeout=1200)
             side.storm_running_s = running_at - started
             side.storm_ready_s = wait_ready(hub, sorted(set(admitted) - failed), 1200) - started
             side.failed = len(failed)
+            record_storm(side, metrics, api_metrics(plane))
+            side.hub_log = count_log(hub.log_path, log_offset)
             side.over_quota, side.overcommitted = violations(
                 plane, prefix, EQUAL_QUOTA if ours else None
             )
@@ -476,6 +551,14 @@ def table(sides: list[Side]) -> str:
         ("admitted / failed after", *(f"{s.admitted} / {s.failed}" for s in sides)),
         ("storm: s until all pods Running", *(f(s.storm_running_s) for s in sides)),
         ("storm: s until the hub has all ready", *(f(s.storm_ready_s) for s in sides)),
+        ("storm: pods the API server made", *(f(s.pods_created) for s in sides)),
+        ("storm: pod creates answered 409", *(f(s.create_conflicts) for s in sides)),
+        ("storm: API server's mean pod create s", *(f(s.create_mean_s, 3) for s in sides)),
+        (
+            "storm: its ResourceQuota admission s",
+            *(f(s.quota_admission_mean_s, 4) for s in sides),
+        ),
+        *((f"storm log: {what}", *(f(s.hub_log.get(what)) for s in sides)) for what in STORM_LOG),
         (
             "teams over quota / nodes over-committed",
             *(f"{s.over_quota} / {s.overcommitted}" for s in sides),

@@ -200,6 +200,10 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         way (deleted, then created again; see `stop`)."""
         from kubernetes_asyncio.client.rest import ApiException
 
+        # KubeSpawner's words, so that logs read the same with either spawner
+        self.log.info(
+            f"Attempting to create pod {pod.metadata.name}, with timeout {request_timeout}"
+        )
         try:
             await asyncio.wait_for(
                 self.api.create_namespaced_pod(self.namespace, pod), request_timeout

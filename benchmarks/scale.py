@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -128,6 +129,8 @@ class Side:
     """The API server's mean time to answer a pod create during the storm (its own histogram)."""
     quota_admission_mean_s: float | None = None
     """Its ResourceQuota admission's mean time per create during the storm."""
+    refused: Counter[str] = field(default_factory=Counter)
+    """Storm spawns the hub refused at once, by status and message."""
     hub_log: dict[str, int] = field(default_factory=dict)
     """What the hub's log says happened during the storm (STORM_LOG: lines counted)."""
     errors: list[str] = field(default_factory=list)
@@ -155,22 +158,34 @@ def create_users(hub: K8sHub, count: int) -> None:
             raise RuntimeError(f"creating users: {response.status_code} {response.text[:200]}")
 
 
-def storm(hub: K8sHub, servers: int) -> tuple[list[str], float]:
+def storm(hub: K8sHub, servers: int, side: Side) -> tuple[list[str], float]:
+    """N spawns at once; the users whose spawn was taken, and when it began. Refusals are
+    counted on `side` by status and message."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def spawn(index: int) -> tuple[str, int]:
+    def spawn(index: int) -> tuple[str, int, str]:
         response = requests.post(
             f"{hub.url}hub/api/users/{name(index)}/server",
             json={"profile": "h100-single"},
             headers={"Authorization": f"token {hub.token}"},
             timeout=900,
         )
-        return name(index), response.status_code
+        return name(index), response.status_code, response.text
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=min(servers, 250)) as pool:
         answers = list(pool.map(spawn, range(TEAMS, TEAMS + servers)))
-    return [user for user, status in answers if status in (201, 202)], started
+    for _, status, text in answers:
+        if status not in (201, 202):
+            side.refused[f"{status} {refusal_message(text)[:100]}"] += 1
+    return [user for user, status, _ in answers if status in (201, 202)], started
+
+
+def refusal_message(text: str) -> str:
+    try:
+        return str(json.loads(text).get("message", text))
+    except (ValueError, AttributeError):
+        return text
 
 
 def restart(hub: K8sHub, extra_user: str) -> tuple[float, float]:
@@ -506,7 +521,7 @@ def run_side(
             create_users(hub, users)
             first_spawns(hub, plane, namespaces, TEAMS)
             log_offset, metrics = hub.log_path.stat().st_size, api_metrics(plane)
-            admitted, started = storm(hub, servers)
+            admitted, started = storm(hub, servers, side)
             side.admitted = len(admitted)
             running_at, failed = wait_running(plane, hub, prefix, admitted, timeout=1200)
             side.storm_running_s = running_at - started
@@ -650,6 +665,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(
                     f"  {side.label} N={servers}: {time.monotonic() - began:.0f} s, "
                     f"load {os.getloadavg()[0]:.2f}",
+                    *(f"\n  refused {n}x: {why}" for why, n in side.refused.most_common()),
                     *(f"\n  failed: {e}" for e in side.errors),
                     flush=True,
                 )

@@ -7,9 +7,13 @@ service ticks, a PostgreSQL primary that stopped answering) must not stop all of
   A write the database refuses waits, in order with later writes, and is tried again every
   `RETRY_SECONDS` (applied then as its `late` version).
 - **Reads** for pages and previews run beside it, in a small pool.
-- A caller waits for a call at most its timeout; then it gets `LedgerTimeout` (a spawn is
-  refused as "billing is unavailable"). An admission that finishes after its caller gave up is
-  undone at once (`on_late`): nobody starts that server, so nobody may be billed for it.
+- A caller waits for its call while the lane gets work done: it gets `LedgerTimeout` (a spawn
+  is refused as "billing is unavailable") once the database has finished nothing of the lane's
+  for the call timeout, not after a fixed time in line behind other spawns' admissions (a
+  thousand spawns at once queue a thousand admissions; on SQLite their line took longer than
+  the timeout while every one of them was answered in milliseconds). An admission that
+  finishes after its caller gave up is undone at once (`on_late`): nobody starts that server,
+  so nobody may be billed for it.
 
 Does no policy: what to call and what a failure means is the spawner's.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,9 +39,9 @@ T = TypeVar("T")
 RETRY_SECONDS = 2.0
 """How often ledger writes that found the billing database down are tried again."""
 CALL_TIMEOUT_SECONDS = 20.0
-"""How long a spawn waits for its admission (behind the lane's earlier work) before it is
-refused as "billing is unavailable". Above SQLite's busy wait for a tick's write lock at a
-thousand servers, below JupyterHub's start timeout."""
+"""How long the lane may finish nothing (the database does not answer) before the spawns that
+wait on it are refused as "billing is unavailable". Above SQLite's busy wait for a tick's write
+lock at a thousand servers, below JupyterHub's start timeout."""
 READ_TIMEOUT_SECONDS = 5.0
 """How long a page waits for a ledger read before it shows itself without it."""
 READ_THREADS = 2
@@ -45,8 +50,14 @@ READ_THREADS = 2
 class LedgerTimeout(Exception):
     """A ledger call did not finish in time: the billing database hangs, or holds a lock."""
 
-    def __init__(self, what: str, seconds: float) -> None:
-        super().__init__(f"the {what} did not finish within {seconds:g} s")
+    def __init__(self, what: str, seconds: float, *, in_line: bool = False) -> None:
+        if in_line:
+            super().__init__(
+                f"the {what} did not finish: the billing database finished nothing for "
+                f"{seconds:g} s"
+            )
+        else:
+            super().__init__(f"the {what} did not finish within {seconds:g} s")
 
 
 LEDGER_DOWN = (DBAPIError, SchemaError, LedgerTimeout)
@@ -84,6 +95,9 @@ class LedgerLane:
         """Writes the database refused, in order; touched only in the lane's thread (or the
         caller's, with no event loop running)."""
         self._retrying: asyncio.Task[None] | None = None
+        self._answered_at = time.monotonic()
+        """When the database last finished something of the lane's (a write, or a call that it
+        answered, even with a refusal); written in the lane's thread, read in the loop's."""
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -141,6 +155,7 @@ class LedgerLane:
             ledger = self._open()
             if ledger is not None:
                 change(ledger)
+                self._answered_at = time.monotonic()
         except (DBAPIError, SchemaError) as exc:
             self.log.warning(
                 "gpuhub: billing database unavailable; %d write(s) wait, first the %s: %s",
@@ -187,15 +202,16 @@ class LedgerLane:
         on_late: Callable[[Ledger, T], object] | None = None,
     ) -> T:
         """`fn(ledger)` on the lane, after everything queued before it; its result, or its
-        exception (DBAPIError, SchemaError, AdmissionRefused...). Raises LedgerTimeout after the
-        call timeout; if `fn` still finishes after that, `on_late(ledger, result)` runs in the
-        lane right after it (e.g. closing an admission nobody will use)."""
-        return await self._run(self._lane_pool(), what, fn, self.call_timeout, on_late)
+        exception (DBAPIError, SchemaError, AdmissionRefused...). Raises LedgerTimeout once the
+        lane has finished nothing for the call timeout (while this call waited); if `fn` still
+        finishes after that, `on_late(ledger, result)` runs in the lane right after it (e.g.
+        closing an admission nobody will use)."""
+        return await self._run(self._lane_pool(), what, fn, self.call_timeout, on_late, True)
 
     async def read(self, what: str, fn: Callable[[Ledger], T]) -> T:
         """`fn(ledger)` in a read thread (no order with the lane: it may not see a write queued
         a moment ago); raises as `call` does, LedgerTimeout after the read timeout."""
-        return await self._run(self._read_pool(), what, fn, self.read_timeout, None)
+        return await self._run(self._read_pool(), what, fn, self.read_timeout, None, False)
 
     async def _run(
         self,
@@ -204,14 +220,24 @@ class LedgerLane:
         fn: Callable[[Ledger], T],
         seconds: float,
         on_late: Callable[[Ledger, T], object] | None,
+        in_line: bool,
     ) -> T:
+        """`fn` in `pool`. `in_line` (the lane): the caller's `seconds` run from its call or the
+        lane's last finished work, whichever is later; else from its call."""
         handoff = _Handoff()
 
         def run() -> T:
             ledger = self._open()
             if ledger is None:
                 raise SchemaError("gpuhub: this hub has no billing database (ledger_url)")
-            result = fn(ledger)
+            try:
+                result = fn(ledger)
+            except (DBAPIError, SchemaError):
+                raise
+            except Exception:
+                self._answered_at = time.monotonic()  # answered, with a refusal
+                raise
+            self._answered_at = time.monotonic()
             with handoff.lock:
                 if not handoff.abandoned:
                     handoff.delivered = True
@@ -226,14 +252,21 @@ class LedgerLane:
         future: Future[T] = pool.submit(run)
         waited = asyncio.wrap_future(future)
         waited.add_done_callback(_retrieve)
-        done, _ = await asyncio.wait([waited], timeout=seconds)
-        if not done:
+        called = time.monotonic()
+        while True:
+            since = max(called, self._answered_at) if in_line else called
+            left = since + seconds - time.monotonic()
+            if left > 0:
+                done, _ = await asyncio.wait([waited], timeout=left)
+                if done:
+                    return await waited
+                continue  # the lane may have answered others meanwhile: look again
             with handoff.lock:
                 if not handoff.delivered:
                     handoff.abandoned = True
                     future.cancel()  # not started yet: it never runs
-                    raise LedgerTimeout(what, seconds)
-        return await waited
+                    raise LedgerTimeout(what, seconds, in_line=in_line)
+            return await waited
 
     def _lane_pool(self) -> ThreadPoolExecutor:
         if self._lane is None:

@@ -167,10 +167,11 @@ class GPUSpawnerMixin(_SpawnerBase):  # type: ignore[misc]
     ledger_timeout = Float(
         CALL_TIMEOUT_SECONDS,
         config=True,
-        help="Seconds a spawn waits for its admission by the billing database (run off the "
-        "hub's event loop, behind the hub's earlier ledger work) before it is refused as "
-        "'billing is unavailable'. An admission that finishes later is closed unstarted. "
-        "Read once, when the hub's first spawner is made.",
+        help="Seconds the billing database may answer nothing of the hub's ledger work (run "
+        "off the hub's event loop, in order) before the spawns waiting for their admission are "
+        "refused as 'billing is unavailable'. A spawn in line behind other spawns' admissions "
+        "that the database is answering waits on. An admission that finishes after its spawn "
+        "was refused is closed unstarted. Read once, when the hub's first spawner is made.",
     )
 
     @validate("ledger_timeout")

@@ -33,7 +33,7 @@ Not a test: nothing here asserts timing. The quota and the survival counts are p
 reader to check (tests/k8s check them at CI size).
 
     .venv/bin/python -m benchmarks.scale [--servers 250 500 1000] [--nodes 128] [--users 5000]
-        [--postgres] [--keep DIR]
+        [--postgres] [--no-resource-quotas] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -493,11 +493,13 @@ def run_side(
     ours: bool,
     measure: bool = True,
     ledger_url: str | None = None,
+    quotas_on: bool = True,
 ) -> Side:
     """One side at N = `servers`: storm, restart and what survived it; with `measure`, the
     tick, the idle hub and the culling cycles too (tests/k8s/test_scale_small.py runs it
     without, at CI size). `ledger_url`: gpuhub's ledger (an empty database, upgraded here;
-    None: SQLite in the hub's directory)."""
+    None: SQLite in the hub's directory). `quotas_on`: gpuhub keeps its teams' ResourceQuota
+    backstops (off: the ledger's admission alone holds the quotas)."""
     prefix = f"scale-{'gpuhub' if ours else 'stock'}-{servers}"
     settings: dict[str, Any] = {"namespace": f"{prefix}-hub", "start_timeout": 900}
     if ours and ledger_url is not None:
@@ -509,7 +511,7 @@ def run_side(
         document["metering"]["reconcile_interval"] = "15s"
         document["culling"] = {"interval": "1h"}  # the benchmark runs its cycles itself
         settings["catalog"] = document
-        settings["extra_config"] = "c.GPUKubeSpawner.manage_resource_quotas = True"
+        settings["extra_config"] = f"c.GPUKubeSpawner.manage_resource_quotas = {quotas_on}"
     else:
         settings["spawner"] = "kubespawner"
         settings["extra_config"] = f"c.KubeSpawner.profile_list = {stock_profile_list()!r}"
@@ -633,6 +635,11 @@ def main(argv: list[str] | None = None) -> None:
         help="gpuhub's ledger on a throwaway PostgreSQL server (tests/postgres.py), a database "
         "per N, instead of SQLite in the hub's directory",
     )
+    parser.add_argument(
+        "--no-resource-quotas",
+        action="store_true",
+        help="gpuhub without its teams' ResourceQuota backstops (what they cost a storm)",
+    )
     args = parser.parse_args(argv)
     if (
         max(args.servers) + TEAMS + 1 > args.nodes * H100.gpus
@@ -660,7 +667,15 @@ def main(argv: list[str] | None = None) -> None:
                 url = None
                 if ours and postgres is not None:
                     url = postgres.create_database(f"scale_{servers}")
-                side = run_side(plane, workdir, servers, args.users, ours, ledger_url=url)
+                side = run_side(
+                    plane,
+                    workdir,
+                    servers,
+                    args.users,
+                    ours,
+                    ledger_url=url,
+                    quotas_on=not args.no_resource_quotas,
+                )
                 sides.append(side)
                 print(
                     f"  {side.label} N={servers}: {time.monotonic() - began:.0f} s, "

@@ -179,7 +179,7 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
     """True while this spawner's own start runs (KubeSpawner's `_start`)."""
 
     async def _metered_start(self) -> Any:
-        self._starting = True
+        self._starting, self._create_timed_out = True, False
         try:
             result = await self._start()
         except BaseException:
@@ -190,55 +190,78 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         await self.metering_started(f"{self.namespace}/{self.pod_name}")
         return result
 
+    _create_timed_out = False
+    """True once a pod create of this start timed out: that pod may exist all the same."""
+
     async def _make_create_pod_request(self, pod: Any, request_timeout: int) -> bool:
         """KubeSpawner's pod create (one try of its retry loop), keeping the pod this spawn's
         own earlier try made. A create that times out on a slow API server may still go
-        through; KubeSpawner's next try then meets that pod (409) and deletes and creates it
-        again, which under a storm of creates times out in turn, until its retry timeout
-        gives up the spawn. A pod of this spawn's session and install (`made_by_this_spawn`)
-        is the one asked for: the try succeeds. Any other pod of the name goes KubeSpawner's
-        way (deleted, then created again; see `stop`)."""
+        through. KubeSpawner's next try then meets that pod (409) and deletes and creates it
+        again, which under a storm of creates times out in turn, until its retry timeout gives
+        up the spawn. And every create the API server's ResourceQuota admission lets through is
+        counted against the team's quota even when the create itself then fails (409): until
+        Kubernetes recounts, the namespace's quota looks fuller than it is and refuses pods the
+        ledger admitted (403 "exceeded quota", 94 lost spawns in one 1,000-server storm).
+
+        So after a timed-out try this looks before it creates: a pod of this spawn's session and
+        install (`made_by_this_spawn`) is the one asked for, and the try succeeds without
+        another create. Any other pod of the name goes KubeSpawner's way (deleted, then created
+        again; see `stop`)."""
         from kubernetes_asyncio.client.rest import ApiException
 
+        name = pod.metadata.name
+        if self._create_timed_out:
+            read, found = await self._pod_of_the_name(name, request_timeout)
+            if not read:
+                return False  # not known whether it exists: the next try looks again
+            if found is not None:
+                return await self._keep_or_replace(found, name)
         # KubeSpawner's words, so that logs read the same with either spawner
-        self.log.info(
-            f"Attempting to create pod {pod.metadata.name}, with timeout {request_timeout}"
-        )
+        self.log.info(f"Attempting to create pod {name}, with timeout {request_timeout}")
         try:
             await asyncio.wait_for(
                 self.api.create_namespaced_pod(self.namespace, pod), request_timeout
             )
             return True
         except TimeoutError:
-            return False  # tried again; the pod may exist by then (409, below)
+            self._create_timed_out = True
+            return False
         except ApiException as exc:
             if exc.status != 409:
-                self.log.error("gpuhub: creating pod %s failed: %s", pod.metadata.name, exc)
+                self.log.error("gpuhub: creating pod %s failed: %s", name, exc)
                 raise
-        found = await self._pod_of_the_name(pod.metadata.name, request_timeout)
-        if found is None:
-            return False  # unread (timed out, or gone meanwhile): the next try looks again
+        read, found = await self._pod_of_the_name(name, request_timeout)
+        if not read or found is None:
+            return False  # unread, or gone meanwhile: the next try looks again
+        return await self._keep_or_replace(found, name)
+
+    async def _keep_or_replace(self, found: dict[str, Any], name: str) -> bool:
+        """A pod of the server's name exists: True when it is this spawn's own; otherwise it is
+        deleted (KubeSpawner's way) and False, to create it again."""
         if made_by_this_spawn(found, self.usage_session, self.install):
             self.log.info(
                 "gpuhub: %s keeps pod %s, which its own timed-out create made",
                 self._log_name,
-                pod.metadata.name,
+                name,
             )
             return True
-        self.log.info(
-            "gpuhub: %s found another pod named %s; replacing it", self._log_name, pod.metadata.name
-        )
+        self.log.info("gpuhub: %s found another pod named %s; replacing it", self._log_name, name)
         await self.stop(True)
         return False
 
-    async def _pod_of_the_name(self, name: str, request_timeout: int) -> dict[str, Any] | None:
-        """The pod named `name` in this spawn's namespace: the pod reflector's copy, else the
-        API server's; None when it cannot be read within `request_timeout` or is gone."""
+    async def _pod_of_the_name(
+        self, name: str, request_timeout: int
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """(whether it could be read, the pod named `name` in this spawn's namespace or None
+        when there is none). The pod reflector's copy when it is this spawn's pod, else the API
+        server's answer (the reflector may lag behind a create)."""
         from kubernetes_asyncio.client.rest import ApiException
 
         reflected = self.pod_reflector.pods.get(f"{self.namespace}/{name}")
-        if reflected is not None:
-            return dict(reflected)
+        if reflected is not None and made_by_this_spawn(
+            reflected, self.usage_session, self.install
+        ):
+            return True, dict(reflected)
         try:
             response = await asyncio.wait_for(
                 self.api.read_namespaced_pod(name, self.namespace, _preload_content=False),
@@ -246,11 +269,11 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
             )
             if response.status != 200:  # unpreloaded, an error answer raises nothing
                 response.release()
-                return None
+                return response.status == 404, None
             found: dict[str, Any] = json.loads(await response.read())
         except (TimeoutError, ApiException, ValueError):
-            return None
-        return found
+            return False, None
+        return True, found
 
     async def stop(self, now: bool = False) -> None:
         if now and self._starting:

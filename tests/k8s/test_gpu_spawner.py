@@ -339,6 +339,18 @@ def life_of(hub: K8sHub, pods: PodWatcher, pod: Json) -> Lifetime:
     return found
 
 
+def pod_creates_answered(plane: ControlPlane, code: str) -> int:
+    """How many pod creates the API server has answered with `code` (its own /metrics)."""
+    total = 0.0
+    for line in str(plane.api.get("/metrics")["text"]).splitlines():
+        if line.startswith("apiserver_request_total{") and all(
+            part in line
+            for part in (f'code="{code}"', 'resource="pods"', 'subresource=""', 'verb="POST"')
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
 def gpu_status(hub: K8sHub, user: str, server: str = "") -> list[dict[str, Any]]:
     """The GPUs the user's server samples (its extension's status, read through the proxy)."""
     path = f"user/{user}/{server}/gpuhub/status" if server else f"user/{user}/gpuhub/status"
@@ -730,15 +742,20 @@ def test_a_create_answered_too_late_keeps_the_pod_it_made(
 ) -> None:
     """The API server makes the pod but answers the create after KubeSpawner's
     k8s_api_request_timeout (HUB_CONFIG's fault), as 232 creates of one 1,000-server storm did
-    (benchmarks/scale.py). KubeSpawner's next try meets the pod (409) and would delete it and
-    create it again; GPUKubeSpawner keeps it, as it carries this spawn's session. The API
-    server's own watch of the namespace (not the hub's account) shows one pod made under the
-    name and none deleted; it is billed from its Running. Broken once: the override's 409
-    branch sent every pod to KubeSpawner's delete, and the watch saw two pods made (the first
-    deleted)."""
+    (benchmarks/scale.py). KubeSpawner's next try creates it again, meets the pod (409) and
+    deletes it and creates it once more; and the API server's ResourceQuota counts every
+    create it let through, the refused one too, so the team's quota looked fuller than it was
+    and refused pods the ledger had admitted (94 in one storm). GPUKubeSpawner looks first and
+    keeps the pod, as it carries this spawn's session. The API server's own watch of the
+    namespace shows one pod made under the name and none deleted, its own metrics no create
+    answered 409, and the team's ResourceQuota counts the one GPU. Billed from its Running.
+    Broken once each: the override's 409 branch sending every pod to KubeSpawner's delete (the
+    watch saw two pods made, the first deleted); no look before the second try (one create
+    answered 409, the quota counting 2 GPUs)."""
     namespace = pool.namespace("nlp")
     pods_path = f"/api/v1/namespaces/{namespace}/pods"
     since = control_plane.api.get(pods_path)["metadata"]["resourceVersion"]
+    conflicts = pod_creates_answered(control_plane, "409")
     seen: list[Json] = []
     watcher = threading.Thread(
         target=lambda: seen.extend(control_plane.api.watch(pods_path, since, 30)), daemon=True
@@ -757,6 +774,9 @@ def test_a_create_answered_too_late_keeps_the_pod_it_made(
     deleted = [e for e in mine if e["type"] == "DELETED"]
     assert made == {pod["metadata"]["uid"]}, f"one pod made, and it is the server's: {made}"
     assert deleted == [], "none deleted"
+    assert pod_creates_answered(control_plane, "409") == conflicts, "no create met the pod"
+    quota = control_plane.api.get(f"/api/v1/namespaces/{namespace}/resourcequotas/gpuhub-gpus")
+    assert quota["status"]["used"]["requests.nvidia.com/gpu"] == "1", quota["status"]
     sid = session_id(pod)
     life = life_of(hub, pods, pod)
     row = session_row(ledger, sid)

@@ -10,8 +10,8 @@ service ticks, a PostgreSQL primary that stopped answering) must not stop all of
 - A caller waits for its call while the lane gets work done: it gets `LedgerTimeout` (a spawn
   is refused as "billing is unavailable") once the database has finished nothing of the lane's
   for the call timeout, not after a fixed time in line behind other spawns' admissions (a
-  thousand spawns at once queue a thousand admissions; on SQLite their line took longer than
-  the timeout while every one of them was answered in milliseconds). An admission that
+  thousand spawns at once queue a thousand admissions; at 20 ms each the last waits 20 s,
+  with the database answering all along). An admission that
   finishes after its caller gave up is undone at once (`on_late`): nobody starts that server,
   so nobody may be billed for it.
 

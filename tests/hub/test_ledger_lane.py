@@ -172,13 +172,13 @@ async def test_a_call_that_ends_as_its_caller_gives_up_is_delivered_or_undone_ne
 
 
 async def test_a_long_line_of_answered_calls_is_not_refused_for_its_length() -> None:
-    """A thousand spawns at once queue a thousand admissions on the lane. On SQLite each was
-    answered in milliseconds, yet the last ones waited in line longer than the call timeout and
-    were refused "billing is unavailable" (56 of 1,000 in benchmarks/scale.py). The timeout
-    counts the database answering nothing, not the line: 30 calls of 0.05 s queued at once
-    (1.5 s in all) with a 0.3 s timeout all finish; a call behind one that never ends is
-    refused after the timeout. Broken once: the timeout counted from each call (as before),
-    and 25 of the 30 were refused."""
+    """A thousand spawns at once queue a thousand admissions on the lane: at 20 ms each (SQLite
+    under a storm's load) the last waits 20 s in line, and a timeout counted from each call
+    would refuse it "billing is unavailable" though the database answered every admission.
+    The timeout counts the database answering nothing, not the line: 30 calls of 0.05 s
+    queued at once (1.5 s in all) with a 0.3 s timeout all finish; a call behind one that
+    never ends is refused after the timeout. Broken once: the timeout counted from each call
+    (as before), and 25 of the 30 were refused."""
     lane = LedgerLane(lambda: object(), logging.getLogger("test"), call_timeout=0.3)  # type: ignore[arg-type,return-value]
 
     def work(_ledger: object, i: int) -> int:

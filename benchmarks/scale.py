@@ -120,8 +120,9 @@ class Side:
     cull_considered: int | None = None
     """Servers the last culling cycle looked at (gpuhub's: ready ones; N + 1 expected)."""
     pods_created: int | None = None
-    """Pods the API server made during the storm (its own count of POSTs answered 201): N,
-    plus one for every pod deleted and made again."""
+    """Pod creates the API server answered 201 during the storm (its own count): about N, plus
+    one for every pod deleted and made again (a create whose answer timed out inside the API
+    server may have made its pod without a 201)."""
     create_conflicts: int | None = None
     """Pod creates the API server answered 409 during the storm: a try that met a pod of the
     name, most often the pod its own earlier, timed-out try made."""
@@ -568,7 +569,7 @@ def table(sides: list[Side]) -> str:
         ("admitted / failed after", *(f"{s.admitted} / {s.failed}" for s in sides)),
         ("storm: s until all pods Running", *(f(s.storm_running_s) for s in sides)),
         ("storm: s until the hub has all ready", *(f(s.storm_ready_s) for s in sides)),
-        ("storm: pods the API server made", *(f(s.pods_created) for s in sides)),
+        ("storm: pod creates answered 201", *(f(s.pods_created) for s in sides)),
         ("storm: pod creates answered 409", *(f(s.create_conflicts) for s in sides)),
         ("storm: API server's mean pod create s", *(f(s.create_mean_s, 3) for s in sides)),
         (

@@ -10,11 +10,14 @@ spawn: gpuhub's team namespaces exist with their ResourceQuota), then:
 
 - **storm**: N users POST their one-H100 spawn at once; the seconds until every pod is Running
   and until the hub has every server ready; quota violations (running GPUs of a team over its
-  quota, nodes over-committed; both must be 0). gpuhub's teams have 128 H100s each (1,024, the
+  quota, nodes over-committed; both must be 0); the refusals; what the storm cost the API
+  server (its own metrics: pod creates answered 201 and 409, mean create and ResourceQuota
+  admission time) and what the hub's log says (create tries, pods kept or replaced, reflector
+  restarts). gpuhub's teams have 128 H100s each (1,024, the
   pool), so every spawn is admitted, as with stock.
-- **restart**: the hub is stopped with SIGTERM (as Kubernetes stops the chart's hub pod; the
-  proxy, a pod of its own in the chart, lives on) and started again on the same databases: the
-  seconds until the REST API answers, and until one more user's new spawn is ready; then the
+- **restart**: the hub is stopped with SIGTERM (as Kubernetes stops the chart's hub pod) and
+  started again on the same databases: the seconds until the REST API answers (through the
+  proxy), and until one more user's new spawn is ready; then the
   servers still Running (pods, from the API server) and ready (the hub), and for gpuhub the open
   sessions in the ledger (billed), which must all equal N.
 - **tick** (gpuhub): the service's own timing of its ticks (api/v1/status `tick_seconds`, median
@@ -190,7 +193,7 @@ def refusal_message(text: str) -> str:
 
 
 def restart(hub: K8sHub, extra_user: str) -> tuple[float, float]:
-    """SIGTERM to the hub (its proxy lives on), started again: (s until the API answers, s until
+    """SIGTERM to the hub, started again: (s until the API answers, s until
     `extra_user`'s new server is ready)."""
     assert hub.process is not None
     hub.process.send_signal(signal.SIGTERM)
@@ -513,6 +516,12 @@ def run_side(
         document["culling"] = {"interval": "1h"}  # the benchmark runs its cycles itself
         settings["catalog"] = document
         settings["extra_config"] = f"c.GPUKubeSpawner.manage_resource_quotas = {quotas_on}"
+        if not quotas_on:  # the service keeps them too, unless told not to
+            settings["extra_config"] += (
+                "\nfor service in c.JupyterHub.services:\n"
+                "    if service['name'] == 'gpu-usage':\n"
+                "        service['command'].append('--no-resource-quotas')"
+            )
     else:
         settings["spawner"] = "kubespawner"
         settings["extra_config"] = f"c.KubeSpawner.profile_list = {stock_profile_list()!r}"

@@ -53,6 +53,8 @@ class Settings:
     service_port: int = 10101
     """The gpuhub service's port in the hub's pod, and on the hub Service (extraPorts)."""
     culling: bool = True
+    resource_quotas: bool = True
+    """Keep a ResourceQuota backstop in each team namespace (the hub and the service)."""
     upgrade_database: bool = True
     """Create or upgrade the ledger's schema when the hub starts (one hub replica)."""
     install: str | None = None
@@ -64,6 +66,7 @@ KEYS = {
     "ledgerUrl": ("ledger_url", str),
     "servicePort": ("service_port", int),
     "culling": ("culling", bool),
+    "resourceQuotas": ("resource_quotas", bool),
     "upgradeDatabase": ("upgrade_database", bool),
     "install": ("install", str),
 }
@@ -131,6 +134,7 @@ def configure(
     url = f"http://{hub_host}:{planned.service_port}"
     install = planned.install or default_install(environ)
     c.GPUKubeSpawner.install = install
+    c.GPUKubeSpawner.manage_resource_quotas = planned.resource_quotas
     c.GPUKubeSpawner.catalog_path = planned.catalog_path
     c.GPUKubeSpawner.ledger_url = planned.ledger_url
     c.GPUKubeSpawner.activity_url = f"{url}/services/{SERVICE_NAME}/"
@@ -155,6 +159,7 @@ def configure(
             catalog=catalog,
             admin_users=admins,
             culling=planned.culling,
+            resource_quotas=planned.resource_quotas,
             install=install,
         ),
     )

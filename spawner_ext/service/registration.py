@@ -108,6 +108,7 @@ def service_config(
     catalog: Catalog | None = None,
     admin_users: Iterable[str] = (),
     culling: bool = True,
+    resource_quotas: bool = True,
     url: str | None = None,
     cookie_secret_file: str | None = None,
     install: str | None = None,
@@ -116,9 +117,11 @@ def service_config(
     [...], "template_vars": {...}}` to add to JupyterHub's own settings. Roles of `catalog`'s
     leads are made when the hub starts: a change of leads takes a hub restart (JupyterHub loads
     roles at start only). `culling=False` leaves culling to stock jupyterhub-idle-culler
-    (service/arbiter.py offers it gpuhub's policy). `url`: where the proxy (and notebook servers)
-    reach the service, when not on this machine (Kubernetes: the hub Service's extra port); the
-    service then listens on every interface of `port`. `cookie_secret_file`: where the service
+    (service/arbiter.py offers it gpuhub's policy). `resource_quotas=False`: the service keeps
+    no team ResourceQuotas (set the spawner's `manage_resource_quotas` False with it). `url`:
+    where the proxy (and notebook servers) reach the service, when not on this machine
+    (Kubernetes: the hub Service's extra port); the service then listens on every interface of
+    `port`. `cookie_secret_file`: where the service
     keeps the secret of its logins (made at its first start), so that its restarts log nobody
     out; on Kubernetes the secret comes in GPUHUB_SERVICE_COOKIE_SECRET (`environment`)
     instead. `install`: the hub's install name (its spawner's `install`), which the service
@@ -133,6 +136,8 @@ def service_config(
     )
     if not culling:
         command.append("--no-culling")
+    if not resource_quotas:
+        command.append("--no-resource-quotas")
     if url is not None:
         command += ["--ip", "0.0.0.0", "--port", str(port)]
     service: dict[str, Any] = {

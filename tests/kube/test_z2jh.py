@@ -108,6 +108,28 @@ def test_with_culling_off_servers_still_report_and_hear_the_budget_notice() -> N
     assert "access:services!service=gpu-usage" in roles["server"]["scopes"]
 
 
+def test_resource_quotas_off_turns_them_off_in_the_hub_and_the_service() -> None:
+    """`custom.gpuhub.resourceQuotas: false`: neither the hub (when it makes a namespace) nor
+    the service (every tick) keeps team ResourceQuotas; on by default in both. Broken once:
+    the service registered without the flag, and it kept the quotas the hub left out."""
+    c = chart_config()
+    configure(c, {"catalogPath": CATALOG}, hub_host="jhub-hub", upgrade=lambda url: None)
+    ours = {s["name"]: s for s in c.JupyterHub.services}["gpu-usage"]
+    assert c.GPUKubeSpawner.manage_resource_quotas is True
+    assert "--no-resource-quotas" not in ours["command"]
+
+    c = chart_config()
+    configure(
+        c,
+        {"catalogPath": CATALOG, "resourceQuotas": False},
+        hub_host="jhub-hub",
+        upgrade=lambda url: None,
+    )
+    ours = {s["name"]: s for s in c.JupyterHub.services}["gpu-usage"]
+    assert c.GPUKubeSpawner.manage_resource_quotas is False
+    assert "--no-resource-quotas" in ours["command"]
+
+
 def test_a_spawner_of_the_operators_own_is_kept_and_upgrades_can_be_left_out() -> None:
     c = chart_config()
     c.JupyterHub.spawner_class = "mypkg.MyGPUKubeSpawner"

@@ -48,7 +48,6 @@ import json
 import logging
 import os
 import platform
-import re
 import signal
 import statistics
 import sys
@@ -66,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "k8s"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hub import K8sHub, delete_namespaces, running_hub
-from testbed import H100, ControlPlane, Json, build_binaries
+from testbed import H100, POD_CREATE, ControlPlane, Json, build_binaries, metric_sum
 
 from benchmarks.spawn_storm import (
     catalog,
@@ -336,35 +335,20 @@ def count_log(path: Path, offset: int) -> dict[str, int]:
     return {what: text.count(needle) for what, needle in STORM_LOG.items()}
 
 
-METRIC_LINE = re.compile(r"^(?P<name>[a-z_:]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
-
-
 def api_metrics(plane: ControlPlane) -> dict[str, float]:
     """The API server's own counts of pod creates (/metrics): answered 201 and 409, their
     summed and counted durations, and its ResourceQuota admission's for creates."""
-    wanted = {
-        "created": ("apiserver_request_total", 'code="201"'),
-        "conflicts": ("apiserver_request_total", 'code="409"'),
-        "seconds": ("apiserver_request_duration_seconds_sum", ""),
-        "answered": ("apiserver_request_duration_seconds_count", ""),
+    samples = plane.api.metrics()
+    quota = ('name="ResourceQuota"', 'operation="CREATE"')
+    admission = "apiserver_admission_controller_admission_duration_seconds"
+    return {
+        "created": metric_sum(samples, "apiserver_request_total", 'code="201"', *POD_CREATE),
+        "conflicts": metric_sum(samples, "apiserver_request_total", 'code="409"', *POD_CREATE),
+        "seconds": metric_sum(samples, "apiserver_request_duration_seconds_sum", *POD_CREATE),
+        "answered": metric_sum(samples, "apiserver_request_duration_seconds_count", *POD_CREATE),
+        "quota_seconds": metric_sum(samples, f"{admission}_sum", *quota),
+        "quota_count": metric_sum(samples, f"{admission}_count", *quota),
     }
-    pod_create = ('resource="pods"', 'subresource=""', 'verb="POST"')
-    found = dict.fromkeys([*wanted, "quota_seconds", "quota_count"], 0.0)
-    for line in str(plane.api.get("/metrics")["text"]).splitlines():
-        match = METRIC_LINE.match(line)
-        if match is None:
-            continue
-        metric, labels = match["name"], match["labels"]
-        value = float(match["value"])
-        for key, (name, extra) in wanted.items():
-            if metric == name and all(p in labels for p in pod_create) and extra in labels:
-                found[key] += value
-        if 'name="ResourceQuota"' in labels and 'operation="CREATE"' in labels:
-            if metric == "apiserver_admission_controller_admission_duration_seconds_sum":
-                found["quota_seconds"] += value
-            elif metric == "apiserver_admission_controller_admission_duration_seconds_count":
-                found["quota_count"] += value
-    return found
 
 
 def record_storm(side: Side, before: dict[str, float], after: dict[str, float]) -> None:
@@ -515,13 +499,7 @@ def run_side(
         document["metering"]["reconcile_interval"] = "15s"
         document["culling"] = {"interval": "1h"}  # the benchmark runs its cycles itself
         settings["catalog"] = document
-        settings["extra_config"] = f"c.GPUKubeSpawner.manage_resource_quotas = {quotas_on}"
-        if not quotas_on:  # the service keeps them too, unless told not to
-            settings["extra_config"] += (
-                "\nfor service in c.JupyterHub.services:\n"
-                "    if service['name'] == 'gpu-usage':\n"
-                "        service['command'].append('--no-resource-quotas')"
-            )
+        settings["resource_quotas"] = quotas_on
     else:
         settings["spawner"] = "kubespawner"
         settings["extra_config"] = f"c.KubeSpawner.profile_list = {stock_profile_list()!r}"

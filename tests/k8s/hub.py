@@ -105,7 +105,9 @@ register(c, service_config(
     environment={{"KUBECONFIG": {kubeconfig!r}, "PYTHONUNBUFFERED": "1"}},
     catalog=load_catalog({catalog!r}),  # the roles of its teams' leads
     install={install!r},
+    resource_quotas={resource_quotas!r},
 ))
+c.GPUKubeSpawner.manage_resource_quotas = {resource_quotas!r}
 if {install!r}:
     c.GPUKubeSpawner.install = {install!r}
 """
@@ -189,8 +191,10 @@ class K8sHub:
         install: str | None = None,
         ledger_url: str | None = None,
         hub_db_url: str | None = None,
+        resource_quotas: bool = True,
     ) -> None:
         """`install`: the hub's and its service's install name (None: their default).
+        `resource_quotas`: the hub and its service keep team ResourceQuotas (the default).
         `ledger_url`: a billing database to share with other hubs (already upgraded; None: a
         SQLite ledger of its own in `workdir`). `hub_db_url`: JupyterHub's own database (None:
         jupyterhub.sqlite in `workdir`)."""
@@ -246,6 +250,7 @@ class K8sHub:
                     port=self.service_port,
                     kubeconfig=str(plane.kubeconfig),
                     install=install,
+                    resource_quotas=resource_quotas,
                 ),
                 extra=extra_config,
             )

@@ -33,12 +33,14 @@ from sqlalchemy.orm import Session
 from testbed import (
     A100,
     H100,
+    POD_CREATE,
     ApiError,
     ControlPlane,
     GpuNodeSpec,
     Json,
     ProcessKubelet,
     gpu_pod_manifest,
+    metric_sum,
 )
 
 from spawner_ext.ledger.models import UsageSession
@@ -341,14 +343,8 @@ def life_of(hub: K8sHub, pods: PodWatcher, pod: Json) -> Lifetime:
 
 def pod_creates_answered(plane: ControlPlane, code: str) -> int:
     """How many pod creates the API server has answered with `code` (its own /metrics)."""
-    total = 0.0
-    for line in str(plane.api.get("/metrics")["text"]).splitlines():
-        if line.startswith("apiserver_request_total{") and all(
-            part in line
-            for part in (f'code="{code}"', 'resource="pods"', 'subresource=""', 'verb="POST"')
-        ):
-            total += float(line.rsplit(" ", 1)[1])
-    return int(total)
+    samples = plane.api.metrics()
+    return int(metric_sum(samples, "apiserver_request_total", f'code="{code}"', *POD_CREATE))
 
 
 def gpu_status(hub: K8sHub, user: str, server: str = "") -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import ipaddress
 import itertools
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -58,6 +59,16 @@ GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 
 Json = dict[str, Any]
 T = TypeVar("T")
+
+METRIC_SAMPLE = re.compile(r"^(?P<name>[a-z_:]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+POD_CREATE = ('resource="pods"', 'subresource=""', 'verb="POST"')
+"""The labels of the API server's samples about pod creates (not its pods/binding)."""
+
+
+def metric_sum(samples: list[tuple[str, str, float]], name: str, *labels: str) -> float:
+    """The sum of the samples (KubeApi.metrics) of metric `name` whose labels include every
+    one of `labels` (each as written in the exposition, e.g. 'code="409"')."""
+    return sum(v for n, found, v in samples if n == name and all(x in found for x in labels))
 
 
 class TestbedError(RuntimeError):
@@ -413,15 +424,11 @@ class KubeApi:
             url += "?" + urllib.parse.urlencode(params)
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(url, data=data, method=method)
-        request.add_header("Authorization", f"Bearer {self.token}")
         request.add_header("Accept", "application/json")
         if data is not None:
             request.add_header("Content-Type", content_type)
         try:
-            if self._ssl is None:
-                self._ssl = ssl.create_default_context(cafile=str(self.ca_file))
-            with urllib.request.urlopen(request, timeout=timeout, context=self._ssl) as response:
-                raw = response.read()
+            raw = self._read(request, timeout)
         except urllib.error.HTTPError as error:
             raw = error.read()
             error.close()
@@ -439,23 +446,31 @@ class KubeApi:
     def get(self, path: str, **params: str) -> Json:
         return self.request("GET", path, params=params)
 
-    def watch(self, path: str, resource_version: str, seconds: int) -> list[Json]:
-        """Every watch event on the collection at `path` after `resource_version`, for
-        `seconds` (the API server ends the watch then): what happened, not only what is left."""
-        url = (
-            self.server
-            + path
-            + "?"
-            + urllib.parse.urlencode(
-                {"watch": "1", "resourceVersion": resource_version, "timeoutSeconds": str(seconds)}
-            )
-        )
-        request = urllib.request.Request(url)
+    def _read(self, request: urllib.request.Request, timeout: float) -> bytes:
+        """The body of `request`, sent with the token over TLS checked against the CA."""
         request.add_header("Authorization", f"Bearer {self.token}")
         if self._ssl is None:
             self._ssl = ssl.create_default_context(cafile=str(self.ca_file))
-        with urllib.request.urlopen(request, timeout=seconds + 30, context=self._ssl) as response:
-            return [json.loads(line) for line in response.read().splitlines() if line.strip()]
+        with urllib.request.urlopen(request, timeout=timeout, context=self._ssl) as response:
+            body: bytes = response.read()
+            return body
+
+    def watch(self, path: str, resource_version: str, seconds: int) -> list[Json]:
+        """Every watch event on the collection at `path` after `resource_version`, for
+        `seconds` (the API server ends the watch then): what happened, not only what is left."""
+        query = {"watch": "1", "resourceVersion": resource_version, "timeoutSeconds": str(seconds)}
+        url = f"{self.server}{path}?{urllib.parse.urlencode(query)}"
+        raw = self._read(urllib.request.Request(url), seconds + 30)
+        return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+    def metrics(self) -> list[tuple[str, str, float]]:
+        """The API server's /metrics samples with labels, as (name, labels, value)."""
+        found = []
+        for line in str(self.get("/metrics")["text"]).splitlines():
+            match = METRIC_SAMPLE.match(line)
+            if match is not None:
+                found.append((match["name"], match["labels"], float(match["value"])))
+        return found
 
     def gone(self, path: str) -> bool:
         """True when the object at `path` does not exist (404)."""

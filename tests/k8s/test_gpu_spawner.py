@@ -778,11 +778,13 @@ def test_a_create_answered_too_late_keeps_the_pod_it_made(
     row = session_row(ledger, sid)
     assert row.ended_at is None and row.started_at is not None, "billed while it runs"
     assert abs(row.started_at.timestamp() - life.started) <= SLACK, "billed from Running"
+    wait_seen_after(hub, ledger, sid, row.started_at + timedelta(seconds=2 * TICK))
 
     hub.stop_server("grace", "late-answer")
     wait_pod_gone(hub, control_plane, pod_path(model))
     row = wait_closed(hub, ledger, sid)
     assert row.end_reason == "stopped"
+    assert life.seconds > 2 * TICK, "lived longer than the tolerance"
     assert abs(billed(row) - life.seconds) <= SLACK, (billed(row), life)
 
 

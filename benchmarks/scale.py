@@ -13,8 +13,11 @@ spawn: gpuhub's team namespaces exist with their ResourceQuota), then:
   quota, nodes over-committed; both must be 0); the refusals; what the storm cost the API
   server (its own metrics: pod creates answered 201 and 409, mean create and ResourceQuota
   admission time) and what the hub's log says (create tries, pods kept or replaced, reflector
-  restarts). gpuhub's teams have 128 H100s each (1,024, the
-  pool), so every spawn is admitted, as with stock.
+  restarts), and the CPU seconds each process spent from the first spawn until the hub had
+  every server ready (the hub, its proxy and the gpuhub service; the API server, etcd, the
+  scheduler, the controller manager and kwok; the benchmark's own spawn requests): all of them
+  share this machine's cores, so this is where a side's extra time goes. gpuhub's teams have
+  128 H100s each (1,024, the pool), so every spawn is admitted, as with stock.
 - **restart**: the hub is stopped with SIGTERM (as Kubernetes stops the chart's hub pod) and
   started again on the same databases: the seconds until the REST API answers (through the
   proxy), and until one more user's new spawn is ready; then the
@@ -32,11 +35,15 @@ spawn: gpuhub's team namespaces exist with their ResourceQuota), then:
   tick lists every server through the same hub); gpuhub's each right after a service tick, so
   that it does not queue behind the tick's listing in the one-threaded hub.
 
+`--rounds R` repeats the storm and the restart R times at each N, each pair of sides in the
+other order than the pair before, and prints each round's ratio and the medians' (two runs of
+one side have differed by up to 40 % on a 2-core machine).
+
 Not a test: nothing here asserts timing. The quota and the survival counts are printed for the
 reader to check (tests/k8s check them at CI size).
 
     .venv/bin/python -m benchmarks.scale [--servers 250 500 1000] [--nodes 128] [--users 5000]
-        [--postgres] [--no-resource-quotas] [--keep DIR]
+        [--rounds R] [--postgres] [--no-resource-quotas] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -97,6 +105,9 @@ def name(index: int) -> str:
 class Side:
     label: str
     servers: int
+    round: int = 0
+    """Which of the `--rounds` pairs of storms at this N (0: the first, the one measured in
+    full)."""
     admitted: int = 0
     failed: int = 0
     storm_running_s: float = float("nan")
@@ -132,6 +143,9 @@ class Side:
     """The API server's mean time to answer a pod create during the storm (its own histogram)."""
     quota_admission_mean_s: float | None = None
     """Its ResourceQuota admission's mean time per create during the storm."""
+    storm_cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each process spent from the storm's first spawn until the hub had every
+    server ready (STORM_PROCESSES), and their sum: the 2 cores all of them share."""
     refused: Counter[str] = field(default_factory=Counter)
     """Storm spawns the hub refused at once, by status and message."""
     hub_log: dict[str, int] = field(default_factory=dict)
@@ -143,6 +157,61 @@ class Side:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def process_tree(pid: int) -> dict[int, str]:
+    """`pid` and its descendants (now), each named by what it runs: the hub, its proxy and
+    the gpuhub service (the test hub starts both as its children)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{current}/cmdline").read_bytes()
+            found[current] = (
+                "hub"
+                if current == pid
+                else "gpuhub service"
+                if b"spawner_ext\x00service" in cmdline
+                else "proxy"
+                if b"configurable-http-proxy" in cmdline
+                else "hub's other children"
+            )
+        todo += children.get(current, [])
+    return found
+
+
+def cpu_by_process(plane: ControlPlane, hub: K8sHub) -> dict[tuple[int, str], float]:
+    """CPU seconds so far of every process a storm makes work: the hub's tree, the control
+    plane's components and this benchmark (its spawn requests' threads)."""
+    assert hub.process is not None
+    named = process_tree(hub.process.pid)
+    for component in plane.components.values():
+        if component.process is not None:
+            named[component.process.pid] = component.name
+    named[os.getpid()] = "benchmark"
+    cpu: dict[tuple[int, str], float] = {}
+    for pid, label in named.items():
+        with contextlib.suppress(OSError):
+            cpu[(pid, label)] = cpu_seconds(pid)
+    return cpu
+
+
+def cpu_spent(
+    before: dict[tuple[int, str], float], after: dict[tuple[int, str], float]
+) -> dict[str, float]:
+    """CPU seconds by process name between two `cpu_by_process` readings (a process started
+    in between counts from zero)."""
+    spent: dict[str, float] = {}
+    for key, seconds in after.items():
+        spent[key[1]] = spent.get(key[1], 0.0) + seconds - before.get(key, 0.0)
+    return spent
 
 
 def rss_mib(pid: int) -> float:
@@ -326,6 +395,19 @@ STORM_LOG = {
 }
 """Lines of the hub's log counted over the storm (KubeSpawner's own, and GPUKubeSpawner's)."""
 
+STORM_PROCESSES = (
+    "hub",
+    "gpuhub service",
+    "proxy",
+    "kube-apiserver",
+    "etcd",
+    "kube-scheduler",
+    "kube-controller-manager",
+    "kwok",
+    "benchmark",
+)
+"""The processes whose CPU over the storm is printed (cpu_by_process's names)."""
+
 
 def count_log(path: Path, offset: int) -> dict[str, int]:
     """STORM_LOG's lines in the hub's log after byte `offset`."""
@@ -482,13 +564,15 @@ def run_side(
     measure: bool = True,
     ledger_url: str | None = None,
     quotas_on: bool = True,
+    round: int = 0,
 ) -> Side:
     """One side at N = `servers`: storm, restart and what survived it; with `measure`, the
     tick, the idle hub and the culling cycles too (tests/k8s/test_scale_small.py runs it
     without, at CI size). `ledger_url`: gpuhub's ledger (an empty database, upgraded here;
     None: SQLite in the hub's directory). `quotas_on`: gpuhub keeps its teams' ResourceQuota
-    backstops (off: the ledger's admission alone holds the quotas)."""
-    prefix = f"scale-{'gpuhub' if ours else 'stock'}-{servers}"
+    backstops (off: the ledger's admission alone holds the quotas). `round`: a later pair of
+    storms at the same N, in namespaces of its own."""
+    prefix = f"scale-{'gpuhub' if ours else 'stock'}-{servers}" + (f"r{round}" if round else "")
     settings: dict[str, Any] = {"namespace": f"{prefix}-hub", "start_timeout": 900}
     if ours and ledger_url is not None:
         upgrade(ledger_url)
@@ -503,7 +587,7 @@ def run_side(
     else:
         settings["spawner"] = "kubespawner"
         settings["extra_config"] = f"c.KubeSpawner.profile_list = {stock_profile_list()!r}"
-    side = Side("gpuhub" if ours else "stock", servers)
+    side = Side("gpuhub" if ours else "stock", servers, round)
     namespaces = [f"{prefix}-hub"] + [f"{prefix}-t{t}" for t in range(TEAMS)]
     (workdir / prefix).mkdir()
     with running_hub(plane, workdir / prefix, **settings) as hub:
@@ -511,11 +595,13 @@ def run_side(
             create_users(hub, users)
             first_spawns(hub, plane, namespaces, TEAMS)
             log_offset, metrics = hub.log_path.stat().st_size, api_metrics(plane)
+            cpu_before = cpu_by_process(plane, hub)
             admitted, started = storm(hub, servers, side)
             side.admitted = len(admitted)
             running_at, failed = wait_running(plane, hub, prefix, admitted, timeout=1200)
             side.storm_running_s = running_at - started
             side.storm_ready_s = wait_ready(hub, sorted(set(admitted) - failed), 1200) - started
+            side.storm_cpu = cpu_spent(cpu_before, cpu_by_process(plane, hub))
             side.failed = len(failed)
             record_storm(side, metrics, api_metrics(plane))
             side.hub_log = count_log(hub.log_path, log_offset)
@@ -552,7 +638,7 @@ def table(sides: list[Side]) -> str:
         return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
     rows: list[tuple[str, ...]] = [
-        ("", *(f"{s.label} N={s.servers}" for s in sides)),
+        ("", *(f"{s.label} N={s.servers}" + (f" #{s.round + 1}" * bool(s.round)) for s in sides)),
         ("admitted / failed after", *(f"{s.admitted} / {s.failed}" for s in sides)),
         ("storm: s until all pods Running", *(f(s.storm_running_s) for s in sides)),
         ("storm: s until the hub has all ready", *(f(s.storm_ready_s) for s in sides)),
@@ -564,6 +650,11 @@ def table(sides: list[Side]) -> str:
             *(f(s.quota_admission_mean_s, 4) for s in sides),
         ),
         *((f"storm log: {what}", *(f(s.hub_log.get(what)) for s in sides)) for what in STORM_LOG),
+        *(
+            (f"storm CPU s: {what}", *(f(s.storm_cpu.get(what)) for s in sides))
+            for what in STORM_PROCESSES
+        ),
+        ("storm CPU s: all of these", *(f(sum(s.storm_cpu.values())) for s in sides)),
         (
             "teams over quota / nodes over-committed",
             *(f"{s.over_quota} / {s.overcommitted}" for s in sides),
@@ -594,20 +685,38 @@ def table(sides: list[Side]) -> str:
 
 
 def ratios(sides: list[Side]) -> str:
+    """Ours/stock at each N: the first round's every figure; with more rounds, each round's
+    storm and the medians of the storm times over the rounds."""
     lines = []
-    by = {(s.label, s.servers): s for s in sides}
     for servers in sorted({s.servers for s in sides}):
-        ours, stock = by.get(("gpuhub", servers)), by.get(("stock", servers))
-        if ours is None or stock is None:
+        ours = [s for s in sides if s.servers == servers and s.label == "gpuhub"]
+        stock = [s for s in sides if s.servers == servers and s.label == "stock"]
+        if not ours or not stock:
             continue
-        running = ours.storm_running_s / stock.storm_running_s
+        first, anchor = ours[0], stock[0]
         lines.append(
-            f"N={servers}: ours/stock until Running {running:.2f}x,"
-            f" until ready {ours.storm_ready_s / stock.storm_ready_s:.2f}x,"
-            f" restart API {ours.restart_api_s / stock.restart_api_s:.2f}x,"
-            f" restart spawn {ours.restart_spawn_s / stock.restart_spawn_s:.2f}x,"
-            f" culling cycle {ours.cull_s / stock.cull_s:.2f}x"
+            f"N={servers}: ours/stock until Running"
+            f" {first.storm_running_s / anchor.storm_running_s:.2f}x,"
+            f" until ready {first.storm_ready_s / anchor.storm_ready_s:.2f}x,"
+            f" restart API {first.restart_api_s / anchor.restart_api_s:.2f}x,"
+            f" restart spawn {first.restart_spawn_s / anchor.restart_spawn_s:.2f}x,"
+            f" culling cycle {first.cull_s / anchor.cull_s:.2f}x"
         )
+        if len(ours) > 1 and len(stock) > 1:
+            for a, b in zip(ours, stock, strict=False):
+                lines.append(
+                    f"  round {a.round + 1}: until Running {a.storm_running_s:.1f} against"
+                    f" {b.storm_running_s:.1f} s ({a.storm_running_s / b.storm_running_s:.2f}x),"
+                    f" until ready {a.storm_ready_s:.1f} against {b.storm_ready_s:.1f} s"
+                )
+            running = [statistics.median(s.storm_running_s for s in side) for side in (ours, stock)]
+            ready = [statistics.median(s.storm_ready_s for s in side) for side in (ours, stock)]
+            lines.append(
+                f"  median of {len(ours)} and {len(stock)} rounds: until Running"
+                f" {running[0]:.1f} against {running[1]:.1f} s ({running[0] / running[1]:.2f}x),"
+                f" until ready {ready[0]:.1f} against {ready[1]:.1f} s"
+                f" ({ready[0] / ready[1]:.2f}x)"
+            )
     return "\n".join(lines)
 
 
@@ -617,6 +726,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nodes", type=int, default=128)
     parser.add_argument("--users", type=int, default=5000)
     parser.add_argument("--keep", type=Path, help="keep the hubs' directories here")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="pairs of storms at each N (default 1): the first measured in full, the later "
+        "ones storm and restart only, each pair in the other order (stock first in the "
+        "second), and the storm times' medians printed (two runs of one side differ by up to "
+        "40 %% on this machine)",
+    )
     parser.add_argument(
         "--postgres",
         action="store_true",
@@ -649,12 +767,12 @@ def main(argv: list[str] | None = None) -> None:
             from tests.postgres import start_server
 
             postgres = stack.enter_context(contextlib.contextmanager(start_server)())
-        for servers in args.servers:
-            for ours in (True, False):
+        for servers, round in itertools.product(args.servers, range(args.rounds)):
+            for ours in (True, False) if round % 2 == 0 else (False, True):
                 began = time.monotonic()
                 url = None
                 if ours and postgres is not None:
-                    url = postgres.create_database(f"scale_{servers}")
+                    url = postgres.create_database(f"scale_{servers}_{round}")
                 side = run_side(
                     plane,
                     workdir,
@@ -663,10 +781,13 @@ def main(argv: list[str] | None = None) -> None:
                     ours,
                     ledger_url=url,
                     quotas_on=not args.no_resource_quotas,
+                    measure=round == 0,
+                    round=round,
                 )
                 sides.append(side)
                 print(
-                    f"  {side.label} N={servers}: {time.monotonic() - began:.0f} s, "
+                    f"  {side.label} N={servers} round {round + 1}:"
+                    f" {time.monotonic() - began:.0f} s, "
                     f"load {os.getloadavg()[0]:.2f}",
                     *(f"\n  refused {n}x: {why}" for why, n in side.refused.most_common()),
                     *(f"\n  failed: {e}" for e in side.errors),

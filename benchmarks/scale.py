@@ -388,7 +388,9 @@ def measure_culling(hub: K8sHub, side: Side, repeat: int = 5) -> None:
 STORM_LOG = {
     "create tries": "Attempting to create pod",
     "creates met a pod (409)": "attempting to kill",  # KubeSpawner's "Found existing pod"
-    "pods kept (ours)": "which its own timed-out create made",
+    "creates waited for past the timeout (ours)": "waits for the answer to its create",
+    "creates that got no answer (ours)": "got no answer",
+    "pods kept (ours)": "which its own earlier create made",
     "pods replaced (ours)": "replacing it",
     "pod never showed up (reflector restarted)": "never showed up in reflector",
     "pod did not disappear (reflector restarted)": "did not disappear, restarting",

@@ -15,6 +15,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from aiohttp import ClientError
 from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
 from tornado import web
@@ -179,10 +180,11 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
     """True while this spawner's own start runs (KubeSpawner's `_start`)."""
 
     async def _metered_start(self) -> Any:
-        self._starting, self._create_timed_out = True, False
+        self._starting, self._create_timed_out, self._create = True, False, None
         try:
             result = await self._start()
         except BaseException:
+            self._abandon_create()
             await self.metering_ended(EndReason.FAILED)
             raise
         finally:
@@ -191,56 +193,93 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         return result
 
     _create_timed_out = False
-    """True once a pod create of this start timed out: that pod may exist all the same."""
+    """True once a pod create of this start ended without an answer: that pod may exist all
+    the same."""
+    _create: asyncio.Task[Any] | None = None
+    """This start's pod create that has not answered yet (its try's timeout passed)."""
 
     async def _make_create_pod_request(self, pod: Any, request_timeout: int) -> bool:
-        """KubeSpawner's pod create (one try of its retry loop), keeping the pod this spawn's
-        own earlier try made. A create that times out on a slow API server may still go
-        through. KubeSpawner's next try then meets that pod (409) and deletes and creates it
-        again, which under a storm of creates times out in turn, until its retry timeout gives
-        up the spawn. And every create the API server's ResourceQuota admission lets through is
-        counted against the team's quota even when the create itself then fails (409): until
-        Kubernetes recounts, the namespace's quota looks fuller than it is and refuses pods the
-        ledger admitted (403 "exceeded quota", 94 lost spawns in one 1,000-server storm).
+        """KubeSpawner's pod create (one try of its retry loop), without abandoning a create
+        the API server is still working on, and keeping the pod this spawn's own earlier try
+        made.
 
-        So after a timed-out try this looks before it creates: a pod of this spawn's session and
-        install (`made_by_this_spawn`) is the one asked for, and the try succeeds without
-        another create. Any other pod of the name goes KubeSpawner's way (deleted, then created
-        again; see `stop`)."""
+        Under a storm of creates the API server, or the hub's own busy event loop, answers
+        later than `request_timeout`. KubeSpawner then cancels the request and tries again.
+        Both cost a GPU server more than time. The API server's ResourceQuota admission counts
+        a create against the team's quota before the pod is stored; a create whose client went
+        away (cancelled after its admission) or that meets a pod of the name (409) stays counted
+        without a pod until Kubernetes recounts, minutes later. Meanwhile the namespace's quota
+        refuses pods the ledger admitted (403 "exceeded quota": 94 and 208 lost spawns in two
+        1,000-server storms, benchmarks/scale.py).
+
+        So a try whose timeout passes leaves its request running, and the next try waits for
+        that request's answer instead of sending another. A create whose answer is lost (the
+        connection broke) may have made the pod: the next try looks before it creates. A pod
+        of this spawn's session and install (`made_by_this_spawn`) is the one asked for; any
+        other pod of the name goes KubeSpawner's way (deleted, then created again; see
+        `stop`)."""
+        name = pod.metadata.name
+        if self._create is None:
+            if self._create_timed_out:
+                read, found = await self._pod_of_the_name(name, request_timeout)
+                if not read:
+                    return False  # not known whether it exists: the next try looks again
+                if found is not None:
+                    return await self._keep_or_replace(found, name)
+            # KubeSpawner's words, so that logs read the same with either spawner
+            self.log.info(f"Attempting to create pod {name}, with timeout {request_timeout}")
+            self._create = asyncio.ensure_future(
+                self.api.create_namespaced_pod(self.namespace, pod)
+            )
+        else:
+            self.log.info(
+                "gpuhub: %s waits for the answer to its create of pod %s", self._log_name, name
+            )
+        create = self._create
+        done, _ = await asyncio.wait([create], timeout=request_timeout)
+        if not done:
+            return False  # still in the API server's hands: the next try waits for it
+        self._create = None
+        return await self._created(create, name, request_timeout)
+
+    async def _created(self, create: asyncio.Task[Any], name: str, request_timeout: int) -> bool:
+        """What a create that answered means for the try: True when the pod is made."""
         from kubernetes_asyncio.client.rest import ApiException
 
-        name = pod.metadata.name
-        if self._create_timed_out:
-            read, found = await self._pod_of_the_name(name, request_timeout)
-            if not read:
-                return False  # not known whether it exists: the next try looks again
-            if found is not None:
-                return await self._keep_or_replace(found, name)
-        # KubeSpawner's words, so that logs read the same with either spawner
-        self.log.info(f"Attempting to create pod {name}, with timeout {request_timeout}")
-        try:
-            await asyncio.wait_for(
-                self.api.create_namespaced_pod(self.namespace, pod), request_timeout
-            )
+        exc = create.exception()
+        if exc is None:
             return True
-        except TimeoutError:
-            self._create_timed_out = True
-            return False
-        except ApiException as exc:
+        if isinstance(exc, ApiException):
             if exc.status != 409:
                 self.log.error("gpuhub: creating pod %s failed: %s", name, exc)
-                raise
+                raise exc
+        elif isinstance(exc, OSError | TimeoutError | ClientError):
+            # no answer: the API server may have made the pod all the same
+            self.log.warning("gpuhub: creating pod %s got no answer: %r", name, exc)
+            self._create_timed_out = True
+            return False
+        else:
+            raise exc
         read, found = await self._pod_of_the_name(name, request_timeout)
         if not read or found is None:
+            self._create_timed_out = True
             return False  # unread, or gone meanwhile: the next try looks again
         return await self._keep_or_replace(found, name)
+
+    def _abandon_create(self) -> None:
+        """The start failed or was cancelled: a create still waiting for its answer is given up
+        (the pod it may make is the hub's to delete with the failed server, or the service's
+        to find as a stray)."""
+        create, self._create = self._create, None
+        if create is not None and not create.done():
+            create.cancel()
 
     async def _keep_or_replace(self, found: dict[str, Any], name: str) -> bool:
         """A pod of the server's name exists: True when it is this spawn's own; otherwise it is
         deleted (KubeSpawner's way) and False, to create it again."""
         if made_by_this_spawn(found, self.usage_session, self.install):
             self.log.info(
-                "gpuhub: %s keeps pod %s, which its own timed-out create made",
+                "gpuhub: %s keeps pod %s, which its own earlier create made",
                 self._log_name,
                 name,
             )

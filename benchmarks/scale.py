@@ -43,7 +43,8 @@ Not a test: nothing here asserts timing. The quota and the survival counts are p
 reader to check (tests/k8s check them at CI size).
 
     .venv/bin/python -m benchmarks.scale [--servers 250 500 1000] [--nodes 128] [--users 5000]
-        [--rounds R] [--postgres] [--no-resource-quotas] [--keep DIR]
+        [--rounds R] [--postgres] [--no-resource-quotas] [--stock-request-timeout S]
+        [--keep DIR]
 """
 
 from __future__ import annotations
@@ -567,13 +568,15 @@ def run_side(
     ledger_url: str | None = None,
     quotas_on: bool = True,
     round: int = 0,
+    stock_request_timeout: int | None = None,
 ) -> Side:
     """One side at N = `servers`: storm, restart and what survived it; with `measure`, the
     tick, the idle hub and the culling cycles too (tests/k8s/test_scale_small.py runs it
     without, at CI size). `ledger_url`: gpuhub's ledger (an empty database, upgraded here;
     None: SQLite in the hub's directory). `quotas_on`: gpuhub keeps its teams' ResourceQuota
     backstops (off: the ledger's admission alone holds the quotas). `round`: a later pair of
-    storms at the same N, in namespaces of its own."""
+    storms at the same N, in namespaces of its own. `stock_request_timeout`: stock
+    KubeSpawner's k8s_api_request_timeout (None: its default, 3 s)."""
     prefix = f"scale-{'gpuhub' if ours else 'stock'}-{servers}" + (f"r{round}" if round else "")
     settings: dict[str, Any] = {"namespace": f"{prefix}-hub", "start_timeout": 900}
     if ours and ledger_url is not None:
@@ -589,6 +592,10 @@ def run_side(
     else:
         settings["spawner"] = "kubespawner"
         settings["extra_config"] = f"c.KubeSpawner.profile_list = {stock_profile_list()!r}"
+        if stock_request_timeout is not None:
+            settings["extra_config"] += (
+                f"\nc.KubeSpawner.k8s_api_request_timeout = {stock_request_timeout!r}"
+            )
     side = Side("gpuhub" if ours else "stock", servers, round)
     namespaces = [f"{prefix}-hub"] + [f"{prefix}-t{t}" for t in range(TEAMS)]
     (workdir / prefix).mkdir()
@@ -744,6 +751,13 @@ def main(argv: list[str] | None = None) -> None:
         "per N, instead of SQLite in the hub's directory",
     )
     parser.add_argument(
+        "--stock-request-timeout",
+        type=int,
+        metavar="S",
+        help="stock KubeSpawner's k8s_api_request_timeout (default: its own, 3 s): how long one "
+        "try of a pod create may take before KubeSpawner gives it up and tries again",
+    )
+    parser.add_argument(
         "--no-resource-quotas",
         action="store_true",
         help="gpuhub without its teams' ResourceQuota backstops (what they cost a storm)",
@@ -785,6 +799,7 @@ def main(argv: list[str] | None = None) -> None:
                     quotas_on=not args.no_resource_quotas,
                     measure=round == 0,
                     round=round,
+                    stock_request_timeout=args.stock_request_timeout,
                 )
                 sides.append(side)
                 print(

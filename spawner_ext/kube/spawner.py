@@ -318,7 +318,7 @@ class GPUKubeSpawner(GPUSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         if now and self._starting:
             # Our own create's retry inside start (JupyterHub never stops with now=True):
             # creating the pod found another pod of its name (409; a pod this spawn's own
-            # timed-out create made is kept instead, see _make_create_pod_request); it deletes
+            # earlier create made is kept instead, see _make_create_pod_request); it deletes
             # that pod and creates it again. The admitted session goes on, unstarted: billing
             # starts when the pod that start returns runs. Closing it here left the server
             # running unbilled and outside its team's quota (seen in benchmarks/scale.py's

@@ -90,7 +90,7 @@ from spawner_ext.ledger.store import Ledger
 from spawner_ext.service.app import TICK_STEPS
 from spawner_ext.service.culler import Culler
 from spawner_ext.service.hubapi import HubAPI
-from tests.faultdriver import service_pid
+from tests.faultdriver import SERVICE_CMDLINE, service_pid
 
 TEAMS = 8
 EQUAL_QUOTA = 128  # 8 x 128 = 1,024 H100s: the pool; every spawn is admitted
@@ -179,7 +179,7 @@ def process_tree(pid: int) -> dict[int, str]:
                 "hub"
                 if current == pid
                 else "gpuhub service"
-                if b"spawner_ext\x00service" in cmdline
+                if SERVICE_CMDLINE in cmdline
                 else "proxy"
                 if b"configurable-http-proxy" in cmdline
                 else "hub's other children"
@@ -768,6 +768,12 @@ def main(argv: list[str] | None = None) -> None:
         or max(args.servers) + TEAMS + 1 > args.users
     ):
         parser.error("--servers must leave room: N + 9 GPUs and users at most")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be 1 or more, not {args.rounds}")
+    if args.stock_request_timeout is not None and args.stock_request_timeout < 1:
+        parser.error(
+            f"--stock-request-timeout must be 1 second or more, not {args.stock_request_timeout}"
+        )
     print(f"{platform.node()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}", flush=True)
     sides: list[Side] = []
     with (

@@ -327,6 +327,10 @@ def run_cycles(
 # --- local hubs ----------------------------------------------------------------------------------
 
 
+SERVICE_CMDLINE = b"spawner_ext\x00service"
+"""What the command line of a gpuhub service process holds (`python -m spawner_ext service`)."""
+
+
 def service_pid(hub_dir: Path) -> int | None:
     """The pid of the gpuhub service started for the hub whose files are under `hub_dir`."""
     marker = bytes(hub_dir)
@@ -334,7 +338,7 @@ def service_pid(hub_dir: Path) -> int | None:
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 cmdline = (entry / "cmdline").read_bytes()
-                if b"spawner_ext\x00service" in cmdline and marker in cmdline:
+                if SERVICE_CMDLINE in cmdline and marker in cmdline:
                     return int(entry.name)
     return None
 

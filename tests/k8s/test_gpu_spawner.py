@@ -795,8 +795,8 @@ def test_a_create_whose_answer_is_lost_keeps_the_pod_it_made(
     assert made == {pod["metadata"]["uid"]}, f"one pod made, and it is the server's: {made}"
     assert deleted == [], "none deleted"
     assert pod_creates_answered(control_plane, "409") == conflicts, "no create met the pod"
-    quota = control_plane.api.get(f"/api/v1/namespaces/{namespace}/resourcequotas/gpuhub-gpus")
-    assert quota["status"]["used"]["requests.nvidia.com/gpu"] == "1", quota["status"]
+    quota_path = f"/api/v1/namespaces/{namespace}/resourcequotas/gpuhub-gpus"
+    assert quota_used(control_plane, quota_path) == "1", "the quota counts one GPU"
     sid = session_id(pod)
     life = life_of(hub, pods, pod)
     row = session_row(ledger, sid)

@@ -155,8 +155,10 @@ class Side:
     """Steps that failed, with why (the others are still measured)."""
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """CPU seconds so far of a process (all its threads), or of one thread of it."""
+    path = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
+    fields = path.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
@@ -188,9 +190,36 @@ def process_tree(pid: int) -> dict[int, str]:
     return found
 
 
+def hub_threads(pid: int) -> dict[int, str]:
+    """The hub's threads now, named by what they run: its event loop (the main thread), the
+    gpuhub ledger lane's thread (gpuhub only) and the others (the asyncio executor's, the
+    kwok stub's)."""
+    named: dict[int, str] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            comm = (task / "comm").read_text().strip()
+            tid = int(task.name)
+            named[tid] = (
+                HUB_LOOP_THREAD
+                if tid == pid
+                else HUB_LEDGER_THREAD
+                if comm.startswith("gpuhub-ledger")
+                else HUB_OTHER_THREADS
+            )
+    return named
+
+
+HUB_LOOP_THREAD = "hub: event loop thread"
+HUB_LEDGER_THREAD = "hub: ledger lane thread"
+HUB_OTHER_THREADS = "hub: other threads"
+HUB_THREADS = (HUB_LOOP_THREAD, HUB_LEDGER_THREAD, HUB_OTHER_THREADS)
+"""The hub's CPU split by thread (parts of "hub", not added to the processes' sum)."""
+
+
 def cpu_by_process(plane: ControlPlane, hub: K8sHub) -> dict[tuple[int, str], float]:
     """CPU seconds so far of every process a storm makes work: the hub's tree, the control
-    plane's components and this benchmark (its spawn requests' threads)."""
+    plane's components and this benchmark (its spawn requests' threads); and of the hub's
+    threads (HUB_THREADS)."""
     assert hub.process is not None
     named = process_tree(hub.process.pid)
     for component in plane.components.values():
@@ -201,6 +230,10 @@ def cpu_by_process(plane: ControlPlane, hub: K8sHub) -> dict[tuple[int, str], fl
     for pid, label in named.items():
         with contextlib.suppress(OSError):
             cpu[(pid, label)] = cpu_seconds(pid)
+    with contextlib.suppress(OSError):
+        for tid, label in hub_threads(hub.process.pid).items():
+            with contextlib.suppress(OSError):
+                cpu[(tid, label)] = cpu_seconds(hub.process.pid, tid)
     return cpu
 
 
@@ -661,9 +694,12 @@ def table(sides: list[Side]) -> str:
         *((f"storm log: {what}", *(f(s.hub_log.get(what)) for s in sides)) for what in STORM_LOG),
         *(
             (f"storm CPU s: {what}", *(f(s.storm_cpu.get(what)) for s in sides))
-            for what in STORM_PROCESSES
+            for what in (STORM_PROCESSES[0], *HUB_THREADS, *STORM_PROCESSES[1:])
         ),
-        ("storm CPU s: all of these", *(f(sum(s.storm_cpu.values())) for s in sides)),
+        (
+            "storm CPU s: all of these",
+            *(f(sum(v for k, v in s.storm_cpu.items() if k not in HUB_THREADS)) for s in sides),
+        ),
         (
             "teams over quota / nodes over-committed",
             *(f"{s.over_quota} / {s.overcommitted}" for s in sides),

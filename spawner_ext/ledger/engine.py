@@ -3,6 +3,8 @@ admission atomic, and the schema check that refuses to run on an old schema."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +36,16 @@ class SchemaError(RuntimeError):
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url`. On SQLite every transaction takes the write lock at BEGIN
     (BEGIN IMMEDIATE), so admissions are serialised across threads and processes; transactions
-    on `engine.execution_options(gpuhub_read_only=True)` only read (a plain BEGIN). On a server,
-    `server_options` apply (the caller's keyword arguments win)."""
+    on `engine.execution_options(gpuhub_read_only=True)` only read (a plain BEGIN). A SQLite
+    file is put in write-ahead-log mode (`wal_mode`). On a server, `server_options` apply (the
+    caller's keyword arguments win)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
         @event.listens_for(engine, "connect")
         def _no_pysqlite_transactions(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            wal_mode(dbapi_connection)
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(connection: Any) -> None:
@@ -50,6 +54,18 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     return create_engine(url, **{**server_options(url), **kwargs})
+
+
+def wal_mode(dbapi_connection: Any) -> None:
+    """Put the connection's SQLite file in write-ahead-log mode, once per file (the mode stays
+    with the file). A commit then appends to the log with one fsync (`synchronous` stays FULL:
+    a committed admission survives a power loss) instead of writing a rollback journal and the
+    database with two, and readers (the service's reports) no longer wait for a writer (the
+    hub's admissions). The log needs shared memory between the processes that open the file:
+    keep the file on a local disk, not a network file system. A database in memory, or a file
+    that cannot be written, keeps its mode."""
+    with contextlib.suppress(sqlite3.DatabaseError):  # read-only: it reads in the file's mode
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
 
 
 CONNECT_TIMEOUT_SECONDS = 5

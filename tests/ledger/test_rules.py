@@ -12,6 +12,7 @@ from spawner_ext.ledger.rules import (
     Span,
     billed_seconds,
     gpu_seconds_between,
+    holdings_of,
     month_key,
     month_pieces,
     month_start,
@@ -19,7 +20,7 @@ from spawner_ext.ledger.rules import (
     reconcile_end,
     session_cost,
 )
-from spawner_ext.policy.admission import Holding, decide
+from spawner_ext.policy.admission import Holding, combine_holdings, decide
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 QUOTA = Quota.model_validate(
@@ -184,3 +185,28 @@ def test_reconcile_end_is_last_seen() -> None:
     assert reconcile_end(at(minutes=5), T0, at(hours=1)) == at(minutes=5)
     assert reconcile_end(None, T0, at(hours=1)) == T0
     assert reconcile_end(None, None, at(hours=1)) == at(hours=1)
+
+
+def test_holdings_of_spans_are_their_combined_holdings() -> None:
+    """One Holding per (user, GPU type, borrowed), GPUs summed, CPU-only and zero-GPU spans
+    left out, sorted: what combine_holdings makes of one Holding per span. Broken once (borrowed
+    left out of the key): the borrowed GPUs of ada merged into her own."""
+    spans = [
+        Span("bo", "h100", 2, at(hours=-1), None),
+        Span("ada", "h100", 1, at(hours=-2), None),
+        Span("ada", "h100", 2, None, None),  # admitted, not started: it holds its GPUs
+        Span("ada", "h100", 1, at(hours=-1), None, borrowed=True),
+        Span("ada", "l4", 1, at(hours=-1), None),
+        Span("cy", None, 0, at(hours=-1), None),
+        Span("cy", "l4", 0, at(hours=-1), None),
+    ]
+    assert holdings_of(spans) == (
+        Holding("ada", "h100", 3),
+        Holding("ada", "h100", 1, borrowed=True),
+        Holding("ada", "l4", 1),
+        Holding("bo", "h100", 2),
+    )
+    assert holdings_of(spans) == combine_holdings(
+        Holding(s.user, s.gpu_type, s.gpu_count, s.borrowed) for s in spans
+    )
+    assert holdings_of([]) == ()

@@ -85,6 +85,7 @@ from benchmarks.spawn_storm import (
 )
 from spawner_ext.catalog import load_catalog
 from spawner_ext.clock import utcnow
+from spawner_ext.hub.ledger_lane import LANE_THREAD
 from spawner_ext.ledger.engine import upgrade
 from spawner_ext.ledger.store import Ledger
 from spawner_ext.service.app import TICK_STEPS
@@ -192,8 +193,8 @@ def process_tree(pid: int) -> dict[int, str]:
 
 def hub_threads(pid: int) -> dict[int, str]:
     """The hub's threads now, named by what they run: its event loop (the main thread), the
-    gpuhub ledger lane's thread (gpuhub only) and the others (the asyncio executor's, the
-    kwok stub's)."""
+    gpuhub ledger lane's (gpuhub only; it names itself, `name_os_thread`) and the others (the
+    ledger's reads, the asyncio executor's, the kwok stub's)."""
     named: dict[int, str] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
@@ -203,7 +204,7 @@ def hub_threads(pid: int) -> dict[int, str]:
                 HUB_LOOP_THREAD
                 if tid == pid
                 else HUB_LEDGER_THREAD
-                if comm.startswith("gpuhub-ledger")
+                if comm == LANE_THREAD
                 else HUB_OTHER_THREADS
             )
     return named

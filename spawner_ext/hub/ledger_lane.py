@@ -21,12 +21,14 @@ Does no policy: what to call and what a failure means is the spawner's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
@@ -270,12 +272,22 @@ class LedgerLane:
 
     def _lane_pool(self) -> ThreadPoolExecutor:
         if self._lane is None:
-            self._lane = ThreadPoolExecutor(1, thread_name_prefix="gpuhub-ledger")
+            self._lane = ThreadPoolExecutor(
+                1,
+                thread_name_prefix=LANE_THREAD,
+                initializer=name_os_thread,
+                initargs=(LANE_THREAD,),
+            )
         return self._lane
 
     def _read_pool(self) -> ThreadPoolExecutor:
         if self._reads is None:
-            self._reads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="gpuhub-ledger-read")
+            self._reads = ThreadPoolExecutor(
+                READ_THREADS,
+                thread_name_prefix=READ_THREAD,
+                initializer=name_os_thread,
+                initargs=(READ_THREAD,),
+            )
         return self._reads
 
     def close(self) -> None:
@@ -286,6 +298,18 @@ class LedgerLane:
         for pool in (self._lane, self._reads):
             if pool is not None:
                 pool.shutdown(wait=False)
+
+
+LANE_THREAD = "gpuhub-ledger"
+READ_THREAD = "gpuhub-reads"
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread `name` where the operating system shows it too (`top -H`,
+    `ps -L`, /proc/PID/task/TID/comm; Linux keeps 15 characters), not only in Python: the
+    hub's CPU can then be split by thread from outside. Elsewhere, nothing."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(name[:15])
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

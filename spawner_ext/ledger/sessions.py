@@ -63,7 +63,7 @@ class SessionLog(LedgerBase):
         runs with its GPUs bound. A session already started (reconciliation saw its server
         first) keeps its earlier start."""
         now = at or self.clock()
-        with self._sessions.begin() as db:
+        with self.engine.begin() as db:  # one statement: no ORM session needed (a storm's cost)
             db.execute(
                 update(UsageSession)
                 .where(

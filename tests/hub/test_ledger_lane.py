@@ -218,3 +218,20 @@ def test_a_ledger_timeout_that_is_not_above_zero_is_refused_with_what_to_set(bad
     with pytest.raises(TraitError, match=r"ledger_timeout must be a number of seconds above 0"):
         LedgerSpawner(ledger_timeout=bad)
     assert LedgerSpawner(ledger_timeout=2.5).ledger_timeout == 2.5
+
+
+async def test_the_lanes_threads_carry_their_names_where_the_os_shows_them() -> None:
+    """`top -H` and the scale benchmark tell the lane's thread (and the reads') from the hub's
+    others by the name Linux keeps for it. Broken once (no initializer): the thread's comm was
+    the process's."""
+    lane = LedgerLane(lambda: object(), logging.getLogger("test"))  # type: ignore[arg-type,return-value]
+
+    def comm(_ledger: object) -> str:
+        return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+
+    try:
+        assert await lane.call("name", comm) == "gpuhub-ledger"
+        assert await lane.read("name", comm) == "gpuhub-reads"
+        assert comm(None) not in ("gpuhub-ledger", "gpuhub-reads")  # the caller's keeps its own
+    finally:
+        lane.close()

@@ -603,6 +603,7 @@ def run_side(
     quotas_on: bool = True,
     round: int = 0,
     stock_request_timeout: int | None = None,
+    reconcile_interval: int | None = None,
 ) -> Side:
     """One side at N = `servers`: storm, restart and what survived it; with `measure`, the
     tick, the idle hub and the culling cycles too (tests/k8s/test_scale_small.py runs it
@@ -610,7 +611,8 @@ def run_side(
     None: SQLite in the hub's directory). `quotas_on`: gpuhub keeps its teams' ResourceQuota
     backstops (off: the ledger's admission alone holds the quotas). `round`: a later pair of
     storms at the same N, in namespaces of its own. `stock_request_timeout`: stock
-    KubeSpawner's k8s_api_request_timeout (None: its default, 3 s)."""
+    KubeSpawner's k8s_api_request_timeout (None: its default, 3 s). `reconcile_interval`:
+    the gpuhub service's tick, seconds (None: the catalog's default, 30 s)."""
     prefix = f"scale-{'gpuhub' if ours else 'stock'}-{servers}" + (f"r{round}" if round else "")
     settings: dict[str, Any] = {"namespace": f"{prefix}-hub", "start_timeout": 900}
     if ours and ledger_url is not None:
@@ -619,7 +621,8 @@ def run_side(
     if ours:
         quotas = (EQUAL_QUOTA,) * TEAMS
         document = catalog(users, prefix, quotas)
-        document["metering"]["reconcile_interval"] = "15s"
+        if reconcile_interval is not None:
+            document["metering"]["reconcile_interval"] = f"{reconcile_interval}s"
         document["culling"] = {"interval": "1h"}  # the benchmark runs its cycles itself
         settings["catalog"] = document
         settings["resource_quotas"] = quotas_on
@@ -795,6 +798,13 @@ def main(argv: list[str] | None = None) -> None:
         "try of a pod create may take before KubeSpawner gives it up and tries again",
     )
     parser.add_argument(
+        "--reconcile-interval",
+        type=int,
+        metavar="S",
+        help="the gpuhub service's tick (metering.reconcile_interval), seconds (default: the "
+        "catalog's, 30 s); each tick lists every server through the hub, during a storm too",
+    )
+    parser.add_argument(
         "--no-resource-quotas",
         action="store_true",
         help="gpuhub without its teams' ResourceQuota backstops (what they cost a storm)",
@@ -810,6 +820,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.stock_request_timeout is not None and args.stock_request_timeout < 1:
         parser.error(
             f"--stock-request-timeout must be 1 second or more, not {args.stock_request_timeout}"
+        )
+    if args.reconcile_interval is not None and args.reconcile_interval < 1:
+        parser.error(
+            f"--reconcile-interval must be 1 second or more, not {args.reconcile_interval}"
         )
     print(f"{platform.node()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}", flush=True)
     sides: list[Side] = []
@@ -843,6 +857,7 @@ def main(argv: list[str] | None = None) -> None:
                     measure=round == 0,
                     round=round,
                     stock_request_timeout=args.stock_request_timeout,
+                    reconcile_interval=args.reconcile_interval,
                 )
                 sides.append(side)
                 print(

@@ -9,14 +9,13 @@ GPU-hours per calendar month in UTC; a session spanning a month boundary counts 
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from ..catalog import Quota
-from ..policy.admission import Holding, next_month_start
+from ..policy.admission import Holding, next_month_start, summed_holdings
 
 CENT_MILLIONTHS = Decimal("0.000001")
 
@@ -51,17 +50,8 @@ class Span:
 
 
 def holdings_of(spans: Iterable[Span]) -> tuple[Holding, ...]:
-    """What a team's open spans hold, per user and GPU type: the holdings admission counts
-    (`combine_holdings` of one Holding per span, without making those: a spawn's admission
-    runs this over every open session of its team)."""
-    held: Counter[tuple[str, str, bool]] = Counter()
-    for s in spans:
-        if s.gpu_type is not None and s.gpu_count > 0:
-            held[s.user, s.gpu_type, s.borrowed] += s.gpu_count
-    return tuple(
-        Holding(user, gpu_type, n, borrowed)
-        for (user, gpu_type, borrowed), n in sorted(held.items())
-    )
+    """What a team's open spans hold, per user and GPU type: the holdings admission counts."""
+    return summed_holdings((s.user, s.gpu_type, s.borrowed, s.gpu_count) for s in spans)
 
 
 def gpu_seconds_between(spans: Iterable[Span], start: datetime, end: datetime) -> int:

@@ -75,10 +75,18 @@ def next_month_start(now: datetime) -> datetime:
 
 def combine_holdings(holdings: Iterable[Holding]) -> tuple[Holding, ...]:
     """One Holding per (user, GPU type, borrowed or not) with GPUs, in a stable order."""
+    return summed_holdings((h.user, h.gpu_type, h.borrowed, h.gpu_count) for h in holdings)
+
+
+def summed_holdings(
+    entries: Iterable[tuple[str, str | None, bool, int]],
+) -> tuple[Holding, ...]:
+    """`combine_holdings` of (user, GPU type, borrowed, GPUs) entries, without a Holding made
+    for each (admission sums every open session of the team this way)."""
     held: Counter[tuple[str, str, bool]] = Counter()
-    for h in holdings:
-        if h.gpu_type is not None and h.gpu_count > 0:
-            held[h.user, h.gpu_type, h.borrowed] += h.gpu_count
+    for user, gpu_type, borrowed, gpu_count in entries:
+        if gpu_type is not None and gpu_count > 0:
+            held[user, gpu_type, borrowed] += gpu_count
     return tuple(
         Holding(user, gpu_type, n, borrowed)
         for (user, gpu_type, borrowed), n in sorted(held.items())

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from spawner_ext.service.app import GPUHubService
 from spawner_ext.service.hubapi import HubAPI, HubAPIError
 from spawner_ext.service.runtimes import LocalRuntime
 from tests.faultdriver import service_pid
+from tests.sqlite_backup import sqlite_backup
 
 from .conftest import Hub, needs_local_hub, wait_for
 
@@ -97,30 +97,19 @@ def test_the_service_runs_under_the_hub_and_reports_its_ticks(hub: Hub) -> None:
     assert model["command"][-4:-2] == ["--db-url", f"sqlite:///{ledger_path(hub)}"], model
 
 
-def restore(backup: Path, live: Path) -> None:
-    """Restore a backup into the live database file, as `sqlite3 live '.restore backup'` does
-    (every process using the file sees the restored content)."""
-    source, target = sqlite3.connect(backup), sqlite3.connect(live)
-    try:
-        source.backup(target)
-    finally:
-        source.close()
-        target.close()
-
-
 @pytest.mark.integration
 def test_a_ledger_restored_from_an_older_backup_is_true_again_after_one_tick(
     hub: Hub, tmp_path: Path
 ) -> None:
     backup = tmp_path / "backup.sqlite"
-    restore(ledger_path(hub), backup)  # taken before either server starts
+    sqlite_backup(ledger_path(hub), backup)  # taken before either server starts
     ada = hub.start_server("ada", {"profile": "h100-single"})
     grace = hub.start_server("grace", {"profile": "h100-single"})
     started_at = {
         user: process_start_time(int(model["state"]["pid"]))
         for user, model in (("ada", ada), ("grace", grace))
     }
-    restore(backup, ledger_path(hub))
+    sqlite_backup(backup, ledger_path(hub))
     for user, model in (("ada", ada), ("grace", grace)):
         # the restored ledger has no session of theirs, unless a tick adopted it just now
         found = [s for s in sessions(hub, user) if s.ended_at is None]

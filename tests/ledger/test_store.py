@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import sqlite3
 import threading
@@ -17,6 +16,7 @@ from spawner_ext.ledger.admission import AdmissionRefused, RefusalCount, Request
 from spawner_ext.ledger.sessions import ServerRef
 from spawner_ext.ledger.store import Ledger
 from tests.ledger.conftest import FakeClock
+from tests.sqlite_backup import sqlite_backup
 
 
 def request(
@@ -200,7 +200,6 @@ async def test_reads_do_not_wait_for_a_writer_on_sqlite(
 ) -> None:
     if not db_url.startswith("sqlite"):
         pytest.skip("PostgreSQL readers never wait for writers")
-    import sqlite3
 
     writer = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=0.1)
     writer.isolation_level = None
@@ -244,15 +243,6 @@ def test_messages_never_show_a_database_password() -> None:
     assert "s3cret" not in str(raised.value) and "gpuhub:***@db.example" in str(raised.value)
 
 
-def sqlite_copy(source: Path, target: Path) -> None:
-    """`sqlite3 SOURCE ".backup TARGET"` (and `.restore`): SQLite's online backup."""
-    with (
-        contextlib.closing(sqlite3.connect(source)) as src,
-        contextlib.closing(sqlite3.connect(target)) as dst,
-    ):
-        src.backup(dst)
-
-
 def test_session_keys_never_repeat_after_a_restore_from_a_backup(
     ledger: Ledger, catalog: Catalog, tmp_path: Path
 ) -> None:
@@ -265,10 +255,10 @@ def test_session_keys_never_repeat_after_a_restore_from_a_backup(
     live = Path(str(ledger.engine.url.database))
     first = ledger.admit(catalog, request("ada"))
     backup = tmp_path / "backup.sqlite"
-    sqlite_copy(live, backup)
+    sqlite_backup(live, backup)
     lost = ledger.admit(catalog, request("bob"))  # begins after the backup: lost by the restore
     ledger.engine.dispose()
-    sqlite_copy(backup, live)
+    sqlite_backup(backup, live)
     again = ledger.admit(catalog, request("cy"))
     assert again.session_id == lost.session_id, "the integer id is handed out again"
     assert again.session != lost.session

@@ -6,10 +6,8 @@ metrics` (Debian's prometheus package) accepts the exposition."""
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import subprocess
 from collections.abc import Iterator
-from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from spawner_ext.service.metrics import exposition, metrics_registry, never_less
 from spawner_ext.service.runtimes import LocalRuntime
 from tests.ledger.conftest import FakeClock
 from tests.reports.conftest import add_session
+from tests.sqlite_backup import sqlite_backup
 
 ROOT = Path(__file__).parents[2]
 
@@ -219,13 +218,6 @@ def test_a_session_closed_earlier_than_a_scrape_saw_it_run_lowers_no_counter(
     assert_no_counter_went_down(before, after)
 
 
-def copy_database(source: Path, target: Path) -> None:
-    """Copy one SQLite database into another, as `sqlite3 target '.restore source'` does (every
-    connection to the target sees the copied content)."""
-    with closing(sqlite3.connect(source)) as copied, closing(sqlite3.connect(target)) as into:
-        copied.backup(into)
-
-
 def test_a_ledger_restored_from_an_older_backup_lowers_no_counter(tmp_path: Path) -> None:
     """The restore takes a closed session and refusals out of the ledger: this process keeps
     exporting what it exported (a new process would start from the ledger's figures, as after
@@ -240,7 +232,7 @@ def test_a_ledger_restored_from_an_older_backup_lowers_no_counter(tmp_path: Path
         ledger.engine, "grace", now - timedelta(hours=3), now - timedelta(hours=2), team="nlp"
     )
     ledger.count_refusal("vision", "h100-80gb", "gpu-quota", now)
-    copy_database(live, backup)
+    sqlite_backup(live, backup)
     add_session(ledger.engine, "ada", now - timedelta(hours=1), now - timedelta(minutes=30))
     for reason in ("gpu-quota", "gpu-quota", "budget"):
         ledger.count_refusal("vision", "h100-80gb", reason, now)
@@ -255,7 +247,7 @@ def test_a_ledger_restored_from_an_older_backup_lowers_no_counter(tmp_path: Path
     assert before[("gpuhub_gpu_seconds_total", vision_h100)] == 1800
     assert before[refusals("gpu-quota")] == 3 and before[refusals("budget")] == 1
 
-    copy_database(backup, live)
+    sqlite_backup(backup, live)
     assert [t.team for t in ledger.billed_totals()] == ["nlp"], "the restore took ada's out"
     after = samples(exposition(registry).decode())
     assert_no_counter_went_down(before, after)
